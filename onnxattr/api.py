@@ -1,0 +1,180 @@
+"""Public functions: build the attribution model, run it, report op coverage."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .backward import build_backward, differentiable_path, prune
+from .errors import ModelLoadError, NotAClassifierError, UnsupportedModelError
+from .graph import FLOAT_TYPES, Builder
+from .methods import get_method
+
+ATTRIBUTION = "attribution"
+TARGET = "target"
+
+
+def load_model(model) -> onnx.ModelProto:
+    """A ModelProto from a path or a ModelProto (local functions inlined; input never changed)."""
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        path = Path(os.fspath(model))
+        if not path.is_file():
+            raise ModelLoadError(f"'{path}' is not a file")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as e:  # protobuf raises several types for corrupt bytes
+            raise ModelLoadError(f"'{path}' is not a readable ONNX model ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if not proto.graph.node:
+        raise ModelLoadError("the model's graph is empty")
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    return proto
+
+
+def _float_input(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    for vi in inputs:
+        if (name is None or vi.name == name) and vi.type.tensor_type.elem_type in FLOAT_TYPES:
+            return vi
+    if name is not None:
+        raise NotAClassifierError(f"'{name}' is not a floating-point input of the model "
+                                  f"(inputs: {', '.join(i.name for i in inputs)})")
+    raise NotAClassifierError("the model has no floating-point input to attribute to")
+
+
+def _scores(b: Builder, name: str | None) -> str:
+    outputs = [o.name for o in b.model.graph.output]
+    if name is not None:
+        if name not in b.types:
+            raise NotAClassifierError(f"--output '{name}' is not a tensor of the model (outputs: {', '.join(outputs)})")
+        if not b.is_float(name) or len(b.shapes.get(name, [])) != 2:
+            raise NotAClassifierError(f"--output '{name}' is not a rank-2 floating-point tensor [N, C]")
+        return name
+    for o in outputs:
+        if b.is_float(o) and len(b.shapes.get(o, [])) == 2:
+            return o
+    raise NotAClassifierError(
+        f"no rank-2 floating-point output [N, C] among the outputs ({', '.join(outputs)}); name one with --output"
+    )
+
+
+def attribution_model(model, method: str = "saliency", output: str | None = None, input: str | None = None,
+                      target: str = "input", relu_like: bool = False) -> onnx.ModelProto:
+    """Return a new ONNX model computing the original outputs plus `attribution`.
+
+    `attribution` has the shape of the floating-point input; row n is the gradient of
+    y[n, target[n]] with respect to input[n] under `method` ("saliency", "deconvnet",
+    "guided"), where y is the first rank-2 float output (or `output`). With target="input" the
+    model takes an int64 input `target` [N]; with target="argmax" it uses the predicted class and
+    also outputs it as `target`. The input model is not changed; weights are shared, not copied.
+    """
+    policy = get_method(method, relu_like=relu_like)
+    src = load_model(model)
+    x = _float_input(src, input)
+    out = onnx.ModelProto()
+    out.CopyFrom(src)
+    b = Builder(out, x.type.tensor_type.elem_type)
+    y = _scores(b, output)
+    for name in (ATTRIBUTION, TARGET):
+        if name in b._used:
+            raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
+    classes = b.static_shape(y, None, dims=[1])[1]
+    batch = x.type.tensor_type.shape.dim[0] if x.type.tensor_type.shape.dim else None
+    if target == "input":
+        t = TARGET
+        vi = helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None])
+        if batch is not None:
+            vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
+        out.graph.input.append(vi)
+    elif target == "argmax":
+        t = b.op("ArgMax", [y], axis=1, keepdims=0)
+    else:
+        raise ValueError(f"target must be 'input' or 'argmax', not {target!r}")
+    hit = b.op("Equal", [b.unsqueeze(t, [1]), b.ints(np.arange(classes, dtype=np.int64)[None])])
+    seed = b.mask(hit)
+    grads = build_backward(b, {y: seed}, [x.name], policy)
+    b.nodes.append(helper.make_node("Identity", [grads[x.name]], [ATTRIBUTION], name=b.fresh("attribution")))
+    keep = {ATTRIBUTION}
+    if target == "argmax":
+        b.nodes.append(helper.make_node("Identity", [t], [TARGET], name=b.fresh("target")))
+        keep.add(TARGET)
+        out.graph.output.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
+        if batch is not None:
+            out.graph.output[-1].type.tensor_type.shape.dim[0].CopyFrom(batch)
+    out.graph.node.extend(prune(b.nodes, keep))
+    att = onnx.ValueInfoProto()
+    att.CopyFrom(x)
+    att.name = ATTRIBUTION
+    out.graph.output.append(att)
+    return out
+
+
+def coverage(model, method: str = "saliency", relu_like: bool = False) -> list[dict]:
+    """Per op type: count, nodes on the differentiable path, gradient rule, method override."""
+    policy = get_method(method, relu_like=relu_like)
+    src = load_model(model)
+    x = _float_input(src, None)
+    b = Builder(src, x.type.tensor_type.elem_type)
+    try:
+        ys = [_scores(b, None)]
+    except NotAClassifierError:
+        ys = [o.name for o in src.graph.output]
+    path, _ = differentiable_path(b, [x.name], ys)
+    on_path = Counter(n.op_type for n in path)
+    missing_nodes = {}
+    for n in path:
+        if policy.rule(n.op_type) is None or n.domain not in ("", "ai.onnx"):
+            missing_nodes.setdefault(n.op_type, []).append(n.name or n.output[0])
+    rows = []
+    for op, count in sorted(Counter(n.op_type for n in src.graph.node).items()):
+        rows.append({
+            "op_type": op, "count": count, "on_path": on_path.get(op, 0),
+            "has_rule": policy.rule(op) is not None, "overridden": op in policy.overrides,
+            "missing_nodes": missing_nodes.get(op, []),
+        })
+    return rows
+
+
+def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, method: str = "saliency",
+              relu_like: bool = False) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+    """A model with one extra input per differentiated output (its cotangent, same shape) and one
+    extra output per `wrt` input (the vector-Jacobian product). Used to test rules op by op.
+
+    Returns (model, {output: cotangent input name}, {input: gradient output name}).
+    """
+    policy = get_method(method, relu_like=relu_like)
+    src = load_model(model)
+    inits = {i.name for i in src.graph.initializer}
+    float_inputs = [i for i in src.graph.input if i.name not in inits and i.type.tensor_type.elem_type in FLOAT_TYPES]
+    wrt = wrt or [i.name for i in float_inputs]
+    out = onnx.ModelProto()
+    out.CopyFrom(src)
+    b = Builder(out, float_inputs[0].type.tensor_type.elem_type)
+    of = of or [o.name for o in src.graph.output if b.is_float(o.name)]
+    seeds, grads_out = {}, {}
+    for y in of:
+        vi = next(o for o in src.graph.output if o.name == y)
+        cot = onnx.ValueInfoProto()
+        cot.CopyFrom(vi)
+        cot.name = b.fresh(f"cotangent_{y}")
+        out.graph.input.append(cot)
+        seeds[y] = cot.name
+    grads = build_backward(b, seeds, wrt, policy)
+    for x in wrt:
+        name = b.fresh(f"grad_{x}")
+        b.nodes.append(helper.make_node("Identity", [grads[x]], [name], name=b.fresh("grad")))
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(next(i for i in src.graph.input if i.name == x))
+        vi.name = name
+        out.graph.output.append(vi)
+        grads_out[x] = name
+    out.graph.node.extend(prune(b.nodes, set(grads_out.values())))
+    return out, seeds, grads_out

@@ -1,0 +1,92 @@
+"""The driver: find the differentiable path, walk it in reverse, accumulate, prune.
+
+Everything rules share lives here; the rules themselves (in `vjp/`) only map output
+gradients to input gradients for one node.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .errors import UnsupportedModelError
+from .graph import Builder, describe
+from .vjp import NON_DIFFERENTIABLE, lookup
+
+CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+
+
+def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes through which a float tensor depends on `wrt` and feeds `ys`, in graph order,
+    and the tensors that need a gradient (live inputs of those nodes, and `wrt`)."""
+    live = set(wrt)
+    forward = []
+    for node in b.model.graph.node:
+        if node.op_type in NON_DIFFERENTIABLE and node.domain in ("", "ai.onnx"):
+            continue
+        if any(i in live for i in node.input if i):
+            outs = [o for o in node.output if o and (b.is_float(o) or o not in b.types)]
+            if outs:
+                forward.append(node)
+                live.update(outs)
+    needed = set(ys)
+    path = []
+    for node in reversed(forward):
+        if any(o in needed for o in node.output):
+            path.append(node)
+            needed.update(i for i in node.input if i in live)
+    path.reverse()
+    return path, (needed & live) | set(wrt)
+
+
+def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
+    """Fail before any work when a node on the path has no rule: list all such nodes."""
+    missing = []
+    for node in path:
+        if node.domain not in ("", "ai.onnx"):
+            missing.append(f"{describe(node)} (custom domain '{node.domain}')")
+        elif node.op_type in CONTROL_FLOW:
+            missing.append(f"{describe(node)} (control flow)")
+        elif policy.rule(node.op_type) is None:
+            missing.append(describe(node))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UnsupportedModelError(
+            f"no gradient rule for {len(missing)} node(s) on the differentiable path: "
+            + "; ".join(missing[:3]) + more
+        )
+
+
+def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) -> dict[str, str]:
+    """Emit the backward graph into `b`: returns {wrt name: gradient tensor name}.
+
+    `seeds` maps forward tensors to the names of their incoming gradients (cotangents).
+    """
+    path, b.needed = differentiable_path(b, wrt, list(seeds))
+    check_path(b, path, policy)
+    partials: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
+    for node in reversed(path):
+        gys = [b.add_all(partials.pop(o)) if o in partials else None for o in node.output]
+        if all(g is None for g in gys):
+            continue
+        gxs = policy.rule(node.op_type)(b, node, gys)
+        for name, g in zip(node.input, gxs):
+            if g is not None and b.needs(name):
+                partials.setdefault(name, []).append(g)
+    grads = {}
+    for x in wrt:
+        if x not in partials:
+            raise UnsupportedModelError(f"the output does not depend on input '{x}' through float operations")
+        grads[x] = b.add_all(partials[x])
+    return grads
+
+
+def prune(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
+    """Drop added nodes whose outputs reach neither `keep` nor another kept node."""
+    live = set(keep)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    kept.reverse()
+    return kept

@@ -1,0 +1,29 @@
+"""Exception types: every user-facing failure is one of these, with a one-line message."""
+
+
+class OnnxAttrError(Exception):
+    """Base class of all errors onnxattr raises on purpose."""
+
+
+class ModelLoadError(OnnxAttrError):
+    """The file is missing, not ONNX, corrupt, or its external data cannot be read safely."""
+
+
+class UnsupportedModelError(OnnxAttrError):
+    """The graph cannot be differentiated: a missing rule, control flow, an unknown shape."""
+
+
+class NotAClassifierError(OnnxAttrError):
+    """No floating-point input, or no rank-2 floating-point output to differentiate."""
+
+
+class TargetError(OnnxAttrError):
+    """A target class index that is out of range or has the wrong length."""
+
+
+class InputError(OnnxAttrError):
+    """An input array of the wrong shape or dtype for the model."""
+
+
+class ProviderError(OnnxAttrError):
+    """The requested ONNX Runtime execution provider cannot be used."""

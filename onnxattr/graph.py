@@ -1,0 +1,251 @@
+"""The one place that makes names, constants and opset-correct nodes, and knows shapes.
+
+Rules never touch protobufs directly: they call `Builder.op` and the helpers below, which
+emit the form of each op that the model's opset defines (axes as attribute or input, ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import UnsupportedModelError
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes as plain Python values (strings decoded)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def describe(node: onnx.NodeProto) -> str:
+    """How errors name a node: its type and name (or first output when unnamed)."""
+    return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise UnsupportedModelError("the model imports no version of the default ONNX domain")
+
+
+class Builder:
+    """Collects the nodes added to a model's graph, with unique names and shape knowledge.
+
+    `model` is only read; `nodes` holds what was added. `types` and `shapes` come from ONNX
+    shape inference: elem type per tensor name, and dims (int, or None when unknown).
+    """
+
+    def __init__(self, model: onnx.ModelProto, dtype: int):
+        self.model = model
+        self.opset = default_opset(model)
+        self.dtype = dtype
+        self.np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, list] = {}
+        self.consts: dict[str, onnx.TensorProto] = {}
+        self._counter = itertools.count()
+        self.needed: set[str] = set()  # tensors that need a gradient (set by the driver)
+        g = model.graph
+        self._used = {n.name for n in g.node} | {o for n in g.node for o in n.output}
+        self._used |= {i.name for i in g.input} | {i.name for i in g.initializer}
+        for init in g.initializer:
+            self.consts[init.name] = init
+        for n in g.node:
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+                a = {x.name: x for x in n.attribute}
+                if "value" in a:
+                    self.consts[n.output[0]] = a["value"].t
+        self._infer()
+
+    # ---------------------------------------------------------------- shapes and values
+    def _infer(self) -> None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+        except Exception:  # inference is a help, not a requirement: rules say what they miss
+            inferred = self.model
+        g = inferred.graph
+        for vi in itertools.chain(g.input, g.value_info, g.output):
+            t = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            self.types[vi.name] = t.elem_type
+            if t.HasField("shape"):
+                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        for init in g.initializer:
+            self.types[init.name] = init.data_type
+            self.shapes[init.name] = list(init.dims)
+        for name, t in self.consts.items():
+            self.types.setdefault(name, t.data_type)
+            self.shapes.setdefault(name, list(t.dims))
+
+    def shape(self, name: str) -> list | None:
+        return self.shapes.get(name)
+
+    def rank(self, name: str, node: onnx.NodeProto | None = None) -> int:
+        s = self.shapes.get(name)
+        if s is None:
+            where = f" at {describe(node)}" if node is not None else ""
+            raise UnsupportedModelError(f"the rank of tensor '{name}'{where} is unknown (shape inference failed)")
+        return len(s)
+
+    def static_shape(self, name: str, node: onnx.NodeProto, dims=None) -> list[int]:
+        """Dims of `name` (or just the listed dims) that must be known; a clear error otherwise."""
+        s = self.shapes.get(name)
+        wanted = range(len(s)) if s is not None and dims is None else (dims or [])
+        if s is None or any(s[i] is None for i in wanted):
+            who = describe(node) if node is not None else "the backward graph"
+            raise UnsupportedModelError(
+                f"{who} needs a static shape for '{name}' (got {s}); export the model with fixed sizes"
+            )
+        return s
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer or Constant output), else None."""
+        if name in self.consts:
+            return numpy_helper.to_array(self.consts[name])
+        return None
+
+    def needs(self, name: str) -> bool:
+        """Whether input tensor `name` lies on the differentiable path (rules skip the rest)."""
+        return bool(name) and name in self.needed
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) in FLOAT_TYPES
+
+    # ---------------------------------------------------------------- names and nodes
+    def fresh(self, hint: str) -> str:
+        while True:
+            name = f"onnxattr/{hint}_{next(self._counter)}"
+            if name not in self._used:
+                self._used.add(name)
+                return name
+
+    def op(self, op_type: str, inputs, outputs: int = 1, hint: str | None = None, **kwargs):
+        """Append a node; returns its output name (or the list of names when outputs > 1)."""
+        outs = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(op_type), **kwargs)
+        self.nodes.append(node)
+        return outs[0] if outputs == 1 else outs
+
+    def op_like(self, node: onnx.NodeProto, inputs, outputs: int) -> list[str]:
+        """A copy of a forward node (same type and attributes) on new inputs/outputs."""
+        outs = [self.fresh(node.op_type.lower()) for _ in range(outputs)]
+        copy = helper.make_node(node.op_type, list(inputs), outs, name=self.fresh(node.op_type))
+        copy.attribute.extend(node.attribute)
+        self.nodes.append(copy)
+        return outs
+
+    def const(self, value, dtype=None, hint: str = "const") -> str:
+        arr = np.asarray(value, dtype=dtype if dtype is not None else self.np_dtype)
+        name = self.fresh(hint)
+        t = numpy_helper.from_array(arr, name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=self.fresh("Constant"), value=t))
+        self.consts[name] = t
+        self.types[name] = t.data_type
+        self.shapes[name] = list(arr.shape)
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(values, dtype=np.int64, hint="ints")
+
+    def scalar(self, value: float) -> str:
+        return self.const(np.asarray(value, dtype=self.np_dtype), hint="scalar")
+
+    # ---------------------------------------------------------------- opset-aware forms
+    def unsqueeze(self, x: str, axes) -> str:
+        if self.opset >= 13:
+            return self.op("Unsqueeze", [x, self.ints(axes)])
+        return self.op("Unsqueeze", [x], axes=list(axes))
+
+    def squeeze(self, x: str, axes) -> str:
+        if self.opset >= 13:
+            return self.op("Squeeze", [x, self.ints(axes)])
+        return self.op("Squeeze", [x], axes=list(axes))
+
+    def reduce(self, op_type: str, x: str, axes, keepdims: int = 1) -> str:
+        axes = list(axes)
+        if (op_type == "ReduceSum" and self.opset >= 13) or self.opset >= 18:
+            return self.op(op_type, [x, self.ints(axes)], keepdims=keepdims)
+        return self.op(op_type, [x], axes=axes, keepdims=keepdims)
+
+    def slice(self, x: str, starts, ends, axes, steps=None) -> str:
+        if self.opset >= 10:
+            ins = [x, self.ints(starts), self.ints(ends), self.ints(axes)]
+            if steps is not None:
+                ins.append(self.ints(steps))
+            return self.op("Slice", ins)
+        if steps is not None and any(s != 1 for s in steps):
+            raise UnsupportedModelError(f"Slice with steps needs opset >= 10 (model has {self.opset})")
+        return self.op("Slice", [x], starts=list(starts), ends=list(ends), axes=list(axes))
+
+    def pad(self, x: str, pads) -> str:
+        """Zero padding; `pads` is [begin_0..begin_r, end_0..end_r]."""
+        if not any(pads):
+            return x
+        if self.opset >= 11:
+            return self.op("Pad", [x, self.ints(pads)])
+        if self.opset >= 2:
+            return self.op("Pad", [x], pads=list(pads))
+        return self.op("Pad", [x], paddings=list(pads))
+
+    def split(self, x: str, sizes, axis: int) -> list[str]:
+        if len(sizes) == 1:
+            return [x]
+        if self.opset >= 13:
+            return self.op("Split", [x, self.ints(sizes)], outputs=len(sizes), axis=axis)
+        return self.op("Split", [x], outputs=len(sizes), axis=axis, split=list(sizes))
+
+    def zeros_like(self, x: str) -> str:
+        zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype))
+        if self.opset >= 9:
+            return self.op("ConstantOfShape", [self.op("Shape", [x])], value=zero)
+        return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.op("Shape", [x])])
+
+    def mask(self, condition: str) -> str:
+        """A boolean tensor as 0/1 in the float dtype."""
+        return self.op("Cast", [condition], to=self.dtype)
+
+    def reshape_like(self, g: str, x: str) -> str:
+        return self.op("Reshape", [g, self.op("Shape", [x])])
+
+    def add_all(self, terms: list[str]) -> str:
+        if len(terms) == 1:
+            return terms[0]
+        if len(terms) == 2:
+            return self.op("Add", terms)
+        return self.op("Sum", terms)
+
+    def unbroadcast(self, g: str, x: str, y: str, node: onnx.NodeProto) -> str:
+        """Sum gradient `g` (shaped like the broadcast result `y`) back to the shape of `x`."""
+        sx, sy = self.shapes.get(x), self.shapes.get(y)
+        if sx is not None and sx == sy and None not in sx:
+            return g
+        rx, ry = self.rank(x, node), self.rank(y, node)
+        lead = ry - rx
+        axes = list(range(lead))
+        for i in range(rx):
+            dx, dy = sx[i], sy[lead + i]
+            if dx == 1 and dy != 1:
+                axes.append(lead + i)
+            elif dx is None and dy is not None and dy != 1:
+                raise UnsupportedModelError(
+                    f"{describe(node)}: cannot tell whether '{x}' broadcasts along axis {i} (unknown size)"
+                )
+        if not axes:
+            return g
+        out = self.reduce("ReduceSum", g, axes, keepdims=1)
+        if lead:
+            out = self.reshape_like(out, x)
+        return out

@@ -1,0 +1,41 @@
+"""ONNX Runtime sessions, with providers given as short names ("auto", "cpu", "cuda")."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+
+from .errors import ProviderError
+
+SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+def _options() -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # failed provider loads are reported by us, as one line
+    return opts
+
+
+def make_session(model_bytes: bytes, provider: str = "auto") -> tuple[ort.InferenceSession, str]:
+    """A session on `provider`; returns it with the short name of the provider it really uses.
+
+    "auto" takes CUDA when ONNX Runtime can run it here, else the CPU; "cuda" where CUDA cannot
+    run is an error, never a silent fallback.
+    """
+    if provider not in PROVIDERS:
+        raise ProviderError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
+    available = ort.get_available_providers()
+    if provider in ("auto", "cuda") and SHORT["cuda"] in available:
+        ort.set_default_logger_severity(4)  # a missing CUDA library is reported below, in one line
+        try:
+            sess = ort.InferenceSession(model_bytes, _options(), providers=[SHORT["cuda"], SHORT["cpu"]])
+        finally:
+            ort.set_default_logger_severity(2)
+        if sess.get_providers()[0] == SHORT["cuda"]:
+            return sess, "cuda"
+    if provider == "cuda":
+        why = "its libraries could not be loaded" if SHORT["cuda"] in available else "this onnxruntime build lacks it"
+        raise ProviderError(
+            f"the CUDA provider is not usable here ({why}); available: {', '.join(available)}; use --provider cpu"
+        )
+    return ort.InferenceSession(model_bytes, _options(), providers=[SHORT["cpu"]]), "cpu"

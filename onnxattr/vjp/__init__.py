@@ -1,0 +1,41 @@
+"""The registry of vector-Jacobian product rules, one per ONNX op type.
+
+A rule is `rule(b, node, gys) -> gxs`: `b` is the graph Builder, `gys` the gradient names of
+the node's outputs (None where an output has none), and `gxs` the gradient names of its inputs,
+aligned with `node.input` (None where an input has no gradient or needs none: `b.needs(name)`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+RULES: dict[str, Callable] = {}
+
+# Ops whose outputs carry no gradient: integer/bool results, or piecewise-constant floats.
+NON_DIFFERENTIABLE = {
+    "Shape", "Size", "Constant", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "NonZero",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
+    "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike", "OneHot",
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "BitShift", "StringNormalizer", "NonMaxSuppression",
+}
+
+
+def register(*op_types: str):
+    """Decorator: register one rule for the given op types."""
+
+    def wrap(fn):
+        for op in op_types:
+            if op in RULES:
+                raise ValueError(f"two gradient rules for {op}")
+            RULES[op] = fn
+        return fn
+
+    return wrap
+
+
+def lookup(op_type: str):
+    return RULES.get(op_type)
+
+
+from . import activation, elementwise, linear, norm, pool, shape  # noqa: E402,F401  (fill RULES)

@@ -1,0 +1,191 @@
+"""Nonlinearities: their exact derivatives (methods override some of these, see methods.py)."""
+
+from __future__ import annotations
+
+import math
+
+from ..graph import attrs
+from . import register
+
+
+def _times(b, g, d):
+    return [b.op("Mul", [g, d])]
+
+
+def relu_mask(b, node):
+    """1[z > 0] for a Relu node, read from its output (z > 0 iff relu(z) > 0), so the forward
+    Conv+Relu fusion keeps the pre-activation as a single-consumer tensor."""
+    y = node.output[0]
+    if b.opset >= 9:
+        return b.op("Sign", [y])
+    return b.mask(b.op("Greater", [y, b.scalar(0.0)]))
+
+
+@register("Relu")
+def relu(b, node, gys):
+    return _times(b, gys[0], relu_mask(b, node))
+
+
+@register("LeakyRelu")
+def leaky_relu(b, node, gys):
+    (g,), x = gys, node.input[0]
+    alpha = attrs(node).get("alpha", 0.01)
+    pos = b.op("Greater", [x, b.scalar(0.0)])
+    return [b.op("Where", [pos, g, b.op("Mul", [g, b.scalar(alpha)])])]
+
+
+@register("PRelu")
+def prelu(b, node, gys):
+    (g,), (x, slope), y = gys, node.input, node.output[0]
+    pos = b.op("Greater", [x, b.scalar(0.0)])
+    gx = b.op("Where", [pos, g, b.op("Mul", [g, slope])])
+    gs = None
+    if b.needs(slope):
+        gs = b.unbroadcast(b.op("Where", [pos, b.scalar(0.0), b.op("Mul", [g, x])]), slope, y, node)
+    return [gx, gs]
+
+
+def clip_bounds(b, node):
+    """(min, max) tensor names of a Clip node, None where unbounded, for either opset form."""
+    if b.opset < 11:
+        a = attrs(node)
+        lo, hi = a.get("min"), a.get("max")
+        return (b.scalar(lo) if lo is not None else None, b.scalar(hi) if hi is not None else None)
+    ins = list(node.input) + ["", ""]
+    return (ins[1] or None, ins[2] or None)
+
+
+@register("Clip")
+def clip(b, node, gys):
+    # Derivative 1 strictly inside (min, max), 0 at and beyond the bounds (PyTorch's hardtanh).
+    x = node.input[0]
+    lo, hi = clip_bounds(b, node)
+    cond = None
+    if lo is not None:
+        cond = b.op("Greater", [x, lo])
+    if hi is not None:
+        below = b.op("Less", [x, hi])
+        cond = below if cond is None else b.op("And", [cond, below])
+    if cond is None:
+        return [gys[0]]
+    return _times(b, gys[0], b.mask(cond)) + [None, None][: len(node.input) - 1]
+
+
+@register("Sigmoid")
+def sigmoid(b, node, gys):
+    y = node.output[0]
+    return _times(b, gys[0], b.op("Mul", [y, b.op("Sub", [b.scalar(1.0), y])]))
+
+
+@register("Tanh")
+def tanh(b, node, gys):
+    y = node.output[0]
+    return _times(b, gys[0], b.op("Sub", [b.scalar(1.0), b.op("Mul", [y, y])]))
+
+
+def softmax_axes(b, node):
+    """The axes a Softmax/LogSoftmax normalises over: [axis] from opset 13, else axis..end."""
+    rank = b.rank(node.input[0], node)
+    axis = attrs(node).get("axis", -1 if b.opset >= 13 else 1) % rank
+    return [axis] if b.opset >= 13 else list(range(axis, rank))
+
+
+@register("Softmax")
+def softmax(b, node, gys):
+    (g,), y = gys, node.output[0]
+    s = b.reduce("ReduceSum", b.op("Mul", [g, y]), softmax_axes(b, node), keepdims=1)
+    return [b.op("Mul", [y, b.op("Sub", [g, s])])]
+
+
+@register("LogSoftmax")
+def log_softmax(b, node, gys):
+    (g,), y = gys, node.output[0]
+    s = b.reduce("ReduceSum", g, softmax_axes(b, node), keepdims=1)
+    return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), s])])]
+
+
+@register("Softplus")
+def softplus(b, node, gys):
+    return _times(b, gys[0], b.op("Sigmoid", [node.input[0]]))
+
+
+@register("Softsign")
+def softsign(b, node, gys):
+    d = b.op("Add", [b.scalar(1.0), b.op("Abs", [node.input[0]])])
+    return [b.op("Div", [gys[0], b.op("Mul", [d, d])])]
+
+
+def _hard_sigmoid_mask(b, x, alpha, beta):
+    v = b.op("Add", [b.op("Mul", [x, b.scalar(alpha)]), b.scalar(beta)])
+    inside = b.op("And", [b.op("Greater", [v, b.scalar(0.0)]), b.op("Less", [v, b.scalar(1.0)])])
+    return b.mask(inside)
+
+
+@register("HardSigmoid")
+def hard_sigmoid(b, node, gys):
+    a = attrs(node)
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    m = _hard_sigmoid_mask(b, node.input[0], alpha, beta)
+    return _times(b, gys[0], b.op("Mul", [m, b.scalar(alpha)]))
+
+
+@register("HardSwish")
+def hard_swish(b, node, gys):
+    x = node.input[0]
+    hs = b.op("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
+    m = _hard_sigmoid_mask(b, x, 1.0 / 6, 0.5)
+    return _times(b, gys[0], b.op("Add", [hs, b.op("Mul", [x, b.op("Mul", [m, b.scalar(1.0 / 6)])])]))
+
+
+@register("Elu", "Celu")
+def elu(b, node, gys):
+    x, y = node.input[0], node.output[0]
+    alpha = attrs(node).get("alpha", 1.0)
+    pos = b.op("Greater", [x, b.scalar(0.0)])
+    if node.op_type == "Elu":
+        neg = b.op("Add", [y, b.scalar(alpha)])  # alpha * exp(x) = y + alpha for x <= 0
+    else:
+        neg = b.op("Exp", [b.op("Div", [x, b.scalar(alpha)])])
+    return [b.op("Mul", [gys[0], b.op("Where", [pos, b.scalar(1.0), neg])])]
+
+
+@register("Selu")
+def selu(b, node, gys):
+    a = attrs(node)
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    x = node.input[0]
+    pos = b.op("Greater", [x, b.scalar(0.0)])
+    neg = b.op("Mul", [b.scalar(alpha * gamma), b.op("Exp", [x])])
+    return [b.op("Mul", [gys[0], b.op("Where", [pos, b.scalar(gamma), neg])])]
+
+
+@register("ThresholdedRelu")
+def thresholded_relu(b, node, gys):
+    alpha = attrs(node).get("alpha", 1.0)
+    return _times(b, gys[0], b.mask(b.op("Greater", [node.input[0], b.scalar(alpha)])))
+
+
+@register("Gelu")
+def gelu(b, node, gys):
+    x = node.input[0]
+    s = b.scalar
+    if attrs(node).get("approximate", "none") == "tanh":
+        c = math.sqrt(2.0 / math.pi)
+        x2 = b.op("Mul", [x, x])
+        u = b.op("Mul", [s(c), b.op("Add", [x, b.op("Mul", [s(0.044715), b.op("Mul", [x2, x])])])])
+        t = b.op("Tanh", [u])
+        du = b.op("Mul", [s(c), b.op("Add", [s(1.0), b.op("Mul", [s(3 * 0.044715), x2])])])
+        left = b.op("Mul", [s(0.5), b.op("Add", [s(1.0), t])])
+        right = b.op("Mul", [b.op("Mul", [s(0.5), x]), b.op("Mul", [b.op("Sub", [s(1.0), b.op("Mul", [t, t])]), du])])
+        return _times(b, gys[0], b.op("Add", [left, right]))
+    cdf = b.op("Mul", [s(0.5), b.op("Add", [s(1.0), b.op("Erf", [b.op("Mul", [x, s(1 / math.sqrt(2))])])])])
+    pdf = b.op("Mul", [s(1 / math.sqrt(2 * math.pi)), b.op("Exp", [b.op("Mul", [b.op("Mul", [x, x]), s(-0.5)])])])
+    return _times(b, gys[0], b.op("Add", [cdf, b.op("Mul", [x, pdf])]))
+
+
+@register("Mish")
+def mish(b, node, gys):
+    x = node.input[0]
+    t = b.op("Tanh", [b.op("Softplus", [x])])
+    sech2 = b.op("Sub", [b.scalar(1.0), b.op("Mul", [t, t])])
+    return _times(b, gys[0], b.op("Add", [t, b.op("Mul", [x, b.op("Mul", [b.op("Sigmoid", [x]), sech2])])]))

@@ -1,0 +1,147 @@
+"""Arithmetic with numpy broadcasting, and smooth element-wise functions."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import UnsupportedModelError
+from . import register
+
+
+@register("Identity", "Dropout")
+def identity(b, node, gys):
+    # Dropout at inference is the identity on output 0; its mask output has no gradient.
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        training = b.value(node.input[2])
+        if training is None or bool(training):
+            raise UnsupportedModelError(f"Dropout node '{node.name}' may run in training mode")
+    return [gys[0]]
+
+
+@register("Add")
+def add(b, node, gys):
+    (g,), (x, y), z = gys, node.input, node.output[0]
+    return [b.unbroadcast(g, x, z, node) if b.needs(x) else None,
+            b.unbroadcast(g, y, z, node) if b.needs(y) else None]
+
+
+@register("Sub")
+def sub(b, node, gys):
+    (g,), (x, y), z = gys, node.input, node.output[0]
+    return [b.unbroadcast(g, x, z, node) if b.needs(x) else None,
+            b.unbroadcast(b.op("Neg", [g]), y, z, node) if b.needs(y) else None]
+
+
+@register("Mul")
+def mul(b, node, gys):
+    (g,), (x, y), z = gys, node.input, node.output[0]
+    return [b.unbroadcast(b.op("Mul", [g, y]), x, z, node) if b.needs(x) else None,
+            b.unbroadcast(b.op("Mul", [g, x]), y, z, node) if b.needs(y) else None]
+
+
+@register("Div")
+def div(b, node, gys):
+    (g,), (x, y), z = gys, node.input, node.output[0]
+    gx = b.op("Div", [g, y])
+    gy = b.op("Neg", [b.op("Mul", [gx, z])]) if b.needs(y) else None  # -g x / y^2 = -(g / y) z
+    return [b.unbroadcast(gx, x, z, node) if b.needs(x) else None,
+            b.unbroadcast(gy, y, z, node) if gy else None]
+
+
+@register("Sum")
+def sum_(b, node, gys):
+    z = node.output[0]
+    return [b.unbroadcast(gys[0], x, z, node) if b.needs(x) else None for x in node.input]
+
+
+@register("Mean")
+def mean(b, node, gys):
+    g = b.op("Div", [gys[0], b.scalar(len(node.input))])
+    return [b.unbroadcast(g, x, node.output[0], node) if b.needs(x) else None for x in node.input]
+
+
+@register("Max", "Min")
+def max_min(b, node, gys):
+    # The gradient goes to the first input holding the extremum (ties are measure-zero).
+    z, g = node.output[0], gys[0]
+    out, taken = [], None
+    for x in node.input:
+        hit = b.op("Equal", [x, z])
+        if taken is not None:
+            hit = b.op("And", [hit, b.op("Not", [taken])])
+        taken = hit if taken is None else b.op("Or", [taken, hit])
+        out.append(b.unbroadcast(b.op("Mul", [g, b.mask(hit)]), x, z, node) if b.needs(x) else None)
+    return out
+
+
+@register("Neg")
+def neg(b, node, gys):
+    return [b.op("Neg", [gys[0]])]
+
+
+@register("Abs")
+def abs_(b, node, gys):
+    return [b.op("Mul", [gys[0], b.op("Sign", [node.input[0]])])]
+
+
+@register("Exp")
+def exp(b, node, gys):
+    return [b.op("Mul", [gys[0], node.output[0]])]
+
+
+@register("Log")
+def log(b, node, gys):
+    return [b.op("Div", [gys[0], node.input[0]])]
+
+
+@register("Sqrt")
+def sqrt(b, node, gys):
+    return [b.op("Div", [gys[0], b.op("Mul", [node.output[0], b.scalar(2.0)])])]
+
+
+@register("Reciprocal")
+def reciprocal(b, node, gys):
+    y = node.output[0]
+    return [b.op("Neg", [b.op("Mul", [gys[0], b.op("Mul", [y, y])])])]
+
+
+@register("Pow")
+def pow_(b, node, gys):
+    (g,), (x, p), z = gys, node.input, node.output[0]
+    gx = gp = None
+    if b.needs(x):
+        pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
+        d = b.op("Mul", [pf, b.op("Pow", [x, b.op("Sub", [pf, b.scalar(1.0)])])])
+        gx = b.unbroadcast(b.op("Mul", [g, d]), x, z, node)
+    if b.needs(p):
+        gp = b.unbroadcast(b.op("Mul", [g, b.op("Mul", [z, b.op("Log", [x])])]), p, z, node)
+    return [gx, gp]
+
+
+@register("Erf")
+def erf(b, node, gys):
+    x = node.input[0]
+    d = b.op("Mul", [b.scalar(2.0 / math.sqrt(math.pi)), b.op("Exp", [b.op("Neg", [b.op("Mul", [x, x])])])])
+    return [b.op("Mul", [gys[0], d])]
+
+
+@register("Cast")
+def cast(b, node, gys):
+    x = node.input[0]
+    if not b.is_float(x):
+        return [None]
+    return [b.op("Cast", [gys[0]], to=b.types[x])]
+
+
+@register("Where")
+def where(b, node, gys):
+    (g,), (c, x, y), z = gys, node.input, node.output[0]
+    zero = b.scalar(0.0)
+    return [None,
+            b.unbroadcast(b.op("Where", [c, g, zero]), x, z, node) if b.needs(x) else None,
+            b.unbroadcast(b.op("Where", [c, zero, g]), y, z, node) if b.needs(y) else None]
+
+
+@register("Expand")
+def expand(b, node, gys):
+    return [b.unbroadcast(gys[0], node.input[0], node.output[0], node), None]

@@ -1,0 +1,148 @@
+"""Conv, Gemm and MatMul: input gradients from the forward weights (never a stored copy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedModelError
+from ..graph import attrs, describe
+from . import register
+
+
+def window(b, node, x: str, kernel: list[int]):
+    """(strides, dilations, pads) of a Conv/pool node, with auto_pad resolved to explicit pads."""
+    a, n = attrs(node), len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dil = list(a.get("dilations", [1] * n))
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
+        begin, end = [], []
+        for i in range(n):
+            out = -(-size[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size[i])
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        pads = begin + end
+    elif auto == "VALID":
+        pads = [0] * (2 * n)
+    else:
+        pads = list(a.get("pads", [0] * (2 * n)))
+    return strides, dil, pads
+
+
+def flipped_transposed(b, w: str, group: int, spatial: int) -> str:
+    """W [M, C/G, *k] -> W' [C, M/G, *k] with kernels flipped: Conv(dy, W') = Conv's input-VJP.
+    Built in the graph from the forward weight; ONNX Runtime folds it once at load."""
+    perm = [1, 0] + list(range(2, 2 + spatial))
+    if group == 1:
+        wt = b.op("Transpose", [w], perm=perm)
+    else:
+        ws = b.static_shape(w, None)
+        m, cg, k = ws[0], ws[1], ws[2:]
+        grouped = b.op("Reshape", [w, b.ints([group, m // group, cg] + k)])
+        swapped = b.op("Transpose", [grouped], perm=[0, 2, 1] + list(range(3, 3 + spatial)))
+        wt = b.op("Reshape", [swapped, b.ints([group * cg, m // group] + k)])
+    axes = list(range(2, 2 + spatial))
+    if b.opset >= 10:
+        big = np.iinfo(np.int64).max
+        return b.slice(wt, [-1] * spatial, [-big] * spatial, axes, [-1] * spatial)
+    for ax in axes:
+        size = b.static_shape(w, None)[ax]
+        wt = b.op("Gather", [wt, b.ints(list(range(size - 1, -1, -1)))], axis=ax)
+    return wt
+
+
+@register("Conv")
+def conv(b, node, gys):
+    g, (x, w) = gys[0], node.input[:2]
+    for other in node.input[1:]:
+        if b.needs(other):
+            raise UnsupportedModelError(f"{describe(node)}: gradients with respect to weights or bias are not supported")
+    ws = b.static_shape(w, node)
+    spatial, kernel = len(ws) - 2, ws[2:]
+    group = attrs(node).get("group", 1)
+    strides, dil, pads = window(b, node, x, kernel)
+    n = spatial
+    if all(s == 1 for s in strides):
+        tpads = [(kernel[i] - 1) * dil[i] - pads[i] for i in range(n)] + [
+            (kernel[i] - 1) * dil[i] - pads[n + i] for i in range(n)]
+        if min(tpads) >= 0:
+            wt = flipped_transposed(b, w, group, spatial)
+            return [b.op("Conv", [g, wt], pads=tpads, dilations=dil, group=group, kernel_shape=kernel)]
+    size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
+    out = b.static_shape(node.output[0], node, dims=range(2, 2 + n))[2:]
+    extra = [size[i] - ((out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - pads[i] - pads[n + i])
+             for i in range(n)]
+    return [b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group,
+                 kernel_shape=kernel, output_padding=extra if any(extra) else None)]
+
+
+def _transpose_last2(b, t: str, rank: int) -> str:
+    return b.op("Transpose", [t], perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+
+
+@register("MatMul")
+def matmul(b, node, gys):
+    (g,), (x, w), y = gys, node.input, node.output[0]
+    rx, rw = b.rank(x, node), b.rank(w, node)
+    # Promote 1-D operands as numpy does, so both products below are plain batched matmuls.
+    x2 = b.unsqueeze(x, [0]) if rx == 1 else x
+    w2 = b.unsqueeze(w, [1]) if rw == 1 else w
+    g2 = g
+    if rx == 1 and rw == 1:
+        g2 = b.reshape_like(g, b.ints([1, 1]))
+    elif rx == 1:
+        g2 = b.unsqueeze(g, [b.rank(y, node) - 1])
+    elif rw == 1:
+        g2 = b.unsqueeze(g, [b.rank(y, node)])
+    ry2 = max(rx, rw, 2)
+    gx = gw = None
+    if b.needs(x):
+        gx = b.op("MatMul", [g2, _transpose_last2(b, w2, max(rw, 2))])
+        gx = b.reshape_like(gx, x) if rx == 1 else _reduce_batch(b, gx, x, ry2, rx, node)
+    if b.needs(w):
+        gw = b.op("MatMul", [_transpose_last2(b, x2, max(rx, 2)), g2])
+        gw = b.reshape_like(gw, w) if rw == 1 else _reduce_batch(b, gw, w, ry2, rw, node)
+    return [gx, gw]
+
+
+def _reduce_batch(b, grad: str, x: str, r_out: int, rx: int, node) -> str:
+    """Sum a batched-matmul gradient over the batch dims that `x` was broadcast along."""
+    if r_out == rx:
+        sx = b.shapes.get(x)
+        bcast = [i for i in range(rx - 2) if sx and sx[i] == 1]
+        if not bcast:
+            return grad
+        return b.reduce("ReduceSum", grad, bcast, keepdims=1)
+    lead = r_out - rx
+    sx = b.shapes.get(x) or []
+    axes = list(range(lead)) + [lead + i for i in range(rx - 2) if sx and sx[i] == 1]
+    return b.reshape_like(b.reduce("ReduceSum", grad, axes, keepdims=1), x)
+
+
+@register("Gemm")
+def gemm(b, node, gys):
+    (g,), ins = gys, list(node.input) + [""]
+    a_, w, c = ins[0], ins[1], ins[2]
+    at = attrs(node)
+    alpha, beta = at.get("alpha", 1.0), at.get("beta", 1.0)
+    ta, tb = at.get("transA", 0), at.get("transB", 0)
+    if alpha != 1.0:
+        g = b.op("Mul", [g, b.scalar(alpha)])
+    ga = gw = gc = None
+    if b.needs(a_):
+        wt = w if tb else b.op("Transpose", [w], perm=[1, 0])  # (op(W))^T
+        ga = b.op("MatMul", [g, wt])
+        if ta:
+            ga = b.op("Transpose", [ga], perm=[1, 0])
+    if b.needs(w):
+        at_ = a_ if ta else b.op("Transpose", [a_], perm=[1, 0])  # (op(A))^T
+        gw = b.op("MatMul", [at_, g])
+        if tb:
+            gw = b.op("Transpose", [gw], perm=[1, 0])
+    if b.needs(c):
+        gc = gys[0] if beta == 1.0 else b.op("Mul", [gys[0], b.scalar(beta)])
+        gc = b.unbroadcast(gc, c, node.output[0], node)
+    return [ga, gw, gc]

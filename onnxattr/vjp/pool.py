@@ -1,0 +1,137 @@
+"""Pooling: MaxPool routes to the first maximum (DeconvNet's switches); AveragePool spreads.
+
+Both backward passes are one depthwise ConvTranspose, which adds up contributions from
+overlapping windows, then a crop from padded to input coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedModelError
+from ..graph import attrs, describe
+from . import register
+from .linear import window
+
+
+def _geometry(b, node):
+    a = attrs(node)
+    kernel = list(a["kernel_shape"])
+    n = len(kernel)
+    x, y = node.input[0], node.output[0]
+    xs = b.static_shape(x, node, dims=range(1, 2 + n))
+    ys = b.static_shape(y, node, dims=range(1, 2 + n))
+    strides, dil, pads = window(b, node, x, kernel)
+    return kernel, strides, dil, pads, xs[1], xs[2:], ys[2:]
+
+
+def _spread(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out):
+    """Depthwise ConvTranspose of `g` [N, C*K or C, *out] with a per-channel bank of kernels,
+    cropped to the input's coordinates [pads_begin, pads_begin + size)."""
+    n = len(kernel)
+    w = b.op("Tile", [b.const(kernel_bank), b.ints([channels] + [1] * (n + 1))])
+    full = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, group=channels, kernel_shape=kernel)
+    lengths = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(n)]
+    short = [max(0, pads[i] + size[i] - lengths[i]) for i in range(n)]
+    full = b.pad(full, [0] * (n + 2) + [0, 0] + short)
+    return b.slice(full, pads[:n], [pads[i] + size[i] for i in range(n)], list(range(2, 2 + n)))
+
+
+def _divmod(b, q: str, d: int):
+    quot = b.op("Div", [q, b.ints(d)])
+    return quot, b.op("Sub", [q, b.op("Mul", [quot, b.ints(d)])])
+
+
+def _along(values, axis: int, rank: int) -> np.ndarray:
+    shape = [1] * rank
+    shape[axis] = len(values)
+    return np.asarray(values, dtype=np.int64).reshape(shape)
+
+
+@register("MaxPool")
+def max_pool(b, node, gys):
+    a = attrs(node)
+    if a.get("storage_order", 0):
+        raise UnsupportedModelError(f"{describe(node)}: storage_order=1 is not supported")
+    if b.opset < 8:
+        raise UnsupportedModelError(f"{describe(node)}: MaxPool indices need opset >= 8 (model has {b.opset})")
+    kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
+    n, g = len(kernel), gys[0]
+    idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [node.input[0]], 2)[1]
+    # Indices are flat over [N, C, *size]: decode the coordinates of each chosen element.
+    _, rem = _divmod(b, idx, int(np.prod(size)))
+    local = None
+    for i in range(n):
+        step = int(np.prod(size[i + 1:]))
+        coord = b.op("Div", [rem, b.ints(step)]) if step > 1 else rem
+        if i > 0:
+            coord = _divmod(b, coord, size[i])[1]
+        starts = _along([o * strides[i] - pads[i] for o in range(out[i])], 2 + i, n + 2)
+        r = b.op("Sub", [coord, b.ints(starts)])
+        if dil[i] > 1:
+            r = b.op("Div", [r, b.ints(dil[i])])
+        ks = int(np.prod(kernel[i + 1:]))
+        r = b.op("Mul", [r, b.ints(ks)]) if ks > 1 else r
+        local = r if local is None else b.op("Add", [local, r])
+    k = int(np.prod(kernel))
+    onehot = b.mask(b.op("Equal", [b.unsqueeze(local, [2]), b.ints(_along(range(k), 2, n + 3))]))
+    routed = b.op("Mul", [onehot, b.unsqueeze(g, [2])])
+    routed = b.op("Reshape", [routed, b.ints([0, channels * k] + list(out))])
+    bank = np.eye(k, dtype=b.np_dtype).reshape([k, 1] + kernel)
+    return [_spread(b, routed, bank, channels, kernel, strides, dil, pads, size, out)]
+
+
+def _window_counts(o_len, k, s, d, pb, pe, size, include_pad):
+    counts = []
+    for o in range(o_len):
+        pos = [o * s - pb + j * d for j in range(k)]
+        hi = size + pe if include_pad else size
+        lo = -pb if include_pad else 0
+        counts.append(sum(lo <= p < hi for p in pos))
+    return counts
+
+
+@register("AveragePool")
+def average_pool(b, node, gys):
+    kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
+    n = len(kernel)
+    include = attrs(node).get("count_include_pad", 0)
+    div = np.ones(out, dtype=np.float64)
+    for i in range(n):
+        c = _window_counts(out[i], kernel[i], strides[i], dil[i], pads[i], pads[n + i], size[i], include)
+        div = div * np.asarray(c, dtype=np.float64).reshape([-1] + [1] * (n - 1 - i))
+    if np.all(div == div.flat[0]):
+        scaled = b.op("Div", [gys[0], b.scalar(div.flat[0])])
+    else:
+        scaled = b.op("Mul", [gys[0], b.const((1.0 / div).astype(b.np_dtype))])
+    bank = np.ones([1, 1] + kernel, dtype=b.np_dtype)
+    return [_spread(b, scaled, bank, channels, kernel, strides, dil, pads, size, out)]
+
+
+@register("GlobalAveragePool")
+def global_average_pool(b, node, gys):
+    x = node.input[0]
+    s = b.shapes.get(x)
+    if s is not None and None not in s[2:]:
+        count = b.scalar(float(np.prod(s[2:])))
+    else:
+        dims = b.slice(b.op("Shape", [x]), [2], [np.iinfo(np.int64).max], [0])
+        count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
+    return [b.op("Expand", [b.op("Div", [gys[0], count]), b.op("Shape", [x])])]
+
+
+@register("GlobalMaxPool")
+def global_max_pool(b, node, gys):
+    x = node.input[0]
+    flat = b.op("Reshape", [x, b.ints([0, 0, -1])])
+    first = b.op("ArgMax", [flat], axis=2, keepdims=1)  # ties go to the first maximum
+    shape = b.shapes.get(x)
+    if (shape is not None and None not in shape[2:]) or b.opset < 11:
+        spatial = b.static_shape(x, node, dims=range(2, b.rank(x, node)))[2:]
+        positions = b.ints(np.arange(int(np.prod(spatial))))
+    else:
+        count = b.squeeze(b.slice(b.op("Shape", [flat]), [2], [3], [0]), [0])
+        positions = b.op("Range", [b.ints(0), count, b.ints(1)])
+    onehot = b.mask(b.op("Equal", [first, positions]))
+    routed = b.op("Mul", [onehot, b.op("Reshape", [gys[0], b.ints([0, 0, 1])])])
+    return [b.reshape_like(routed, x)]
