@@ -1,0 +1,99 @@
+"""The CLI through click's CliRunner: the commands, their outputs and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from click.testing import CliRunner
+
+from onnxattr.cli import main
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+MODEL = FIX / "shapes_cnn.onnx"
+
+
+def run(*args, cwd=None):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_export_then_run(tmp_path):
+    out = tmp_path / "att.onnx"
+    r = run("export", MODEL, "-o", out, "--method", "guided")
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and out.exists()
+    m = onnx.load(out)
+    onnx.checker.check_model(m, full_check=True)
+    x = np.load(FIX / "default_input.npy")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits, att = sess.run(None, {"image": x, "target": np.zeros(4, np.int64)})
+    assert att.shape == x.shape and logits.shape == (4, 4)
+
+
+def test_export_argmax_mode(tmp_path):
+    out = tmp_path / "att.onnx"
+    assert run("export", MODEL, "-o", out, "--target", "argmax").exit_code == 0
+    names = [i.name for i in onnx.load(out).graph.input]
+    assert "target" not in names
+
+
+def test_explain_default_runs_bundled_example(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("explain")
+    assert r.exit_code == 0, r.output
+    assert "bundled example" in r.output and "provider: " in r.output
+    a = np.load(tmp_path / "attribution.npy")
+    assert a.shape == (4, 3, 64, 64) and np.abs(a).sum() > 0
+
+
+def test_explain_with_input_and_target(tmp_path):
+    out = tmp_path / "a.npy"
+    r = run("explain", MODEL, "--input", FIX / "default_input.npy", "--target", "0,1,2,3", "--method", "deconvnet",
+            "--provider", "cpu", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "classes [0, 1, 2, 3]" in r.output
+    assert np.load(out).shape == (4, 3, 64, 64)
+
+
+def test_explain_out_of_range_target_fails(tmp_path):
+    r = run("explain", MODEL, "--input", FIX / "default_input.npy", "--target", "9", "--provider", "cpu",
+            "-o", tmp_path / "a.npy")
+    assert r.exit_code != 0
+    assert "out of range" in r.output and not (tmp_path / "a.npy").exists()
+
+
+def test_coverage_table_and_json():
+    r = run("coverage", MODEL, "--method", "guided")
+    assert r.exit_code == 0, r.output
+    assert "Relu" in r.output and "guided" in r.output
+    r = run("coverage", MODEL, "--json")
+    data = json.loads(r.output)
+    assert data["missing"] == 0 and {row["op_type"] for row in data["ops"]} >= {"Conv", "Relu", "MaxPool"}
+
+
+def test_refuses_to_overwrite_input(tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(MODEL, model)
+    before = model.read_bytes()
+    r = run("export", model, "-o", model)
+    assert r.exit_code != 0 and "is the input file" in r.output
+    assert model.read_bytes() == before
+
+
+def test_missing_output_folder(tmp_path):
+    r = run("export", MODEL, "-o", tmp_path / "nope" / "out.onnx")
+    assert r.exit_code != 0 and "does not exist" in r.output
+
+
+def test_corrupt_model_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(MODEL.read_bytes()[:1000])
+    r = run("export", bad, "-o", tmp_path / "out.onnx")
+    assert r.exit_code != 0
+    assert r.output.startswith("Error: ModelLoadError") and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.onnx"]

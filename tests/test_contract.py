@@ -1,0 +1,155 @@
+"""The exported model's contract, on the bundled model: names, shapes, validity, size, runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+from onnxattr import api
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+MODEL = FIX / "shapes_cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.load(FIX / "default_input.npy")
+
+
+def session(proto):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("method", onnxattr.METHODS)
+def test_contract(method, x):
+    src = onnx.load(MODEL)
+    before = src.SerializeToString()
+    att = onnxattr.attribution_model(src, method=method)
+    assert src.SerializeToString() == before, "the input model was changed"
+    onnx.checker.check_model(att, full_check=True)
+    assert {n.domain for n in att.graph.node} <= {"", "ai.onnx"}
+    assert att.ir_version == src.ir_version
+    assert [(o.domain, o.version) for o in att.opset_import] == [(o.domain, o.version) for o in src.opset_import]
+    assert len(att.graph.initializer) == len(src.graph.initializer)
+    size, orig = len(att.SerializeToString()), len(before)
+    assert size <= 1.01 * orig + 64 * 1024
+    # Inputs/outputs: originals first, unchanged; then target and attribution.
+    assert [i.name for i in att.graph.input] == [i.name for i in src.graph.input] + ["target"]
+    assert [o.name for o in att.graph.output] == [o.name for o in src.graph.output] + ["attribution"]
+    t = att.graph.input[-1].type.tensor_type
+    assert t.elem_type == onnx.TensorProto.INT64 and t.shape.dim[0].dim_param == "batch"
+    a = att.graph.output[-1].type.tensor_type
+    assert a.shape == src.graph.input[0].type.tensor_type.shape
+    # The original outputs keep their values; the dynamic batch axis stays dynamic.
+    for n in (1, 4):
+        xs = x[:n]
+        ref = session(src).run(None, {"image": xs})[0]
+        logits, attribution = session(att).run(None, {"image": xs, "target": np.arange(n) % 4})
+        np.testing.assert_array_equal(logits, ref)
+        assert attribution.shape == xs.shape and np.abs(attribution).sum() > 0
+
+
+def test_rows_are_independent(x):
+    """Row n depends only on input n and target n."""
+    sess = session(onnxattr.attribution_model(str(MODEL)))
+    full = sess.run(["attribution"], {"image": x, "target": np.array([3, 2, 1, 0])})[0]
+    for n, t in enumerate([3, 2, 1, 0]):
+        one = sess.run(["attribution"], {"image": x[n:n + 1], "target": np.array([t])})[0]
+        np.testing.assert_allclose(one[0], full[n], rtol=1e-5, atol=1e-7)
+
+
+def test_argmax_target_equals_explicit(x):
+    ex = onnxattr.Explainer(MODEL, provider="cpu")
+    out = ex.run(x, "argmax")
+    pred = out["logits"].argmax(1)
+    np.testing.assert_array_equal(out["target"], pred)
+    np.testing.assert_array_equal(out["attribution"], ex(x, pred))
+
+
+def test_methods_differ_as_defined(x):
+    """deconvnet and guided change only the Relu backward: on a Relu-free model all three agree,
+    and on this model they differ from saliency and from each other."""
+    outs = {m: onnxattr.Explainer(MODEL, method=m, provider="cpu")(x, 0) for m in onnxattr.METHODS}
+    assert not np.allclose(outs["saliency"], outs["guided"])
+    assert not np.allclose(outs["deconvnet"], outs["guided"])
+
+
+def test_explainer_reuses_one_session(x):
+    ex = onnxattr.Explainer(MODEL, provider="cpu")
+    first = ex._sessions["input"]
+    a1, a2 = ex(x, 1), ex(x, 1)
+    assert ex._sessions["input"] is first
+    np.testing.assert_array_equal(a1, a2)
+
+
+@pytest.mark.parametrize("target, error", [
+    ([0, 1], onnxattr.TargetError),      # wrong length
+    (4, onnxattr.TargetError),           # out of range (4 classes)
+    (-1, onnxattr.TargetError),
+    ("first", onnxattr.TargetError),
+])
+def test_bad_targets(target, error, x):
+    with pytest.raises(error):
+        onnxattr.Explainer(MODEL, provider="cpu")(x, target)
+
+
+def test_bad_input_shape():
+    with pytest.raises(onnxattr.InputError, match="does not match"):
+        onnxattr.Explainer(MODEL, provider="cpu")(np.zeros((1, 3, 32, 32), np.float32), 0)
+
+
+def test_cuda_request_without_cuda_is_an_error():
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            onnxattr.Explainer(MODEL, provider="cuda")
+            pytest.skip("CUDA works on this machine")
+        except onnxattr.ProviderError as e:
+            assert "CUDA" in str(e)
+    else:
+        with pytest.raises(onnxattr.ProviderError):
+            onnxattr.Explainer(MODEL, provider="cuda")
+
+
+def test_auto_provider_says_which(x):
+    ex = onnxattr.Explainer(MODEL, provider="auto")
+    assert ex.provider in ("cpu", "cuda")
+
+
+def test_missing_rule_is_refused_before_work():
+    from onnx import helper
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Hardmax", ["h"], ["y"], name="odd")],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+        [onnx.numpy_helper.from_array(np.ones((3, 2), np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Hardmax node 'odd'"):
+        onnxattr.attribution_model(m)
+
+
+def test_not_a_classifier():
+    from onnx import helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(onnxattr.NotAClassifierError, match="rank-2"):
+        onnxattr.attribution_model(m)
+    with pytest.raises(onnxattr.NotAClassifierError, match="not a tensor"):
+        onnxattr.attribution_model(m, output="nope")
+
+
+def test_vjp_matches_numpy_on_the_bundled_model(x):
+    """The three Relu rules against a slow numpy re-implementation of the whole backward pass."""
+    from numpy_cnn import numpy_attribution
+    src = onnx.load(MODEL)
+    for method in onnxattr.METHODS:
+        got = onnxattr.Explainer(src, method=method, provider="cpu")(x, [0, 1, 2, 3])
+        want = numpy_attribution(src, x.astype(np.float64), np.array([0, 1, 2, 3]), method)
+        err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert err < 1e-5, (method, err)
