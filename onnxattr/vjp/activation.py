@@ -13,12 +13,13 @@ def _times(b, g, d):
 
 
 def relu_mask(b, node):
-    """1[z > 0] for a Relu node, read from its output (z > 0 iff relu(z) > 0), so the forward
-    Conv+Relu fusion keeps the pre-activation as a single-consumer tensor."""
+    """1[z > 0] for a Relu node, read from its output y (z > 0 iff y > 0) so that the forward
+    Conv+Relu fusion still fires. Computed as Ceil(min(y, 1)), exact for y >= 0 (NaN stays NaN),
+    which ran faster in ONNX Runtime than Sign(y) or Cast(Greater(y, 0))."""
     y = node.output[0]
-    if b.opset >= 9:
-        return b.op("Sign", [y])
-    return b.mask(b.op("Greater", [y, b.scalar(0.0)]))
+    if b.opset >= 11:
+        return b.op("Ceil", [b.op("Clip", [y, "", b.scalar(1.0)])])
+    return b.op("Ceil", [b.op("Clip", [y], max=1.0)])
 
 
 @register("Relu")
