@@ -14,6 +14,7 @@ from .backward import build_backward, differentiable_path, prune
 from .errors import ModelLoadError, NotAClassifierError, UnsupportedModelError
 from .graph import FLOAT_TYPES, Builder
 from .methods import get_method
+from .recipes import ALL_METHODS, Context, Options, build
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
@@ -66,54 +67,87 @@ def _scores(b: Builder, name: str | None) -> str:
     )
 
 
+def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
+    """A graph output description; dims may hold TensorShapeProto.Dimension, ints, or None."""
+    vi = helper.make_tensor_value_info(name, elem_type, None)
+    shape = vi.type.tensor_type.shape
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, onnx.TensorShapeProto.Dimension):
+            dim.CopyFrom(d)
+        elif d is not None:
+            dim.dim_value = d
+    return vi
+
+
 def attribution_model(model, method: str = "saliency", output: str | None = None, input: str | None = None,
-                      target: str = "input", relu_like: bool = False) -> onnx.ModelProto:
+                      target: str = "input", relu_like: bool = False, wrt: str | None = None,
+                      **options) -> onnx.ModelProto:
     """Return a new ONNX model computing the original outputs plus `attribution`.
 
-    `attribution` has the shape of the floating-point input; row n is the gradient of
-    y[n, target[n]] with respect to input[n] under `method` ("saliency", "deconvnet",
-    "guided"), where y is the first rank-2 float output (or `output`). With target="input" the
-    model takes an int64 input `target` [N]; with target="argmax" it uses the predicted class and
-    also outputs it as `target`. The input model is not changed; weights are shared, not copied.
+    `method` is one of saliency, deconvnet, guided (a gradient with that rule at each Relu),
+    gradient-x-input, smoothgrad, integrated-gradients, gradcam, guided-gradcam. For the
+    gradient methods `attribution` has the shape of the floating-point input (or of the tensor
+    `wrt`); row n explains y[n, target[n]], where y is the first rank-2 float output (or
+    `output`). With target="input" the model takes an int64 input `target` [N]; with
+    target="argmax" it explains the predicted class and outputs it as `target`.
+    integrated-gradients also outputs `completeness_gap` [N]; gradcam and guided-gradcam output
+    `cam` [N, 1, h, w]. `options` are the fields of `recipes.Options` (samples, noise, seed,
+    steps, baseline, ig_method, layer). The input model is not changed; weights are shared.
     """
-    policy = get_method(method, relu_like=relu_like)
+    opts = Options(relu_like=relu_like, **options)
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     src = load_model(model)
     x = _float_input(src, input)
     out = onnx.ModelProto()
     out.CopyFrom(src)
     b = Builder(out, x.type.tensor_type.elem_type)
     y = _scores(b, output)
-    for name in (ATTRIBUTION, TARGET):
+    w = wrt or x.name
+    if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
+        raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")
+    for name in (ATTRIBUTION, TARGET, "completeness_gap", "cam"):
         if name in b._used:
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
     classes = b.static_shape(y, None, dims=[1])[1]
     batch = x.type.tensor_type.shape.dim[0] if x.type.tensor_type.shape.dim else None
     if target == "input":
         t = TARGET
-        vi = helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None])
-        if batch is not None:
-            vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
-        out.graph.input.append(vi)
+        out.graph.input.append(_value_info(TARGET, TensorProto.INT64, [batch]))
     elif target == "argmax":
         t = b.op("ArgMax", [y], axis=1, keepdims=0)
     else:
         raise ValueError(f"target must be 'input' or 'argmax', not {target!r}")
-    hit = b.op("Equal", [b.unsqueeze(t, [1]), b.ints(np.arange(classes, dtype=np.int64)[None])])
-    seed = b.mask(hit)
-    grads = build_backward(b, {y: seed}, [x.name], policy)
-    b.nodes.append(helper.make_node("Identity", [grads[x.name]], [ATTRIBUTION], name=b.fresh("attribution")))
-    keep = {ATTRIBUTION}
+    inits = {i.name for i in src.graph.initializer}
+    ctx = Context(b, [i.name for i in src.graph.input if i.name not in inits], x.name, w, y, t, classes)
+    results = build(method, ctx, opts)
+    layer = results.pop("_layer", None)
+    xdims = list(x.type.tensor_type.shape.dim)
+    if w == x.name:
+        wdims = xdims
+    else:
+        wdims = [batch] + (b.shapes.get(w) or [None])[1:]
+    shapes = {ATTRIBUTION: wdims, "completeness_gap": [batch]}
+    if method == "gradcam":
+        nhwc = len(xdims) == 4 and xdims[3].dim_value in (1, 3) and xdims[1].dim_value not in (1, 3)
+        shapes[ATTRIBUTION] = [batch] + ([xdims[1], xdims[2], 1] if nhwc else [1, xdims[2], xdims[3]])
+    if layer is not None:
+        shapes["cam"] = [batch, 1] + (b.shapes.get(layer) or [None] * 4)[2:]
+    outputs = dict(results)
     if target == "argmax":
-        b.nodes.append(helper.make_node("Identity", [t], [TARGET], name=b.fresh("target")))
-        keep.add(TARGET)
-        out.graph.output.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
-        if batch is not None:
-            out.graph.output[-1].type.tensor_type.shape.dim[0].CopyFrom(batch)
-    out.graph.node.extend(prune(b.nodes, keep))
-    att = onnx.ValueInfoProto()
-    att.CopyFrom(x)
-    att.name = ATTRIBUTION
-    out.graph.output.append(att)
+        outputs[TARGET] = t
+    for name, tensor in outputs.items():
+        b.nodes.append(helper.make_node("Identity", [tensor], [name], name=b.fresh(name)))
+    out.graph.node.extend(prune(b.nodes, set(outputs)))
+    for name in outputs:
+        elem = TensorProto.INT64 if name == TARGET else b.dtype
+        out.graph.output.append(_value_info(name, elem, [batch] if name == TARGET else shapes[name]))
+    meta = {"onnxattr.method": method, "onnxattr.scores": y, "onnxattr.wrt": w}
+    if layer is not None:
+        meta["onnxattr.layer"] = layer
+    for k, v in meta.items():
+        out.metadata_props.add(key=k, value=v)
     return out
 
 

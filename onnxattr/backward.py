@@ -20,7 +20,7 @@ def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list
     and the tensors that need a gradient (live inputs of those nodes, and `wrt`)."""
     live = set(wrt)
     forward = []
-    for node in b.model.graph.node:
+    for node in b.all_nodes():
         if node.op_type in NON_DIFFERENTIABLE and node.domain in ("", "ai.onnx"):
             continue
         if any(i in live for i in node.input if i):

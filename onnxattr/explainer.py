@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import onnx
 
-from .api import ATTRIBUTION, TARGET, attribution_model, load_model
+from .api import ATTRIBUTION, TARGET, _float_input, attribution_model, load_model
 from .errors import InputError, TargetError
 from .runtime import make_session
 
@@ -23,26 +23,26 @@ class Explainer:
     """
 
     def __init__(self, model, method: str = "saliency", provider: str = "auto", output: str | None = None,
-                 input: str | None = None, relu_like: bool = False):
+                 input: str | None = None, relu_like: bool = False, wrt: str | None = None, **options):
         self.source = load_model(model)
         self.method = method
-        self._build = dict(method=method, output=output, input=input, relu_like=relu_like)
+        self._build = dict(method=method, output=output, input=input, relu_like=relu_like, wrt=wrt, **options)
         self._requested = provider
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
         self.model = self._model("input")
         sess, self.provider = make_session(self.model.SerializeToString(), provider)
         self._sessions["input"] = sess
-        inp = sess.get_inputs()
-        self.input_name = next(i.name for i in inp if i.name != TARGET and i.type.startswith("tensor(float")
-                               or i.type == "tensor(double)")
-        self._input_meta = next(i for i in inp if i.name == self.input_name)
-        scores = next(o for o in sess.get_outputs() if o.name not in (ATTRIBUTION,))
+        meta = {p.key: p.value for p in self.model.metadata_props}
+        self.input_name = _float_input(self.source, input).name
+        self._input_meta = next(i for i in sess.get_inputs() if i.name == self.input_name)
+        scores = next(o for o in self.model.graph.output if o.name == meta["onnxattr.scores"]) \
+            if any(o.name == meta["onnxattr.scores"] for o in self.model.graph.output) else None
+        self.layer = meta.get("onnxattr.layer")
         self.num_classes = None
-        for o in self.model.graph.output:
-            if o.name == scores.name:
-                dims = o.type.tensor_type.shape.dim
-                self.num_classes = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
+        if scores is not None:
+            dims = scores.type.tensor_type.shape.dim
+            self.num_classes = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
 
     def _model(self, mode: str) -> onnx.ModelProto:
         return attribution_model(self.source, target=mode, **self._build)

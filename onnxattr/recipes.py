@@ -1,0 +1,260 @@
+"""Methods composed from the backward graph, all inside the ONNX graph (one session run):
+gradient x input, SmoothGrad, integrated gradients, Grad-CAM and guided Grad-CAM.
+
+SmoothGrad and integrated gradients run the forward on batched copies of the input: a copy of
+the forward nodes (sharing the weights) reads S stacked copies, and one backward pass serves all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backward import build_backward, differentiable_path
+from .errors import UnsupportedModelError
+from .graph import Builder
+from .methods import get_method
+
+BASE = ("saliency", "deconvnet", "guided")
+COMPOSED = ("gradient-x-input", "smoothgrad", "integrated-gradients", "gradcam", "guided-gradcam")
+ALL_METHODS = BASE + COMPOSED
+IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "MaxPool")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Parameters of the composed methods (ignored by the others)."""
+
+    samples: int = 16            # smoothgrad: noisy copies
+    noise: float = 0.15          # smoothgrad: noise std as a fraction of each input's value range
+    seed: int = 0                # smoothgrad: the noise is a fixed function of (seed, element index)
+    steps: int = 32              # integrated gradients: points on the path
+    baseline: float | np.ndarray = 0.0   # integrated gradients: the path's start
+    ig_method: str = "gausslegendre"     # integrated gradients: quadrature (as Captum's `method`)
+    layer: str | None = None     # gradcam: the 4-D activation (default: the last before global pooling)
+    relu_like: bool = False      # deconvnet/guided rules on LeakyRelu/PRelu/ReLU6 too
+
+
+@dataclass
+class Context:
+    """What every recipe works on: the builder, the tensors to explain and the target."""
+
+    b: Builder
+    inputs: list[str]   # the model's graph inputs (not initializers)
+    x: str              # the floating-point model input
+    w: str              # the tensor attributions are taken with respect to (x, or --wrt)
+    y: str              # class scores [N, C]
+    t: str              # target class per row, int64 [N]
+    classes: int
+
+    def onehot(self, t: str | None = None) -> str:
+        b = self.b
+        hit = b.op("Equal", [b.unsqueeze(t or self.t, [1]), b.ints(np.arange(self.classes)[None])])
+        return b.mask(hit)
+
+    def gradient(self, policy, at: str | None = None, seeds: dict[str, str] | None = None) -> str:
+        at = at or self.w
+        return build_backward(self.b, seeds or {self.y: self.onehot()}, [at], policy)[at]
+
+
+# ------------------------------------------------------------------------------------------ noise
+_M = 2**31 - 1
+_A, _C = 48271, 11
+
+
+def gaussian_noise(shape, seed: int = 0) -> np.ndarray:
+    """The standard-normal noise the exported SmoothGrad graph draws, reproduced in numpy (float32):
+    a hash of (seed, flat element index) through two squarings mod 2**31-1, then Box-Muller."""
+    i = np.arange(int(np.prod(shape)), dtype=np.int64)
+    u1, u2 = _uniforms(i, seed)
+    z = np.sqrt(np.float32(-2.0) * np.log(u1)) * np.cos(np.float32(2 * np.pi) * u2)
+    return z.astype(np.float32).reshape(shape)
+
+
+def _uniforms(i, seed):
+    h = (i * _A + _C + seed * 7919) % _M
+    h = (h * h + 12345) % _M
+    h = (h * h + 6789) % _M
+    h2 = (h * h + 4242) % _M
+    scale = np.float32(1.0 / _M)
+    return ((h.astype(np.float32) + np.float32(0.5)) * scale, (h2.astype(np.float32) + np.float32(0.5)) * scale)
+
+
+def _graph_noise(b: Builder, shape: str, seed: int) -> str:
+    """The same noise as `gaussian_noise`, built in the graph for a runtime shape tensor."""
+    if b.opset < 11:
+        raise UnsupportedModelError(f"smoothgrad needs opset >= 11 (Range, Mod); the model has {b.opset}")
+    count = b.reduce("ReduceProd", shape, [0], keepdims=0)
+    i = b.op("Range", [b.ints(0), count, b.ints(1)])
+
+    def step(h, mul, add):
+        return b.op("Mod", [b.op("Add", [b.op("Mul", [h, mul]), b.ints(add)]), b.ints(_M)])
+
+    h = step(i, b.ints(_A), _C + seed * 7919)
+    h = step(h, h, 12345)
+    h = step(h, h, 6789)
+    h2 = step(h, h, 4242)
+
+    def uniform(v):
+        f = b.op("Cast", [v], to=b.dtype)
+        return b.op("Mul", [b.op("Add", [f, b.scalar(0.5)]), b.scalar(1.0 / _M)])
+
+    radius = b.op("Sqrt", [b.op("Mul", [b.scalar(-2.0), b.op("Log", [uniform(h)])])])
+    z = b.op("Mul", [radius, b.op("Cos", [b.op("Mul", [b.scalar(2 * np.pi), uniform(h2)])])])
+    return b.op("Reshape", [z, shape])
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _tail_shape(b: Builder, w: str) -> str:
+    """Shape(w)[1:] as an int64 tensor."""
+    return b.slice(b.op("Shape", [w]), [1], [np.iinfo(np.int64).max], [0])
+
+
+def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, str], str]:
+    """Run the forward on `stacked` [copies, N, ...] in place of w: returns (the flat batch fed in
+    place of w, the copy's tensor names, targets repeated per copy)."""
+    b = ctx.b
+    flat = b.op("Reshape", [stacked, b.op("Concat", [b.ints([-1]), _tail_shape(b, ctx.w)], axis=0)])
+    feeds = {}
+    for name in ctx.inputs:
+        if name != ctx.w:
+            rank = b.rank(name)
+            feeds[name] = b.op("Tile", [name, b.ints([copies] + [1] * (rank - 1))])
+    rename = b.clone_forward(feeds, {ctx.w: flat})
+    if ctx.y not in rename:
+        raise UnsupportedModelError(f"the scores '{ctx.y}' do not depend on '{ctx.w}'")
+    return flat, rename, b.op("Tile", [ctx.t, b.ints([copies])])
+
+
+def _per_copy(b: Builder, g: str, copies: int, w: str) -> str:
+    return b.op("Reshape", [g, b.op("Concat", [b.ints([copies, -1]), _tail_shape(b, w)], axis=0)])
+
+
+def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, weights) of the path quadrature, as Captum's `approximation_parameters`."""
+    n = steps
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        return 0.5 * (nodes + 1), 0.5 * weights
+    if method == "riemann_trapezoid":
+        if n < 2:
+            raise ValueError("riemann_trapezoid needs at least 2 steps")
+        weights = np.full(n, 1.0 / (n - 1))
+        weights[[0, -1]] /= 2
+        return np.linspace(0, 1, n), weights
+    alphas = {"riemann_left": np.linspace(0, 1 - 1 / n, n), "riemann_right": np.linspace(1 / n, 1, n),
+              "riemann_middle": np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)}
+    if method not in alphas:
+        raise ValueError(f"unknown integration method '{method}' (choose from {', '.join(IG_METHODS)})")
+    return alphas[method], np.full(n, 1.0 / n)
+
+
+def default_layer(ctx: Context) -> str:
+    """The last 4-D activation before the classifier's global pooling."""
+    b = ctx.b
+    path, _ = differentiable_path(b, [ctx.x], [ctx.y])
+    for node in reversed(path):
+        if node.op_type in POOLS and len(b.shapes.get(node.input[0]) or []) == 4:
+            return node.input[0]
+    for node in reversed(path):
+        for o in node.output:
+            if len(b.shapes.get(o) or []) == 4 and b.is_float(o):
+                return o
+    raise UnsupportedModelError("no 4-D activation on the path to the scores; name one with --layer")
+
+
+def _upsample(ctx: Context, cam: str) -> str:
+    """cam [N, 1, h, w] resized (bilinear, half-pixel) to the input's spatial size, laid out like
+    the input (channels first or last)."""
+    b = ctx.b
+    xs = b.shapes.get(ctx.x) or []
+    nhwc = len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
+    spatial = [1, 2] if nhwc else [2, 3]
+    if b.opset >= 11:
+        sizes = b.op("Concat", [b.slice(b.op("Shape", [cam]), [0], [2], [0]),
+                                b.op("Gather", [b.op("Shape", [ctx.x]), b.ints(spatial)])], axis=0)
+        empty = b.const(np.zeros(0, b.np_dtype))
+        up = b.op("Resize", [cam, empty, b.const(np.zeros(0, np.float32)), sizes], mode="linear",
+                  coordinate_transformation_mode="half_pixel")
+    else:
+        size = b.static_shape(ctx.x, None, dims=spatial)
+        hw = b.static_shape(cam, None, dims=[2, 3])
+        scales = np.array([1, 1, size[spatial[0]] / hw[2], size[spatial[1]] / hw[3]], np.float32)
+        if b.opset >= 10:
+            up = b.op("Resize", [cam, b.const(scales, dtype=np.float32)], mode="linear")
+        elif b.opset >= 9:
+            up = b.op("Upsample", [cam, b.const(scales, dtype=np.float32)], mode="linear")
+        else:
+            raise UnsupportedModelError(f"gradcam needs opset >= 9 to resize the map (model has {b.opset})")
+    return b.op("Transpose", [up], perm=[0, 2, 3, 1]) if nhwc else up
+
+
+# ------------------------------------------------------------------------------------------ recipes
+def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
+    """(layer name, cam [N, 1, h, w], cam resized to the input)."""
+    b = ctx.b
+    layer = opts.layer or default_layer(ctx)
+    if layer not in b.types:
+        raise UnsupportedModelError(f"--layer '{layer}' is not a tensor of the model")
+    if len(b.shapes.get(layer) or []) != 4 or not b.is_float(layer):
+        raise UnsupportedModelError(f"--layer '{layer}' is not a 4-D float activation [N, K, h, w]")
+    g = ctx.gradient(get_method("saliency"), at=layer)
+    alpha = b.reduce("ReduceMean", g, [2, 3], keepdims=1)
+    cam = b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [1], keepdims=1)])
+    return layer, cam, _upsample(ctx, cam)
+
+
+def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
+    """Emit `method` into ctx.b; returns {output name: tensor name} ("attribution" and extras)."""
+    b = ctx.b
+    if method in BASE:
+        return {"attribution": ctx.gradient(get_method(method, relu_like=opts.relu_like))}
+    if method == "gradient-x-input":
+        return {"attribution": b.op("Mul", [ctx.gradient(get_method("saliency")), ctx.w])}
+    if method == "smoothgrad":
+        s = opts.samples
+        rank = b.rank(ctx.w)
+        axes = list(range(1, rank))
+        span = b.op("Sub", [b.reduce("ReduceMax", ctx.w, axes), b.reduce("ReduceMin", ctx.w, axes)])
+        shape = b.op("Concat", [b.ints([s]), b.op("Shape", [ctx.w])], axis=0)
+        noise = b.op("Mul", [_graph_noise(b, shape, opts.seed), b.op("Mul", [span, b.scalar(opts.noise)])])
+        flat, rename, t = _batched(ctx, b.op("Add", [b.unsqueeze(ctx.w, [0]), noise]), s)
+        g = ctx.gradient(get_method("saliency"), at=flat, seeds={rename[ctx.y]: ctx.onehot(t)})
+        return {"attribution": b.reduce("ReduceMean", _per_copy(b, g, s, ctx.w), [0], keepdims=0)}
+    if method == "integrated-gradients":
+        alphas, weights = ig_points(opts.steps, opts.ig_method)
+        alphas, weights = np.append(alphas, 0.0), np.append(weights, 0.0)  # last copy: the baseline
+        k = len(alphas)
+        rank = b.rank(ctx.w)
+        base = b.const(np.asarray(opts.baseline, dtype=b.np_dtype))
+        diff = b.op("Sub", [ctx.w, base])
+        lifted = b.const(alphas.astype(b.np_dtype).reshape([k] + [1] * rank))
+        points = b.op("Add", [b.op("Mul", [lifted, b.unsqueeze(diff, [0])]), base])
+        flat, rename, t = _batched(ctx, points, k)
+        yc = rename[ctx.y]
+        scale = b.const(weights.astype(b.np_dtype).reshape(k, 1, 1))
+        seed = b.op("Reshape", [b.op("Mul", [b.op("Reshape", [ctx.onehot(t), b.ints([k, -1, ctx.classes])]), scale]),
+                                b.ints([-1, ctx.classes])])
+        g = ctx.gradient(get_method("saliency"), at=flat, seeds={yc: seed})
+        att = b.op("Mul", [b.reduce("ReduceSum", _per_copy(b, g, k, ctx.w), [0], keepdims=0), diff])
+        picked = ctx.onehot()
+        y_x = b.reduce("ReduceSum", b.op("Mul", [ctx.y, picked]), [1], keepdims=0)
+        y_all = b.op("Reshape", [yc, b.ints([k, -1, ctx.classes])])
+        y_base = b.op("Gather", [y_all, b.ints(k - 1)], axis=0)
+        y_b = b.reduce("ReduceSum", b.op("Mul", [y_base, picked]), [1], keepdims=0)
+        total = b.reduce("ReduceSum", att, list(range(1, rank)), keepdims=0)
+        gap = b.op("Sub", [total, b.op("Sub", [y_x, y_b])])
+        return {"attribution": att, "completeness_gap": gap}
+    if method in ("gradcam", "guided-gradcam"):
+        layer, cam, up = gradcam_maps(ctx, opts)
+        out = {"cam": cam}
+        if method == "gradcam":
+            out["attribution"] = up
+        else:
+            guided = ctx.gradient(get_method("guided", relu_like=opts.relu_like), at=ctx.x)
+            out["attribution"] = b.op("Mul", [guided, up])
+        out["_layer"] = layer
+        return out
+    raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
