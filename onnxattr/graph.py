@@ -124,6 +124,41 @@ class Builder:
         return self.types.get(name) in FLOAT_TYPES
 
     # ---------------------------------------------------------------- names and nodes
+    def all_nodes(self) -> list[onnx.NodeProto]:
+        """The model's nodes followed by the ones added so far (a valid topological order)."""
+        return list(self.model.graph.node) + self.nodes
+
+    def clone_forward(self, feeds: dict[str, str], replace: dict[str, str]) -> dict[str, str]:
+        """Append a copy of every node that depends on a graph input, reading `feeds[input]`
+        instead of each graph input and `replace[t]` instead of tensor t (whose producer's copy
+        then writes to a dead name). Weights are shared, not copied.
+        Returns the map from original tensor names to their copies."""
+        rename = dict(feeds)
+        rename.update(replace)
+        for node in list(self.model.graph.node):
+            if not any(i in rename for i in node.input if i):
+                continue
+            outs = []
+            for o in node.output:
+                new = self.fresh(f"{o.split('/')[-1] or 'out'}_copy") if o else ""
+                if o and o not in replace:
+                    rename[o] = new
+                    self.types[new] = self.types.get(o, 0)
+                    if o in self.shapes:
+                        self.shapes[new] = self.shapes[o]
+                    if o in self.consts:
+                        self.consts[new] = self.consts[o]
+                outs.append(new)
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = self.fresh(node.op_type)
+            del copy.input[:]
+            copy.input.extend(rename.get(i, i) for i in node.input)
+            del copy.output[:]
+            copy.output.extend(outs)
+            self.nodes.append(copy)
+        return rename
+
     def fresh(self, hint: str) -> str:
         while True:
             name = f"onnxattr/{hint}_{next(self._counter)}"
@@ -151,7 +186,17 @@ class Builder:
         arr = np.asarray(value, dtype=dtype if dtype is not None else self.np_dtype)
         name = self.fresh(hint)
         t = numpy_helper.from_array(arr, name)
-        self.nodes.append(helper.make_node("Constant", [], [name], name=self.fresh("Constant"), value=t))
+        if self.opset < 9 and arr.dtype.kind not in "fc":
+            # Constant-1 holds only float tensors: store as double and Cast (exact below 2**53).
+            as_double = arr.astype(np.float64)
+            if not np.array_equal(as_double.astype(arr.dtype), arr):
+                raise UnsupportedModelError(f"constant {arr.tolist()} is not representable at opset {self.opset}")
+            raw = self.fresh(hint)
+            self.nodes.append(helper.make_node("Constant", [], [raw], name=self.fresh("Constant"),
+                                               value=numpy_helper.from_array(as_double, raw)))
+            self.nodes.append(helper.make_node("Cast", [raw], [name], name=self.fresh("Cast"), to=t.data_type))
+        else:
+            self.nodes.append(helper.make_node("Constant", [], [name], name=self.fresh("Constant"), value=t))
         self.consts[name] = t
         self.types[name] = t.data_type
         self.shapes[name] = list(arr.shape)
@@ -211,7 +256,35 @@ class Builder:
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype))
         if self.opset >= 9:
             return self.op("ConstantOfShape", [self.op("Shape", [x])], value=zero)
-        return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.op("Shape", [x])])
+        if self.opset >= 8:
+            return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.op("Shape", [x])])
+        return self.const(np.zeros(self.static_shape(x, None), self.np_dtype))  # no Expand before opset 8
+
+    def expand_like(self, t: str, x: str) -> str:
+        """`t` broadcast to the shape of `x` (which it must broadcast to)."""
+        if self.opset >= 8:
+            return self.op("Expand", [t, self.op("Shape", [x])])
+        return self.op("Add", [t, self.zeros_like(x)])
+
+    def equal(self, a: str, b: str) -> str:
+        """a == b as a bool tensor; Equal takes float inputs only from opset 11."""
+        if self.opset >= 11 or not self.is_float(a):
+            return self.op("Equal", [a, b])
+        return self.op("Not", [self.op("Or", [self.op("Less", [a, b]), self.op("Greater", [a, b])])])
+
+    def where(self, cond: str, x: str, y: str) -> str:
+        """Where(cond, x, y); before opset 9 (no Where) as x * m + y * (1 - m) with m = mask(cond)."""
+        if self.opset >= 9:
+            return self.op("Where", [cond, x, y])
+        m = self.mask(cond)
+        return self.op("Add", [self.op("Mul", [x, m]), self.op("Mul", [y, self.op("Sub", [self.scalar(1.0), m])])])
+
+    def sign(self, x: str) -> str:
+        """Sign(x); before opset 9 (no Sign) as mask(x > 0) - mask(x < 0)."""
+        if self.opset >= 9:
+            return self.op("Sign", [x])
+        zero = self.scalar(0.0)
+        return self.op("Sub", [self.mask(self.op("Greater", [x, zero])), self.mask(self.op("Less", [x, zero]))])
 
     def mask(self, condition: str) -> str:
         """A boolean tensor as 0/1 in the float dtype."""
