@@ -13,7 +13,7 @@ from . import api
 from .errors import InputError, OnnxAttrError
 from .explainer import Explainer
 from .io import save_array, save_model
-from .methods import METHODS
+from .recipes import ALL_METHODS, IG_METHODS
 from .runtime import PROVIDERS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -34,8 +34,38 @@ def user_errors(fn):
     return wrapped
 
 
-method_option = click.option("--method", type=click.Choice(METHODS), default="saliency", show_default=True,
-                             help="Backward rule at each Relu.")
+method_option = click.option("--method", type=click.Choice(ALL_METHODS), default="saliency", show_default=True,
+                             help="Attribution method.")
+
+
+def method_options(fn):
+    """The options of the composed methods and --wrt, shared by export and explain."""
+    for opt in reversed([
+        click.option("--wrt", default=None, metavar="NAME", help="Attribute to this intermediate tensor instead of the input."),
+        click.option("--samples", default=16, show_default=True, help="smoothgrad: number of noisy copies."),
+        click.option("--noise", default=0.15, show_default=True, help="smoothgrad: noise std as a fraction of the input's range."),
+        click.option("--seed", default=0, show_default=True, help="smoothgrad: noise seed (the noise is deterministic)."),
+        click.option("--steps", default=32, show_default=True, help="integrated-gradients: points on the path."),
+        click.option("--baseline", default="0", show_default=True, metavar="VALUE|X.npy",
+                     help="integrated-gradients: the path's start, a number or a .npy array."),
+        click.option("--ig-method", type=click.Choice(IG_METHODS), default="gausslegendre", show_default=True,
+                     help="integrated-gradients: quadrature rule (as Captum's)."),
+        click.option("--layer", default=None, metavar="NAME",
+                     help="gradcam: the 4-D activation (default: the last one before global pooling)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _options(samples, noise, seed, steps, baseline, ig_method, layer) -> dict:
+    try:
+        base = float(baseline)
+    except ValueError:
+        try:
+            base = np.load(baseline, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"--baseline '{baseline}' is neither a number nor a readable .npy file ({e})".splitlines()[0]) from None
+    return dict(samples=samples, noise=noise, seed=seed, steps=steps, baseline=base, ig_method=ig_method, layer=layer)
 relu_like_option = click.option("--relu-like", is_flag=True,
                                  help="Apply the deconvnet/guided rule to LeakyRelu, PRelu and ReLU6-style Clip too.")
 output_option = click.option("--output", "output", default=None, metavar="NAME",
@@ -56,10 +86,12 @@ def main():
 @click.option("--target", "target_mode", type=click.Choice(["input", "argmax"]), default="input", show_default=True,
               help="'input': add an int64 input `target` [N]; 'argmax': explain the predicted class.")
 @relu_like_option
+@method_options
 @user_errors
-def export(model, out, method, output, target_mode, relu_like):
+def export(model, out, method, output, target_mode, relu_like, wrt, **opts):
     """Write MODEL plus an `attribution` output (and a `target` input) to OUT."""
-    proto = api.attribution_model(model, method=method, output=output, target=target_mode, relu_like=relu_like)
+    proto = api.attribution_model(model, method=method, output=output, target=target_mode, relu_like=relu_like,
+                                  wrt=wrt, **_options(**opts))
     path = save_model(proto, out, source=model)
     click.echo(f"wrote {path} ({method}; inputs: {', '.join(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})}; "
                f"outputs: {', '.join(o.name for o in proto.graph.output)})")
@@ -84,10 +116,11 @@ def _parse_target(text: str):
               help="ONNX Runtime execution provider ('auto': CUDA when usable, else CPU).")
 @output_option
 @relu_like_option
+@method_options
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default="attribution.npy", show_default=True,
               help="Where to write the attribution (.npy).")
 @user_errors
-def explain(model, input_path, target, method, provider, output, relu_like, out):
+def explain(model, input_path, target, method, provider, output, relu_like, out, wrt, **opts):
     """Run MODEL on an input batch and write the attribution. With no MODEL: the bundled example."""
     if model is None:
         model, input_path = DEFAULT_MODEL, input_path or DEFAULT_INPUT
@@ -98,9 +131,12 @@ def explain(model, input_path, target, method, provider, output, relu_like, out)
         x = np.load(input_path, allow_pickle=False)
     except Exception as e:
         raise InputError(f"cannot read '{input_path}' as a .npy array ({e})".splitlines()[0]) from None
-    ex = Explainer(model, method=method, provider=provider, output=output, relu_like=relu_like)
-    click.echo(f"provider: {ex.provider}")
+    ex = Explainer(model, method=method, provider=provider, output=output, relu_like=relu_like, wrt=wrt,
+                   **_options(**opts))
+    click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
     result = ex.run(x, _parse_target(target))
+    if "completeness_gap" in result:
+        click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(result['completeness_gap'], 5).tolist()}")
     path = save_array(result[api.ATTRIBUTION], out, model, input_path)
     shown = result.get(api.TARGET, np.broadcast_to(np.asarray(_parse_target(target)), (x.shape[0],)))
     click.echo(f"wrote {method} attribution {list(result[api.ATTRIBUTION].shape)} for classes "

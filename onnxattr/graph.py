@@ -135,6 +135,10 @@ class Builder:
         Returns the map from original tensor names to their copies."""
         rename = dict(feeds)
         rename.update(replace)
+        for orig, new in rename.items():  # the stacked copies: same shape but for the batch
+            self.types.setdefault(new, self.types.get(orig, 0))
+            if orig in self.shapes and self.shapes[orig]:
+                self.shapes.setdefault(new, [None] + self.shapes[orig][1:])
         for node in list(self.model.graph.node):
             if not any(i in rename for i in node.input if i):
                 continue

@@ -141,7 +141,8 @@ def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     if method == "riemann_trapezoid":
         if n < 2:
             raise ValueError("riemann_trapezoid needs at least 2 steps")
-        weights = np.full(n, 1.0 / (n - 1))
+        # Captum's weights, kept for parity: 1/n with halved ends (they sum to (n-1)/n, not 1).
+        weights = np.full(n, 1.0 / n)
         weights[[0, -1]] /= 2
         return np.linspace(0, 1, n), weights
     alphas = {"riemann_left": np.linspace(0, 1 - 1 / n, n), "riemann_right": np.linspace(1 / n, 1, n),

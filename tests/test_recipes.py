@@ -1,0 +1,177 @@
+"""Composed methods against independent computations: numpy compositions of saliency, Captum's
+IntegratedGradients, and Grad-CAM computed in PyTorch."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr.recipes import gaussian_noise, ig_points
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+MODEL = FIX / "shapes_cnn.onnx"
+TARGETS = [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.load(FIX / "default_input.npy")
+
+
+def explain(method, x, target=TARGETS, model=MODEL, **kw):
+    return onnxattr.Explainer(model, method=method, provider="cpu", **kw).run(x, target)
+
+
+def smooth_model():
+    """y = (x * x) @ W: smooth, so saliency at noisy points depends on the noise exactly."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(6, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("MatMul", ["sq", "w"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_gradient_x_input(x):
+    sal = explain("saliency", x)["attribution"]
+    np.testing.assert_array_equal(explain("gradient-x-input", x)["attribution"], sal * x)
+
+
+def test_smoothgrad_is_mean_saliency_over_the_documented_noise():
+    m = smooth_model()
+    xs = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    t = [0, 1, 2, 0, 1]
+    samples, noise = 7, 0.2
+    got = explain("smoothgrad", xs, t, model=m, samples=samples, noise=noise, seed=3)["attribution"]
+    z = gaussian_noise((samples,) + xs.shape, seed=3)
+    span = xs.max(1) - xs.min(1)
+    sal = onnxattr.Explainer(m, provider="cpu")
+    want = np.mean([sal(xs + noise * span[:, None] * z[s], t) for s in range(samples)], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_smoothgrad_on_cnn_is_reproducible_and_close_to_numpy(x):
+    a = explain("smoothgrad", x, samples=8, noise=0.1)["attribution"]
+    b = explain("smoothgrad", x, samples=8, noise=0.1)["attribution"]
+    np.testing.assert_array_equal(a, b)
+    z = gaussian_noise((8,) + x.shape, 0)
+    span = x.reshape(4, -1).max(1) - x.reshape(4, -1).min(1)
+    sal = onnxattr.Explainer(MODEL, provider="cpu")
+    want = np.mean([sal(x + 0.1 * span[:, None, None, None] * z[s], TARGETS) for s in range(8)], axis=0)
+    # float32 transcendental differences flip a few Relu masks: measured 1.1e-3 relative
+    assert np.linalg.norm(a - want) / np.linalg.norm(want) < 5e-3
+    assert not np.allclose(a, explain("saliency", x)["attribution"])
+
+
+def test_noise_statistics():
+    z = gaussian_noise((200000,), 0)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.01
+
+
+def test_integrated_gradients_completeness(x):
+    sal = explain("saliency", x)
+    gaps = {}
+    for steps in (8, 32, 128):
+        out = explain("integrated-gradients", x, steps=steps)
+        gaps[steps] = np.abs(out["completeness_gap"])
+    y_x = sal["logits"][np.arange(4), TARGETS]
+    y_b = onnxattr.Explainer(MODEL, provider="cpu").run(np.zeros_like(x), TARGETS)["logits"][np.arange(4), TARGETS]
+    assert np.all(gaps[128] < 0.01 * np.abs(y_x - y_b))
+    assert gaps[128].max() < gaps[32].max() < gaps[8].max()
+
+
+def tiny_torch_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+
+
+def export(m, x, opset=13):
+    f = io.BytesIO()
+    torch.onnx.export(m, torch.from_numpy(x), f, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=opset, dynamo=False)
+    return onnx.load_from_string(f.getvalue())
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_middle"])
+def test_integrated_gradients_equals_captum(method):
+    from captum.attr import IntegratedGradients
+    m = tiny_torch_cnn()
+    x = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    t = [1, 4, 0]
+    got = explain("integrated-gradients", x, t, model=export(m, x), steps=20, ig_method=method, baseline=0.5)
+    md = m.double()
+    ref, delta = IntegratedGradients(md).attribute(torch.from_numpy(x).double(), baselines=0.5, target=torch.tensor(t),
+                                                   n_steps=20, method=method, return_convergence_delta=True)
+    ref = ref.numpy()
+    err = np.linalg.norm(got["attribution"] - ref) / np.linalg.norm(ref)
+    assert err < 1e-4, err  # float32 vs float64: measured ~1e-6
+    np.testing.assert_allclose(got["completeness_gap"], delta.numpy(), atol=1e-4)
+
+
+def test_ig_points_match_captum():
+    from captum.attr._utils.approximation_methods import approximation_parameters
+    for method in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"):
+        steps_fn, alphas_fn = approximation_parameters(method)
+        alphas, weights = ig_points(9, method)
+        np.testing.assert_allclose(alphas, alphas_fn(9), atol=1e-12)
+        np.testing.assert_allclose(weights, steps_fn(9), atol=1e-12)
+
+
+def test_gradcam_matches_pytorch_resnet18():
+    import torchvision
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    t = [3, 7]
+    out = explain("gradcam", x, t, model=export(m, x))
+    md = m.double()
+    acts = {}
+    md.layer4.register_forward_hook(lambda mod, i, o: acts.setdefault("a", o))
+    y = md(torch.from_numpy(x).double())
+    a = acts["a"]
+    g, = torch.autograd.grad(y[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    up = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)
+    err = np.linalg.norm(out["cam"] - cam.detach().numpy()) / np.linalg.norm(cam.detach().numpy())
+    assert err < 1e-4, err
+    err = np.linalg.norm(out["attribution"] - up.detach().numpy()) / np.linalg.norm(up.detach().numpy())
+    assert err < 1e-4, err
+
+
+def test_guided_gradcam_is_guided_times_cam(x):
+    guided = explain("guided", x)["attribution"]
+    cam = explain("gradcam", x)["attribution"]
+    np.testing.assert_allclose(explain("guided-gradcam", x)["attribution"], guided * cam, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["saliency", "smoothgrad", "integrated-gradients", "gradcam"])
+def test_argmax_equals_explicit(method, x):
+    out = explain(method, x, "argmax", samples=4, steps=8)
+    pred = out["logits"].argmax(1)
+    np.testing.assert_array_equal(out["target"], pred)
+    np.testing.assert_allclose(explain(method, x, pred, samples=4, steps=8)["attribution"], out["attribution"],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_wrt_intermediate_tensor(x):
+    """--wrt: the gradient w.r.t. an activation; gradient x input there sums to the same first-order
+    picture, and for the Gemm input it is exactly the classifier row."""
+    src = onnx.load(MODEL)
+    flat = next(n.output[0] for n in src.graph.node if n.op_type == "Flatten")
+    out = explain("saliency", x, wrt=flat)
+    w = numpy_helper.to_array(next(i for i in src.graph.initializer if i.name == "head.2.weight"))
+    np.testing.assert_allclose(out["attribution"], w[TARGETS], rtol=1e-6)
+    ig = explain("integrated-gradients", x, wrt=flat, steps=16)
+    # the head is linear after Flatten: IG with a zero baseline there is exact
+    np.testing.assert_allclose(ig["completeness_gap"], 0, atol=1e-4)
