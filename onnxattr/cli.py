@@ -13,7 +13,9 @@ from . import api
 from .errors import InputError, OnnxAttrError
 from .explainer import Explainer
 from .io import save_array, save_model
+from .images import expand_paths
 from .recipes import ALL_METHODS, IG_METHODS
+from .report import GRID_METHODS, explain_images, read_labels
 from .runtime import PROVIDERS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -107,8 +109,16 @@ def _parse_target(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=name) from None
+
+
 @main.command()
 @click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, type=click.Path())
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), help="Input batch as a .npy file.")
 @click.option("--target", default="argmax", show_default=True, help="Class index, comma-separated indices per row, or 'argmax'.")
 @method_option
@@ -117,22 +127,54 @@ def _parse_target(text: str):
 @output_option
 @relu_like_option
 @method_options
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default="attribution.npy", show_default=True,
-              help="Where to write the attribution (.npy).")
+@click.option("-o", "--out", type=click.Path(), default=None,
+              help="With --input: the .npy to write (default attribution.npy). With images: the output folder "
+                   "(default onnxattr_out).")
+@click.option("--size", default=None, metavar="H[,W]", help="Images: crop size (default: the model's input size).")
+@click.option("--mean", default="0.485,0.456,0.406", show_default=True, help="Images: per-channel mean.")
+@click.option("--std", default="0.229,0.224,0.225", show_default=True, help="Images: per-channel std.")
+@click.option("--batch-size", default=8, show_default=True, help="Images: batch size.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Images: class names, one per line.")
+@click.option("--grid", is_flag=True, help="Images: also write grid.png comparing several methods per image.")
 @user_errors
-def explain(model, input_path, target, method, provider, output, relu_like, out, wrt, **opts):
-    """Run MODEL on an input batch and write the attribution. With no MODEL: the bundled example."""
+def explain(model, images, input_path, target, method, provider, output, relu_like, out, wrt, size, mean, std,
+            batch_size, labels, grid, **opts):
+    """Explain MODEL on images (files or folders) or on a .npy batch (--input).
+
+    With no arguments: the bundled example model and images (fixtures/), heatmaps and a grid
+    written to onnxattr_out/.
+    """
+    kw = dict(provider=provider, output=output, relu_like=relu_like, wrt=wrt, **_options(**opts))
     if model is None:
-        model, input_path = DEFAULT_MODEL, input_path or DEFAULT_INPUT
-        click.echo(f"no model given: using the bundled example {model}")
+        click.echo(f"no model given: using the bundled example {DEFAULT_MODEL} and {FIXTURES / 'images'}")
+        model, images, grid = DEFAULT_MODEL, (str(FIXTURES / "images"),), True
+        mean, std, labels = "0.5,0.5,0.5", "0.25,0.25,0.25", labels or FIXTURES / "labels.txt"
+    if images and input_path:
+        raise click.UsageError("give images or --input X.npy, not both")
+    if images:
+        outdir = Path(out or "onnxattr_out")
+        if outdir.parent.is_dir():
+            outdir.mkdir(exist_ok=True)
+        methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
+        hw = None if size is None else tuple(int(v) for v in (size.split(",") * 2)[:2])
+        result = explain_images(model, expand_paths(images), methods, outdir, target=_parse_target(target),
+                                size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                batch_size=batch_size, labels=read_labels(labels) if labels else None, grid=grid,
+                                progress=lambda chunks: click.progressbar(chunks, label="explaining", show_pos=True),
+                                **kw)
+        click.echo(f"provider: {result['provider']}" + (f"; Grad-CAM layer: {result['layer']}" if result["layer"] else ""))
+        for path, (name, score) in zip(expand_paths(images), result["predictions"]):
+            click.echo(f"{path.name}: {name} ({score:.3f})")
+        click.echo(f"wrote {len(result['files'])} files to {outdir}/" + (" (grid.png compares methods)" if grid else ""))
+        return
     if input_path is None:
-        raise click.UsageError("--input X.npy is required when a model is given")
+        raise click.UsageError("give images, or --input X.npy")
+    out = out or "attribution.npy"
     try:
         x = np.load(input_path, allow_pickle=False)
     except Exception as e:
         raise InputError(f"cannot read '{input_path}' as a .npy array ({e})".splitlines()[0]) from None
-    ex = Explainer(model, method=method, provider=provider, output=output, relu_like=relu_like, wrt=wrt,
-                   **_options(**opts))
+    ex = Explainer(model, method=method, **kw)
     click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
     result = ex.run(x, _parse_target(target))
     if "completeness_gap" in result:

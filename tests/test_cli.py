@@ -45,9 +45,45 @@ def test_explain_default_runs_bundled_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = run("explain")
     assert r.exit_code == 0, r.output
-    assert "bundled example" in r.output and "provider: " in r.output
-    a = np.load(tmp_path / "attribution.npy")
-    assert a.shape == (4, 3, 64, 64) and np.abs(a).sum() > 0
+    assert "bundled example" in r.output and "provider: " in r.output and "onnxattr_out" in r.output
+    for shape in ("circle", "square", "triangle", "cross"):
+        assert f"{shape}.png: {shape} (" in r.output  # the trained example predicts every shape right
+    out = tmp_path / "onnxattr_out"
+    a = np.load(out / "circle.saliency.npy")
+    assert a.shape == (3, 64, 64) and np.abs(a).sum() > 0
+    assert (out / "grid.png").exists()
+
+
+def test_explain_images_writes_heatmaps(tmp_path):
+    from PIL import Image
+    out = tmp_path / "maps"
+    r = run("explain", MODEL, FIX / "images" / "circle.png", FIX / "images", "--method", "gradcam",
+            "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--provider", "cpu", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "Grad-CAM layer:" in r.output
+    pngs = sorted(out.glob("*.gradcam.png"))
+    assert [p.name for p in pngs] == [f"{n}.gradcam.png" for n in ("circle", "cross", "square", "triangle")]
+    for p in pngs:
+        img = np.asarray(Image.open(p))
+        assert img.shape == (64, 64, 3) and img.std() > 1  # the image's size, and not constant
+    assert np.load(out / "circle.gradcam.npy").shape == (1, 64, 64)
+
+
+def test_explain_grid(tmp_path):
+    from PIL import Image
+    out = tmp_path / "g"
+    r = run("explain", MODEL, FIX / "images", "--grid", "--provider", "cpu", "-o", out, "--labels", FIX / "labels.txt",
+            "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--samples", "4", "--steps", "8")
+    assert r.exit_code == 0, r.output
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape[0] > 4 * 64 and grid.shape[1] > 8 * 64 and grid.std() > 1
+
+
+def test_undecodable_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    r = run("explain", MODEL, bad, "--provider", "cpu", "-o", tmp_path / "o")
+    assert r.exit_code != 0 and "cannot decode image" in r.output
 
 
 def test_explain_with_input_and_target(tmp_path):
