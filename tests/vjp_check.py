@@ -13,11 +13,12 @@ A `Case` is a one-or-few-node graph written once in float64. `check_case` builds
 Inputs that are differentiated are graph inputs; everything else (weights, shapes, axes) is an
 initializer. Inputs are drawn away from kinks: `In(avoid=...)` keeps values at least `GAP` from
 the listed points, and `In(kind="distinct")` draws all such inputs of a case from one shuffled
-grid with spacing `GAP`, so maxima are unique (MaxPool, Max/Min, GlobalMaxPool).
+grid with spacing 2 `GAP`, so maxima are unique (MaxPool, Max/Min, GlobalMaxPool).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from onnxattr.api import vjp_model
 
@@ -32,10 +34,14 @@ GAP = 0.02  # minimum distance from a kink / between competing maxima
 EPS = 1e-6  # central-difference step (float64)
 DIRECTIONS = 2  # random (t, c) pairs per case
 
-# Measured worst cases over the whole table (see the report in tests/test_vjp_ops.py); the
-# tolerances sit about two orders of magnitude above them.
+# Tolerances from measurements over the whole table with 20 seeds each:
+# * FD_RTOL: |<J t, c> - <t, VJP(c)>| over the sum of the absolute terms of both sides. Median
+#   4e-11, max 7e-9 (HardSigmoid/HardSwish/LeakyRelu defaults, whose float32 attribute defaults
+#   in the reference differ from the exact constants the rules use by ~1e-8 relative).
+# * F32_RTOL: max |float32 ORT - float64 reference| over max |float64 value|, per output.
+#   Median 1e-7, max 5e-6 (a gradient summed over a broadcast scalar, with cancellation).
 FD_RTOL = 1e-7
-F32_RTOL = 2e-5
+F32_RTOL = 5e-5
 
 
 @dataclass
@@ -56,14 +62,15 @@ class Case:
     inputs: dict  # name -> In (graph inputs, all differentiated)
     outputs: tuple = ("y",)
     inits: dict = field(default_factory=dict)  # name -> array (float arrays follow the model dtype)
-    domains: tuple = ()  # extra (domain, version) imports
+    no_ort: str = ""  # why ONNX Runtime cannot run the forward op itself (then only float64 is checked)
+    no_float64: str = ""  # why the float64 model is not valid ONNX (the checker then skips it)
 
 
-def case(id, opset, nodes, inputs, outputs=("y",), **inits) -> Case:
+def case(id, opset, nodes, inputs, outputs=("y",), no_ort="", no_float64="", **inits) -> Case:
     if isinstance(nodes, onnx.NodeProto):
         nodes = [nodes]
     inputs = {k: v if isinstance(v, In) else In(tuple(v)) for k, v in inputs.items()}
-    return Case(id, opset, list(nodes), inputs, tuple(outputs), inits)
+    return Case(id, opset, list(nodes), inputs, tuple(outputs), inits, no_ort, no_float64)
 
 
 N = helper.make_node
@@ -81,10 +88,10 @@ def build(c: Case, out_shapes: dict | None = None) -> onnx.ModelProto:
             arr = arr.astype(np.float64)
         inits.append(numpy_helper.from_array(arr, name))
     graph = helper.make_graph(c.nodes, c.id.replace("/", "_"), inputs, outputs, inits)
-    opsets = [helper.make_opsetid("", c.opset)] + [helper.make_opsetid(d, v) for d, v in c.domains]
+    opsets = [helper.make_opsetid("", c.opset)]
     model = helper.make_model(graph, opset_imports=opsets)
     # onnx 1.23 stamps IR 14, which ONNX Runtime refuses: use the oldest IR the opset allows.
-    model.ir_version = max(8, helper.find_min_ir_version_for(opsets[:1]))
+    model.ir_version = max(8, helper.find_min_ir_version_for(opsets))
     return model
 
 
@@ -113,21 +120,21 @@ def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ------------------------------------------------------------------------------ sampling
-def _away(x: np.ndarray, avoid, rng) -> np.ndarray:
+def _away(x: np.ndarray, avoid, scale, rng) -> np.ndarray:
     for _ in range(100):
         bad = np.zeros(x.shape, bool)
         for p in avoid:
             bad |= np.abs(x - p) < GAP
         if not bad.any():
             return x
-        x[bad] = rng.standard_normal(int(bad.sum())) * x.std() + x.mean()
+        x[bad] = rng.standard_normal(int(bad.sum())) * scale
     raise AssertionError("could not draw inputs away from the kinks")
 
 
 def sample_inputs(c: Case, rng) -> dict:
     distinct = [k for k, v in c.inputs.items() if v.kind == "distinct"]
     total = sum(int(np.prod(c.inputs[k].shape)) for k in distinct)
-    pool = iter(rng.permutation(np.arange(total) - total / 2 + 0.5) * GAP * 2)
+    pool = iter(rng.permutation(np.arange(total) - total / 2 + 0.25) * GAP * 2)  # spacing 2 GAP, none at 0
     xs = {}
     for name, spec in c.inputs.items():
         size = int(np.prod(spec.shape))
@@ -137,13 +144,168 @@ def sample_inputs(c: Case, rng) -> dict:
             x = 0.5 + 2 * spec.scale * rng.random(size)
         else:
             x = rng.standard_normal(size) * spec.scale
-        xs[name] = _away(x, spec.avoid, rng).reshape(spec.shape)
+        xs[name] = _away(x, spec.avoid, spec.scale, rng).reshape(spec.shape)
     return xs
+
+
+# ------------------------------------------------------------------------------ reference fixes
+# onnx 1.23's reference evaluator gets these ops wrong (or too imprecise for differences at
+# 1e-6); slow numpy versions written from the ONNX spec replace them. The float32 check then
+# compares what they compute with ONNX Runtime, so a mistake here would show up there too.
+class _Fix(OpRun):
+    op_domain = ""
+
+    @property
+    def opset(self) -> int:
+        return self.run_params["opsets"][""]
+
+    def attr(self, name, default=None):
+        for a in self.onnx_node.attribute:
+            if a.name == name:
+                v = helper.get_attribute_value(a)
+                return v.decode() if isinstance(v, bytes) else v
+        return default
+
+
+class ConvTranspose(_Fix):  # upstream: group > 1 reshapes the weights wrongly
+    def _run(self, x, w, bias=None, **_):
+        assert self.attr("auto_pad", "NOTSET") == "NOTSET" and self.attr("output_shape") is None
+        n, size, k = x.ndim - 2, x.shape[2:], w.shape[2:]
+        s, d = self.attr("strides", [1] * n), self.attr("dilations", [1] * n)
+        pads, extra, group = self.attr("pads", [0] * 2 * n), self.attr("output_padding", [0] * n), self.attr("group", 1)
+        cg, mg = x.shape[1] // group, w.shape[1]
+        full = [(size[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 + extra[i] for i in range(n)]
+        y = np.zeros((x.shape[0], mg * group, *full))
+        for kidx in np.ndindex(*k):
+            at = tuple(slice(kidx[i] * d[i], kidx[i] * d[i] + (size[i] - 1) * s[i] + 1, s[i]) for i in range(n))
+            for g in range(group):
+                part = np.einsum("nc...,cm->nm...", x[:, g * cg:(g + 1) * cg], w[(slice(g * cg, (g + 1) * cg), slice(None)) + kidx])
+                y[(slice(None), slice(g * mg, (g + 1) * mg)) + at] += part
+        y = y[(slice(None), slice(None)) + tuple(slice(pads[i], full[i] - pads[n + i]) for i in range(n))]
+        if bias is not None:
+            y = y + bias.reshape([-1] + [1] * n)
+        return (y.astype(x.dtype),)
+
+
+class Erf(_Fix):  # upstream: computed in float32
+    def _run(self, x, **_):
+        return (np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype),)
+
+
+def _softmax(x, axis, opset, log):
+    axis %= x.ndim
+    z = x.reshape(int(np.prod(x.shape[:axis])), -1) if opset < 13 else x
+    a = 1 if opset < 13 else axis
+    z = z - z.max(axis=a, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=a, keepdims=True))
+    return ((z - lse) if log else np.exp(z - lse)).reshape(x.shape)
+
+
+class Softmax(_Fix):  # upstream: opset < 13 (flatten to 2-D at `axis`) is not implemented
+    def _run(self, x, **_):
+        return (_softmax(x, self.attr("axis", 1 if self.opset < 13 else -1), self.opset, False),)
+
+
+class LogSoftmax(_Fix):
+    def _run(self, x, **_):
+        return (_softmax(x, self.attr("axis", 1 if self.opset < 13 else -1), self.opset, True),)
+
+
+class Gelu(_Fix):  # upstream: its function body runs the float32 Erf
+    def _run(self, x, **_):
+        if self.attr("approximate", "none") == "tanh":
+            return (0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),)
+        return (0.5 * x * (1 + Erf._run(self, x / math.sqrt(2))[0]),)
+
+
+class GlobalMaxPool(_Fix):  # upstream: wrong axes unless there are exactly 2 spatial dims
+    def _run(self, x, **_):
+        return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
+
+
+class MaxPool(_Fix):  # upstream: wrong Indices when windows overlap
+    def _run(self, x, **_):
+        assert not self.attr("storage_order", 0)
+        k = self.attr("kernel_shape")
+        n, size = len(k), x.shape[2:]
+        s, d, auto = self.attr("strides", [1] * n), self.attr("dilations", [1] * n), self.attr("auto_pad", "NOTSET")
+        span = [(k[i] - 1) * d[i] + 1 for i in range(n)]
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            out = [-(-size[i] // s[i]) for i in range(n)]
+            total = [max(0, (out[i] - 1) * s[i] + span[i] - size[i]) for i in range(n)]
+            begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        else:
+            pads = [0] * (2 * n) if auto == "VALID" else self.attr("pads", [0] * (2 * n))
+            begin, out = pads[:n], []
+            for i in range(n):
+                room = size[i] + pads[i] + pads[n + i] - span[i]
+                o = (-(-room // s[i]) if self.attr("ceil_mode", 0) else room // s[i]) + 1
+                out.append(o - 1 if (o - 1) * s[i] >= size[i] + pads[i] else o)  # no window starts in the end pad
+        lead = x.shape[:2]
+        y = np.full(lead + tuple(out), -np.inf)
+        idx = np.zeros(lead + tuple(out), np.int64)
+        base = np.arange(int(np.prod(lead))).reshape(lead) * int(np.prod(size))
+        for o in np.ndindex(*out):
+            for kk in np.ndindex(*k):  # scan order: the first maximum wins
+                pos = [o[i] * s[i] - begin[i] + kk[i] * d[i] for i in range(n)]
+                if all(0 <= pos[i] < size[i] for i in range(n)):
+                    v = x[(Ellipsis, *pos)]
+                    better = v > y[(Ellipsis, *o)]
+                    y[(Ellipsis, *o)] = np.where(better, v, y[(Ellipsis, *o)])
+                    idx[(Ellipsis, *o)] = np.where(better, base + np.ravel_multi_index(pos, size), idx[(Ellipsis, *o)])
+        return (y.astype(x.dtype), idx)[: len(self.onnx_node.output)]
+
+
+class Mean(_Fix):  # upstream: accumulates in place, so the first input must have the full shape
+    def _run(self, *xs, **_):
+        return ((sum(np.broadcast_arrays(*xs)) / len(xs)).astype(xs[0].dtype),)
+
+
+class BatchNormalization(_Fix):  # upstream: training mode by default (opset 6-9), tuple output (6-7)
+    def _run(self, x, scale, bias, mean, var, **_):
+        assert self.attr("spatial", 1) == 1 and not self.attr("training_mode", 0)
+        shape = [-1] + [1] * (x.ndim - 2)
+        coef = scale / np.sqrt(var + self.attr("epsilon", 1e-5))
+        return ((x - mean.reshape(shape)) * coef.reshape(shape) + bias.reshape(shape),)
+
+
+class LRN(_Fix):  # upstream: loops over the batch instead of the channels, 4-D only
+    def _run(self, x, **_):
+        size = self.attr("size")
+        alpha, beta, bias = self.attr("alpha", 1e-4), self.attr("beta", 0.75), self.attr("bias", 1.0)
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        sq = np.zeros_like(x)
+        for c in range(x.shape[1]):
+            sq[:, c] = np.sum(x[:, max(0, c - lo):c + hi + 1] ** 2, axis=1)
+        return (x / (bias + alpha / size * sq) ** beta,)
+
+
+class Pad(_Fix):  # upstream: no negative pads, no Pad-2..10 for some opsets
+    def _run(self, x, pads=None, value=None, axes=None, **_):
+        assert self.attr("mode", "constant") == "constant"
+        if self.opset < 11:
+            pads, value = self.attr("pads", self.attr("paddings")), self.attr("value", 0.0)
+        value = 0.0 if value is None else float(np.asarray(value))
+        axes = list(range(x.ndim)) if axes is None else [int(a) % x.ndim for a in axes]
+        full = [0] * (2 * x.ndim)
+        for j, ax in enumerate(axes):
+            full[ax], full[x.ndim + ax] = int(pads[j]), int(pads[len(axes) + j])
+        before, after = full[:x.ndim], full[x.ndim:]
+        x = x[tuple(slice(max(-b, 0), x.shape[i] - max(-a, 0)) for i, (b, a) in enumerate(zip(before, after)))]
+        width = [(max(b, 0), max(a, 0)) for b, a in zip(before, after)]
+        return (np.pad(x, width, constant_values=value).astype(x.dtype),)
+
+
+REFERENCE_FIXES = [ConvTranspose, Erf, Gelu, Softmax, LogSoftmax, MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
+
+
+def reference(model: onnx.ModelProto) -> ReferenceEvaluator:
+    return ReferenceEvaluator(model, new_ops=REFERENCE_FIXES)
 
 
 # ------------------------------------------------------------------------------ checking
 def _run_ref(model, feeds):
-    return ReferenceEvaluator(model).run(None, feeds)
+    return reference(model).run(None, feeds)
 
 
 def _check_backward_model(vm: onnx.ModelProto) -> None:
@@ -162,10 +324,11 @@ def check_case(c: Case, seed: int = 0) -> dict:
 
     # float64: central differences of the forward against the VJP model, on the reference evaluator
     vm, cot_names, grad_names = vjp_model(model)
-    _check_backward_model(vm)
+    if not c.no_float64:
+        _check_backward_model(vm)
     assert set(grad_names) == set(c.inputs), (grad_names, c.inputs)
-    ref_fwd = ReferenceEvaluator(model)
-    ref_vjp = ReferenceEvaluator(vm)
+    ref_fwd = reference(model)
+    ref_vjp = reference(vm)
     out_names = [o.name for o in vm.graph.output]
     fd_err = 0.0
     cots_last = grads_last = None
@@ -196,6 +359,8 @@ def check_case(c: Case, seed: int = 0) -> dict:
     m32 = to_float32(model)
     vm32, cot32, grad32 = vjp_model(m32)
     _check_backward_model(vm32)
+    if c.no_ort:
+        return {"fd": fd_err, "f32": None}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1

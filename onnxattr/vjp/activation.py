@@ -32,17 +32,17 @@ def leaky_relu(b, node, gys):
     (g,), x = gys, node.input[0]
     alpha = attrs(node).get("alpha", 0.01)
     pos = b.op("Greater", [x, b.scalar(0.0)])
-    return [b.op("Where", [pos, g, b.op("Mul", [g, b.scalar(alpha)])])]
+    return [b.where(pos, g, b.op("Mul", [g, b.scalar(alpha)]))]
 
 
 @register("PRelu")
 def prelu(b, node, gys):
     (g,), (x, slope), y = gys, node.input, node.output[0]
     pos = b.op("Greater", [x, b.scalar(0.0)])
-    gx = b.op("Where", [pos, g, b.op("Mul", [g, slope])])
+    gx = b.where(pos, g, b.op("Mul", [g, slope]))
     gs = None
     if b.needs(slope):
-        gs = b.unbroadcast(b.op("Where", [pos, b.scalar(0.0), b.op("Mul", [g, x])]), slope, y, node)
+        gs = b.unbroadcast(b.where(pos, b.scalar(0.0), b.op("Mul", [g, x])), slope, y, node)
     return [gx, gs]
 
 
@@ -147,17 +147,17 @@ def elu(b, node, gys):
         neg = b.op("Add", [y, b.scalar(alpha)])  # alpha * exp(x) = y + alpha for x <= 0
     else:
         neg = b.op("Exp", [b.op("Div", [x, b.scalar(alpha)])])
-    return [b.op("Mul", [gys[0], b.op("Where", [pos, b.scalar(1.0), neg])])]
+    return [b.op("Mul", [gys[0], b.where(pos, b.scalar(1.0), neg)])]
 
 
 @register("Selu")
 def selu(b, node, gys):
     a = attrs(node)
     alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
-    x = node.input[0]
+    x, y = node.input[0], node.output[0]
     pos = b.op("Greater", [x, b.scalar(0.0)])
-    neg = b.op("Mul", [b.scalar(alpha * gamma), b.op("Exp", [x])])
-    return [b.op("Mul", [gys[0], b.op("Where", [pos, b.scalar(gamma), neg])])]
+    neg = b.op("Add", [y, b.scalar(alpha * gamma)])  # alpha * gamma * exp(x) = y + alpha * gamma for x <= 0
+    return [b.op("Mul", [gys[0], b.where(pos, b.scalar(gamma), neg)])]
 
 
 @register("ThresholdedRelu")

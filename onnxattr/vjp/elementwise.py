@@ -66,7 +66,7 @@ def max_min(b, node, gys):
     z, g = node.output[0], gys[0]
     out, taken = [], None
     for x in node.input:
-        hit = b.op("Equal", [x, z])
+        hit = b.equal(x, z)
         if taken is not None:
             hit = b.op("And", [hit, b.op("Not", [taken])])
         taken = hit if taken is None else b.op("Or", [taken, hit])
@@ -81,7 +81,7 @@ def neg(b, node, gys):
 
 @register("Abs")
 def abs_(b, node, gys):
-    return [b.op("Mul", [gys[0], b.op("Sign", [node.input[0]])])]
+    return [b.op("Mul", [gys[0], b.sign(node.input[0])])]
 
 
 @register("Exp")

@@ -92,7 +92,7 @@ def matmul(b, node, gys):
     w2 = b.unsqueeze(w, [1]) if rw == 1 else w
     g2 = g
     if rx == 1 and rw == 1:
-        g2 = b.reshape_like(g, b.ints([1, 1]))
+        g2 = b.op("Reshape", [g, b.ints([1, 1])])
     elif rx == 1:
         g2 = b.unsqueeze(g, [b.rank(y, node) - 1])
     elif rw == 1:
@@ -101,10 +101,16 @@ def matmul(b, node, gys):
     gx = gw = None
     if b.needs(x):
         gx = b.op("MatMul", [g2, _transpose_last2(b, w2, max(rw, 2))])
-        gx = b.reshape_like(gx, x) if rx == 1 else _reduce_batch(b, gx, x, ry2, rx, node)
+        if rx == 1:  # one row [1, K] shared by every batch: sum the rows back to [K]
+            gx = b.reduce("ReduceSum", gx, range(ry2 - 1), keepdims=0)
+        else:
+            gx = _reduce_batch(b, gx, x, ry2, rx, node)
     if b.needs(w):
         gw = b.op("MatMul", [_transpose_last2(b, x2, max(rx, 2)), g2])
-        gw = b.reshape_like(gw, w) if rw == 1 else _reduce_batch(b, gw, w, ry2, rw, node)
+        if rw == 1:  # one column [K, 1] shared by every batch: sum the batch and the column away
+            gw = b.reduce("ReduceSum", gw, [*range(ry2 - 2), ry2 - 1], keepdims=0)
+        else:
+            gw = _reduce_batch(b, gw, w, ry2, rw, node)
     return [gx, gw]
 
 

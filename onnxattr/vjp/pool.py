@@ -117,7 +117,44 @@ def global_average_pool(b, node, gys):
     else:
         dims = b.slice(b.op("Shape", [x]), [2], [np.iinfo(np.int64).max], [0])
         count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
-    return [b.op("Expand", [b.op("Div", [gys[0], count]), b.op("Shape", [x])])]
+    return [b.expand_like(b.op("Div", [gys[0], count]), x)]
+
+
+def reduce_axes(b, node) -> list[int]:
+    """The axes a ReduceSum/ReduceMean node reduces, for either opset form ([]: a no-op)."""
+    rank = b.rank(node.input[0], node)
+    a = attrs(node)
+    if (node.op_type == "ReduceSum" and b.opset >= 13) or b.opset >= 18:
+        axes = None
+        if len(node.input) > 1 and node.input[1]:
+            axes = b.value(node.input[1])
+            if axes is None:
+                raise UnsupportedModelError(f"{describe(node)}: the axes must be a constant to differentiate it")
+    else:
+        axes = a.get("axes")
+    if axes is None or len(axes) == 0:
+        return [] if a.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted({int(i) % rank for i in np.ravel(axes)})
+
+
+@register("ReduceSum", "ReduceMean")
+def reduce_sum_mean(b, node, gys):
+    # Like GlobalAveragePool over `axes`: every reduced element gets g (over the count, for a mean).
+    x, g = node.input[0], gys[0]
+    axes, rest = reduce_axes(b, node), [None] * (len(node.input) - 1)
+    if not axes:
+        return [g] + rest
+    if not attrs(node).get("keepdims", 1):
+        g = b.unsqueeze(g, axes)
+    if node.op_type == "ReduceMean":
+        s = b.shapes.get(x)
+        if s is not None and all(s[i] is not None for i in axes):
+            count = b.scalar(float(np.prod([s[i] for i in axes])))
+        else:
+            dims = b.op("Gather", [b.op("Shape", [x]), b.ints(axes)])
+            count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
+        g = b.op("Div", [g, count])
+    return [b.op("Expand", [g, b.op("Shape", [x])])] + rest
 
 
 @register("GlobalMaxPool")

@@ -1,0 +1,408 @@
+"""Every VJP rule against float64 central differences (onnx.reference) and float32 ONNX Runtime.
+
+One table, `CASES`: each entry is a tiny graph (see tests/vjp_check.py for what is checked).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnxattr
+from onnxattr.api import vjp_model
+from onnxattr.vjp import RULES
+
+from vjp_check import In, N, case, check_case
+
+R = np.random.default_rng(1234)  # weights and random attribute draws (fixed: ids stay stable)
+BIG = np.iinfo(np.int64).max
+
+
+def w(*shape, scale=0.5):
+    return R.standard_normal(shape) * scale
+
+
+def i64(*v):
+    return np.array(v, dtype=np.int64)
+
+
+def pos(*shape):
+    return In(shape, kind="positive")
+
+
+def nz(*shape, scale=1.0):  # away from 0 (Relu-like kinks, divisors)
+    return In(shape, scale=scale, avoid=(0.0,))
+
+
+def distinct(*shape):
+    return In(shape, kind="distinct")
+
+
+CASES = []
+
+
+def add(*cases):
+    CASES.extend(cases)
+
+
+# ------------------------------------------------------------------------------ Conv
+def conv_case(id, x_shape, m, k, group=1, bias=True, opset=13, **attrs):
+    c = x_shape[1]
+    ins = ["x", "W"] + (["B"] if bias else [])
+    inits = {"W": w(m, c // group, *k)}
+    if bias:
+        inits["B"] = w(m)
+    no_ort = ""
+    if attrs.get("auto_pad", "").startswith("SAME") and max(attrs.get("dilations", [1])) > 1:
+        no_ort = "ONNX Runtime's Conv rejects dilations with auto_pad SAME_*"
+    return case(f"Conv/{id}", opset, N("Conv", ins, ["y"], group=group, **attrs), {"x": x_shape}, no_ort=no_ort,
+                **inits)
+
+
+add(
+    conv_case("1d_s1_asym", (2, 3, 9), 4, [3], pads=[1, 2]),
+    conv_case("1d_s3_dil2", (1, 2, 13), 3, [3], strides=[3], dilations=[2], pads=[2, 0]),
+    conv_case("1d_s2_depthwise_same_lower", (2, 3, 8), 6, [4], group=3, strides=[2], auto_pad="SAME_LOWER"),
+    conv_case("2d_s1_group2_dil", (1, 4, 6, 7), 6, [3, 2], group=2, dilations=[2, 1], pads=[1, 0, 2, 1]),
+    conv_case("2d_s2_depthwise_asym", (2, 3, 7, 6), 3, [3, 3], group=3, strides=[2, 2], pads=[0, 1, 2, 0]),
+    conv_case("2d_s3_same_upper", (1, 2, 8, 7), 3, [3, 3], strides=[3, 3], auto_pad="SAME_UPPER"),
+    conv_case("2d_s2_same_lower_even_k", (1, 2, 7, 8), 2, [4, 3], strides=[2, 2], auto_pad="SAME_LOWER"),
+    conv_case("2d_valid_s21", (1, 2, 7, 6), 3, [3, 2], strides=[2, 1], auto_pad="VALID", bias=False),
+    conv_case("2d_s1_same_upper_dil", (1, 2, 6, 6), 2, [3, 3], dilations=[2, 2], auto_pad="SAME_UPPER"),
+    conv_case("2d_s1_pad_gt_k", (1, 2, 4, 5), 3, [2, 2], pads=[2, 1, 0, 3]),  # ConvTranspose path at stride 1
+    conv_case("2d_opset9", (1, 2, 6, 6), 3, [3, 3], strides=[2, 2], pads=[1, 1, 1, 1], opset=9),
+    conv_case("2d_opset7_s1", (1, 2, 5, 5), 2, [3, 3], pads=[1, 0, 0, 1], opset=7),
+)
+
+
+def _random_conv(i):
+    spatial = int(R.integers(1, 3))
+    c = int(R.choice([2, 3, 4]))
+    group = int(R.choice([1, c, 2 if c % 2 == 0 else 1]))
+    m = group * int(R.integers(1, 3))
+    k = [int(R.integers(1, 4)) for _ in range(spatial)]
+    s = [int(R.integers(1, 4)) for _ in range(spatial)]
+    d = [int(R.integers(1, 3)) for _ in range(spatial)]
+    auto = str(R.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    size = [int(R.integers((k[j] - 1) * d[j] + 1, (k[j] - 1) * d[j] + 8)) for j in range(spatial)]
+    attrs = dict(strides=s, dilations=d)
+    if auto == "NOTSET":
+        attrs["pads"] = [int(R.integers(0, 3)) for _ in range(2 * spatial)]
+    else:
+        attrs["auto_pad"] = auto
+    return conv_case(f"random{i}", (int(R.integers(1, 3)), c, *size), m, k, group=group,
+                     bias=bool(R.integers(0, 2)), **attrs)
+
+
+add(*[_random_conv(i) for i in range(8)])
+
+
+# ------------------------------------------------------------------------------ Gemm, MatMul
+add(
+    case("Gemm/alpha_beta_C1d", 13, N("Gemm", ["A", "B", "C"], ["y"], alpha=0.7, beta=1.3),
+         {"A": (3, 4), "B": (4, 5), "C": (5,)}),
+    case("Gemm/transA_Ccol", 13, N("Gemm", ["A", "B", "C"], ["y"], transA=1, beta=0.5),
+         {"A": (4, 3), "B": (4, 5)}, C=w(3, 1)),
+    case("Gemm/transB_Cscalar", 11, N("Gemm", ["A", "B", "C"], ["y"], transB=1, alpha=-1.5),
+         {"A": (3, 4), "B": (5, 4), "C": ()}),
+    case("Gemm/transAB_noC", 13, N("Gemm", ["A", "B"], ["y"], transA=1, transB=1, alpha=2.0),
+         {"A": (4, 3), "B": (5, 4)}),
+    case("Gemm/opset9_weights", 9, N("Gemm", ["A", "W", "C"], ["y"], transB=1),
+         {"A": (2, 6)}, W=w(3, 6), C=w(1, 3)),
+    case("MatMul/2d", 13, N("MatMul", ["a", "b"], ["y"]), {"a": (3, 4), "b": (4, 5)}),
+    case("MatMul/batched_bcast", 13, N("MatMul", ["a", "b"], ["y"]), {"a": (2, 1, 3, 4), "b": (5, 4, 2)}),
+    case("MatMul/batched_bcast1", 13, N("MatMul", ["a", "b"], ["y"]), {"a": (1, 3, 4), "b": (2, 4, 2)}),
+    case("MatMul/1d_left", 13, N("MatMul", ["a", "b"], ["y"]), {"a": (4,), "b": (2, 4, 3)}),
+    case("MatMul/1d_right", 13, N("MatMul", ["a", "b"], ["y"]), {"a": (2, 3, 4), "b": (4,)}),
+    case("MatMul/1d_both", 13, N("MatMul", ["a", "b"], ["y"]), {"a": (4,), "b": (4,)}),
+    case("MatMul/weight", 9, N("MatMul", ["a", "W"], ["y"]), {"a": (2, 3, 4)}, W=w(4, 5)),
+)
+
+
+# ------------------------------------------------------------------------------ arithmetic
+for op in ("Add", "Sub", "Mul", "Div"):
+    rhs = (lambda *s: nz(*s)) if op == "Div" else (lambda *s: In(s))
+    add(
+        case(f"{op}/bcast_rhs", 13, N(op, ["a", "b"], ["y"]), {"a": (2, 3, 4), "b": rhs(3, 1)}),
+        case(f"{op}/bcast_both", 14, N(op, ["a", "b"], ["y"]), {"a": (1, 3, 1), "b": rhs(2, 1, 4)}),
+        case(f"{op}/scalar_lhs", 7, N(op, ["a", "b"], ["y"]), {"a": (), "b": rhs(2, 3)}),
+    )
+add(
+    case("Div/const_divisor", 13, N("Div", ["a", "d"], ["y"]), {"a": (2, 3)}, d=np.array([0.5, -2.0, 3.0])),
+    case("Sum/3_bcast", 13, N("Sum", ["a", "b", "c"], ["y"]), {"a": (2, 3), "b": (3,), "c": (1, 1)}),
+    case("Sum/1", 13, N("Sum", ["a"], ["y"]), {"a": (2, 3)}),
+    case("Mean/3_bcast", 13, N("Mean", ["a", "b", "c"], ["y"]), {"a": (2, 1), "b": (3,), "c": (2, 3)}),
+    case("Max/3_bcast", 13, N("Max", ["a", "b", "c"], ["y"]), {"a": distinct(2, 3), "b": distinct(3), "c": distinct(2, 1)}),
+    case("Min/3_bcast", 13, N("Min", ["a", "b", "c"], ["y"]), {"a": distinct(2, 3), "b": distinct(3), "c": distinct(2, 1)}),
+    case("Max/2_opset8", 8, N("Max", ["a", "b"], ["y"]), {"a": distinct(3, 4), "b": distinct(4)}),
+    case("Pow/both", 15, N("Pow", ["a", "p"], ["y"]), {"a": pos(2, 3), "p": (3,)}),
+    case("Pow/const_float", 13, N("Pow", ["a", "p"], ["y"]), {"a": pos(2, 3)}, p=np.array(2.5)),
+    case("Pow/const_int", 13, N("Pow", ["a", "p"], ["y"]), {"a": (2, 3)}, p=i64(3)),
+    case("Where/bcast", 16, N("Where", ["cond", "a", "b"], ["y"]), {"a": (2, 3), "b": (3,)},
+         cond=np.array([[True, False, True], [False, False, True]])),
+    case("Expand/bcast", 13, N("Expand", ["a", "shape"], ["y"]), {"a": (3, 1)}, shape=i64(2, 3, 4)),
+    case("Expand/same_rank", 8, N("Expand", ["a", "shape"], ["y"]), {"a": (1, 3)}, shape=i64(2, 1)),
+)
+
+
+# ------------------------------------------------------------------------------ unary
+def unary(op, opset, x=(2, 3, 4), **attrs):
+    x = x if isinstance(x, In) else In(x)
+    suffix = "_".join(f"{k}{v}" for k, v in attrs.items())
+    return case(f"{op}/{suffix or 'default'}_op{opset}", opset, N(op, ["x"], ["y"], **attrs), {"x": x})
+
+
+add(
+    unary("Relu", 14, nz(2, 3, 4)),
+    unary("Relu", 7, nz(2, 3)),
+    unary("LeakyRelu", 16, nz(2, 3, 4), alpha=0.1),
+    unary("Sigmoid", 13, In((2, 3, 4), scale=2)),
+    unary("Tanh", 13, In((2, 3, 4), scale=2)),
+    unary("Exp", 13),
+    unary("Log", 13, pos(2, 3)),
+    unary("Sqrt", 13, pos(2, 3)),
+    unary("Reciprocal", 13, nz(2, 3)),
+    unary("Neg", 13),
+    unary("Abs", 13, nz(2, 3)),
+    unary("Abs", 7, nz(2, 3)),
+    unary("Erf", 13, In((2, 3, 4), scale=1.5)),
+    unary("Identity", 16),
+    unary("Cast", 13, to=TensorProto.DOUBLE),
+    unary("Softplus", 7, In((2, 3, 4), scale=2)),
+    unary("Softsign", 7, In((2, 3, 4), scale=2)),
+    unary("HardSigmoid", 7, In((3, 8), scale=3, avoid=(-0.4 / 0.3, 0.6 / 0.3)), alpha=0.3, beta=0.4),
+    unary("HardSigmoid", 7, In((3, 8), scale=4, avoid=(-2.5, 2.5))),
+    unary("HardSwish", 14, In((3, 8), scale=4, avoid=(-3.0, 3.0))),
+    unary("LeakyRelu", 7, nz(2, 3)),
+    unary("Elu", 13, nz(2, 3, 4), alpha=0.8),
+    unary("Elu", 7, nz(2, 3)),
+    case("Celu/alpha1.5_op12", 12, N("Celu", ["x"], ["y"], alpha=1.5), {"x": nz(2, 3, 4)},
+         no_float64="Celu is defined for float32 only"),
+    unary("Selu", 13, nz(2, 3, 4, scale=2)),
+    unary("Selu", 7, nz(2, 3, 4), alpha=1.2, gamma=0.9),
+    unary("ThresholdedRelu", 10, In((3, 8), scale=2, avoid=(0.4,)), alpha=0.4),
+    unary("Gelu", 20, In((2, 3, 4), scale=2)),
+    unary("Gelu", 20, In((2, 3, 4), scale=2), approximate="tanh"),
+    unary("Mish", 18, In((2, 3, 4), scale=2)),
+    case("PRelu/slope_channel", 16, N("PRelu", ["x", "s"], ["y"]), {"x": nz(2, 3, 4, 4), "s": (3, 1, 1)}),
+    case("PRelu/slope_last", 9, N("PRelu", ["x", "s"], ["y"]), {"x": nz(2, 3, 4), "s": (4,)}),
+    case("PRelu/slope_op7", 7, N("PRelu", ["x", "s"], ["y"]), {"x": nz(2, 3, 4), "s": (3, 1)}),
+    case("PRelu/slope_const", 16, N("PRelu", ["x", "s"], ["y"]), {"x": nz(2, 3)}, s=np.array([0.25])),
+    case("Dropout/opset10", 10, N("Dropout", ["x"], ["y", "mask"], ratio=0.3), {"x": (2, 3)}),
+    case("Dropout/opset13_training_false", 13, N("Dropout", ["x", "r", "train"], ["y"]), {"x": (2, 3)},
+         r=np.array(0.4), train=np.array(False)),
+)
+
+# Clip: attribute form (Clip-6, opsets 6..10) and input form (opset 11+); kinks at the bounds
+add(
+    case("Clip/attr_op9", 9, N("Clip", ["x"], ["y"], min=-0.5, max=0.6), {"x": In((3, 8), avoid=(-0.5, 0.6))}),
+    case("Clip/attr_min_op7", 7, N("Clip", ["x"], ["y"], min=-0.3), {"x": In((3, 8), avoid=(-0.3,))}),
+    case("Clip/attr_max_op10", 10, N("Clip", ["x"], ["y"], max=0.3), {"x": In((3, 8), avoid=(0.3,))}),
+    case("Clip/input_op11", 11, N("Clip", ["x", "lo", "hi"], ["y"]), {"x": In((3, 8), avoid=(-0.4, 0.7))},
+         lo=np.array(-0.4), hi=np.array(0.7)),
+    case("Clip/input_min_only_op13", 13, N("Clip", ["x", "lo"], ["y"]), {"x": In((3, 8), avoid=(0.2,))},
+         lo=np.array(0.2)),
+    case("Clip/input_max_only_op13", 13, N("Clip", ["x", "", "hi"], ["y"]), {"x": In((3, 8), avoid=(0.1,))},
+         hi=np.array(0.1)),
+    case("Clip/relu6_op13", 13, N("Clip", ["x", "lo", "hi"], ["y"]), {"x": In((3, 8), scale=4, avoid=(0.0, 6.0))},
+         lo=np.array(0.0), hi=np.array(6.0)),
+)
+
+# Softmax / LogSoftmax: opset 11 flattens to 2-D at `axis`; opset 13 normalises along `axis`
+for op in ("Softmax", "LogSoftmax"):
+    add(
+        case(f"{op}/op11_axis1_3d", 11, N(op, ["x"], ["y"], axis=1), {"x": (2, 3, 4)}),
+        case(f"{op}/op11_axis1_4d", 11, N(op, ["x"], ["y"], axis=1), {"x": (2, 3, 2, 2)}),
+        case(f"{op}/op11_default_3d", 11, N(op, ["x"], ["y"]), {"x": (2, 3, 4)}),
+        case(f"{op}/op11_axis2_4d", 11, N(op, ["x"], ["y"], axis=2), {"x": (2, 3, 2, 2)}),
+        case(f"{op}/op13_axis1_4d", 13, N(op, ["x"], ["y"], axis=1), {"x": (2, 3, 2, 2)}),
+        case(f"{op}/op13_default_3d", 13, N(op, ["x"], ["y"]), {"x": (2, 3, 4)}),
+        case(f"{op}/op13_axis_neg3", 13, N(op, ["x"], ["y"], axis=-3), {"x": (2, 3, 2, 2)}),
+        case(f"{op}/op7_default_2d", 7, N(op, ["x"], ["y"]), {"x": (2, 5)}),
+    )
+
+
+# ------------------------------------------------------------------------------ pooling
+def pool(op, id, x_shape, opset=12, **attrs):
+    return case(f"{op}/{id}", opset, N(op, ["x"], ["y"], **attrs), {"x": distinct(*x_shape)})
+
+
+add(
+    pool("MaxPool", "3x3_s2", (1, 2, 7, 8), kernel_shape=[3, 3], strides=[2, 2]),
+    pool("MaxPool", "3x3_s2_ceil", (1, 2, 8, 8), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+    pool("MaxPool", "3x3_s2_ceil_pads", (1, 2, 6, 7), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
+         pads=[1, 0, 0, 1]),
+    pool("MaxPool", "pads_asym", (2, 2, 5, 6), kernel_shape=[3, 2], strides=[1, 2], pads=[1, 0, 2, 1]),
+    pool("MaxPool", "dilated", (1, 2, 7, 7), kernel_shape=[2, 3], strides=[2, 1], dilations=[2, 2], pads=[1, 1, 0, 1]),
+    pool("MaxPool", "1d_s2_pads", (2, 3, 9), kernel_shape=[3], strides=[2], pads=[1, 1]),
+    pool("MaxPool", "1d_s3_dil2_ceil", (1, 2, 12), kernel_shape=[2], strides=[3], dilations=[2], ceil_mode=1),
+    pool("MaxPool", "nonsquare_same_upper", (1, 2, 5, 7), kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+    pool("MaxPool", "default_strides_op8", (1, 2, 4, 5), opset=8, kernel_shape=[2, 2]),
+    pool("AveragePool", "incl0_pads", (1, 2, 5, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    pool("AveragePool", "incl1_pads", (1, 2, 5, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 2, 1],
+         count_include_pad=1),
+    pool("AveragePool", "ceil_incl0", (2, 2, 6, 7), kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1),
+    pool("AveragePool", "ceil_incl1_pads", (1, 2, 6, 7), kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
+         pads=[1, 1, 0, 0], count_include_pad=1),
+    pool("AveragePool", "1d_overlap", (2, 3, 9), kernel_shape=[3], strides=[1], pads=[2, 1]),
+    pool("AveragePool", "same_lower", (1, 2, 5, 5), kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER"),
+    pool("AveragePool", "opset7_no_pad", (1, 2, 4, 6), opset=7, kernel_shape=[2, 3], strides=[2, 3]),
+    pool("AveragePool", "dilated_op19", (1, 2, 7, 7), opset=19, kernel_shape=[2, 2], strides=[2, 1],
+         dilations=[2, 2], pads=[1, 0, 0, 1]),
+    pool("GlobalAveragePool", "2d", (2, 3, 4, 5)),
+    pool("GlobalAveragePool", "1d", (2, 3, 5)),
+    pool("GlobalAveragePool", "op7", (1, 2, 3, 3), opset=7),
+    pool("GlobalMaxPool", "2d", (2, 3, 4, 5)),
+    pool("GlobalMaxPool", "1d", (2, 3, 5)),
+)
+
+
+# ------------------------------------------------------------------------------ normalisation
+def bn_case(id, opset, x_shape, **attrs):
+    c = x_shape[1]
+    return case(f"BatchNormalization/{id}", opset, N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], **attrs),
+                {"x": x_shape}, s=w(c, scale=1.0), b=w(c), m=w(c), v=0.2 + R.random(c))
+
+
+add(
+    bn_case("op15_4d", 15, (2, 3, 4, 4), epsilon=1e-3),
+    bn_case("op15_2d", 15, (4, 3)),
+    bn_case("op9_3d", 9, (2, 3, 5)),
+    bn_case("op7_spatial1", 7, (2, 3, 2, 3), spatial=1),
+    case("ReduceSum/input_axes_keep0_op13", 13, N("ReduceSum", ["x", "ax"], ["y"], keepdims=0), {"x": (2, 3, 4)},
+         ax=i64(-1, 0)),
+    case("ReduceSum/attr_axes_op11", 11, N("ReduceSum", ["x"], ["y"], axes=[1]), {"x": (2, 3, 4)}),
+    case("ReduceSum/all_keep0_op13", 13, N("ReduceSum", ["x"], ["y"], keepdims=0), {"x": (2, 3)}),
+    case("ReduceSum/noop_empty_axes_op13", 13, N("ReduceSum", ["x"], ["y"], noop_with_empty_axes=1), {"x": (2, 3)}),
+    case("ReduceMean/attr_axes_keep0_op11", 11, N("ReduceMean", ["x"], ["y"], axes=[-1, 1], keepdims=0),
+         {"x": (2, 3, 4)}),
+    case("ReduceMean/input_axes_op18", 18, N("ReduceMean", ["x", "ax"], ["y"]), {"x": (2, 3, 4)}, ax=i64(2)),
+    case("ReduceMean/all_op8", 8, N("ReduceMean", ["x"], ["y"], keepdims=0), {"x": (2, 3)}),
+    case("LRN/size3", 13, N("LRN", ["x"], ["y"], size=3, alpha=0.3, beta=0.75, bias=1.5), {"x": (1, 5, 3, 3)}),
+    case("LRN/size5_op7", 7, N("LRN", ["x"], ["y"], size=5, alpha=0.4), {"x": (1, 7, 2, 2)}),
+    case("LRN/size4", 13, N("LRN", ["x"], ["y"], size=4, alpha=0.2, beta=0.6, bias=1.0), {"x": (2, 6, 2, 2)},
+         no_ort="ONNX Runtime's LRN kernel requires an odd size"),
+    case("LRN/size2_3d", 13, N("LRN", ["x"], ["y"], size=2, alpha=0.5), {"x": (1, 4, 3)},
+         no_ort="ONNX Runtime's LRN kernel requires an odd size"),
+)
+
+
+# ------------------------------------------------------------------------------ data movement
+add(
+    case("Flatten/axis1", 13, N("Flatten", ["x"], ["y"]), {"x": (2, 3, 4)}),
+    case("Flatten/axis0", 13, N("Flatten", ["x"], ["y"], axis=0), {"x": (2, 3, 4)}),
+    case("Flatten/axis_neg1", 11, N("Flatten", ["x"], ["y"], axis=-1), {"x": (2, 3, 4)}),
+    case("Reshape/zero_minus1", 14, N("Reshape", ["x", "s"], ["y"]), {"x": (2, 3, 4)}, s=i64(0, -1, 2)),
+    case("Reshape/op5", 5, N("Reshape", ["x", "s"], ["y"]), {"x": (2, 6)}, s=i64(3, 4)),
+    case("Transpose/perm", 13, N("Transpose", ["x"], ["y"], perm=[2, 0, 3, 1]), {"x": (2, 3, 4, 5)}),
+    case("Transpose/default", 13, N("Transpose", ["x"], ["y"]), {"x": (2, 3, 4)}),
+    case("Concat/axis_neg1", 13, N("Concat", ["a", "b", "c"], ["y"], axis=-1), {"a": (2, 3, 1), "b": (2, 3, 4), "c": (2, 3, 2)}),
+    case("Concat/with_const", 11, N("Concat", ["a", "k"], ["y"], axis=0), {"a": (2, 3)}, k=w(1, 3)),
+    case("Split/attr_op11_some", 11, N("Split", ["x"], ["y0", "y1", "y2"], axis=1, split=[1, 2, 1]),
+         {"x": (2, 4, 3)}, outputs=("y0", "y2")),
+    case("Split/equal_op11", 11, N("Split", ["x"], ["y0", "y1"], axis=-1), {"x": (2, 3, 4)}, outputs=("y0", "y1")),
+    case("Split/input_op13_some", 13, N("Split", ["x", "sizes"], ["y0", "y1", "y2"], axis=0),
+         {"x": (5, 3)}, outputs=("y1",), sizes=i64(2, 1, 2)),
+    case("Split/attr_op7_some", 7, N("Split", ["x"], ["y0", "y1"], axis=0, split=[1, 2]), {"x": (3, 2)},
+         outputs=("y1",)),
+    case("Split/attr_op8_some", 8, N("Split", ["x"], ["y0", "y1"], axis=1), {"x": (3, 4)}, outputs=("y0",)),
+    case("Split/num_outputs_op18", 18, N("Split", ["x"], ["y0", "y1", "y2"], axis=1, num_outputs=3),
+         {"x": (2, 7)}, outputs=("y2", "y0")),
+    case("Slice/attr_op9", 9, N("Slice", ["x"], ["y"], starts=[1, -3], ends=[-1, 1000], axes=[0, 2]),
+         {"x": (4, 3, 5)}),
+    case("Slice/attr_op9_noaxes", 9, N("Slice", ["x"], ["y"], starts=[0, 1], ends=[2, 3]), {"x": (3, 4)}),
+    case("Slice/input_op13_neg", 13, N("Slice", ["x", "st", "en", "ax"], ["y"]), {"x": (4, 3, 6)},
+         st=i64(-4, 1), en=i64(-1, BIG), ax=i64(-1, 0)),
+    case("Slice/input_op10_noaxes", 10, N("Slice", ["x", "st", "en"], ["y"]), {"x": (4, 5)},
+         st=i64(-100, 2), en=i64(3, -1)),
+    case("Pad/attr_op9_neg", 9, N("Pad", ["x"], ["y"], pads=[0, 1, -1, 0, -2, 2], value=0.5), {"x": (2, 4, 5)}),
+    case("Pad/attr_op7", 7, N("Pad", ["x"], ["y"], pads=[1, 0, 0, 2]), {"x": (2, 3)}),
+    case("Pad/input_op13_neg", 13, N("Pad", ["x", "p", "v"], ["y"]), {"x": (3, 4, 5)},
+         p=i64(1, 0, -1, 0, 2, -2), v=np.array(0.3)),
+    case("Pad/input_op18_axes", 18, N("Pad", ["x", "p", "", "ax"], ["y"]), {"x": (3, 4, 5)},
+         p=i64(2, -1, 1, 0), ax=i64(-1, 0)),
+    case("Squeeze/attr_op11", 11, N("Squeeze", ["x"], ["y"], axes=[1, -1]), {"x": (2, 1, 3, 1)}),
+    case("Squeeze/input_op13", 13, N("Squeeze", ["x", "ax"], ["y"]), {"x": (1, 3, 1)}, ax=i64(0)),
+    case("Squeeze/all_op13", 13, N("Squeeze", ["x"], ["y"]), {"x": (1, 3, 1)}),
+    case("Unsqueeze/attr_op11", 11, N("Unsqueeze", ["x"], ["y"], axes=[0, 3]), {"x": (2, 3)}),
+    case("Unsqueeze/input_op13", 13, N("Unsqueeze", ["x", "ax"], ["y"]), {"x": (2, 3)}, ax=i64(-1, 1)),
+    case("Gather/scalar_axis1", 13, N("Gather", ["x", "i"], ["y"], axis=1), {"x": (3, 4, 2)}, i=np.array(2, np.int64)),
+    case("Gather/scalar_neg_axis0", 13, N("Gather", ["x", "i"], ["y"]), {"x": (3, 4)}, i=np.array(-1, np.int64)),
+    case("Gather/repeats_axis2", 13, N("Gather", ["x", "i"], ["y"], axis=2), {"x": (2, 3, 5)}, i=i64(4, 0, 4, -1, 2)),
+    case("Gather/op7", 7, N("Gather", ["x", "i"], ["y"], axis=1), {"x": (2, 3)}, i=i64(2, 2)),
+    case("Gather/repeats_axis0", 11, N("Gather", ["x", "i"], ["y"], axis=0), {"x": (3, 2)}, i=i64(1, 1, 0)),
+)
+
+
+# ------------------------------------------------------------------------------ small graphs
+add(
+    case("Graph/fan_out", 13, [N("Tanh", ["x"], ["t"]), N("Mul", ["t", "x"], ["u"]), N("Add", ["u", "x"], ["y"])],
+         {"x": (2, 3)}),
+    case("Graph/residual_conv_relu", 13,
+         [N("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), N("Relu", ["c"], ["r"]), N("Add", ["x", "r"], ["y"])],
+         {"x": (1, 2, 4, 4)}, W=w(2, 2, 3, 3)),
+    case("Graph/shape_arith_reshape", 13,
+         [N("Shape", ["x"], ["s"]), N("Gather", ["s", "zero"], ["n"]), N("Unsqueeze", ["n", "ax0"], ["n1"]),
+          N("Concat", ["n1", "minus1"], ["shape"], axis=0), N("Reshape", ["x", "shape"], ["r"]),
+          N("Exp", ["r"], ["y"])],
+         {"x": (2, 3, 4)}, zero=np.array(0, np.int64), ax0=i64(0), minus1=i64(-1)),
+    case("Graph/two_outputs", 13, [N("Sigmoid", ["x"], ["y1"]), N("Mul", ["x", "y1"], ["y2"])], {"x": (2, 3)},
+         outputs=("y1", "y2")),
+    case("Graph/two_inputs_shared", 13,
+         [N("MatMul", ["a", "b"], ["m"]), N("Add", ["m", "a"], ["s"]), N("Softmax", ["s"], ["y"])],
+         {"a": (3, 3), "b": (3, 3)}),
+    case("Graph/tiny_cnn", 13,
+         [N("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]), N("Relu", ["c"], ["r"]),
+          N("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]), N("Flatten", ["p"], ["f"]),
+          N("Gemm", ["f", "Wf", "Bf"], ["z"], transB=1), N("LogSoftmax", ["z"], ["y"])],
+         {"x": (2, 1, 4, 4)}, W=w(3, 1, 3, 3), B=w(3), Wf=w(5, 12), Bf=w(5)),
+)
+
+
+# ------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_vjp(c):
+    check_case(c, seed=sum(map(ord, c.id)))
+
+
+def test_case_ids_unique():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+
+
+def test_every_rule_is_covered():
+    covered = {n.op_type for c in CASES for n in c.nodes}
+    missing = sorted(set(RULES) - covered)
+    assert not missing, f"gradient rules with no case in CASES: {missing}"
+
+
+def _det_model():
+    nodes = [N("Det", ["x"], ["d"], name="the_det"), N("Unsqueeze", ["d", "ax"], ["y"], name="unsq")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1])],
+                              [helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m, "Det", "the_det"
+
+
+def _custom_model():
+    nodes = [N("Gemm", ["x", "W"], ["h"], name="fc"), N("Swoosh", ["h"], ["y"], name="my_swoosh", domain="com.example")]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor("W", TensorProto.FLOAT, [4, 3], np.ones(12).tolist())])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)])
+    m.ir_version = 8
+    return m, "Swoosh", "my_swoosh"
+
+
+@pytest.mark.parametrize("make", [_det_model, _custom_model], ids=["Det", "custom_domain"])
+@pytest.mark.parametrize("build", ["attribution_model", "vjp_model"])
+def test_op_without_rule_is_refused(make, build):
+    model, op_type, node_name = make()
+    fn = onnxattr.attribution_model if build == "attribution_model" else vjp_model
+    with pytest.raises(onnxattr.UnsupportedModelError) as err:
+        fn(model)
+    msg = str(err.value)
+    assert op_type in msg and node_name in msg, msg
