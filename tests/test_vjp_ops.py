@@ -73,6 +73,14 @@ add(
     conv_case("2d_s1_pad_gt_k", (1, 2, 4, 5), 3, [2, 2], pads=[2, 1, 0, 3]),  # ConvTranspose path at stride 1
     conv_case("2d_opset9", (1, 2, 6, 6), 3, [3, 3], strides=[2, 2], pads=[1, 1, 1, 1], opset=9),
     conv_case("2d_opset7_s1", (1, 2, 5, 5), 2, [3, 3], pads=[1, 0, 0, 1], opset=7),
+    # strided 2-D: the phase-split (sub-pixel) formulation, and the 1x1 zero-insertion one
+    conv_case("2d_1x1_s2", (2, 4, 7, 6), 6, [1, 1], strides=[2, 2], bias=False),
+    conv_case("2d_1x1_s2_pads_group2", (1, 4, 5, 6), 4, [1, 1], group=2, strides=[2, 2], pads=[1, 0, 0, 1]),
+    conv_case("2d_1x1_s3_opset7", (1, 2, 7, 8), 3, [1, 1], strides=[3, 3], opset=7),
+    conv_case("2d_7x7_s2_p3", (1, 3, 12, 11), 4, [7, 7], strides=[2, 2], pads=[3, 3, 3, 3]),
+    conv_case("2d_3x3_s2_p1_group2", (2, 4, 9, 8), 6, [3, 3], group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
+    conv_case("2d_5x4_s3_asym", (1, 2, 11, 10), 3, [5, 4], strides=[3, 3], pads=[2, 0, 1, 3]),
+    conv_case("2d_4x4_s2_depthwise", (1, 3, 8, 9), 3, [4, 4], group=3, strides=[2, 2], pads=[1, 1, 1, 1], opset=9),
 )
 
 
@@ -96,6 +104,47 @@ def _random_conv(i):
 
 
 add(*[_random_conv(i) for i in range(8)])
+
+
+def convt_case(id, x_shape, m, k, group=1, bias=True, opset=11, no_ort="", **attrs):
+    c = x_shape[1]
+    ins = ["x", "W"] + (["B"] if bias else [])
+    inits = {"W": w(c, m // group, *k)}
+    if bias:
+        inits["B"] = w(m)
+    return case(f"ConvTranspose/{id}", opset, N("ConvTranspose", ins, ["y"], group=group, **attrs), {"x": x_shape},
+                no_ort=no_ort, **inits)
+
+
+add(
+    convt_case("1d_s2_pads", (2, 3, 5), 2, [3], strides=[2], pads=[1, 0]),
+    convt_case("2d_s2_outpad_group", (1, 4, 3, 4), 6, [3, 2], group=2, strides=[2, 3], pads=[1, 0, 0, 1],
+               output_padding=[1, 2]),
+    convt_case("2d_dil_outpad_ge_stride", (1, 2, 4, 3), 3, [2, 3], dilations=[3, 2], output_padding=[2, 1],
+               bias=False, no_ort="ONNX Runtime's ConvTranspose requires output_padding < stride"),
+    convt_case("2d_s1_op7", (2, 2, 3, 3), 2, [3, 3], opset=7, pads=[1, 1, 0, 0]),
+    convt_case("2d_depthwise_s2_op18", (1, 3, 4, 4), 3, [4, 4], group=3, strides=[2, 2], pads=[1, 1, 1, 1], opset=18),
+)
+
+
+# ------------------------------------------------------------------------------ Einsum
+def ein(id, eq, shapes, opset=12, **inits):
+    names = [f"x{i}" for i in range(len(shapes))] + list(inits)
+    return case(f"Einsum/{id}", opset, N("Einsum", names, ["y"], equation=eq),
+                {f"x{i}": s for i, s in enumerate(shapes)}, **inits)
+
+
+add(
+    ein("matmul", "ij,jk->ik", [(3, 4), (4, 2)]),
+    ein("attention_scores", "bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),
+    ein("implicit_out", "ij,jk", [(3, 4), (4, 2)]),
+    ein("ellipsis_batched", "...ij,...jk->...ik", [(2, 3, 4), (2, 4, 2)]),
+    ein("sum_only_here", "ij,k->ik", [(3, 4), (2,)]),
+    ein("outer_op13", "i,j->ij", [(3,), (4,)], opset=13),
+    ein("three_operands", "ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+    ein("transpose_uppercase", "iJ->Ji", [(3, 4)]),
+    ein("weight_const", "bnd,dh->bnh", [(2, 3, 4)], W=w(4, 5)),
+)
 
 
 # ------------------------------------------------------------------------------ Gemm, MatMul
@@ -142,6 +191,9 @@ add(
     case("Where/bcast", 16, N("Where", ["cond", "a", "b"], ["y"]), {"a": (2, 3), "b": (3,)},
          cond=np.array([[True, False, True], [False, False, True]])),
     case("Expand/bcast", 13, N("Expand", ["a", "shape"], ["y"]), {"a": (3, 1)}, shape=i64(2, 3, 4)),
+    case("Trilu/upper_k_op14", 14, N("Trilu", ["x", "k"], ["y"]), {"x": (2, 3, 4)}, k=np.array(1, np.int64)),
+    case("Trilu/lower_op14", 14, N("Trilu", ["x"], ["y"], upper=0), {"x": (4, 3)}),
+    case("Trilu/lower_kneg_op14", 14, N("Trilu", ["x", "k"], ["y"], upper=0), {"x": (3, 5)}, k=np.array(-1, np.int64)),
     case("Expand/same_rank", 8, N("Expand", ["a", "shape"], ["y"]), {"a": (1, 3)}, shape=i64(2, 1)),
 )
 
@@ -239,6 +291,13 @@ add(
     pool("MaxPool", "1d_s3_dil2_ceil", (1, 2, 12), kernel_shape=[2], strides=[3], dilations=[2], ceil_mode=1),
     pool("MaxPool", "nonsquare_same_upper", (1, 2, 5, 7), kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
     pool("MaxPool", "default_strides_op8", (1, 2, 4, 5), opset=8, kernel_shape=[2, 2]),
+    # opset >= 16: the scatter-add formulation
+    pool("MaxPool", "3x3_s2_op17", (2, 2, 7, 8), opset=17, kernel_shape=[3, 3], strides=[2, 2]),
+    pool("MaxPool", "3x3_s2_ceil_pads_op17", (1, 2, 6, 7), opset=17, kernel_shape=[3, 3], strides=[2, 2],
+         ceil_mode=1, pads=[1, 0, 0, 1]),
+    pool("MaxPool", "dilated_op17", (1, 2, 7, 7), opset=17, kernel_shape=[2, 3], strides=[2, 1], dilations=[2, 2],
+         pads=[1, 1, 0, 1]),
+    pool("MaxPool", "1d_s2_pads_op17", (2, 3, 9), opset=17, kernel_shape=[3], strides=[2], pads=[1, 1]),
     pool("AveragePool", "incl0_pads", (1, 2, 5, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
     pool("AveragePool", "incl1_pads", (1, 2, 5, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 2, 1],
          count_include_pad=1),
@@ -257,6 +316,49 @@ add(
     pool("GlobalMaxPool", "1d", (2, 3, 5)),
 )
 
+
+# ------------------------------------------------------------------------------ Resize, Upsample
+def resize(id, opset, x_shape, scales=None, sizes=None, roi=None, **attrs):
+    if 11 <= opset < 13:  # roi and scales are required inputs there: empty when unused
+        roi, scales = [] if roi is None else roi, [] if scales is None else scales
+    ins = {"roi": roi, "scales": scales, "sizes": sizes}
+    names = ["x"] + ([] if opset < 11 else ["roi" if roi is not None else ""])
+    names += ["scales" if scales is not None else ""] + (["sizes"] if sizes is not None else [])
+    inits = {k: np.asarray(v, np.float32 if k != "sizes" else np.int64) for k, v in ins.items() if v is not None}
+    return case(f"Resize/{id}", opset, N("Resize", names, ["y"], **attrs), {"x": x_shape}, **inits)
+
+
+add(
+    resize("nearest_op10", 10, (1, 2, 3, 2), scales=[1, 1, 2, 3]),
+    resize("linear_op10", 10, (1, 2, 3, 4), scales=[1, 1, 2, 1.5], mode="linear"),
+    resize("nearest_sizes_op11", 11, (1, 2, 3, 4), sizes=[1, 2, 5, 7]),
+    resize("nearest_ceil_asym_op13", 13, (2, 1, 4, 3), sizes=[2, 1, 6, 5], coordinate_transformation_mode="asymmetric",
+           nearest_mode="ceil"),
+    resize("nearest_prefer_ceil_down_op13", 13, (1, 1, 7, 6), sizes=[1, 1, 3, 4], nearest_mode="round_prefer_ceil"),
+    resize("linear_half_pixel_x2_op13", 13, (1, 2, 3, 4), scales=[1, 1, 2, 2], mode="linear"),
+    resize("linear_align_corners_op13", 13, (1, 2, 3, 4), sizes=[1, 2, 5, 7], mode="linear",
+           coordinate_transformation_mode="align_corners"),
+    resize("linear_pytorch_half_pixel_down_op13", 13, (1, 2, 6, 7), sizes=[1, 2, 3, 1], mode="linear",
+           coordinate_transformation_mode="pytorch_half_pixel"),
+    resize("cubic_op13", 13, (1, 1, 4, 5), scales=[1, 1, 2, 1.6], mode="cubic"),
+    resize("cubic_exclude_outside_a05_op13", 13, (1, 2, 5, 4), sizes=[1, 2, 3, 7], mode="cubic", cubic_coeff_a=-0.5,
+           exclude_outside=1),
+    resize("linear_tf_crop_and_resize_op13", 13, (1, 1, 5, 6), sizes=[1, 1, 4, 4], mode="linear",
+           roi=[0, 0, 0.1, -0.2, 1, 1, 0.8, 0.9], coordinate_transformation_mode="tf_crop_and_resize",
+           extrapolation_value=0.5),
+    resize("linear_axes_keep_aspect_op18", 18, (1, 2, 4, 6), sizes=[6, 12], axes=[2, 3], mode="linear",
+           keep_aspect_ratio_policy="not_larger"),
+    resize("nearest_half_pixel_symmetric_op19", 19, (1, 2, 5, 3), scales=[1, 1, 1.5, 2.5],
+           coordinate_transformation_mode="half_pixel_symmetric"),
+    resize("linear_3d_op11", 11, (2, 3, 4), scales=[1, 2, 0.5], mode="linear"),
+    case("Upsample/nearest_attr_op7", 7, N("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 3.0]), {"x": (1, 2, 2, 3)}),
+    case("Upsample/linear_attr_op8", 8, N("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 2.0], mode="linear"),
+         {"x": (1, 2, 3, 2)}),
+    case("Upsample/nearest_input_op9", 9, N("Upsample", ["x", "s"], ["y"]), {"x": (1, 2, 3, 2)},
+         s=np.array([1, 1, 3, 2], np.float32)),
+    case("Upsample/linear_input_op9", 9, N("Upsample", ["x", "s"], ["y"], mode="linear"), {"x": (2, 1, 3, 3)},
+         s=np.array([1, 1, 2.5, 2], np.float32)),
+)
 
 # ------------------------------------------------------------------------------ normalisation
 def bn_case(id, opset, x_shape, **attrs):
@@ -279,12 +381,51 @@ add(
          {"x": (2, 3, 4)}),
     case("ReduceMean/input_axes_op18", 18, N("ReduceMean", ["x", "ax"], ["y"]), {"x": (2, 3, 4)}, ax=i64(2)),
     case("ReduceMean/all_op8", 8, N("ReduceMean", ["x"], ["y"], keepdims=0), {"x": (2, 3)}),
+    case("ReduceMax/attr_axes_keep0_op13", 13, N("ReduceMax", ["x"], ["y"], axes=[1], keepdims=0),
+         {"x": distinct(2, 3, 4)}),
+    case("ReduceMax/input_axes_op18", 18, N("ReduceMax", ["x", "ax"], ["y"]), {"x": distinct(2, 3, 4)}, ax=i64(-1, 0)),
+    case("ReduceMax/all_op11", 11, N("ReduceMax", ["x"], ["y"]), {"x": distinct(3, 4)}),
+    case("ReduceMax/size1_axis_op11", 11, N("ReduceMax", ["x"], ["y"], axes=[0]), {"x": (1, 4)}),
+    case("ReduceMin/input_axes_keep0_op20", 20, N("ReduceMin", ["x", "ax"], ["y"], keepdims=0),
+         {"x": distinct(2, 3, 4)}, ax=i64(1)),
+    case("ReduceMin/attr_op8", 8, N("ReduceMin", ["x"], ["y"], axes=[0, 2]), {"x": distinct(2, 3, 4)}),
+    case("ReduceL2/attr_axes_op13", 13, N("ReduceL2", ["x"], ["y"], axes=[-1]), {"x": (2, 3, 4)}),
+    case("ReduceL2/input_axes_keep0_op18", 18, N("ReduceL2", ["x", "ax"], ["y"], keepdims=0), {"x": (2, 3, 4)},
+         ax=i64(1, 2)),
+    case("ReduceL1/attr_op11", 11, N("ReduceL1", ["x"], ["y"], axes=[1]), {"x": nz(2, 3, 4)}),
+    case("ReduceL1/input_axes_op18", 18, N("ReduceL1", ["x", "ax"], ["y"], keepdims=0), {"x": nz(2, 3)}, ax=i64(0)),
+    case("ReduceSumSquare/attr_op13", 13, N("ReduceSumSquare", ["x"], ["y"], axes=[0, 2], keepdims=0),
+         {"x": (2, 3, 4)}),
+    case("ReduceSumSquare/input_axes_op18", 18, N("ReduceSumSquare", ["x", "ax"], ["y"]), {"x": (2, 3)}, ax=i64(1)),
+    case("ReduceLogSumExp/attr_op13", 13, N("ReduceLogSumExp", ["x"], ["y"], axes=[1]), {"x": (2, 3, 4)}),
+    case("ReduceLogSumExp/all_keep0_op18", 18, N("ReduceLogSumExp", ["x"], ["y"], keepdims=0), {"x": (2, 3)}),
+    case("CumSum/axis1_op11", 11, N("CumSum", ["x", "ax"], ["y"]), {"x": (2, 4, 3)}, ax=np.array(1, np.int64)),
+    case("CumSum/exclusive_reverse_op14", 14, N("CumSum", ["x", "ax"], ["y"], exclusive=1, reverse=1), {"x": (2, 5)},
+         ax=np.array(-1, np.int32)),
+    case("CumSum/reverse_op14", 14, N("CumSum", ["x", "ax"], ["y"], reverse=1), {"x": (3, 2)}, ax=np.array(0, np.int64)),
+    case("CumSum/exclusive_op11", 11, N("CumSum", ["x", "ax"], ["y"], exclusive=1), {"x": (4,)}, ax=np.array(0, np.int64)),
     case("LRN/size3", 13, N("LRN", ["x"], ["y"], size=3, alpha=0.3, beta=0.75, bias=1.5), {"x": (1, 5, 3, 3)}),
     case("LRN/size5_op7", 7, N("LRN", ["x"], ["y"], size=5, alpha=0.4), {"x": (1, 7, 2, 2)}),
     case("LRN/size4", 13, N("LRN", ["x"], ["y"], size=4, alpha=0.2, beta=0.6, bias=1.0), {"x": (2, 6, 2, 2)},
          no_ort="ONNX Runtime's LRN kernel requires an odd size"),
     case("LRN/size2_3d", 13, N("LRN", ["x"], ["y"], size=2, alpha=0.5), {"x": (1, 4, 3)},
          no_ort="ONNX Runtime's LRN kernel requires an odd size"),
+)
+add(
+    case("LayerNormalization/last_axis_op17", 17, N("LayerNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3),
+         {"x": (2, 3, 5)}, s=w(5, scale=1.0), b=w(5)),
+    case("LayerNormalization/axis1_noB_op17", 17, N("LayerNormalization", ["x", "s"], ["y"], axis=1),
+         {"x": (2, 3, 4)}, s=w(3, 4, scale=1.0)),
+    case("LayerNormalization/params_bcast_op17", 17, N("LayerNormalization", ["x", "s", "b"], ["y"], axis=-2),
+         {"x": (2, 3, 4), "s": (1, 4), "b": (3, 1)}),
+    case("InstanceNormalization/2d_op7", 7, N("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3),
+         {"x": (2, 3, 3, 4)}, s=w(3, scale=1.0), b=w(3)),
+    case("InstanceNormalization/1d_op13", 13, N("InstanceNormalization", ["x", "s", "b"], ["y"]), {"x": (2, 3, 5)},
+         s=w(3, scale=1.0), b=w(3)),
+    case("GroupNormalization/op21", 21, N("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2, epsilon=1e-3),
+         {"x": (2, 4, 3, 2)}, s=w(4, scale=1.0), b=w(4)),
+    case("GroupNormalization/1d_op21", 21, N("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=3),
+         {"x": (2, 6, 4)}, s=w(6, scale=1.0), b=w(6)),
 )
 
 
@@ -332,6 +473,27 @@ add(
     case("Gather/repeats_axis2", 13, N("Gather", ["x", "i"], ["y"], axis=2), {"x": (2, 3, 5)}, i=i64(4, 0, 4, -1, 2)),
     case("Gather/op7", 7, N("Gather", ["x", "i"], ["y"], axis=1), {"x": (2, 3)}, i=i64(2, 2)),
     case("Gather/repeats_axis0", 11, N("Gather", ["x", "i"], ["y"], axis=0), {"x": (3, 2)}, i=i64(1, 1, 0)),
+    case("Gather/2d_indices_axis1_op16", 16, N("Gather", ["x", "i"], ["y"], axis=1), {"x": (3, 4, 2)},
+         i=np.array([[0, 2], [-1, 0], [3, 3]], np.int64)),
+    case("Gather/computed_indices_op18", 18,
+         [N("ArgMax", ["k"], ["i"], axis=1, keepdims=0), N("Gather", ["x", "i"], ["y"], axis=-1)],
+         {"x": (2, 3, 4)}, k=w(5, 4)),
+    case("Gather/computed_scalar_axis0_op16", 16,
+         [N("ArgMax", ["k"], ["i"], keepdims=0), N("Gather", ["x", "i"], ["y"])], {"x": (3, 4)}, k=w(3)),
+    case("GatherElements/axis1_unique_op11", 11, N("GatherElements", ["x", "i"], ["y"], axis=1), {"x": (2, 4, 3)},
+         i=np.array([[[0, 3, 1], [2, 1, -4]], [[1, 1, 2], [3, 0, 1]]], np.int64)),
+    case("GatherElements/repeats_op16", 16, N("GatherElements", ["x", "i"], ["y"], axis=0), {"x": (3, 2)},
+         i=np.array([[1, 0], [1, 2], [1, -1], [0, 0]], np.int64)),
+    case("GatherElements/computed_op18", 18,
+         [N("ArgMax", ["k"], ["i"], axis=-1), N("GatherElements", ["x", "i"], ["y"], axis=2)],
+         {"x": (2, 3, 4)}, k=w(2, 3, 4)),
+    case("Tile/op13", 13, N("Tile", ["x", "r"], ["y"]), {"x": (2, 3, 1)}, r=i64(2, 1, 3)),
+    case("Tile/op7", 7, N("Tile", ["x", "r"], ["y"]), {"x": (2, 3)}, r=i64(1, 2)),
+    case("SpaceToDepth/op13", 13, N("SpaceToDepth", ["x"], ["y"], blocksize=2), {"x": (2, 3, 4, 6)}),
+    case("SpaceToDepth/op7", 7, N("SpaceToDepth", ["x"], ["y"], blocksize=3), {"x": (1, 2, 3, 6)}),
+    case("DepthToSpace/dcr_op13", 13, N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="DCR"), {"x": (2, 8, 2, 3)}),
+    case("DepthToSpace/crd_op13", 13, N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), {"x": (2, 8, 3, 2)}),
+    case("DepthToSpace/op7", 7, N("DepthToSpace", ["x"], ["y"], blocksize=3), {"x": (1, 9, 2, 2)}),
 )
 
 

@@ -29,8 +29,9 @@ def relu(b, node, gys):
 
 @register("LeakyRelu")
 def leaky_relu(b, node, gys):
-    (g,), x = gys, node.input[0]
     alpha = attrs(node).get("alpha", 0.01)
+    # x > 0 iff y > 0 when alpha >= 0: read the output then, so Conv+LeakyRelu stays fusable.
+    (g,), x = gys, node.output[0] if alpha >= 0 else node.input[0]
     pos = b.op("Greater", [x, b.scalar(0.0)])
     return [b.where(pos, g, b.op("Mul", [g, b.scalar(alpha)]))]
 
@@ -59,7 +60,8 @@ def clip_bounds(b, node):
 @register("Clip")
 def clip(b, node, gys):
     # Derivative 1 strictly inside (min, max), 0 at and beyond the bounds (PyTorch's hardtanh).
-    x = node.input[0]
+    # min < x < max iff min < y < max for y = clip(x): reading the output keeps Conv+Clip fusable.
+    x = node.output[0]
     lo, hi = clip_bounds(b, node)
     cond = None
     if lo is not None:

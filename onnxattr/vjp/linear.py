@@ -71,6 +71,8 @@ def conv(b, node, gys):
         if min(tpads) >= 0:
             wt = flipped_transposed(b, w, group, spatial)
             return [b.op("Conv", [g, wt], pads=tpads, dilations=dil, group=group, kernel_shape=kernel)]
+    # Strided: ConvTranspose. A phase-split (sub-pixel) Conv + DepthToSpace was measured too: it
+    # won only for 7x7 kernels and lost 1.2-2.7x for 1x1, 3x3 and depthwise ones in ONNX Runtime.
     size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
     out = b.static_shape(node.output[0], node, dims=range(2, 2 + n))[2:]
     extra = [size[i] - ((out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - pads[i] - pads[n + i])
@@ -152,3 +154,86 @@ def gemm(b, node, gys):
         gc = gys[0] if beta == 1.0 else b.op("Mul", [gys[0], b.scalar(beta)])
         gc = b.unbroadcast(gc, c, node.output[0], node)
     return [ga, gw, gc]
+
+
+@register("ConvTranspose")
+def conv_transpose(b, node, gys):
+    # ConvTranspose(x, W) is the adjoint of Conv(., W) with the same geometry, so its VJP is
+    # that Conv (W [C, M/G, *k] read as a Conv weight [M', C'/G, *k] with M' = C).
+    x, w = node.input[:2]
+    for other in node.input[1:]:
+        if b.needs(other):
+            raise UnsupportedModelError(f"{describe(node)}: gradients with respect to weights or bias are not supported")
+    a = attrs(node)
+    if a.get("auto_pad", "NOTSET") != "NOTSET" or a.get("output_shape"):
+        raise UnsupportedModelError(f"{describe(node)}: ConvTranspose with auto_pad or output_shape is not supported; "
+                                    "export it with explicit pads")
+    n = b.rank(x, node) - 2
+    kernel = list(a.get("kernel_shape") or b.static_shape(w, node)[2:])
+    strides, dil = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+    pads, extra = list(a.get("pads", [0] * (2 * n))), list(a.get("output_padding", [0] * n))
+    gx = b.op("Conv", [gys[0], w], strides=strides, dilations=dil, pads=pads, group=a.get("group", 1),
+              kernel_shape=kernel)
+    if any(extra[i] >= strides[i] for i in range(n)):  # output_padding >= stride adds whole output steps
+        size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
+        gx = b.slice(gx, [0] * n, size, list(range(2, 2 + n)))
+    return [gx] + [None] * (len(node.input) - 1)
+
+
+def _einsum_terms(b, node) -> tuple[list[str], str]:
+    """The input terms and the output term of an Einsum equation ('...' kept), made explicit."""
+    eq = attrs(node)["equation"].replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    if not arrow:  # implicit output: the letters used once, in order, after any ellipsis
+        letters = [c for t in terms for c in t.replace("...", "")]
+        out = ("..." if any("..." in t for t in terms) else "") + "".join(sorted(c for c in set(letters)
+                                                                                if letters.count(c) == 1))
+    return terms, out
+
+
+@register("Einsum")
+def einsum(b, node, gys):
+    # d out / d input_i is the Einsum of the output gradient with the other inputs, written to
+    # input i's term; letters only input i has were summed away and come back by broadcasting.
+    terms, out = _einsum_terms(b, node)
+    g, grads = gys[0], []
+    for i, (x, term) in enumerate(zip(node.input, terms)):
+        if not b.needs(x):
+            grads.append(None)
+            continue
+        letters = term.replace("...", "")
+        if len(set(letters)) != len(letters):
+            raise UnsupportedModelError(f"{describe(node)}: Einsum with a repeated index in one term (a diagonal) "
+                                        "is not supported")
+        if "..." in term and not _same_ellipsis(b, node, x, term, out):
+            raise UnsupportedModelError(f"{describe(node)}: Einsum whose '...' dims broadcast or are summed "
+                                        "is not supported")
+        others = [t for j, t in enumerate(terms) if j != i]
+        seen = set(out + "".join(others))
+        kept = "".join(c for c in term.replace("...", "\0") if c == "\0" or c in seen).replace("\0", "...")
+        ins = [g] + [t for j, t in enumerate(node.input) if j != i]
+        gx = b.op("Einsum", ins, equation=",".join([out] + others) + "->" + kept)
+        lost = [k for k, c in enumerate(_positions(term, b.rank(x, node))) if c not in seen]
+        if lost:
+            gx = b.expand_like(b.unsqueeze(gx, lost), x)
+        grads.append(gx)
+    return grads
+
+
+def _positions(term: str, rank: int) -> list[str]:
+    """One entry per axis of a term's operand: its letter, or '.' for ellipsis axes."""
+    head, dots, tail = term.partition("...")
+    return list(head) + ["."] * (rank - len(head) - len(tail) if dots else 0) + list(tail)
+
+
+def _same_ellipsis(b, node, x, term, out) -> bool:
+    """Whether x's '...' dims are exactly the output's '...' dims (no broadcast, no sum)."""
+    if "..." not in out:
+        return False
+    y = node.output[0]
+    px, py = _positions(term, b.rank(x, node)), _positions(out, b.rank(y, node))
+    sx, sy = b.shapes.get(x), b.shapes.get(y)
+    ex = [sx[k] for k, c in enumerate(px) if c == "."]
+    ey = [sy[k] for k, c in enumerate(py) if c == "."]
+    return len(ex) == len(ey) and all(d is not None and d == e for d, e in zip(ex, ey))

@@ -32,9 +32,7 @@ def _spread(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out):
     w = b.op("Tile", [b.const(kernel_bank), b.ints([channels] + [1] * (n + 1))])
     full = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, group=channels, kernel_shape=kernel)
     lengths = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(n)]
-    short = [max(0, pads[i] + size[i] - lengths[i]) for i in range(n)]
-    full = b.pad(full, [0] * (n + 2) + [0, 0] + short)
-    return b.slice(full, pads[:n], [pads[i] + size[i] for i in range(n)], list(range(2, 2 + n)))
+    return b.crop(full, pads[:n], size, lengths)
 
 
 def _divmod(b, q: str, d: int):
@@ -58,6 +56,11 @@ def max_pool(b, node, gys):
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n, g = len(kernel), gys[0]
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [node.input[0]], 2)[1]
+    if b.opset >= 16:  # scatter-add at the flat indices: overlapping windows add up
+        flat = b.op("Reshape", [b.zeros_like(node.input[0]), b.ints([-1])])
+        spread = b.op("ScatterElements", [flat, b.op("Reshape", [idx, b.ints([-1])]),
+                                          b.op("Reshape", [g, b.ints([-1])])], axis=0, reduction="add")
+        return [b.reshape_like(spread, node.input[0])]
     # Indices are flat over [N, C, *size]: decode the coordinates of each chosen element.
     _, rem = _divmod(b, idx, int(np.prod(size)))
     local = None
