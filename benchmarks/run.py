@@ -1,0 +1,254 @@
+"""Benchmark: onnxattr's attribution run against ONNX Runtime's forward of the original model,
+PyTorch forward + input gradient, and Captum's Saliency, on the same model and machine, in one run.
+
+    python benchmarks/run.py                       # CPU: resnet50, mobilenet_v2, vit_tiny; batch 1 and 8
+    python benchmarks/run.py --provider cuda --batches 1,8,32 --models resnet50,mobilenet_v2,vit_b_16
+    python benchmarks/run.py --smoke               # a tiny model, a few runs (what CI runs)
+    python benchmarks/run.py --memory --export-large
+
+Times are medians of many interleaved runs after warm-up; ratios are against the ORT forward of
+the original model measured in the same loop. Models are built here with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import onnxattr
+
+METHODS = ("saliency", "deconvnet", "guided")
+
+
+def build(name: str):
+    """(torch module, input size) with random weights."""
+    import torch
+
+    torch.manual_seed(0)
+    if name == "tiny":
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 16 * 16, 10))
+        return m.eval(), 32
+    if name.startswith("vit_tiny"):
+        import timm
+
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False).eval(), 224
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None).eval(), 224
+
+
+def export(module, size: int, path: Path, opset: int = 17) -> None:
+    import torch
+
+    x = torch.randn(1, 3, size, size)
+    torch.onnx.export(module, x, str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=opset, dynamo=False)
+
+
+def session(path_or_bytes, provider: str, threads: int):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(path_or_bytes, opts, providers=providers)
+    if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError("CUDA provider not available")
+    return sess
+
+
+def ort_runner(sess, feeds: dict, provider: str):
+    """A no-argument callable running `sess` once; on CUDA, inputs and outputs stay on the device."""
+    if provider != "cuda":
+        return lambda: sess.run(None, feeds)
+    binding = sess.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, "cuda")
+    return lambda: sess.run_with_iobinding(binding)
+
+
+def torch_runners(module, x: np.ndarray, target: np.ndarray, provider: str):
+    import torch
+
+    device = "cuda" if provider == "cuda" else "cpu"
+    m = module.to(device)
+    xt = torch.from_numpy(x).to(device)
+    tt = torch.from_numpy(target).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def grad():
+        xi = xt.clone().requires_grad_(True)
+        y = m(xi)
+        g, = torch.autograd.grad(y.gather(1, tt[:, None]).sum(), xi)
+        sync()
+        return g
+
+    runners = {"torch fwd+grad": grad}
+    try:
+        from captum.attr import Saliency
+
+        sal = Saliency(m)
+
+        def captum():
+            a = sal.attribute(xt, target=tt)
+            sync()
+            return a
+
+        runners["captum Saliency"] = captum
+    except ImportError:
+        pass
+    return runners
+
+
+def timeit(runners: dict, runs: int, warmup: int) -> dict:
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in runners}
+    for _ in range(runs):
+        for k, fn in runners.items():  # interleaved: each round times every candidate once
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_rss_mb(model_path: str, batch: int, size: int, method: str | None, threads: int) -> float:
+    """Peak RSS growth (MiB) of a fresh process that creates the session and runs it 3 times."""
+    code = f"""
+import resource, numpy as np, onnxruntime as ort, onnx, onnxattr
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+o = ort.SessionOptions(); o.intra_op_num_threads = {threads or 0}
+data = onnxattr.attribution_model({model_path!r}, method={method!r}).SerializeToString() if {method!r} else {model_path!r}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
+feeds = {{"x": np.random.randn({batch}, 3, {size}, {size}).astype(np.float32)}}
+if {method!r}: feeds["target"] = np.zeros({batch}, np.int64)
+for _ in range(3): s.run(None, feeds)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def export_cost(model_path: str) -> tuple[float, float]:
+    """(seconds, peak RSS growth in MiB) of attribution_model on a model file, in a fresh process."""
+    code = f"""
+import resource, time, onnxattr
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter(); m = onnxattr.attribution_model({model_path!r}); dt = time.perf_counter() - t0
+print(dt, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    dt, mem = out.stdout.strip().splitlines()[-1].split()
+    return float(dt), float(mem)
+
+
+def machine(provider: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores, onnxruntime {ort.__version__}"
+    if provider == "cuda":
+        import torch
+
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet50,mobilenet_v2,vit_tiny")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and torch (0: all cores)")
+    p.add_argument("--memory", action="store_true", help="also measure peak memory at the largest batch")
+    p.add_argument("--export-large", action="store_true", help="also time exporting ViT-L/16 (about 300M params)")
+    p.add_argument("--smoke", action="store_true", help="a tiny model, batch 2, 3 runs")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.models, args.batches, args.runs, args.warmup = "tiny", "2", 3, 1
+    results = {"machine": machine(args.provider), "provider": args.provider, "rows": [], "export": []}
+    print(f"# {results['machine']}; provider {args.provider}; medians of {args.runs} interleaved runs")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            module, size = build(name)
+            path = Path(tmp) / f"{name}.onnx"
+            export(module, size, path)
+            t0 = time.perf_counter()
+            models = {m: onnxattr.attribution_model(str(path), method=m).SerializeToString() for m in METHODS}
+            export_s = (time.perf_counter() - t0) / len(METHODS)
+            results["export"].append({"model": name, "seconds": export_s, "mb": path.stat().st_size / 2**20})
+            print(f"\n## {name}: export (graph rewriting) {export_s:.2f} s per method, model {path.stat().st_size / 2**20:.1f} MiB")
+            print(f"{'batch':>5}  {'candidate':<22}{'ms':>10}{'x ORT fwd':>11}")
+            for batch in [int(b) for b in args.batches.split(",")]:
+                x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+                t = np.zeros(batch, np.int64)
+                runners = {"ORT forward": ort_runner(session(str(path), args.provider, args.threads), {"x": x}, args.provider)}
+                for m in METHODS:
+                    runners[f"onnxattr {m}"] = ort_runner(session(models[m], args.provider, args.threads),
+                                                         {"x": x, "target": t}, args.provider)
+                runners.update(torch_runners(module, x, t, args.provider))
+                med = timeit(runners, args.runs, args.warmup)
+                base = med["ORT forward"]
+                for k, v in med.items():
+                    print(f"{batch:>5}  {k:<22}{v * 1e3:>10.2f}{v / base:>11.2f}")
+                    results["rows"].append({"model": name, "batch": batch, "candidate": k, "ms": v * 1e3,
+                                            "ratio": v / base})
+            if args.memory:
+                batch = max(int(b) for b in args.batches.split(","))
+                fwd = peak_rss_mb(str(path), batch, size, None, args.threads)
+                att = peak_rss_mb(str(path), batch, size, "guided", args.threads)
+                print(f"peak memory at batch {batch}: forward session {fwd:.0f} MiB, attribution session {att:.0f} MiB, "
+                      f"ratio {att / fwd:.2f}")
+                results["rows"].append({"model": name, "batch": batch, "candidate": "peak memory ratio", "ratio": att / fwd,
+                                        "forward_mb": fwd, "attribution_mb": att})
+            module.to("cpu")
+        if args.export_large:
+            import torchvision
+
+            module = torchvision.models.vit_l_16(weights=None).eval()
+            path = Path(tmp) / "vit_l_16.onnx"
+            export(module, 224, path)
+            del module
+            mb = path.stat().st_size / 2**20
+            dt, mem = export_cost(str(path))
+            print(f"\n## vit_l_16: export (graph rewriting) {dt:.2f} s, peak memory growth {mem:.0f} MiB "
+                  f"for a {mb:.0f} MiB model ({mem / mb:.2f}x)")
+            results["export"].append({"model": "vit_l_16", "seconds": dt, "mb": mb, "peak_mb": mem})
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
