@@ -207,6 +207,8 @@ class Builder:
         self._counter = itertools.count()
         self.needed: set[str] = set()  # tensors that need a gradient (set by the driver)
         self.shape_conflicts: dict[str, str] = {}  # output -> why ONNX and ONNX Runtime disagree on its shape
+        self.shape_protos: dict[str, onnx.TensorShapeProto] = {}  # inferred shapes, symbolic dims kept
+        self.value_info: dict[str, onnx.ValueInfoProto] = {}  # shapes declared for added tensors
         g = model.graph
         self._used = {n.name for n in g.node} | {o for n in g.node for o in n.output}
         self._used |= {i.name for i in g.input} | {i.name for i in g.initializer}
@@ -274,6 +276,7 @@ class Builder:
             self.types[vi.name] = t.elem_type
             if t.HasField("shape"):
                 self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+                self.shape_protos[vi.name] = t.shape
         for init in g.initializer:
             if not init.name.endswith(_FED):
                 self.types[init.name] = init.data_type
@@ -463,7 +466,13 @@ class Builder:
             return self.op("ConstantOfShape", [self.op("Shape", [x])], value=zero)
         if self.opset >= 8:
             return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.op("Shape", [x])])
-        return self.const(np.zeros(self.static_shape(x, None), self.np_dtype))  # no Expand before opset 8
+        # No Expand before opset 8: a constant when the shape is static, else 0 * x (x is finite
+        # wherever a gradient is worth computing; a dynamic batch axis is the usual reason).
+        s = self.shapes.get(x)
+        if s is not None and None not in s:
+            return self.const(np.zeros(s, self.np_dtype))
+        self.rank(x)  # a clear error when not even the rank is known
+        return self.op("Mul", [x, self.scalar(0.0)])
 
     def expand_like(self, t: str, x: str) -> str:
         """`t` broadcast to the shape of `x` (which it must broadcast to)."""
@@ -494,6 +503,66 @@ class Builder:
     def mask(self, condition: str) -> str:
         """A boolean tensor as 0/1 in the float dtype."""
         return self.op("Cast", [condition], to=self.dtype)
+
+    def adjoint_along(self, g: str, m: np.ndarray, axis: int, rank: int) -> str:
+        """For y = m @ x along `axis` (m [len_y, len_x], a constant): the VJP m^T @ g there, as
+        one MatMul (and two Transposes unless `axis` is one of the last two)."""
+        if axis == rank - 1:
+            return self.op("MatMul", [g, self.const(m)])
+        if axis == rank - 2:
+            return self.op("MatMul", [self.const(np.ascontiguousarray(m.T)), g])
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        moved = self.op("MatMul", [self.op("Transpose", [g], perm=perm), self.const(m)])
+        return self.op("Transpose", [moved], perm=[int(i) for i in np.argsort(perm)])
+
+    def annotate(self, name: str, like: str) -> None:
+        """Declare that added tensor `name` has the (inferred) shape of `like`, symbolic dims
+        included: ONNX Runtime then sees equal shapes and keeps the backward's element-wise ops
+        in its blocked NCHWc layout instead of reordering around each of them."""
+        shape = self.shape_protos.get(like)
+        if shape is None or name in self.value_info or name == like or not self.is_float(like):
+            return
+        vi = helper.make_tensor_value_info(name, self.types[like], None)
+        vi.type.tensor_type.shape.CopyFrom(shape)
+        self.value_info[name] = vi
+
+    def blocked(self, like: str) -> bool:
+        """Whether tensors shaped like `like` suit `channel_affine`'s depthwise Conv form: 4-D
+        float32 [N, C, H, W] with a known C."""
+        s = self.shapes.get(like)
+        return s is not None and len(s) == 4 and s[1] is not None and self.dtype == TensorProto.FLOAT
+
+    def channel_affine(self, t: str, scale: float, like: str, bias: float = 0.0) -> str:
+        """t * scale + bias (t shaped like `like`, one rounding), as a depthwise 1x1 Conv where
+        `blocked(like)`: ONNX Runtime runs that in its blocked NCHWc layout, so the backward's Conv
+        chain is not interrupted by layout reorders around it (scale 1 is a pure anchor)."""
+        if not self.blocked(like):
+            out = t if scale == 1.0 else self.op("Mul", [t, self.scalar(scale)])
+            return out if bias == 0.0 else self.op("Add", [out, self.scalar(bias)])
+        c = self.shapes[like][1]
+        ins = [t, self.const(np.full([c, 1, 1, 1], scale, dtype=self.np_dtype), hint="channel_scale")]
+        if bias != 0.0:
+            ins.append(self.const(np.full([c], bias, dtype=self.np_dtype), hint="channel_bias"))
+        out = self.op("Conv", ins, group=c, kernel_shape=[1, 1])
+        self.annotate(out, like=like)
+        return out
+
+    def step(self, t: str, like: str, least: float = 2.0 ** -149) -> str:
+        """1[t > 0] for t >= 0, exactly, where positive t is known to be >= `least`.
+        Blocked 4-D float32: Clip(t * 2**127 [* 2**127], 0, 1) with scaling Convs (two when t may
+        be subnormal, so every positive float reaches 1); else Ceil(min(t, 1)), which ran faster
+        in ONNX Runtime than Sign or Greater + Cast."""
+        if self.blocked(like) and self.opset >= 11:
+            big = self.channel_affine(t, 2.0 ** 127, like)
+            if least < 2.0 ** -127:
+                big = self.channel_affine(big, 2.0 ** 127, like)
+            out = self.op("Clip", [big, self.scalar(0.0), self.scalar(1.0)])
+        elif self.opset >= 11:
+            out = self.op("Ceil", [self.op("Clip", [t, "", self.scalar(1.0)])])
+        else:
+            out = self.op("Ceil", [self.op("Clip", [t], max=1.0)])
+        self.annotate(out, like=like)
+        return out
 
     def reshape_like(self, g: str, x: str) -> str:
         return self.op("Reshape", [g, self.op("Shape", [x])])

@@ -14,12 +14,8 @@ def _times(b, g, d):
 
 def relu_mask(b, node):
     """1[z > 0] for a Relu node, read from its output y (z > 0 iff y > 0) so that the forward
-    Conv+Relu fusion still fires. Computed as Ceil(min(y, 1)), exact for y >= 0 (NaN stays NaN),
-    which ran faster in ONNX Runtime than Sign(y) or Cast(Greater(y, 0))."""
-    y = node.output[0]
-    if b.opset >= 11:
-        return b.op("Ceil", [b.op("Clip", [y, "", b.scalar(1.0)])])
-    return b.op("Ceil", [b.op("Clip", [y], max=1.0)])
+    Conv+Relu fusion still fires."""
+    return b.step(node.output[0], like=node.output[0])
 
 
 @register("Relu")
@@ -63,6 +59,10 @@ def clip(b, node, gys):
     # min < x < max iff min < y < max for y = clip(x): reading the output keeps Conv+Clip fusable.
     x = node.output[0]
     lo, hi = clip_bounds(b, node)
+    if b.blocked(x) and b.opset >= 11:
+        mask = _clip_mask_blocked(b, x, lo, hi)
+        if mask is not None:
+            return _times(b, gys[0], mask)
     cond = None
     if lo is not None:
         cond = b.op("Greater", [x, lo])
@@ -72,6 +72,30 @@ def clip(b, node, gys):
     if cond is None:
         return [gys[0]]
     return _times(b, gys[0], b.mask(cond)) + [None, None][: len(node.input) - 1]
+
+
+def _clip_mask_blocked(b, y, lo, hi):
+    """1[lo < y < hi] for y = clip(x, lo, hi) with constant bounds, from depthwise Convs and one
+    Mul, all kept in ONNX Runtime's NCHWc layout: step((y - lo) * (hi - y) * 2**120). Each factor
+    is one rounding of a difference, so it is 0 exactly at its bound and positive inside (y - lo
+    >= 2**-149, (hi - y) * 2**120 >= 2**100 there while hi - lo >= 2**-20), so the product is 0 at
+    the bounds and >= 2**-49 inside: one 2**127 scaling Conv lifts it past 1."""
+    lo_v = None if lo is None else b.value(lo)
+    hi_v = None if hi is None else b.value(hi)
+    if (lo is not None and (lo_v is None or lo_v.size != 1)) or (hi is not None and (hi_v is None or hi_v.size != 1)):
+        return None
+    lo_f = None if lo is None else float(lo_v)
+    hi_f = None if hi is None else float(hi_v)
+    if lo_f is not None and hi_f is not None and not (hi_f - lo_f >= 2.0 ** -20 and abs(hi_f) < 2.0 ** 7):
+        return None
+    if hi_f is None:
+        return b.step(y if lo_f == 0.0 else b.channel_affine(y, 1.0, y, bias=-lo_f), like=y)
+    if lo_f is None:
+        return b.step(b.channel_affine(y, -1.0, y, bias=hi_f), like=y)
+    above = y if lo_f == 0.0 else b.channel_affine(y, 1.0, y, bias=-lo_f)
+    inside = b.op("Mul", [above, b.channel_affine(y, -(2.0 ** 120), y, bias=hi_f * 2.0 ** 120)])
+    b.annotate(inside, like=y)
+    return b.step(inside, like=y, least=2.0 ** -49)
 
 
 @register("Sigmoid")

@@ -77,8 +77,9 @@ def conv(b, node, gys):
     out = b.static_shape(node.output[0], node, dims=range(2, 2 + n))[2:]
     extra = [size[i] - ((out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - pads[i] - pads[n + i])
              for i in range(n)]
-    return [b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group,
-                 kernel_shape=kernel, output_padding=extra if any(extra) else None)]
+    gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group,
+              kernel_shape=kernel, output_padding=extra if any(extra) else None)
+    return [b.channel_affine(gx, 1.0, like=x)]
 
 
 def _transpose_last2(b, t: str, rank: int) -> str:

@@ -116,7 +116,7 @@ def global_average_pool(b, node, gys):
     x = node.input[0]
     s = b.shapes.get(x)
     if s is not None and None not in s[2:]:
-        count = b.scalar(float(np.prod(s[2:])))
+        return [b.channel_affine(b.expand_like(gys[0], x), 1.0 / float(np.prod(s[2:])), like=x)]
     else:
         dims = b.slice(b.op("Shape", [x]), [2], [np.iinfo(np.int64).max], [0])
         count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
