@@ -205,6 +205,7 @@ class Builder:
         self.shapes: dict[str, list] = {}
         self.consts: dict[str, onnx.TensorProto] = {}
         self._counter = itertools.count()
+        self._const_cache: dict[tuple, str] = {}
         self.needed: set[str] = set()  # tensors that need a gradient (set by the driver)
         self.shape_conflicts: dict[str, str] = {}  # output -> why ONNX and ONNX Runtime disagree on its shape
         self.shape_protos: dict[str, onnx.TensorShapeProto] = {}  # inferred shapes, symbolic dims kept
@@ -383,8 +384,13 @@ class Builder:
         return outs
 
     def const(self, value, dtype=None, hint: str = "const") -> str:
+        """A Constant node holding `value`; equal constants are emitted once and shared."""
         arr = np.asarray(value, dtype=dtype if dtype is not None else self.np_dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key in self._const_cache:
+            return self._const_cache[key]
         name = self.fresh(hint)
+        self._const_cache[key] = name
         t = numpy_helper.from_array(arr, name)
         if self.opset < 9 and arr.dtype.kind not in "fc":
             # Constant-1 holds only float tensors: store as double and Cast (exact below 2**53).
