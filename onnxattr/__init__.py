@@ -1,13 +1,13 @@
 """onnxattr: turn an ONNX classifier into an ONNX model that also explains itself."""
 
 from .api import attribution_model, coverage, load_model
-from .errors import (InputError, ModelLoadError, NotAClassifierError, OnnxAttrError, ProviderError,
-                     TargetError, UnsupportedModelError)
+from .errors import (ExecutionError, InputError, ModelLoadError, NonFiniteWarning, NotAClassifierError,
+                     OnnxAttrError, OutputError, ProviderError, TargetError, UnsupportedModelError)
 from .explainer import Explainer
 from .methods import METHODS
 
 __all__ = [
     "attribution_model", "coverage", "load_model", "Explainer", "METHODS", "OnnxAttrError",
     "ModelLoadError", "UnsupportedModelError", "NotAClassifierError", "TargetError", "InputError",
-    "ProviderError",
+    "ProviderError", "OutputError", "ExecutionError", "NonFiniteWarning",
 ]

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper
 
 from .backward import build_backward, differentiable_path, prune
 from .errors import ModelLoadError, NotAClassifierError, UnsupportedModelError
 from .graph import FLOAT_TYPES, Builder
+from .io import iter_tensors, load_external_data
 from .methods import get_method
 from .recipes import ALL_METHODS, Context, Options, build
 
@@ -21,22 +23,49 @@ TARGET = "target"
 
 
 def load_model(model) -> onnx.ModelProto:
-    """A ModelProto from a path or a ModelProto (local functions inlined; input never changed)."""
+    """A ModelProto from a path or a ModelProto (local functions inlined; input never changed).
+
+    From a path, external data is read only after every tensor's location has been checked to
+    stay inside the model's folder (see onnxattr.io); a ModelProto must already hold its data.
+    Raises ModelLoadError (one line, naming the file or tensor) for anything unreadable.
+    """
     if isinstance(model, onnx.ModelProto):
         proto = model
+        for t in iter_tensors(proto):
+            if t.data_location == TensorProto.EXTERNAL:
+                raise ModelLoadError(f"tensor '{t.name}' refers to external data that is not loaded: pass the "
+                                     f"model's path, or onnx.load it from its folder")
+        where = "the model"
     else:
-        path = Path(os.fspath(model))
-        if not path.is_file():
-            raise ModelLoadError(f"'{path}' is not a file")
         try:
-            proto = onnx.load(str(path))
+            path = Path(os.fspath(model))
+        except TypeError:
+            raise ModelLoadError(f"expected a path or an onnx.ModelProto, got {type(model).__name__}") from None
+        if not path.is_file():
+            why = "is a folder" if path.is_dir() else "does not exist" if not path.exists() else "is not a regular file"
+            raise ModelLoadError(f"'{path}' {why}")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # protobuf raises several types for corrupt bytes
-            raise ModelLoadError(f"'{path}' is not a readable ONNX model ({type(e).__name__}: {e})".splitlines()[0]) from None
+            raise ModelLoadError(_one_line(f"'{path}' is not an ONNX model, or a truncated or corrupt one "
+                                          f"({type(e).__name__}: {e})")) from None
+        where = f"'{path}'"
+        if not proto.HasField("graph") and not proto.opset_import:
+            raise ModelLoadError(f"{where} is not an ONNX model (no graph, no opset)")
+        load_external_data(proto, path.parent)
     if not proto.graph.node:
-        raise ModelLoadError("the model's graph is empty")
+        raise ModelLoadError(f"{where} has an empty graph (no nodes)")
     if proto.functions:
-        proto = onnx.inliner.inline_local_functions(proto)
+        try:
+            proto = onnx.inliner.inline_local_functions(proto)
+        except Exception as e:
+            raise ModelLoadError(_one_line(f"{where}: cannot inline its local functions ({type(e).__name__}: {e})")) from None
     return proto
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _float_input(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
@@ -62,8 +91,12 @@ def _scores(b: Builder, name: str | None) -> str:
     for o in outputs:
         if b.is_float(o) and len(b.shapes.get(o, [])) == 2:
             return o
+    # skl2onnx's default ZipMap turns the probabilities into a sequence of maps: point at its input.
+    zipped = [n.input[0] for n in b.model.graph.node if n.op_type == "ZipMap" and n.output[0] in outputs]
+    how = (f"the probabilities go through ZipMap (a sequence of maps): pass --output {zipped[0]} "
+           "(the probability tensor [N, C])" if zipped else "name one with --output")
     raise NotAClassifierError(
-        f"no rank-2 floating-point output [N, C] among the outputs ({', '.join(outputs)}); name one with --output"
+        f"no rank-2 floating-point output [N, C] among the outputs ({', '.join(outputs)}); {how}"
     )
 
 
@@ -99,9 +132,15 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     if method not in ALL_METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     src = load_model(model)
-    x = _float_input(src, input)
-    out = onnx.ModelProto()
-    out.CopyFrom(src)
+    if isinstance(model, onnx.ModelProto):  # the caller's model: work on a copy
+        out = onnx.ModelProto()
+        out.CopyFrom(src)
+    else:  # loaded here: nobody else holds it, so extend it in place (no copy of the weights)
+        out = src
+    x = onnx.ValueInfoProto()
+    x.CopyFrom(_float_input(out, input))
+    inits = {i.name for i in out.graph.initializer}
+    inputs = [i.name for i in out.graph.input if i.name not in inits]
     b = Builder(out, x.type.tensor_type.elem_type)
     y = _scores(b, output)
     w = wrt or x.name
@@ -119,8 +158,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         t = b.op("ArgMax", [y], axis=1, keepdims=0)
     else:
         raise ValueError(f"target must be 'input' or 'argmax', not {target!r}")
-    inits = {i.name for i in src.graph.initializer}
-    ctx = Context(b, [i.name for i in src.graph.input if i.name not in inits], x.name, w, y, t, classes)
+    ctx = Context(b, inputs, x.name, w, y, t, classes)
     results = build(method, ctx, opts)
     layer = results.pop("_layer", None)
     xdims = list(x.type.tensor_type.shape.dim)
@@ -139,7 +177,9 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         outputs[TARGET] = t
     for name, tensor in outputs.items():
         b.nodes.append(helper.make_node("Identity", [tensor], [name], name=b.fresh(name)))
-    out.graph.node.extend(prune(b.nodes, set(outputs)))
+    kept = prune(b.nodes, set(outputs))
+    out.graph.node.extend(kept)
+    out.graph.value_info.extend(b.value_info[o] for n in kept for o in n.output if o in b.value_info)
     for name in outputs:
         elem = TensorProto.INT64 if name == TARGET else b.dtype
         out.graph.output.append(_value_info(name, elem, [batch] if name == TARGET else shapes[name]))

@@ -15,6 +15,18 @@ from .vjp import NON_DIFFERENTIABLE, lookup
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 
 
+def reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads: its inputs and, for control flow (If, Loop, Scan), the
+    outer-scope tensors its subgraphs capture by name."""
+    names = list(node.input)
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            inner = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+            names.extend(i for n in g.node for i in reads(n) if i and i not in inner)
+            names.extend(o.name for o in g.output if o.name not in inner)
+    return names
+
+
 def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
     """Nodes through which a float tensor depends on `wrt` and feeds `ys`, in graph order,
     and the tensors that need a gradient (live inputs of those nodes, and `wrt`)."""
@@ -23,7 +35,7 @@ def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list
     for node in b.all_nodes():
         if node.op_type in NON_DIFFERENTIABLE and node.domain in ("", "ai.onnx"):
             continue
-        if any(i in live for i in node.input if i):
+        if any(i in live for i in reads(node) if i):
             outs = [o for o in node.output if o and (b.is_float(o) or o not in b.types)]
             if outs:
                 forward.append(node)
@@ -33,13 +45,16 @@ def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list
     for node in reversed(forward):
         if any(o in needed for o in node.output):
             path.append(node)
-            needed.update(i for i in node.input if i in live)
+            needed.update(i for i in reads(node) if i in live)
     path.reverse()
     return path, (needed & live) | set(wrt)
 
 
 def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
     """Fail before any work when a node on the path has no rule: list all such nodes."""
+    for node in path:
+        if node.output and node.output[0] in b.shape_conflicts:
+            raise UnsupportedModelError(f"{describe(node)}: {b.shape_conflicts[node.output[0]]}")
     missing = []
     for node in path:
         if node.domain not in ("", "ai.onnx"):
@@ -66,10 +81,15 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     partials: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
     for node in reversed(path):
         gys = [b.add_all(partials.pop(o)) if o in partials else None for o in node.output]
+        for o, g in zip(node.output, gys):
+            if g is not None:
+                b.annotate(g, like=o)
         if all(g is None for g in gys):
             continue
         gxs = policy.rule(node.op_type)(b, node, gys)
         for name, g in zip(node.input, gxs):
+            if g is not None:
+                b.annotate(g, like=name)
             if g is not None and b.needs(name):
                 partials.setdefault(name, []).append(g)
     grads = {}

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import warnings
 from pathlib import Path
 
 import click
 import numpy as np
 
 from . import api
-from .errors import InputError, OnnxAttrError
+from .api import _one_line
+from .errors import InputError, NonFiniteWarning, OnnxAttrError
 from .explainer import Explainer
-from .io import save_array, save_model
+from .io import check_output_path, external_data_files, save_array, save_model
 from .images import expand_paths
 from .recipes import ALL_METHODS, IG_METHODS
 from .report import GRID_METHODS, explain_images, read_labels
@@ -24,16 +27,50 @@ DEFAULT_INPUT = FIXTURES / "default_input.npy"
 
 
 def user_errors(fn):
-    """Turn onnxattr's own errors into one-line click errors (exit status 1)."""
+    """Every failure as one line on stderr and exit status 1, never a traceback:
+
+    * onnxattr's own errors: `Error: ModelLoadError: ...`;
+    * failures of ONNX Runtime or ONNX, out of memory, and OS errors: `Error: <what>: ...`;
+    * anything else is a bug in onnxattr: `Error: internal error ...`, unless ONNXATTR_DEBUG is
+      set or pytest is running (PYTEST_CURRENT_TEST), where the exception propagates, so that
+      tests never hide a programming error.
+    """
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except OnnxAttrError as e:
-            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+            raise click.ClickException(_one_line(f"{type(e).__name__}: {e}", limit=2000)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory (try a smaller --batch-size or batch)") from None
+        except OSError as e:
+            where = f" '{e.filename}'" if getattr(e, "filename", None) else ""
+            raise click.ClickException(_one_line(f"{type(e).__name__}{where}: {e.strerror or e}")) from None
+        except Exception as e:
+            module = type(e).__module__
+            if module.startswith("onnxruntime"):
+                raise click.ClickException(_one_line(f"ONNX Runtime failed: {e}")) from None
+            if module.split(".")[0] == "onnx":
+                raise click.ClickException(_one_line(f"ONNX failed: {type(e).__name__}: {e}")) from None
+            if os.environ.get("ONNXATTR_DEBUG") or "PYTEST_CURRENT_TEST" in os.environ:
+                raise
+            raise click.ClickException(_one_line(
+                f"internal error, please report it (ONNXATTR_DEBUG=1 shows the traceback): {type(e).__name__}: {e}"
+            )) from None
 
     return wrapped
+
+
+def _warn_nonfinite(caught) -> None:
+    """Echo NonFiniteWarnings as one `Warning:` line each on stderr (others as Python would)."""
+    for w in caught:
+        if issubclass(w.category, NonFiniteWarning):
+            click.echo(f"Warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 method_option = click.option("--method", type=click.Choice(ALL_METHODS), default="saliency", show_default=True,
@@ -81,8 +118,8 @@ def main():
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the new model.")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(), help="Where to write the new model.")
 @method_option
 @output_option
 @click.option("--target", "target_mode", type=click.Choice(["input", "argmax"]), default="input", show_default=True,
@@ -95,6 +132,9 @@ def export(model, out, method, output, target_mode, relu_like, wrt, **opts):
     proto = api.attribution_model(model, method=method, output=output, target=target_mode, relu_like=relu_like,
                                   wrt=wrt, **_options(**opts))
     path = save_model(proto, out, source=model)
+    data = path.with_name(path.name + ".data")
+    if external_data_files(path):
+        click.echo(f"weights in external data: {data}")
     click.echo(f"wrote {path} ({method}; inputs: {', '.join(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})}; "
                f"outputs: {', '.join(o.name for o in proto.graph.output)})")
 
@@ -117,9 +157,9 @@ def _floats(text: str, name: str) -> list[float]:
 
 
 @main.command()
-@click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", required=False, type=click.Path())
 @click.argument("images", nargs=-1, type=click.Path())
-@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), help="Input batch as a .npy file.")
+@click.option("--input", "input_path", type=click.Path(), help="Input batch as a .npy file.")
 @click.option("--target", default="argmax", show_default=True, help="Class index, comma-separated indices per row, or 'argmax'.")
 @method_option
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
@@ -134,7 +174,7 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--mean", default="0.485,0.456,0.406", show_default=True, help="Images: per-channel mean.")
 @click.option("--std", default="0.229,0.224,0.225", show_default=True, help="Images: per-channel std.")
 @click.option("--batch-size", default=8, show_default=True, help="Images: batch size.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Images: class names, one per line.")
+@click.option("--labels", type=click.Path(), help="Images: class names, one per line.")
 @click.option("--grid", is_flag=True, help="Images: also write grid.png comparing several methods per image.")
 @user_errors
 def explain(model, images, input_path, target, method, provider, output, relu_like, out, wrt, size, mean, std,
@@ -156,12 +196,18 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         if outdir.parent.is_dir():
             outdir.mkdir(exist_ok=True)
         methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
-        hw = None if size is None else tuple(int(v) for v in (size.split(",") * 2)[:2])
-        result = explain_images(model, expand_paths(images), methods, outdir, target=_parse_target(target),
-                                size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                                batch_size=batch_size, labels=read_labels(labels) if labels else None, grid=grid,
-                                progress=lambda chunks: click.progressbar(chunks, label="explaining", show_pos=True),
-                                **kw)
+        try:
+            hw = None if size is None else tuple(int(v) for v in (size.split(",") * 2)[:2])
+        except ValueError:
+            raise click.BadParameter(f"'{size}' is not H or H,W", param_hint="--size") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteWarning)
+            result = explain_images(model, expand_paths(images), methods, outdir, target=_parse_target(target),
+                                    size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                    batch_size=batch_size, labels=read_labels(labels) if labels else None, grid=grid,
+                                    progress=lambda chunks: click.progressbar(chunks, label="explaining", show_pos=True),
+                                    **kw)
+        _warn_nonfinite(caught)
         click.echo(f"provider: {result['provider']}" + (f"; Grad-CAM layer: {result['layer']}" if result["layer"] else ""))
         for path, (name, score) in zip(expand_paths(images), result["predictions"]):
             click.echo(f"{path.name}: {name} ({score:.3f})")
@@ -169,14 +215,17 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         return
     if input_path is None:
         raise click.UsageError("give images, or --input X.npy")
-    out = out or "attribution.npy"
+    out = check_output_path(out or "attribution.npy", model, input_path)
     try:
         x = np.load(input_path, allow_pickle=False)
     except Exception as e:
-        raise InputError(f"cannot read '{input_path}' as a .npy array ({e})".splitlines()[0]) from None
+        raise InputError(_one_line(f"cannot read '{input_path}' as a .npy array ({e})")) from None
     ex = Explainer(model, method=method, **kw)
     click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
-    result = ex.run(x, _parse_target(target))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        result = ex.run(x, _parse_target(target))
+    _warn_nonfinite(caught)
     if "completeness_gap" in result:
         click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(result['completeness_gap'], 5).tolist()}")
     path = save_array(result[api.ATTRIBUTION], out, model, input_path)
@@ -186,7 +235,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=click.Path())
 @method_option
 @relu_like_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -27,3 +27,15 @@ class InputError(OnnxAttrError):
 
 class ProviderError(OnnxAttrError):
     """The requested ONNX Runtime execution provider cannot be used."""
+
+
+class OutputError(OnnxAttrError):
+    """An output cannot be written: no such folder, it is the input, the disk is full, ..."""
+
+
+class ExecutionError(OnnxAttrError):
+    """ONNX Runtime cannot load or run the attribution model (its own message, on one line)."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """NaN or Inf in the input, the scores or the attribution (they propagate; this says how many)."""

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
+import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .api import ATTRIBUTION, TARGET, _float_input, attribution_model, load_model
-from .errors import InputError, TargetError
+from .api import ATTRIBUTION, TARGET, _float_input, _one_line, attribution_model, load_model
+from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError
+from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session
+
+NUMPY_INPUT = {"tensor(double)": np.float64, "tensor(float)": np.float32, "tensor(float16)": np.float16}
+NONFINITE = ("warn", "raise", "ignore")
+
+
+def _is_runtime_error(e: Exception) -> bool:
+    return type(e).__module__.startswith("onnxruntime")
 
 
 class Explainer:
@@ -20,24 +31,37 @@ class Explainer:
 
     `provider` is "auto" (CUDA when ONNX Runtime can use it, else CPU), "cpu" or "cuda";
     `self.provider` says which one runs.
+
+    NaN/Inf in an input propagate into the scores and the attribution (rows are independent, so
+    other rows are unaffected). `nonfinite` says what a call then does: "warn" (default) issues
+    an `onnxattr.NonFiniteWarning` with the counts, "raise" raises InputError before running,
+    "ignore" says nothing. `Explainer.nonfinite_counts(result)` gives the counts.
+
+    One Explainer may serve calls from several threads at once (ONNX Runtime's `run` is
+    thread-safe; the lazily built "argmax" session is created under a lock).
     """
 
     def __init__(self, model, method: str = "saliency", provider: str = "auto", output: str | None = None,
-                 input: str | None = None, relu_like: bool = False, wrt: str | None = None, **options):
+                 input: str | None = None, relu_like: bool = False, wrt: str | None = None,
+                 nonfinite: str = "warn", **options):
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, not {nonfinite!r}")
+        self.nonfinite = nonfinite
         self.source = load_model(model)
         self.method = method
         self._build = dict(method=method, output=output, input=input, relu_like=relu_like, wrt=wrt, **options)
         self._requested = provider
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._tmp = None  # a folder for models too large to pass to ONNX Runtime as bytes
         self.model = self._model("input")
-        sess, self.provider = make_session(self.model.SerializeToString(), provider)
+        sess, self.provider = self._make_session(self.model, provider)
         self._sessions["input"] = sess
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.input_name = _float_input(self.source, input).name
+        self.scores_name = meta["onnxattr.scores"]
         self._input_meta = next(i for i in sess.get_inputs() if i.name == self.input_name)
-        scores = next(o for o in self.model.graph.output if o.name == meta["onnxattr.scores"]) \
-            if any(o.name == meta["onnxattr.scores"] for o in self.model.graph.output) else None
+        scores = next((o for o in self.model.graph.output if o.name == self.scores_name), None)
         self.layer = meta.get("onnxattr.layer")
         self.num_classes = None
         if scores is not None:
@@ -47,15 +71,37 @@ class Explainer:
     def _model(self, mode: str) -> onnx.ModelProto:
         return attribution_model(self.source, target=mode, **self._build)
 
+    def _make_session(self, model: onnx.ModelProto, provider: str):
+        if tensor_bytes(model) > SINGLE_FILE_LIMIT:  # too large for one protobuf: external data in a temp folder
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="onnxattr-")
+            path = Path(self._tmp.name) / f"model-{len(list(Path(self._tmp.name).iterdir()))}.onnx"
+            source = str(save_model(model, path, external_data=True))
+        else:
+            source = model.SerializeToString()
+        try:
+            return make_session(source, provider)
+        except OnnxAttrError:
+            raise
+        except Exception as e:
+            if not _is_runtime_error(e):
+                raise
+            raise ExecutionError(_one_line(f"ONNX Runtime cannot load the attribution model: {e}")) from None
+
     def _session(self, mode: str):
         with self._lock:
             if mode not in self._sessions:
-                self._sessions[mode] = make_session(self._model(mode).SerializeToString(), self.provider)[0]
+                self._sessions[mode] = self._make_session(self._model(mode), self.provider)[0]
             return self._sessions[mode]
 
     def _check_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        want = np.float64 if self._input_meta.type == "tensor(double)" else np.float32
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise InputError(_one_line(f"input is not an array ({e})")) from None
+        want = NUMPY_INPUT.get(self._input_meta.type)
+        if want is None:
+            raise InputError(f"the model's input '{self.input_name}' is {self._input_meta.type}, which numpy cannot feed")
         if x.dtype != want:
             if not np.issubdtype(x.dtype, np.floating):
                 raise InputError(f"input must be a floating-point array, got dtype {x.dtype}")
@@ -64,17 +110,25 @@ class Explainer:
         if x.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, x.shape)):
             raise InputError(f"input shape {list(x.shape)} does not match the model's input "
                              f"'{self.input_name}' {list(shape)}")
+        if x.shape[0] == 0:
+            raise InputError("input batch is empty")
+        if self.nonfinite == "raise" and not np.isfinite(x).all():
+            bad = ~np.isfinite(x)
+            raise InputError(f"input has {int(bad.sum())} NaN/Inf values (rows {_rows(bad)})")
         return x
 
     def _check_target(self, target, n: int) -> np.ndarray:
-        t = np.asarray(target)
+        try:
+            t = np.asarray(target)
+        except (ValueError, TypeError):
+            raise TargetError(f"target must be integer class indices or 'argmax', got {target!r}") from None
         if not np.issubdtype(t.dtype, np.integer):
             raise TargetError(f"target must be integer class indices or 'argmax', got {target!r}")
         t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 else t.astype(np.int64)
         if t.shape != (n,):
             raise TargetError(f"target has {t.size} entries for a batch of {n}")
-        if self.num_classes is not None and (t.min() < 0 or t.max() >= self.num_classes):
-            raise TargetError(f"target {t.tolist()} is out of range for {self.num_classes} classes")
+        if self.num_classes is not None:
+            _check_range(t, self.num_classes)
         return np.ascontiguousarray(t)
 
     def run(self, x, target) -> dict[str, np.ndarray]:
@@ -85,12 +139,46 @@ class Explainer:
                 raise TargetError(f"target must be class indices or 'argmax', got {target!r}")
             sess = self._session("argmax")
             feeds = {self.input_name: x}
+            t = None
         else:
             sess = self._sessions["input"]
-            feeds = {self.input_name: x, TARGET: self._check_target(target, x.shape[0])}
+            t = self._check_target(target, x.shape[0])
+            feeds = {self.input_name: x, TARGET: t}
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feeds)))
+        try:
+            result = dict(zip(names, sess.run(names, feeds)))
+        except Exception as e:
+            if not _is_runtime_error(e):
+                raise
+            raise ExecutionError(_one_line(f"ONNX Runtime failed: {e}")) from None
+        if t is not None and self.num_classes is None and self.scores_name in result:
+            _check_range(t, result[self.scores_name].shape[1])  # the class count is known only now
+        if self.nonfinite == "warn":
+            counts = self.nonfinite_counts(result, x)
+            if any(counts.values()):
+                warnings.warn(NonFiniteWarning(describe_nonfinite(counts)), stacklevel=2)
+        return result
+
+    def nonfinite_counts(self, result: dict, x=None) -> dict[str, int]:
+        """How many NaN/Inf values the input (if given), the scores and the attribution hold."""
+        arrays = {"input": x, "scores": result.get(self.scores_name), ATTRIBUTION: result.get(ATTRIBUTION)}
+        return {k: int(np.size(v) - np.count_nonzero(np.isfinite(v))) for k, v in arrays.items() if v is not None}
 
     def __call__(self, x, target) -> np.ndarray:
         """The attribution for input batch `x` and `target` (index, per-row indices, or "argmax")."""
         return self.run(x, target)[ATTRIBUTION]
+
+
+def _check_range(t: np.ndarray, classes: int) -> None:
+    if t.size and (t.min() < 0 or t.max() >= classes):
+        raise TargetError(f"target {t.tolist()} is out of range for {classes} classes")
+
+
+def _rows(bad: np.ndarray) -> list[int]:
+    return np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()
+
+
+def describe_nonfinite(counts: dict[str, int]) -> str:
+    """One line: 'NaN/Inf values: 3 in the input, 4 in the scores, 120 in the attribution'."""
+    parts = [f"{n} in the {k}" for k, n in counts.items() if n]
+    return "NaN/Inf values (they propagate): " + ", ".join(parts)

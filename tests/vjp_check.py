@@ -61,7 +61,7 @@ class Case:
     nodes: list
     inputs: dict  # name -> In (graph inputs, all differentiated)
     outputs: tuple = ("y",)
-    inits: dict = field(default_factory=dict)  # name -> array (float arrays follow the model dtype)
+    inits: dict = field(default_factory=dict)  # name -> array (float64 arrays follow the model dtype)
     no_ort: str = ""  # why ONNX Runtime cannot run the forward op itself (then only float64 is checked)
     no_float64: str = ""  # why the float64 model is not valid ONNX (the checker then skips it)
 
@@ -83,10 +83,7 @@ def build(c: Case, out_shapes: dict | None = None) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info(o, TensorProto.DOUBLE, (out_shapes or {}).get(o)) for o in c.outputs]
     inits = []
     for name, v in c.inits.items():
-        arr = np.asarray(v)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float64)
-        inits.append(numpy_helper.from_array(arr, name))
+        inits.append(numpy_helper.from_array(np.asarray(v), name))  # float32 ones (Resize scales) stay
     graph = helper.make_graph(c.nodes, c.id.replace("/", "_"), inputs, outputs, inits)
     opsets = [helper.make_opsetid("", c.opset)]
     model = helper.make_model(graph, opset_imports=opsets)
@@ -282,7 +279,7 @@ class LRN(_Fix):  # upstream: loops over the batch instead of the channels, 4-D 
 
 class Pad(_Fix):  # upstream: no negative pads, no Pad-2..10 for some opsets
     def _run(self, x, pads=None, value=None, axes=None, **_):
-        assert self.attr("mode", "constant") == "constant"
+        mode = self.attr("mode", "constant")
         if self.opset < 11:
             pads, value = self.attr("pads", self.attr("paddings")), self.attr("value", 0.0)
         value = 0.0 if value is None else float(np.asarray(value))
@@ -293,10 +290,58 @@ class Pad(_Fix):  # upstream: no negative pads, no Pad-2..10 for some opsets
         before, after = full[:x.ndim], full[x.ndim:]
         x = x[tuple(slice(max(-b, 0), x.shape[i] - max(-a, 0)) for i, (b, a) in enumerate(zip(before, after)))]
         width = [(max(b, 0), max(a, 0)) for b, a in zip(before, after)]
+        if mode != "constant":  # reflect, edge, wrap: numpy's modes of the same names
+            return (np.pad(x, width, mode=mode).astype(x.dtype),)
         return (np.pad(x, width, constant_values=value).astype(x.dtype),)
 
 
-REFERENCE_FIXES = [ConvTranspose, Erf, Gelu, Softmax, LogSoftmax, MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
+class GroupNormalization(_Fix):  # upstream: the function body computes in float32 (stash_type)
+    def _run(self, x, scale, bias, **_):
+        assert self.opset >= 21
+        groups, eps = self.attr("num_groups"), self.attr("epsilon", 1e-5)
+        xr = x.reshape(x.shape[0], groups, -1)
+        xhat = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + eps)
+        shape = [-1] + [1] * (x.ndim - 2)
+        return ((xhat.reshape(x.shape) * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype),)
+
+
+def _upsample_asymmetric(x, scales, mode):
+    """Upsample-7/9 and Resize-10 as ONNX Runtime computes them: per axis, source coordinate
+    out / scale; nearest takes its floor (its ceiling when shrinking), linear the two neighbours
+    (clamped at the edge)."""
+    for ax, s in enumerate(scales):
+        n_in, n_out = x.shape[ax], int(np.floor(x.shape[ax] * s))
+        src = np.arange(n_out) / s
+        if mode == "nearest":
+            idx = np.clip(np.ceil(src) if s < 1 else np.floor(src), 0, n_in - 1).astype(np.int64)
+            x = np.take(x, idx, axis=ax)
+        else:
+            lo = np.clip(np.floor(src), 0, n_in - 1).astype(np.int64)
+            hi = np.minimum(lo + 1, n_in - 1)
+            r = np.clip(src - lo, 0, 1).reshape([-1] + [1] * (x.ndim - ax - 1))
+            x = np.take(x, lo, axis=ax) * (1 - r) + np.take(x, hi, axis=ax) * r
+    return x
+
+
+class Upsample(_Fix):  # upstream: nearest with integer scales only, Upsample-9 only
+    def _run(self, x, scales=None, **_):
+        if scales is None:
+            scales = self.attr("scales")
+        mode = self.attr("mode", "nearest").replace("bilinear", "linear")
+        return (_upsample_asymmetric(x, np.asarray(scales, np.float64), mode).astype(x.dtype),)
+
+
+class Resize(_Fix):  # upstream: Resize-10 (no coordinate_transformation_mode) is not implemented
+    def _run(self, x, *args, **kwargs):
+        if self.opset >= 11:
+            from onnx.reference.ops.op_resize import Resize as Upstream
+
+            names = [a.name for a in self.onnx_node.attribute]
+            return Upstream._run(self, x, *args, **{k: v for k, v in kwargs.items() if k in names or v is not None})
+        return (_upsample_asymmetric(x, np.asarray(args[0], np.float64), self.attr("mode", "nearest")).astype(x.dtype),)
+
+
+REFERENCE_FIXES = [ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UnsupportedModelError
+from ..graph import attrs
 from . import register
 
 
@@ -145,3 +146,9 @@ def where(b, node, gys):
 @register("Expand")
 def expand(b, node, gys):
     return [b.unbroadcast(gys[0], node.input[0], node.output[0], node), None]
+
+
+@register("Trilu")
+def trilu(b, node, gys):
+    # Keeping a triangle is a 0/1 mask: its own adjoint.
+    return [b.op("Trilu", [gys[0]] + list(node.input[1:2]), upper=attrs(node).get("upper", 1)), None]

@@ -46,3 +46,71 @@ def lrn(b, node, gys):
     back = _channel_window_sum(b, b.op("Div", [b.op("Mul", [g, y]), d]), rank, size, hi, lo)
     cross = b.op("Mul", [b.op("Mul", [x, back]), b.scalar(2.0 * alpha * beta / size)])
     return [b.op("Sub", [direct, cross])]
+
+
+def _standardize_vjp(b, x: str, gh: str, axes: list[int], eps: float) -> tuple[str, str]:
+    """For xhat = (x - mean) / sqrt(var + eps) over `axes`: the VJP of xhat at gradient `gh`,
+    inv * (gh - mean(gh) - xhat * mean(gh * xhat)), and xhat itself (mean and variance
+    recomputed in the model's dtype from x, never read from a stashed output)."""
+    mean = b.reduce("ReduceMean", x, axes)
+    d = b.op("Sub", [x, mean])
+    var = b.reduce("ReduceMean", b.op("Mul", [d, d]), axes)
+    inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [var, b.scalar(eps)])])])
+    xhat = b.op("Mul", [d, inv])
+    centred = b.op("Sub", [gh, b.reduce("ReduceMean", gh, axes)])
+    proj = b.op("Mul", [xhat, b.reduce("ReduceMean", b.op("Mul", [gh, xhat]), axes)])
+    return b.op("Mul", [inv, b.op("Sub", [centred, proj])]), xhat
+
+
+def _only_first_output(b, node, gys):
+    if any(g is not None for g in gys[1:]):
+        raise UnsupportedModelError(f"{describe(node)}: gradients through its Mean/InvStdDev outputs are not supported")
+
+
+@register("LayerNormalization")
+def layer_norm(b, node, gys):
+    # Y = xhat * Scale + B, xhat standardised over axes [axis, rank); Scale and B broadcast.
+    _only_first_output(b, node, gys)
+    a, g, y = attrs(node), gys[0], node.output[0]
+    ins = list(node.input) + [""]
+    x, scale, bias = ins[0], ins[1], ins[2]
+    rank = b.rank(x, node)
+    axes = list(range(a.get("axis", -1) % rank, rank))
+    gx, xhat = _standardize_vjp(b, x, b.op("Mul", [g, scale]), axes, a.get("epsilon", 1e-5))
+    gs = b.unbroadcast(b.op("Mul", [g, xhat]), scale, y, node) if b.needs(scale) else None
+    gb = b.unbroadcast(g, bias, y, node) if b.needs(bias) else None
+    return [gx if b.needs(x) else None, gs, gb]
+
+
+def _no_parameter_gradients(b, node):
+    if any(b.needs(t) for t in node.input[1:]):
+        raise UnsupportedModelError(f"{describe(node)}: gradients with respect to its scale or bias are not supported")
+
+
+@register("InstanceNormalization")
+def instance_norm(b, node, gys):
+    # Per sample and channel over the spatial axes; scale [C].
+    _no_parameter_gradients(b, node)
+    x, scale = node.input[:2]
+    rank = b.rank(x, node)
+    coef = b.op("Reshape", [scale, b.ints([-1] + [1] * (rank - 2))])
+    gx, _ = _standardize_vjp(b, x, b.op("Mul", [gys[0], coef]), list(range(2, rank)), attrs(node).get("epsilon", 1e-5))
+    return [gx, None, None]
+
+
+@register("GroupNormalization")
+def group_norm(b, node, gys):
+    # x [N, C, *] standardised over [C / G, *] per group, then scale and bias per channel [C].
+    # (GroupNormalization-18, with per-group parameters, is deprecated: the checker refuses it.)
+    _no_parameter_gradients(b, node)
+    if b.opset < 21:
+        raise UnsupportedModelError(f"{describe(node)}: GroupNormalization before opset 21 is deprecated; "
+                                    "convert the model to opset 21")
+    a = attrs(node)
+    x, scale = node.input[:2]
+    groups, rank = a["num_groups"], b.rank(x, node)
+    coef = b.op("Reshape", [scale, b.ints([-1] + [1] * (rank - 2))])
+    grouped = b.ints([0, groups, -1])
+    gh = b.op("Reshape", [b.op("Mul", [gys[0], coef]), grouped])
+    gx, _ = _standardize_vjp(b, b.op("Reshape", [x, grouped]), gh, [2], a.get("epsilon", 1e-5))
+    return [b.reshape_like(gx, x), None, None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
 from ..graph import attrs, describe
@@ -60,29 +61,49 @@ def _slice_params(b, node):
     return [int(a) % rank for a in axes], [int(s) for s in starts], [int(e) for e in ends], [int(s) for s in steps]
 
 
+def _slice_indices(dim: int, start: int, end: int, step: int) -> range:
+    """The positions a Slice takes along one axis (ONNX clamping, negative steps included)."""
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return range(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
+
+
 @register("Slice")
 def slice_(b, node, gys):
-    x = node.input[0]
+    # Unit steps: zero padding back to the input's size; other steps: the transpose of the
+    # selection matrix along that axis.
+    x, g = node.input[0], gys[0]
     axes, starts, ends, steps = _slice_params(b, node)
     rank = b.rank(x, node)
     shape = b.static_shape(x, node, dims=axes)
     pads = [0] * (2 * rank)
     for ax, st, en, sp in zip(axes, starts, ends, steps):
         dim = shape[ax]
-        if sp != 1:
-            raise UnsupportedModelError(f"{describe(node)}: Slice with step {sp} is not supported on a differentiable path")
-        st = min(max(st + dim if st < 0 else st, 0), dim)
-        en = min(max(en + dim if en < 0 else en, 0), dim)
-        pads[ax], pads[rank + ax] = st, dim - max(en, st)
-    return [b.pad(gys[0], pads)]
+        picked = _slice_indices(dim, st, en, sp)
+        if sp == 1:
+            pads[ax] = picked.start if len(picked) else 0
+            pads[rank + ax] = dim - (picked.stop if len(picked) else 0)
+            continue
+        m = np.zeros((len(picked), dim), dtype=b.np_dtype)
+        m[np.arange(len(picked)), list(picked)] = 1.0
+        g = b.adjoint_along(g, m, ax, rank)
+    return [b.pad(g, pads)]
+
+
+def _pad_matrix(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """M [before + n + after, n] with Pad(x) = M @ x along one axis (negative pads crop)."""
+    numpy_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
+    m = np.pad(np.eye(n), ((max(before, 0), max(after, 0)), (0, 0)), mode=numpy_mode)
+    return m[max(-before, 0):m.shape[0] - max(-after, 0)]
 
 
 @register("Pad")
 def pad(b, node, gys):
     x = node.input[0]
     a = attrs(node)
-    if a.get("mode", "constant") != "constant":
-        raise UnsupportedModelError(f"{describe(node)}: Pad mode '{a['mode']}' is not supported")
+    mode = a.get("mode", "constant")
     rank = b.rank(x, node)
     if b.opset < 11:
         pads = list(a.get("pads", a.get("paddings", [])))
@@ -94,9 +115,16 @@ def pad(b, node, gys):
             for j, ax in enumerate(axes):
                 full[ax], full[rank + ax] = pads[j], pads[len(axes) + j]
             pads = full
+    g = gys[0]
+    if mode != "constant":  # reflect / edge / wrap: border values are copies, their gradients add up
+        padded = [i for i in range(rank) if pads[i] or pads[rank + i]]
+        shape = b.static_shape(x, node, dims=padded)
+        for i in padded:
+            m = _pad_matrix(shape[i], pads[i], pads[rank + i], mode).astype(b.np_dtype)
+            g = b.adjoint_along(g, m, i, rank)
+        return [g] + [None] * (len(node.input) - 1)
     crop_b = [max(p, 0) for p in pads[:rank]]
     crop_e = [max(p, 0) for p in pads[rank:]]
-    g = gys[0]
     axes = [i for i in range(rank) if crop_b[i] or crop_e[i]]
     if axes:
         g = b.slice(g, [crop_b[i] for i in axes], [-crop_e[i] if crop_e[i] else BIG for i in axes], axes)
@@ -110,15 +138,16 @@ def gather(b, node, gys):
         return [None, None]
     rank = b.rank(x, node)
     axis = attrs(node).get("axis", 0) % rank
-    dim = b.static_shape(x, node, dims=[axis])[axis]
-    idx = _const(b, node, idx_name, "the indices").astype(np.int64) % dim
     g = gys[0]
+    idx = b.value(idx_name)
+    dim = (b.shapes.get(x) or [None] * rank)[axis]
+    if idx is None or dim is None or idx.ndim > 1:
+        return [_scatter_add_along(b, node, x, idx_name, g, axis, rank), None]
+    idx = idx.astype(np.int64) % dim
     if idx.ndim == 0:
         pads = [0] * (2 * rank)
         pads[axis], pads[rank + axis] = int(idx), dim - 1 - int(idx)
         return [b.pad(b.unsqueeze(g, [axis]), pads), None]
-    if idx.ndim != 1:
-        raise UnsupportedModelError(f"{describe(node)}: Gather with {idx.ndim}-D indices is not supported")
     onehot = np.zeros((len(idx), dim), dtype=b.np_dtype)
     np.add.at(onehot, (np.arange(len(idx)), idx), 1.0)  # repeated indices add up
     last = list(range(rank))
@@ -127,3 +156,81 @@ def gather(b, node, gys):
     spread = b.op("MatMul", [moved, b.const(onehot)])
     back = [int(i) for i in np.argsort(last)]
     return [b.op("Transpose", [spread], perm=back) if axis != rank - 1 else spread, None]
+
+
+def _scatter_add_along(b, node, x, idx, g, axis, rank):
+    """Gather's VJP for indices of any rank, or not constant: ScatterND with reduction 'add'
+    (opset 16) into zeros, with x's `axis` moved to the front and the index dims of g first."""
+    if b.opset < 16:
+        raise UnsupportedModelError(f"{describe(node)}: Gather with computed or multi-dimensional indices "
+                                    f"needs opset >= 16 to differentiate (model has {b.opset})")
+    ri = b.rank(idx, node)
+    front = [axis] + [i for i in range(rank) if i != axis]
+    gperm = list(range(axis, axis + ri)) + list(range(axis)) + list(range(axis + ri, ri + rank - 1))
+    xt = b.op("Transpose", [x], perm=front) if axis else x
+    gt = b.op("Transpose", [g], perm=gperm) if axis and ri else g
+    dim = b.op("Gather", [b.op("Shape", [x]), b.ints(axis)])  # a scalar: wrapping keeps the rank of idx
+    if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
+        idx = b.op("Cast", [idx], to=TensorProto.INT64)
+    wrapped = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, dim]), idx])
+    out = b.op("ScatterND", [b.zeros_like(xt), b.unsqueeze(wrapped, [ri]), gt], reduction="add")
+    return b.op("Transpose", [out], perm=[int(i) for i in np.argsort(front)]) if axis else out
+
+
+@register("GatherElements")
+def gather_elements(b, node, gys):
+    # The transpose of picking x[.., idx[..], ..] is adding g back at those positions.
+    x, idx = node.input
+    rank = b.rank(x, node)
+    axis = attrs(node).get("axis", 0) % rank
+    if b.opset >= 16:
+        return [b.op("ScatterElements", [b.zeros_like(x), idx, gys[0]], axis=axis, reduction="add"), None]
+    known = b.value(idx)
+    if known is not None:
+        dim = b.static_shape(x, node, dims=[axis])[axis]
+        targets = np.indices(known.shape)
+        targets[axis] = known.astype(np.int64) % dim
+        flat = targets.reshape(rank, -1).T
+        if len({tuple(t) for t in flat}) == len(flat):  # no position picked twice: plain scatter
+            return [b.op("ScatterElements", [b.zeros_like(x), b.ints(targets[axis]), gys[0]], axis=axis), None]
+    raise UnsupportedModelError(f"{describe(node)}: GatherElements with computed or repeated indices needs "
+                                f"opset >= 16 to differentiate (model has {b.opset})")
+
+
+@register("Tile")
+def tile(b, node, gys):
+    # g [r0 * d0, r1 * d1, ...] viewed as [r0, d0, r1, d1, ...], summed over the repeats.
+    x = node.input[0]
+    reps = [int(r) for r in _const(b, node, node.input[1], "the repeats")]
+    shape = b.shapes.get(x) or [None] * len(reps)
+    split, summed = [], []
+    for i, (r, d) in enumerate(zip(reps, shape)):
+        if r != 1:
+            summed.append(len(split))
+            split.append(r)
+        split.append(d)
+    if not summed:
+        return [gys[0], None]
+    if split.count(None) > 1 or any(split[i + 1] is None for i in summed):
+        b.static_shape(x, node)  # raises, naming the tensor
+    split = [-1 if d is None else d for d in split]
+    g = b.op("Reshape", [gys[0], b.ints(split)])
+    return [b.reduce("ReduceSum", g, summed, keepdims=0), None]
+
+
+@register("SpaceToDepth")
+def space_to_depth(b, node, gys):
+    return [b.op("DepthToSpace", [gys[0]], blocksize=attrs(node)["blocksize"], mode="DCR" if b.opset >= 11 else None)]
+
+
+@register("DepthToSpace")
+def depth_to_space(b, node, gys):
+    a = attrs(node)
+    bs = a["blocksize"]
+    if a.get("mode", "DCR") == "DCR":
+        return [b.op("SpaceToDepth", [gys[0]], blocksize=bs)]
+    # CRD: y = reshape(transpose(reshape(x, [N, C/bs^2, bs, bs, H, W]), [0, 1, 4, 2, 5, 3]), ...)
+    x = node.input[0]
+    _, c, h, w = b.static_shape(x, node, dims=[1, 2, 3])
+    g = b.op("Reshape", [gys[0], b.ints([0, c // (bs * bs), h, bs, w, bs])])
+    return [b.reshape_like(b.op("Transpose", [g], perm=[0, 1, 3, 5, 2, 4]), x)]

@@ -1,0 +1,43 @@
+"""Reductions beyond ReduceSum/ReduceMean (in pool.py), and the running sum CumSum.
+
+Each input element gets the output gradient, broadcast back over the reduced axes, times the
+partial derivative of the reduction there: the share of the extremum, sign(x), x / y, ...
+"""
+
+from __future__ import annotations
+
+from ..graph import attrs
+from . import register
+from .pool import reduce_axes
+
+
+@register("ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp")
+def reduce_other(b, node, gys):
+    x, y, g = node.input[0], node.output[0], gys[0]
+    axes, rest = reduce_axes(b, node), [None] * (len(node.input) - 1)
+    if axes and not attrs(node).get("keepdims", 1):
+        y, g = b.unsqueeze(y, axes), b.unsqueeze(g, axes)
+    op = node.op_type
+    if op in ("ReduceMax", "ReduceMin"):
+        # Split evenly among the elements equal to the extremum (PyTorch's amax / amin).
+        hit = b.mask(b.equal(x, y))
+        d = b.op("Div", [hit, b.reduce("ReduceSum", hit, axes, keepdims=1)]) if axes else hit
+    elif op == "ReduceL1":
+        d = b.sign(x)
+    elif op == "ReduceL2":  # x / y, and 0 where y = 0 (as PyTorch's norm)
+        zero = b.scalar(0.0)
+        d = b.where(b.equal(y, zero), zero, b.op("Div", [x, y]))
+    elif op == "ReduceSumSquare":
+        d = b.op("Mul", [x, b.scalar(2.0)])
+    else:  # ReduceLogSumExp: softmax over the reduced axes
+        d = b.op("Exp", [b.op("Sub", [x, y])])
+    return [b.op("Mul", [g, d])] + rest
+
+
+@register("CumSum")
+def cumsum(b, node, gys):
+    # The adjoint of a running sum is the running sum in the other direction.
+    a = attrs(node)
+    out = b.op("CumSum", [gys[0], node.input[1]], exclusive=a.get("exclusive") or None,
+               reverse=0 if a.get("reverse", 0) else 1)
+    return [out, None]

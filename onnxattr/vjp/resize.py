@@ -1,0 +1,156 @@
+"""Resize and Upsample: linear in x, one axis at a time, so the VJP applies the transpose of
+each axis' interpolation matrix. The matrices are built here from the op's attributes and the
+static sizes, following the ONNX definition (coordinate transform, then the nearest, linear or
+cubic taps, with edge clamping)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedModelError
+from ..graph import attrs, describe
+from . import register
+
+
+def _source_coords(out_len, in_len, scale, coord, roi):
+    y = np.arange(out_len, dtype=np.float64)
+    length = scale * in_len  # the resized length before rounding, as ONNX defines the transforms
+    if coord == "half_pixel":
+        return (y + 0.5) / scale - 0.5
+    if coord == "half_pixel_symmetric":
+        offset = in_len / 2 * (1 - out_len / length)
+        return offset + (y + 0.5) / scale - 0.5
+    if coord == "pytorch_half_pixel":
+        return (y + 0.5) / scale - 0.5 if length > 1 else np.full(out_len, -0.5)
+    if coord == "align_corners":
+        return y * (in_len - 1) / (length - 1) if length != 1 else np.zeros(out_len)
+    if coord == "asymmetric":
+        return y / scale
+    if coord == "tf_crop_and_resize":
+        lo, hi = roi
+        if length > 1:
+            x = y * (hi - lo) * (in_len - 1) / (length - 1)
+        else:
+            x = np.full(out_len, (hi - lo) * (in_len - 1) / 2)
+        return x + lo * (in_len - 1)
+    raise ValueError(f"coordinate_transformation_mode '{coord}'")
+
+
+def _cubic(t, a):
+    t = np.abs(t)
+    return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+
+def axis_matrix(in_len: int, out_len: int, scale: float, spec: dict, roi=(0.0, 1.0)) -> np.ndarray:
+    """M [out_len, in_len] with resized = M @ x along one axis."""
+    x = _source_coords(out_len, in_len, scale, spec["coord"], roi)
+    m = np.zeros((out_len, in_len))
+    rows = np.arange(out_len)
+    base = np.floor(x)
+    if spec["mode"] == "nearest":
+        nm, frac = spec["nearest_mode"], x - base
+        if nm == "simple":  # ONNX Runtime's rule before opset 11 (Upsample, Resize-10)
+            idx = np.ceil(x) if scale < 1 else base
+        elif nm == "round_prefer_floor":
+            idx = np.where(frac <= 0.5, base, base + 1)
+        elif nm == "round_prefer_ceil":
+            idx = np.where(frac < 0.5, base, base + 1)
+        elif nm == "floor":
+            idx = base
+        else:
+            idx = np.ceil(x)
+        taps, weights = idx[:, None], np.ones((out_len, 1))
+    elif spec["mode"] == "linear":
+        r = (x - base)[:, None]
+        taps, weights = base[:, None] + np.arange(2), np.concatenate([1 - r, r], axis=1)
+    else:  # cubic
+        r = (x - base)[:, None]
+        taps = base[:, None] + np.arange(-1, 3)
+        weights = _cubic(r - np.arange(-1, 3), spec["cubic_coeff_a"])
+        if spec["exclude_outside"]:
+            weights = np.where((taps < 0) | (taps > in_len - 1), 0.0, weights)
+            weights = weights / weights.sum(axis=1, keepdims=True)
+    taps = np.clip(taps, 0, in_len - 1).astype(np.int64)
+    np.add.at(m, (np.broadcast_to(rows[:, None], taps.shape), taps), weights)
+    if spec["coord"] == "tf_crop_and_resize":  # outside the crop: extrapolation_value, a constant
+        m[(x < 0) | (x > in_len - 1)] = 0.0
+    return m
+
+
+def _spec(b, node) -> dict:
+    a = attrs(node)
+    mode = a.get("mode", "nearest")
+    if node.op_type == "Upsample" or b.opset < 11:
+        if mode == "bilinear":
+            mode = "linear"
+        if mode not in ("nearest", "linear"):
+            raise UnsupportedModelError(f"{describe(node)}: mode '{mode}' is not supported")
+        return {"mode": mode, "coord": "asymmetric", "nearest_mode": "simple"}
+    if a.get("antialias", 0) and mode != "nearest":
+        raise UnsupportedModelError(f"{describe(node)}: antialias is not supported")
+    return {"mode": mode, "coord": a.get("coordinate_transformation_mode", "half_pixel"),
+            "nearest_mode": a.get("nearest_mode", "round_prefer_floor"),
+            "cubic_coeff_a": a.get("cubic_coeff_a", -0.75), "exclude_outside": a.get("exclude_outside", 0)}
+
+
+def _inputs(b, node):
+    """(scales, sizes, roi, axes) as numpy arrays or None, for every form of the op."""
+    def value(i):
+        name = node.input[i] if len(node.input) > i else ""
+        if not name:
+            return None
+        v = b.value(name)
+        if v is None:
+            raise UnsupportedModelError(f"{describe(node)}: its scales, sizes and roi must be constants "
+                                        "to differentiate it")
+        return v.astype(np.float64) if v.size else None
+
+    a = attrs(node)
+    if node.op_type == "Upsample" and b.opset < 9:
+        return np.asarray(a["scales"], np.float64), None, None, None
+    if node.op_type == "Upsample" or b.opset < 11:
+        return value(1), None, None, None
+    axes = a.get("axes")
+    return value(2), value(3), value(1), None if axes is None else list(axes)
+
+
+@register("Resize", "Upsample")
+def resize(b, node, gys):
+    x, y = node.input[0], node.output[0]
+    rank = b.rank(x, node)
+    spec = _spec(b, node)
+    scales, sizes, roi, axes = _inputs(b, node)
+    axes = [ax % rank for ax in axes] if axes is not None else list(range(rank))
+    full_roi = {ax: (0.0, 1.0) for ax in range(rank)}
+    if roi is not None and spec["coord"] == "tf_crop_and_resize":
+        k = len(roi) // 2
+        full_roi.update({ax: (roi[i], roi[k + i]) for i, ax in enumerate(axes)})
+    # Axes left as they are (scale 1, or sizes equal to a dim unknown on both sides: the batch)
+    # need no matrix and no static size.
+    sx, sy = b.shapes.get(x) or [None] * rank, b.shapes.get(y) or [None] * rank
+    if scales is not None:
+        moved = [ax for ax, s in zip(axes, scales.tolist()) if s != 1.0 or full_roi[ax] != (0.0, 1.0)]
+    else:
+        moved = [ax for ax in axes if not (sx[ax] is None and sy[ax] is None)]
+    shape_in = b.static_shape(x, node, dims=moved)
+    shape_out = b.static_shape(y, node, dims=moved)
+    full_scale = {ax: 1.0 for ax in range(rank)}
+    if scales is not None:
+        full_scale.update(zip(axes, scales.tolist()))
+    else:
+        ratios = [shape_out[ax] / shape_in[ax] for ax in moved]
+        policy = attrs(node).get("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            ratios = [(min if policy == "not_larger" else max)(ratios)] * len(axes)
+        full_scale.update(zip(moved, ratios))
+    g = gys[0]
+    for ax in moved:
+        try:
+            m = axis_matrix(shape_in[ax], shape_out[ax], full_scale[ax], spec, full_roi[ax])
+        except ValueError as e:
+            raise UnsupportedModelError(f"{describe(node)}: {e} is not supported") from None
+        if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
+            continue
+        g = b.adjoint_along(g, m.astype(b.np_dtype), ax, rank)
+    return [g] + [None] * (len(node.input) - 1)

@@ -1,0 +1,553 @@
+"""Hostile and broken inputs: each gets a one-line error naming the cause (and the node, where
+there is one), exit status 1 from the CLI and a specific exception type from the API; nothing is
+written, nothing is changed. README.md's "Bad inputs" table lists these cases."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr import io as oio
+from onnxattr.cli import main
+from onnxattr.vjp import RULES
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+MODEL = FIX / "shapes_cnn.onnx"
+F = TensorProto.FLOAT
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def model(nodes, inputs, outputs, inits=(), opset=13, functions=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8, functions=list(functions))
+
+
+def tiny(classes=3, features=4, batch="N", mid=None):
+    """x [N, 4] -> Gemm -> Relu -> (mid) -> y [N, classes]."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], name="fc"), helper.make_node("Relu", ["h"], ["r"], name="relu")]
+    nodes += mid or [helper.make_node("Identity", ["r"], ["y"])]
+    return model(nodes, [helper.make_tensor_value_info("x", F, [batch, features])],
+                 [helper.make_tensor_value_info("y", F, [batch, classes])],
+                 [numpy_helper.from_array(rng.standard_normal((features, classes)).astype(np.float32), "W")])
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def assert_one_line_error(r, kind: str, *words):
+    """Exit status 1; stderr one line `Error: <kind>: ...` holding `words`; no traceback."""
+    assert r.exit_code == 1, (r.exit_code, r.output)
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"Error: {kind}"), r.stderr
+    for w in words:
+        assert w in err[0], (w, err[0])
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ not a model
+def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
+    good = MODEL.read_bytes()
+    (tmp / "folder.onnx").mkdir()
+    cases = {
+        "missing": ("missing.onnx", None, "does not exist"),
+        "folder": ("folder.onnx", None, "is a folder"),
+        "text": ("text.onnx", b"this is not an ONNX model\n", "not an ONNX model"),
+        "png": ("picture.onnx", (FIX / "images" / "circle.png").read_bytes(), "not an ONNX model"),
+        "empty file": ("empty.onnx", b"", "not an ONNX model"),
+        "truncated": ("truncated.onnx", good[: len(good) // 2], "truncated or corrupt"),
+        "corrupt": ("corrupt.onnx", good[:200] + bytes(range(256)) * 4 + good[1224:], "corrupt"),
+        "empty graph": ("nodes.onnx", model([], [], []).SerializeToString(), "empty graph"),
+    }
+    out = {}
+    for key, (name, data, words) in cases.items():
+        if data is not None:
+            (tmp / name).write_bytes(data)
+        out[key] = (tmp / name, words)
+    return out
+
+
+BAD_FILES = ["missing", "folder", "text", "png", "empty file", "truncated", "corrupt", "empty graph"]
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_not_a_model(case, tmp_path):
+    path, words = _bad_files(tmp_path)[case]
+    with pytest.raises(onnxattr.ModelLoadError, match=words):
+        onnxattr.attribution_model(path)
+    with pytest.raises(onnxattr.ModelLoadError):
+        onnxattr.Explainer(path, provider="cpu")
+    before = listing(tmp_path)
+    for args in (["export", path, "-o", tmp_path / "out.onnx"], ["coverage", path],
+                 ["explain", path, "--input", FIX / "default_input.npy", "-o", tmp_path / "a.npy"]):
+        assert_one_line_error(cli(*args), "ModelLoadError", words)
+    assert listing(tmp_path) == before  # nothing written
+
+
+def test_not_a_model_object():
+    with pytest.raises(onnxattr.ModelLoadError, match="expected a path or an onnx.ModelProto"):
+        onnxattr.attribution_model(42)
+
+
+def test_protobuf_parsing_is_not_a_model(tmp_path):
+    """Bytes protobuf parses without complaint, but with neither a graph nor an opset."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx.TensorProto(name="w").SerializeToString())
+    with pytest.raises(onnxattr.ModelLoadError):
+        onnxattr.attribution_model(path)
+
+
+# ------------------------------------------------------------------------------------------ not a classifier
+def test_no_float_input():
+    m = model([helper.make_node("Cast", ["x"], ["f"], to=F), helper.make_node("MatMul", ["f", "W"], ["y"])],
+              [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 4])],
+              [helper.make_tensor_value_info("y", F, ["N", 3])], [numpy_helper.from_array(np.ones((4, 3), np.float32), "W")])
+    with pytest.raises(onnxattr.NotAClassifierError, match="no floating-point input"):
+        onnxattr.attribution_model(m)
+
+
+def test_no_rank2_output():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", F, ["N", 3, 4])],
+              [helper.make_tensor_value_info("y", F, ["N", 3, 4])])
+    with pytest.raises(onnxattr.NotAClassifierError, match=r"no rank-2 floating-point output.*name one with --output"):
+        onnxattr.attribution_model(m)
+
+
+def test_output_option_errors(tmp_path):
+    m = tiny(mid=[helper.make_node("Identity", ["r"], ["y"]), helper.make_node("ArgMax", ["r"], ["cls"], axis=1)])
+    m.graph.output.append(helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]))
+    with pytest.raises(onnxattr.NotAClassifierError, match="'nope' is not a tensor of the model"):
+        onnxattr.attribution_model(m, output="nope")
+    with pytest.raises(onnxattr.NotAClassifierError, match="'cls' is not a rank-2 floating-point tensor"):
+        onnxattr.attribution_model(m, output="cls")
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    assert_one_line_error(cli("export", path, "-o", tmp_path / "o.onnx", "--output", "nope"), "NotAClassifierError", "nope")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_input_option_errors():
+    with pytest.raises(onnxattr.NotAClassifierError, match="'nope' is not a floating-point input"):
+        onnxattr.attribution_model(tiny(), input="nope")
+
+
+# ------------------------------------------------------------------------------------------ what it cannot differentiate
+def test_op_without_rule_names_the_node(monkeypatch, tmp_path):
+    monkeypatch.delitem(RULES, "Relu")  # any op without a rule: pretend Relu has none
+    with pytest.raises(onnxattr.UnsupportedModelError, match="no gradient rule for 1 node.*Relu node 'relu'"):
+        onnxattr.attribution_model(tiny())
+    path = tmp_path / "m.onnx"
+    onnx.save(tiny(), path)
+    assert_one_line_error(cli("export", path, "-o", tmp_path / "o.onnx"), "UnsupportedModelError", "Relu node 'relu'")
+    r = cli("coverage", path)
+    assert r.exit_code == 1 and "MISSING" in r.output and "relu" in r.stderr
+
+
+def test_custom_domain_names_the_node():
+    m = tiny(mid=[helper.make_node("FancyAct", ["r"], ["y"], domain="com.example", name="fancy")])
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(onnxattr.UnsupportedModelError, match="FancyAct node 'fancy' \\(custom domain 'com.example'\\)"):
+        onnxattr.attribution_model(m)
+
+
+def _if_model(capture: bool):
+    """y = r + If(cond, r @ A, r @ B): the branches read r by name from the outer scope
+    (capture) or the If is fed nothing differentiable at all (its branches are constant)."""
+    def branch(name, w):
+        src = "r" if capture else "k"
+        return helper.make_graph([helper.make_node("MatMul", [src, w], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, F, None)])
+    mid = [helper.make_node("If", ["cond"], ["b"], then_branch=branch("t", "A"), else_branch=branch("e", "B"), name="choose"),
+           helper.make_node("Add", ["r", "b"], ["y"])]
+    m = tiny(mid=mid)
+    m.graph.initializer.extend([numpy_helper.from_array(np.eye(3, dtype=np.float32) * 2, "A"),
+                                numpy_helper.from_array(np.eye(3, dtype=np.float32) * 3, "B"),
+                                numpy_helper.from_array(np.ones((1, 3), np.float32), "k"),
+                                numpy_helper.from_array(np.array(True), "cond")])
+    return m
+
+
+def test_control_flow_if_is_refused_naming_the_node():
+    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'choose' \\(control flow\\)"):
+        onnxattr.attribution_model(_if_model(capture=True))
+
+
+def test_control_flow_off_the_path_is_fine():
+    """An If whose branches do not depend on x is a constant: no gradient passes through it."""
+    m = _if_model(capture=False)
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = onnxattr.Explainer(m, provider="cpu")(x, [0, 2])
+    plain = onnxattr.Explainer(tiny(mid=[helper.make_node("Identity", ["r"], ["y"])]), provider="cpu")(x, [0, 2])
+    np.testing.assert_allclose(got, plain, rtol=1e-6)
+
+
+def test_control_flow_loop_is_refused_naming_the_node():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "r"], ["acc_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc_in", F, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("acc_out", F, None)])
+    mid = [helper.make_node("Loop", ["trips", "", "r"], ["y"], body=body, name="repeat")]
+    m = tiny(mid=mid)
+    m.graph.initializer.append(numpy_helper.from_array(np.array(3, np.int64), "trips"))
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Loop node 'repeat' \\(control flow\\)"):
+        onnxattr.attribution_model(m)
+
+
+def test_control_flow_scan_is_refused_naming_the_node():
+    body = helper.make_graph([helper.make_node("Add", ["s_in", "row"], ["s_out"]), helper.make_node("Identity", ["s_out"], ["o"])],
+                             "body", [helper.make_tensor_value_info("s_in", F, [3]), helper.make_tensor_value_info("row", F, [3])],
+                             [helper.make_tensor_value_info("s_out", F, [3]), helper.make_tensor_value_info("o", F, [3])])
+    mid = [helper.make_node("Scan", ["zero", "r"], ["last", "y"], body=body, num_scan_inputs=1, name="scan")]
+    m = tiny(mid=mid)
+    m.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "zero"))
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Scan node 'scan' \\(control flow\\)"):
+        onnxattr.attribution_model(m)
+
+
+# ------------------------------------------------------------------------------------------ targets
+@pytest.fixture(scope="module")
+def x():
+    return np.load(FIX / "default_input.npy")
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return onnxattr.Explainer(MODEL, provider="cpu")
+
+
+@pytest.mark.parametrize("target, words", [
+    (4, "out of range for 4 classes"), (-1, "out of range"), ([0, 1, 2, 4], "out of range"),
+    ([0, 1], "2 entries for a batch of 4"), ([[0, 1, 2, 3]], "entries for a batch of 4"),
+    (1.5, "integer class indices"), ("best", "'argmax'"), ([0, "a", 1, 2], "integer class indices"),
+])
+def test_bad_targets(explainer, x, target, words):
+    with pytest.raises(onnxattr.TargetError, match=words):
+        explainer(x, target)
+
+
+def test_target_checked_when_the_class_count_is_dynamic():
+    """With y [N, C] symbolic, the range is checked against the scores once they are known."""
+    m = tiny()
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    ex = onnxattr.Explainer(m, provider="cpu")
+    assert ex.num_classes is None
+    xs = np.ones((2, 4), np.float32)
+    assert ex(xs, [0, 2]).shape == (2, 4)
+    with pytest.raises(onnxattr.TargetError, match="out of range for 3 classes"):
+        ex(xs, [0, 3])
+
+
+def test_bare_exported_model_gives_zeros_for_out_of_range_target(x):
+    """Documented: the exported model itself does not check `target`; an index outside
+    [0, C) matches no class, so that row's attribution is all zeros (the runner refuses it)."""
+    sess = ort.InferenceSession(onnxattr.attribution_model(MODEL).SerializeToString(), providers=["CPUExecutionProvider"])
+    att = sess.run(["attribution"], {"image": x, "target": np.array([0, 4, -1, 99])})[0]
+    assert np.abs(att[0]).sum() > 0
+    assert not att[1:].any()
+
+
+def test_cli_target_errors(tmp_path):
+    for target, words in (("9", "out of range"), ("0,1", "2 entries for a batch of 4")):
+        r = cli("explain", MODEL, "--input", FIX / "default_input.npy", "--target", target, "--provider", "cpu",
+                "-o", tmp_path / "a.npy")
+        assert_one_line_error(r, "TargetError", words)
+    assert listing(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------ inputs
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((1, 3, 32, 32), np.float32), "does not match"),                 # wrong size
+    (np.zeros((1, 64, 64, 3), np.float32), "does not match"),                 # NHWC for an NCHW model
+    (np.zeros((3, 64, 64), np.float32), "does not match"),                    # no batch axis
+    (np.zeros((1, 3, 64, 64), np.int64), "floating-point"),                   # integers
+    (np.zeros((1, 3, 64, 64), bool), "floating-point"),
+    (np.full((1, 3, 64, 64), "a"), "floating-point"),
+    (np.zeros((0, 3, 64, 64), np.float32), "empty"),
+])
+def test_bad_inputs(explainer, bad, words):
+    with pytest.raises(onnxattr.InputError, match=words):
+        explainer(bad, 0)
+
+
+def test_float64_and_float16_inputs_are_cast(explainer, x):
+    want = explainer(x, 1)
+    np.testing.assert_array_equal(explainer(x.astype(np.float64), 1), want)
+    half = explainer(x.astype(np.float16), 1)  # rounded input: a few switches flip, the map stays
+    assert half.dtype == np.float32 and np.linalg.norm(half - want) < 0.3 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"not numpy", "cannot read"),
+    (None, "cannot read"),                     # a pickled object array: refused, never unpickled
+    ("int", "floating-point"),
+    ("shape", "does not match"),
+])
+def test_cli_bad_input_files(tmp_path, content, words):
+    path = tmp_path / "x.npy"
+    if content is None:
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif content == "int":
+        np.save(path, np.zeros((1, 3, 64, 64), np.int32))
+    elif content == "shape":
+        np.save(path, np.zeros((1, 64, 64, 3), np.float32))
+    else:
+        path.write_bytes(content)
+    r = cli("explain", MODEL, "--input", path, "--provider", "cpu", "-o", tmp_path / "a.npy")
+    assert_one_line_error(r, "InputError", words)
+    assert not (tmp_path / "a.npy").exists()
+
+
+def test_cli_missing_input_file(tmp_path):
+    r = cli("explain", MODEL, "--input", tmp_path / "nope.npy", "--provider", "cpu", "-o", tmp_path / "a.npy")
+    assert_one_line_error(r, "InputError", "cannot read")
+
+
+@pytest.mark.parametrize("data", [b"not an image", None])
+def test_cli_undecodable_images(tmp_path, data):
+    img = tmp_path / "bad.png"
+    img.write_bytes(data if data is not None else (FIX / "images" / "circle.png").read_bytes()[:100])  # truncated PNG
+    r = cli("explain", MODEL, img, "--provider", "cpu", "-o", tmp_path / "o")
+    assert_one_line_error(r, "InputError", "cannot decode image")
+
+
+def test_cli_missing_image(tmp_path):
+    r = cli("explain", MODEL, tmp_path / "nope.png", "--provider", "cpu", "-o", tmp_path / "o")
+    assert_one_line_error(r, "InputError", "no such file")
+
+
+# ------------------------------------------------------------------------------------------ NaN and Inf
+def test_nonfinite_input_propagates_and_is_reported(explainer, x):
+    bad = x.copy()
+    bad[0, 0, 10, 10] = np.nan
+    bad[2, 1, 5, 5] = np.inf
+    clean = explainer(x, [0, 1, 2, 3])
+    with pytest.warns(onnxattr.NonFiniteWarning, match=r"2 in the input.*in the attribution") as rec:
+        att = explainer(bad, [0, 1, 2, 3])
+    assert len(rec) == 1
+    assert not np.isfinite(att[0]).all() and not np.isfinite(att[2]).all()  # NaN/Inf where they flow
+    np.testing.assert_array_equal(att[[1, 3]], clean[[1, 3]])  # the other rows are untouched
+    counts = explainer.nonfinite_counts({"attribution": att}, bad)
+    assert counts["input"] == 2 and counts["attribution"] > 0
+
+
+def test_finite_input_is_silent(explainer, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer(x, 0)
+
+
+def test_nonfinite_raise_and_ignore(x):
+    bad = x.copy()
+    bad[1, 0, 0, 0] = -np.inf
+    with pytest.raises(onnxattr.InputError, match=r"1 NaN/Inf values \(rows \[1\]\)"):
+        onnxattr.Explainer(MODEL, provider="cpu", nonfinite="raise")(bad, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnxattr.Explainer(MODEL, provider="cpu", nonfinite="ignore")(bad, 0)
+
+
+def test_cli_reports_nonfinite(tmp_path, x):
+    bad = x.copy()
+    bad[0, :, :2, :2] = np.nan
+    np.save(tmp_path / "x.npy", bad)
+    r = cli("explain", MODEL, "--input", tmp_path / "x.npy", "--target", "0", "--provider", "cpu", "-o", tmp_path / "a.npy")
+    assert r.exit_code == 0, r.output
+    warn = [line for line in r.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warn) == 1 and "12 in the input" in warn[0] and "in the attribution" in warn[0], r.stderr
+    assert np.isnan(np.load(tmp_path / "a.npy")[0]).any()
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_output_is_the_input(tmp_path):
+    src = tmp_path / "m.onnx"
+    shutil.copy(MODEL, src)
+    link = tmp_path / "link.onnx"
+    link.symlink_to(src)
+    before = src.read_bytes()
+    for out in (src, link, tmp_path / "." / "m.onnx"):
+        assert_one_line_error(cli("export", src, "-o", out), "OutputError", "is the input")
+    np.save(tmp_path / "x.npy", np.load(FIX / "default_input.npy"))
+    r = cli("explain", src, "--input", tmp_path / "x.npy", "--provider", "cpu", "-o", tmp_path / "x.npy")
+    assert_one_line_error(r, "OutputError", "is the input")
+    assert src.read_bytes() == before and listing(tmp_path) == ["link.onnx", "m.onnx", "x.npy"]
+
+
+def test_output_folder_problems(tmp_path):
+    assert_one_line_error(cli("export", MODEL, "-o", tmp_path / "nope" / "o.onnx"), "OutputError", "does not exist")
+    (tmp_path / "dir.onnx").mkdir()
+    assert_one_line_error(cli("export", MODEL, "-o", tmp_path / "dir.onnx"), "OutputError", "is a folder")
+    r = cli("explain", MODEL, "--input", FIX / "default_input.npy", "--provider", "cpu", "-o", tmp_path / "no" / "a.npy")
+    assert_one_line_error(r, "OutputError", "does not exist")
+
+
+def _disk_full(monkeypatch, after: int = 100):
+    """Make every file write fail with ENOSPC once `after` bytes have gone to the file."""
+    import builtins
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > after:
+                self.f.write(bytes(data)[: max(0, after - (self.n - len(data)))])  # the part that fitted
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    def fake_open(file, mode="r", *args, **kw):
+        f = real_open(file, mode, *args, **kw)
+        return Full(f) if "w" in mode and "b" in mode else f
+
+    monkeypatch.setattr(oio, "open", fake_open, raising=False)  # io.py's own writes
+    monkeypatch.setattr(np, "save", lambda f, a, **kw: f.write(b"x" * 1000))
+
+
+@pytest.mark.parametrize("what", ["export", "export-external", "explain"])
+def test_full_disk_leaves_nothing(tmp_path, monkeypatch, what):
+    src = tmp_path / "m.onnx"
+    shutil.copy(MODEL, src)
+    np.save(tmp_path / "x.npy", np.load(FIX / "default_input.npy"))
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if what == "export-external":
+        monkeypatch.setattr(oio, "SINGLE_FILE_LIMIT", 0)  # pretend the model is too large for one file
+    _disk_full(monkeypatch)
+    if what == "explain":
+        r = cli("explain", src, "--input", tmp_path / "x.npy", "--provider", "cpu", "-o", out)
+    else:
+        r = cli("export", src, "-o", out)
+    assert_one_line_error(r, "OutputError", "No space left on device", "nothing was written")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no partial or temp file, input intact
+
+
+def test_save_model_api_full_disk(tmp_path, monkeypatch):
+    _disk_full(monkeypatch)
+    with pytest.raises(onnxattr.OutputError, match="No space left"):
+        oio.save_model(onnxattr.attribution_model(MODEL), tmp_path / "o.onnx")
+    assert listing(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------ the CLI never shows a traceback
+def test_onnxruntime_failure_is_one_line(tmp_path, monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    def broken(*a, **k):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : something broke\nand a second line")
+
+    monkeypatch.setattr("onnxattr.explainer.make_session", broken)
+    r = cli("explain", MODEL, "--input", FIX / "default_input.npy", "--provider", "cpu", "-o", tmp_path / "a.npy")
+    assert_one_line_error(r, "ExecutionError", "something broke")
+    with pytest.raises(onnxattr.ExecutionError, match="cannot load the attribution model"):
+        onnxattr.Explainer(MODEL, provider="cpu")
+
+
+def test_onnxruntime_run_failure_is_an_execution_error(x, monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+    ex = onnxattr.Explainer(MODEL, provider="cpu")
+    real = ex._sessions["input"]
+
+    class Sess:
+        def get_outputs(self):
+            return real.get_outputs()
+
+        def run(self, *a):
+            raise RuntimeException("out of device memory")
+
+    ex._sessions["input"] = Sess()
+    with pytest.raises(onnxattr.ExecutionError, match="ONNX Runtime failed: out of device memory"):
+        ex(x, 0)
+
+
+def test_internal_errors_are_one_line_for_users_and_raise_in_tests(tmp_path, monkeypatch):
+    def bug(*a, **k):
+        raise KeyError("oops")
+
+    monkeypatch.setattr("onnxattr.api.attribution_model", bug)
+    r = cli("export", MODEL, "-o", tmp_path / "o.onnx")  # under pytest: the bug propagates
+    assert isinstance(r.exception, KeyError)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    r = cli("export", MODEL, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(r, "internal error", "KeyError", "ONNXATTR_DEBUG=1")
+    r = cli("export", MODEL, "-o", tmp_path / "o.onnx", env={"ONNXATTR_DEBUG": "1"})
+    assert isinstance(r.exception, KeyError)
+
+
+def test_memory_error_is_one_line(tmp_path, monkeypatch):
+    def big(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr("onnxattr.api.attribution_model", big)
+    assert_one_line_error(cli("export", MODEL, "-o", tmp_path / "o.onnx"), "out of memory")
+
+
+def test_bad_option_values_are_usage_errors(tmp_path):
+    r = cli("explain", MODEL, FIX / "images", "--size", "big", "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "--size" in r.output and "Traceback" not in r.output
+
+
+# ------------------------------------------------------------------------------------------ determinism
+def test_export_is_deterministic(tmp_path):
+    a = onnxattr.attribution_model(MODEL, method="guided").SerializeToString()
+    b = onnxattr.attribution_model(MODEL, method="guided").SerializeToString()
+    assert a == b
+    for i in (1, 2):
+        assert cli("export", MODEL, "-o", tmp_path / f"cli{i}.onnx", "--method", "guided").exit_code == 0
+    assert (tmp_path / "cli1.onnx").read_bytes() == (tmp_path / "cli2.onnx").read_bytes() == a
+
+
+def test_export_is_deterministic_across_processes(tmp_path):
+    """Separate interpreters with different hash seeds (set and dict orders) write the same bytes."""
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"p{seed}.onnx"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", "from onnxattr.cli import main; main()", "export", str(MODEL),
+                            "-o", str(out), "--method", "smoothgrad", "--samples", "2"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert outs[0] == onnxattr.attribution_model(MODEL, method="smoothgrad", samples=2).SerializeToString()
+
+
+def test_input_never_changed(tmp_path, x):
+    src = tmp_path / "m.onnx"
+    shutil.copy(MODEL, src)
+    before = src.read_bytes()
+    proto = onnx.load(src)
+    raw = proto.SerializeToString()
+    for method in ("saliency", "guided", "gradcam"):
+        onnxattr.attribution_model(proto, method=method)
+        onnxattr.attribution_model(src, method=method)
+        onnxattr.Explainer(proto, method=method, provider="cpu")(x, 0)
+    assert proto.SerializeToString() == raw and src.read_bytes() == before

@@ -1,0 +1,87 @@
+"""Named regression tests: one per bug found by the gradient fuzzer (tests/test_fuzz.py) or by the
+bad-input tests, each on the smallest graph that showed it. Graphs are float64 and go through the
+fuzzer's checks (finite differences, numpy interpreter, float32 ONNX Runtime) where they export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from test_fuzz import check_model_attributions
+
+D = TensorProto.DOUBLE
+
+
+def model(nodes, x_shape, classes, inits, opset=13, dtype=D):
+    g = helper.make_graph(nodes, "regression", [helper.make_tensor_value_info("x", dtype, x_shape)],
+                          [helper.make_tensor_value_info("y", dtype, [x_shape[0], classes])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def weights(name, *shape, dtype=np.float64, seed=0):
+    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(dtype), name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fuzzer, ceil_mode pools: ONNX shape inference (onnx 1.23) sizes a ceil_mode pool without the spec's
+# "no window starts in the end padding" rule that ONNX Runtime and the reference evaluator follow
+# (kernel 2, stride 2, pads 1 on 5: inference says 4, ONNX Runtime computes 3). The rules sized the
+# backward from the inferred shape: AveragePool then divided by the wrong window counts and a
+# following GlobalAveragePool by 16 instead of 9 -- a silently wrong attribution -- and MaxPool's
+# backward failed inside ONNX Runtime. Fix (graph.py): the runtime size is fed back to shape
+# inference, and such a node on the path is refused by name (ONNX Runtime's own load-time inference
+# would reject a backward graph sized for the real output).
+def _ceil_pool(op, size=5, kernel=2, stride=2, pads=1, dtype=D, np_dtype=np.float64):
+    nodes = [helper.make_node(op, ["x"], ["p"], kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[pads] * 4,
+                              ceil_mode=1, name="pool"),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "W"], ["y"])]
+    return model(nodes, [1, 2, size, size], 3, [weights("W", 2, 3, dtype=np_dtype)], dtype=dtype)
+
+
+@pytest.mark.parametrize("op", ["AveragePool", "MaxPool"])
+def test_ceil_mode_pool_where_onnx_and_onnxruntime_disagree_is_refused(op):
+    m = _ceil_pool(op, dtype=TensorProto.FLOAT, np_dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 2, 5, 5)).astype(np.float32)
+    assert ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0].shape == (1, 3)  # the model itself runs
+    with pytest.raises(onnxattr.UnsupportedModelError, match=rf"{op} node 'pool': ceil_mode output size \[4, 4\] by "
+                                                             r"ONNX shape inference, \[3, 3\] in ONNX Runtime"):
+        onnxattr.attribution_model(m)
+    from onnxattr.graph import Builder
+    b = Builder(m, TensorProto.FLOAT)
+    assert b.shapes["p"] == [1, 2, 3, 3] and b.shapes["g"] == [1, 2, 1, 1]  # the shapes the rules see are right
+
+
+@pytest.mark.parametrize("op", ["AveragePool", "MaxPool"])
+def test_ceil_mode_pool_where_they_agree_is_exact(op):
+    m = _ceil_pool(op, size=6, kernel=3, stride=2, pads=1)  # ceil((6 + 2 - 3) / 2) + 1 = 4 everywhere
+    assert check_model_attributions(m)["fd"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad-input tests, control flow: an If/Loop/Scan body that reads the input (or anything computed
+# from it) by name from the outer scope has no such input in `node.input`, so the differentiable
+# path left it out: with y = x @ W + If(c, x @ A, x @ B), the attribution silently dropped the
+# branch (1 instead of 2 per element below). Fix (backward.py `reads`): a node also reads the
+# outer-scope names its subgraphs capture, so control flow on the path is refused by name.
+def test_control_flow_capturing_the_input_is_refused():
+    f = TensorProto.FLOAT
+
+    def branch(name, w):
+        return helper.make_graph([helper.make_node("MatMul", ["x", w], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, f, [1, 3])])
+
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]),
+             helper.make_node("If", ["cond"], ["b"], then_branch=branch("t", "A"), else_branch=branch("e", "B"), name="branch"),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones((4, 3), np.float32), n) for n in ("W", "A", "B")]
+    inits.append(numpy_helper.from_array(np.array(True), "cond"))
+    m = model(nodes, [1, 4], 3, inits, dtype=f)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'branch' \\(control flow\\)"):
+        onnxattr.attribution_model(m)
+    rows = {r["op_type"]: r for r in onnxattr.coverage(m)}
+    assert rows["If"]["on_path"] == 1 and rows["If"]["missing_nodes"] == ["branch"]
