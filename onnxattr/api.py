@@ -6,7 +6,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper

@@ -10,7 +10,7 @@ import onnx
 
 from .errors import UnsupportedModelError
 from .graph import Builder, describe
-from .vjp import NON_DIFFERENTIABLE, lookup
+from .vjp import NON_DIFFERENTIABLE
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 

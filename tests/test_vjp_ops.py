@@ -301,6 +301,11 @@ add(
     pool("MaxPool", "1d_s3_dil2_ceil", (1, 2, 12), kernel_shape=[2], strides=[3], dilations=[2], ceil_mode=1),
     pool("MaxPool", "nonsquare_same_upper", (1, 2, 5, 7), kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
     pool("MaxPool", "default_strides_op8", (1, 2, 4, 5), opset=8, kernel_shape=[2, 2]),
+    # opset 7: no Indices output, the first maximum found by value
+    pool("MaxPool", "3x3_s2_op7", (2, 2, 7, 8), opset=7, kernel_shape=[3, 3], strides=[2, 2]),
+    pool("MaxPool", "3x3_s2_pads_op7", (1, 3, 6, 7), opset=7, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    pool("MaxPool", "2x2_op7", (1, 2, 6, 6), opset=7, kernel_shape=[2, 2], strides=[2, 2]),
+    pool("MaxPool", "1d_s2_pads_op7", (2, 3, 9), opset=7, kernel_shape=[3], strides=[2], pads=[1, 1]),
     # opset >= 16: the scatter-add formulation
     pool("MaxPool", "3x3_s2_op17", (2, 2, 7, 8), opset=17, kernel_shape=[3, 3], strides=[2, 2]),
     pool("MaxPool", "3x3_s2_ceil_pads_op17", (1, 2, 6, 7), opset=17, kernel_shape=[3, 3], strides=[2, 2],

@@ -51,10 +51,10 @@ def max_pool(b, node, gys):
     a = attrs(node)
     if a.get("storage_order", 0):
         raise UnsupportedModelError(f"{describe(node)}: storage_order=1 is not supported")
-    if b.opset < 8:
-        raise UnsupportedModelError(f"{describe(node)}: MaxPool indices need opset >= 8 (model has {b.opset})")
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n, g = len(kernel), gys[0]
+    if b.opset < 8:
+        return [_max_pool_by_value(b, node, g, kernel, strides, dil, pads, channels, size, out)]
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [node.input[0]], 2)[1]
     if b.opset >= 16:  # scatter-add at the flat indices: overlapping windows add up
         flat = b.op("Reshape", [b.zeros_like(node.input[0]), b.ints([-1])])
@@ -82,6 +82,32 @@ def max_pool(b, node, gys):
     routed = b.op("Reshape", [routed, b.ints([0, channels * k] + list(out))])
     bank = np.eye(k, dtype=b.np_dtype).reshape([k, 1] + kernel)
     return [_spread(b, routed, bank, channels, kernel, strides, dil, pads, size, out)]
+
+
+def _max_pool_by_value(b, node, g, kernel, strides, dil, pads, channels, size, out):
+    """MaxPool-1 has no Indices output: find each window's first maximum by value. The j-th
+    element of every window is a depthwise Conv with a one-hot kernel over the input padded with
+    the lowest float; the first j whose element equals the window's maximum takes the gradient."""
+    n, k = len(kernel), int(np.prod(kernel))
+    lengths = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(n)]
+    ends = [max(pads[n + i], lengths[i] - pads[i] - size[i]) for i in range(n)]
+    lowest = float(np.finfo(np.float32).min)  # Pad-2 takes its value as a float32 attribute
+    padded = b.op("Pad", [node.input[0]], pads=[0, 0] + list(pads[:n]) + [0, 0] + ends, value=lowest)
+    routed, taken = [], None
+    for j in range(k):
+        onehot = np.zeros([channels, 1, k], dtype=b.np_dtype)
+        onehot[:, 0, j] = 1.0
+        elem = b.op("Conv", [padded, b.const(onehot.reshape([channels, 1] + kernel))], group=channels,
+                    strides=strides, dilations=dil, kernel_shape=kernel)
+        b.types[elem] = b.dtype
+        hit = b.equal(elem, node.output[0])
+        if taken is not None:
+            hit = b.op("And", [hit, b.op("Not", [taken])])
+        taken = hit if taken is None else b.op("Or", [taken, hit])
+        routed.append(b.unsqueeze(b.op("Mul", [g, b.mask(hit)]), [2]))
+    stacked = b.op("Reshape", [b.op("Concat", routed, axis=2), b.ints([0, channels * k] + list(out))])
+    bank = np.eye(k, dtype=b.np_dtype).reshape([k, 1] + kernel)
+    return _spread(b, stacked, bank, channels, kernel, strides, dil, pads, size, out)
 
 
 def _window_counts(o_len, k, s, d, pb, pe, size, include_pad):
