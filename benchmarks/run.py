@@ -17,7 +17,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -131,30 +130,37 @@ def timeit(runners: dict, runs: int, warmup: int) -> dict:
 
 
 def peak_rss_mb(model_path: str, batch: int, size: int, method: str | None, threads: int) -> float:
-    """Peak RSS growth (MiB) of a fresh process that creates the session and runs it 3 times."""
+    """Peak resident memory (MiB) of creating the session and running it 3 times, in a fresh
+    process, above what the process held just before (Linux: VmHWM reset through clear_refs)."""
     code = f"""
-import resource, numpy as np, onnxruntime as ort, onnx, onnxattr
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import numpy as np, onnxruntime as ort, onnxattr
+def status(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) / 1024
 o = ort.SessionOptions(); o.intra_op_num_threads = {threads or 0}
 data = onnxattr.attribution_model({model_path!r}, method={method!r}).SerializeToString() if {method!r} else {model_path!r}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
 feeds = {{"x": np.random.randn({batch}, 3, {size}, {size}).astype(np.float32)}}
 if {method!r}: feeds["target"] = np.zeros({batch}, np.int64)
+open('/proc/self/clear_refs', 'w').write('5')
+base = status('VmRSS:')
+s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
 for _ in range(3): s.run(None, feeds)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(status('VmHWM:') - base)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def export_cost(model_path: str) -> tuple[float, float]:
-    """(seconds, peak RSS growth in MiB) of attribution_model on a model file, in a fresh process."""
+    """(seconds, peak resident memory in MiB above the imports) of attribution_model on a model
+    file, in a fresh process (Linux: VmHWM)."""
     code = f"""
-import resource, time, onnxattr
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import time, onnxattr
+def status(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) / 1024
+open('/proc/self/clear_refs', 'w').write('5')
+base = status('VmRSS:')
 t0 = time.perf_counter(); m = onnxattr.attribution_model({model_path!r}); dt = time.perf_counter() - t0
-print(dt, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print(dt, status('VmHWM:') - base)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     dt, mem = out.stdout.strip().splitlines()[-1].split()
