@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 from .backward import build_backward, differentiable_path, prune
 from .errors import ModelLoadError, NotAClassifierError, UnsupportedModelError
-from .graph import FLOAT_TYPES, Builder
+from .graph import Builder
+from .protos import FLOAT_TYPES
 from .io import iter_tensors, load_external_data
 from .methods import get_method
 from .recipes import ALL_METHODS, Context, Options, build

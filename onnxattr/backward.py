@@ -9,7 +9,8 @@ from __future__ import annotations
 import onnx
 
 from .errors import UnsupportedModelError
-from .graph import Builder, describe
+from .graph import Builder
+from .protos import describe
 from .vjp import NON_DIFFERENTIABLE
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}

@@ -13,179 +13,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import UnsupportedModelError
-from .shapes import trial_shapes
-
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-
-
-def attrs(node: onnx.NodeProto) -> dict:
-    """A node's attributes as plain Python values (strings decoded)."""
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
-def describe(node: onnx.NodeProto) -> str:
-    """How errors name a node: its type and name (or first output when unnamed)."""
-    return f"{node.op_type} node '{node.name or node.output[0]}'"
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    raise UnsupportedModelError("the model imports no version of the default ONNX domain")
-
-
-def _skeleton(model: onnx.ModelProto, small: int = 1024) -> onnx.ModelProto:
-    """The model without the data of large initializers (they become typed graph inputs), so
-    shape inference neither copies the weights nor hits protobuf's 2 GB limit."""
-    skel = onnx.ModelProto(ir_version=model.ir_version)
-    skel.opset_import.extend(model.opset_import)
-    skel.functions.extend(model.functions)
-    g, sg = model.graph, skel.graph
-    sg.name = g.name
-    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(sg, part).extend(getattr(g, part))
-    declared = {i.name for i in g.input}
-    for init in g.initializer:
-        if int(np.prod(init.dims)) <= small and init.data_location != TensorProto.EXTERNAL:
-            sg.initializer.append(init)
-        elif init.name not in declared:
-            sg.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return skel
-
-
-_INTS = {TensorProto.INT64, TensorProto.INT32}
-_FED = "/onnxattr_folded"  # suffix of the integers fed back to shape inference
-
-
-def _int_div(a: int, b: int) -> int:
-    q = abs(a) // abs(b)  # ONNX integer Div truncates toward zero
-    return q if (a >= 0) == (b >= 0) else -q
-
-
-_ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _int_div}
-
-
-def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
-    """One node on object arrays of ints (None: unknown); ValueError for what is not folded."""
-    a = attrs(n)
-    if n.op_type in _ARITH:
-        f = _ARITH[n.op_type]
-        return np.frompyfunc(lambda x, y: None if x is None or y is None else f(x, y), 2, 1)(*ins)
-    if n.op_type == "Identity" or (n.op_type == "Cast" and a["to"] in _INTS):
-        return ins[0]
-    if n.op_type == "Concat":
-        return np.concatenate(ins, axis=a["axis"])
-    if n.op_type == "Gather" and None not in ins[1].flat:
-        return np.take(ins[0], np.asarray(ins[1], dtype=np.int64), axis=a.get("axis", 0))
-    if n.op_type in ("Unsqueeze", "Squeeze") and (len(ins) == 1 or None not in ins[1].flat):
-        axes = a.get("axes", list(ins[1].flat) if len(ins) > 1 else None)
-        if n.op_type == "Unsqueeze":
-            return np.expand_dims(ins[0], [int(i) for i in axes])
-        return np.squeeze(ins[0], None if axes is None else tuple(int(i) for i in axes))
-    if n.op_type == "Slice" and len(ins) > 2 and ins[0].ndim == 1 and all(None not in v.flat for v in ins[1:]):
-        step = int(ins[4][0]) if len(ins) > 4 else 1
-        return ins[0][int(ins[1][0]):int(ins[2][0]):step]
-    raise ValueError(f"{n.op_type} is not folded")
-
-
-def _fold_ints(g: onnx.GraphProto, shapes: dict, consts: dict) -> dict[str, np.ndarray]:
-    """The small integer tensors that shape arithmetic computes (Shape, then Gather, Div, Concat,
-    ...), as object arrays with None for entries that depend on an unknown dim."""
-    values = {name: np.asarray(numpy_helper.to_array(t), dtype=object) for name, t in consts.items()
-              if t.data_type in _INTS and int(np.prod(t.dims)) <= 64}
-    for n in g.node:
-        if n.domain not in ("", "ai.onnx") or not n.output or n.output[0] in values:
-            continue
-        if n.op_type == "Shape":
-            dims = shapes.get(n.input[0])
-            if dims is not None:
-                a = attrs(n)
-                values[n.output[0]] = np.asarray(dims[a.get("start", 0):a.get("end", len(dims))], dtype=object)
-            continue
-        ins = [values.get(i) for i in n.input if i]
-        if ins and all(v is not None for v in ins):
-            try:
-                values[n.output[0]] = np.asarray(_fold_node(n, ins), dtype=object)
-            except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):
-                pass  # an op or a form not folded here: the value stays unknown
-    return values
-
-
-def _feed_ints(skel: onnx.ModelProto, values: dict, consts: dict) -> tuple[onnx.ModelProto, int]:
-    """A copy of the inference skeleton whose nodes read the fully folded integers as
-    initializers, and each Reshape its shape with one unknown entry as -1 there; and how many
-    inputs that newly replaced."""
-    out = onnx.ModelProto()
-    out.CopyFrom(skel)
-    static = {i.name for i in out.graph.initializer}
-    static |= {n.output[0] for n in out.graph.node if n.op_type == "Constant"}
-    feeds = {}
-    for n in out.graph.node:
-        for i, name in enumerate(n.input):
-            v = values.get(name)
-            if v is None or name in static or name.endswith(_FED):
-                continue
-            if None not in v.flat:
-                feeds[name + _FED] = numpy_helper.from_array(numpy_helper.to_array(consts[name]), name + _FED)
-            elif n.op_type == "Reshape" and i == 1 and list(v.flat).count(None) == 1 and -1 not in v.flat:
-                name = n.output[0] + "/shape"
-                feeds[name + _FED] = numpy_helper.from_array(np.where(v == None, -1, v).astype(np.int64),  # noqa: E711
-                                                             name + _FED)
-            else:
-                continue
-            n.input[i] = name + _FED
-    out.graph.initializer.extend(feeds.values())
-    return out, len(feeds)
-
-
-def _pool_size(n: int, k: int, s: int, d: int, pb: int, pe: int, ceil_mode: int) -> int:
-    span = (k - 1) * d + 1
-    out = (-(-(n + pb + pe - span) // s) if ceil_mode else (n + pb + pe - span) // s) + 1
-    return out - 1 if ceil_mode and (out - 1) * s >= n + pb else out
-
-
-def _fix_pool_shapes(skel: onnx.ModelProto, shapes: dict, types: dict, conflicts: dict) -> int:
-    """ONNX shape inference (1.23) sizes a ceil_mode pool without the spec's rule that a window
-    may not start in the end padding, which ONNX Runtime and the reference follow (a 2x2 window,
-    stride 2, pads 1 on 5 gives 3, not 4). Declare the runtime size in `skel`'s value_info, so
-    the next inference pass propagates it, and note the node in `conflicts` (ONNX Runtime's own
-    load-time inference would reject a backward graph sized for the real output); returns how
-    many nodes were corrected."""
-    fixed = 0
-    for n in skel.graph.node:
-        a = attrs(n)
-        if n.op_type not in ("MaxPool", "AveragePool", "LpPool") or not a.get("ceil_mode", 0) or n.output[0] in conflicts:
-            continue
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or n.domain not in ("", "ai.onnx"):
-            continue
-        xs, ys, k = shapes.get(n.input[0]), shapes.get(n.output[0]), list(a["kernel_shape"])
-        r = len(k)
-        if xs is None or ys is None or len(xs) != r + 2 or len(ys) != r + 2 or None in xs[2:]:
-            continue
-        s, d = a.get("strides", [1] * r), a.get("dilations", [1] * r)
-        pads = a.get("pads", [0] * 2 * r) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0] * 2 * r
-        want = [_pool_size(xs[2 + i], k[i], s[i], d[i], pads[i], pads[r + i], 1) for i in range(r)]
-        if ys[2:] == want:
-            continue
-        conflicts[n.output[0]] = (f"ceil_mode output size {ys[2:]} by ONNX shape inference, {want} in ONNX Runtime "
-                                  f"(no window may start in the end padding); re-export without ceil_mode, with "
-                                  f"explicit pads")
-        for o in n.output:  # Y, and MaxPool's Indices: same shape
-            if not o:
-                continue
-            keep = [vi for vi in skel.graph.value_info if vi.name != o]
-            del skel.graph.value_info[:]
-            skel.graph.value_info.extend(keep)
-            dims = [v if v is not None else f"onnxattr_{o}_{i}" for i, v in enumerate(ys[:2])] + want
-            elem = TensorProto.INT64 if o != n.output[0] else types.get(n.input[0], TensorProto.FLOAT)
-            skel.graph.value_info.append(helper.make_tensor_value_info(o, elem, dims))
-        fixed += 1
-    return fixed
+from .protos import FLOAT_TYPES, default_opset, describe
+from .shapes import FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, skeleton, trial_shapes
 
 
 class Builder:
@@ -225,7 +54,7 @@ class Builder:
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
-        skel, fed = _skeleton(self.model), False
+        skel, fed = skeleton(self.model), False
         while True:
             try:
                 inferred = onnx.shape_inference.infer_shapes(skel, data_prop=True)
@@ -234,19 +63,19 @@ class Builder:
                     return
                 inferred = self.model
             self._record(inferred.graph)
-            if _fix_pool_shapes(skel, self.shapes, self.types, self.shape_conflicts):
+            if fix_pool_shapes(skel, self.shapes, self.types, self.shape_conflicts):
                 fed = True
                 continue
             # ONNX data propagation stops at Div, so `x.size(1) // 2` (ShuffleNet's chunk and
             # channel shuffle, exported with a dynamic batch axis) leaves the Reshapes and Slices
             # after it unknown: fold those integers here (the fully known ones become constants
             # for the rules), feed them back, and infer again while that adds anything.
-            values = _fold_ints(self.model.graph, self.shapes, self.consts)
+            values = fold_ints(self.model.graph, self.shapes, self.consts)
             for name, v in values.items():
                 if name not in self.consts and None not in v.flat:
                     dtype = helper.tensor_dtype_to_np_dtype(self.types.get(name, TensorProto.INT64))
                     self.consts[name] = numpy_helper.from_array(np.asarray(v, dtype=dtype), name)
-            skel, new = _feed_ints(skel, values, self.consts)
+            skel, new = feed_ints(skel, values, self.consts)
             if not new:
                 return
             fed = True
@@ -257,7 +86,7 @@ class Builder:
         outputs = [o for n in self.model.graph.node for o in n.output if o]
         if all(o in self.shapes and None not in self.shapes[o] for o in outputs):
             return
-        shapes, values = trial_shapes(_skeleton(self.model))
+        shapes, values = trial_shapes(skeleton(self.model))
         for name, dims in shapes.items():
             old = self.shapes.get(name)
             if old is None:
@@ -272,14 +101,14 @@ class Builder:
     def _record(self, g: onnx.GraphProto) -> None:
         for vi in itertools.chain(g.input, g.value_info, g.output):
             t = vi.type.tensor_type
-            if not vi.type.HasField("tensor_type") or vi.name.endswith(_FED):
+            if not vi.type.HasField("tensor_type") or vi.name.endswith(FED_SUFFIX):
                 continue
             self.types[vi.name] = t.elem_type
             if t.HasField("shape"):
                 self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
                 self.shape_protos[vi.name] = t.shape
         for init in g.initializer:
-            if not init.name.endswith(_FED):
+            if not init.name.endswith(FED_SUFFIX):
                 self.types[init.name] = init.data_type
                 self.shapes[init.name] = list(init.dims)
         for name, t in self.consts.items():

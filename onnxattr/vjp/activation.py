@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..graph import attrs
+from ..protos import attrs
 from . import register
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UnsupportedModelError
-from ..graph import attrs
+from ..protos import attrs
 from . import register
 
 

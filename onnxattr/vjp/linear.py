@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ..graph import attrs, describe
+from ..protos import attrs, describe
 from . import register
 
 

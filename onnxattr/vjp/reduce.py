@@ -6,7 +6,7 @@ partial derivative of the reduction there: the share of the extremum, sign(x), x
 
 from __future__ import annotations
 
-from ..graph import attrs
+from ..protos import attrs
 from . import register
 from .pool import reduce_axes
 

@@ -6,7 +6,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
-from ..graph import attrs, describe
+from ..protos import attrs, describe
 from . import register
 
 BIG = np.iinfo(np.int64).max

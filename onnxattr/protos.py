@@ -1,0 +1,31 @@
+"""Small readers of ONNX protos shared by every module: attributes, node names, opset."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from .errors import UnsupportedModelError
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes as plain Python values (strings decoded)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def describe(node: onnx.NodeProto) -> str:
+    """How errors name a node: its type and name (or first output when unnamed)."""
+    return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise UnsupportedModelError("the model imports no version of the default ONNX domain")
