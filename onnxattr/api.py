@@ -147,7 +147,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
         raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")
     for name in (ATTRIBUTION, TARGET, "completeness_gap", "cam"):
-        if name in b._used:
+        if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
     classes = b.static_shape(y, None, dims=[1])[1]
     batch = x.type.tensor_type.shape.dim[0] if x.type.tensor_type.shape.dim else None

@@ -50,7 +50,6 @@ class Explainer:
         self.source = load_model(model)
         self.method = method
         self._build = dict(method=method, output=output, input=input, relu_like=relu_like, wrt=wrt, **options)
-        self._requested = provider
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
         self._tmp = None  # a folder for models too large to pass to ONNX Runtime as bytes

@@ -189,6 +189,10 @@ class Builder:
             self.nodes.append(copy)
         return rename
 
+    def taken(self, name: str) -> bool:
+        """Whether `name` already names a tensor or node of the model (or one added)."""
+        return name in self._used
+
     def fresh(self, hint: str) -> str:
         while True:
             name = f"onnxattr/{hint}_{next(self._counter)}"

@@ -34,6 +34,16 @@ MAX_SIZE = 1000  # elements per tensor (keeps the numpy loops and the reference 
 BIG = np.iinfo(np.int64).max
 
 
+
+def _slice_index(x: np.ndarray, ins: list) -> tuple:
+    """The numpy index of a Slice node (inputs data, starts, ends[, axes]; steps 1)."""
+    starts, ends = ins[1], ins[2]
+    axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
+    sl = [slice(None)] * x.ndim
+    for a, s_, e in zip(axes, starts, ends):
+        sl[int(a)] = slice(int(s_), int(e))
+    return tuple(sl)
+
 def attr(node, name, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -268,12 +278,7 @@ class Interp:
             cuts = np.cumsum(sizes)[:-1]
             return np.split(x, cuts, axis=axis)
         if op == "Slice":
-            starts, ends = ins[1], ins[2]
-            axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
-            sl = [slice(None)] * x.ndim
-            for a, s_, e in zip(axes, starts, ends):
-                sl[int(a)] = slice(int(s_), int(e))
-            return [x[tuple(sl)]]
+            return [x[_slice_index(x, ins)]]
         if op == "Pad":
             pads = [int(p) for p in ins[1]]
             r = x.ndim
@@ -432,13 +437,8 @@ class Interp:
         if op == "Split":
             return [np.concatenate(gys, axis=attr(node, "axis", 0))] + [None] * (len(ins) - 1)
         if op == "Slice":
-            starts, ends = ins[1], ins[2]
-            axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
-            sl = [slice(None)] * x.ndim
-            for a, s_, e in zip(axes, starts, ends):
-                sl[int(a)] = slice(int(s_), int(e))
             gx = np.zeros_like(x)
-            gx[tuple(sl)] = g
+            gx[_slice_index(x, ins)] = g
             return [gx] + [None] * (len(ins) - 1)
         if op == "Pad":
             pads = [int(p) for p in ins[1]]

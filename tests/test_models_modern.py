@@ -33,6 +33,8 @@ import onnxattr
 from onnxattr.api import coverage
 
 torch = pytest.importorskip("torch")
+from torch_reference import _Clip  # noqa: E402  (the clamp whose backward follows a method)
+
 F = torch.nn.functional
 slow = pytest.mark.slow
 TARGET = np.array([3, 7])
@@ -40,27 +42,6 @@ METHODS = ("saliency", "deconvnet", "guided")
 
 
 # ---------------------------------------------------------------- references
-class _Rule(torch.autograd.Function):
-    """clamp(z, lo, hi) whose backward follows a method, with `inside` = 1[lo < z < hi]:
-    exact g * inside; deconvnet relu(g); guided relu(g) * inside."""
-
-    @staticmethod
-    def forward(ctx, z, inside, lo, hi, mode):
-        ctx.save_for_backward(inside)
-        ctx.mode = mode
-        return torch.clamp(z, lo, hi)
-
-    @staticmethod
-    def backward(ctx, g):
-        (inside,) = ctx.saved_tensors
-        if ctx.mode == "saliency":
-            gx = g * inside
-        else:
-            gx = torch.clamp_min(g, 0)
-            gx = gx * inside if ctx.mode == "guided" else gx
-        return gx, None, None, None, None
-
-
 class Pinned:
     """The outputs of the forward Relu and Clip nodes in ONNX Runtime's float32 run of the
     attribution model: the masks its backward graph used. A pre-activation within float32
@@ -112,7 +93,7 @@ class Rules:
         inside = (z.detach() > lo) & (z.detach() < hi)
         if self.pinned is not None:
             inside = self.pinned.mask(z.detach(), lo, hi, inside)
-        return _Rule.apply(z, inside, lo, hi, mode)
+        return _Clip.apply(z, lo, hi, inside, "exact" if mode == "saliency" else mode)
 
     def _relu(self, input, inplace=False):
         self.relu += 1
