@@ -10,22 +10,11 @@ import onnx
 
 from .errors import UnsupportedModelError
 from .graph import Builder
-from .protos import describe
+from .patterns import fuse
+from .protos import describe, reads
 from .vjp import NON_DIFFERENTIABLE
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
-
-
-def reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors a node reads: its inputs and, for control flow (If, Loop, Scan), the
-    outer-scope tensors its subgraphs capture by name."""
-    names = list(node.input)
-    for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            inner = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-            names.extend(i for n in g.node for i in reads(n) if i and i not in inner)
-            names.extend(o.name for o in g.output if o.name not in inner)
-    return names
 
 
 def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
@@ -78,6 +67,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     `seeds` maps forward tensors to the names of their incoming gradients (cotangents).
     """
     path, b.needed = differentiable_path(b, wrt, list(seeds))
+    path = fuse(b, path)
     check_path(b, path, policy)
     partials: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
     for node in reversed(path):

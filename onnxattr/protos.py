@@ -29,3 +29,15 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     raise UnsupportedModelError("the model imports no version of the default ONNX domain")
+
+
+def reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads: its inputs and, for control flow (If, Loop, Scan), the
+    outer-scope tensors its subgraphs capture by name."""
+    names = list(node.input)
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            inner = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+            names.extend(i for n in g.node for i in reads(n) if i and i not in inner)
+            names.extend(o.name for o in g.output if o.name not in inner)
+    return names

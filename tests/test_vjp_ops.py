@@ -236,6 +236,7 @@ add(
     unary("ThresholdedRelu", 10, In((3, 8), scale=2, avoid=(0.4,)), alpha=0.4),
     unary("Gelu", 20, In((2, 3, 4), scale=2)),
     unary("Gelu", 20, In((2, 3, 4), scale=2), approximate="tanh"),
+    case("Gelu/large_op20", 20, N("Gelu", ["x"], ["y"]), {"x": In((2, 3, 4), scale=12)}),  # exp(x^2/2) = inf past 13.3
     unary("Mish", 18, In((2, 3, 4), scale=2)),
     case("PRelu/slope_channel", 16, N("PRelu", ["x", "s"], ["y"]), {"x": nz(2, 3, 4, 4), "s": (3, 1, 1)}),
     case("PRelu/slope_last", 9, N("PRelu", ["x", "s"], ["y"]), {"x": nz(2, 3, 4), "s": (4,)}),
@@ -558,6 +559,48 @@ add(
           N("Gemm", ["f", "Wf", "Bf"], ["z"], transB=1), N("LogSoftmax", ["z"], ["y"])],
          {"x": (2, 1, 4, 4)}, W=w(3, 1, 3, 3), B=w(3), Wf=w(5, 12), Bf=w(5)),
 )
+
+
+# ------------------------------------------------------------------------------ multi-node patterns
+SQRT2, HALF, ONE = np.array(np.sqrt(2.0)), np.array(0.5), np.array(1.0)
+
+
+def erf_gelu(form: str):
+    """GELU spelled as TorchScript ("torch": ((x * (1 + erf(x / sqrt 2))) * 0.5) or as
+    ("keras": (0.5 * x) * (erf(x * 1/sqrt 2) + 1)); patterns.fuse differentiates it as one Gelu."""
+    if form == "torch":
+        return [N("Div", ["x", "sqrt2"], ["a"]), N("Erf", ["a"], ["e"]), N("Add", ["e", "one"], ["p"]),
+                N("Mul", ["x", "p"], ["q"]), N("Mul", ["q", "half"], ["y"])], {"sqrt2": SQRT2}
+    return [N("Mul", ["x", "rsqrt2"], ["a"]), N("Erf", ["a"], ["e"]), N("Add", ["one", "e"], ["p"]),
+            N("Mul", ["half", "x"], ["h"]), N("Mul", ["h", "p"], ["y"])], {"rsqrt2": 1 / SQRT2}
+
+
+add(
+    case("Graph/erf_gelu_torch", 17, erf_gelu("torch")[0], {"x": In((2, 3, 4), scale=3)}, one=ONE, half=HALF,
+         **erf_gelu("torch")[1]),
+    case("Graph/erf_gelu_keras", 13, erf_gelu("keras")[0], {"x": In((2, 3, 4), scale=3)}, one=ONE, half=HALF,
+         **erf_gelu("keras")[1]),
+    # an intermediate that is also an output: the chain is differentiated op by op
+    case("Graph/erf_gelu_torch_open", 17, erf_gelu("torch")[0], {"x": In((2, 3, 4), scale=3)}, outputs=("y", "e"),
+         one=ONE, half=HALF, **erf_gelu("torch")[1]),
+)
+
+
+@pytest.mark.parametrize("form", ["torch", "keras"])
+@pytest.mark.parametrize("opened", [False, True])
+def test_erf_gelu_chain_is_fused(form, opened):
+    """The fused backward reads only the chain's input; an intermediate used elsewhere stops it."""
+    nodes, consts = erf_gelu(form)
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in dict(consts, one=ONE, half=HALF).items()]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in (["y", "e"] if opened else ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    vm, _, _ = vjp_model(model)
+    added = vm.graph.node[len(nodes):]
+    read = {i for n in added for i in n.input}
+    assert ("a" in read or "p" in read) == opened, sorted(read)
+    assert ("Erf" in [n.op_type for n in added]) == (not opened)  # only the fused rule recomputes erf
 
 
 # ------------------------------------------------------------------------------ tests

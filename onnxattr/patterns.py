@@ -1,0 +1,114 @@
+"""Multi-node forms of one function, differentiated as that function.
+
+Exporters spell some functions as chains of elementwise ops, e.g. TorchScript's GELU as
+`Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5`. Differentiating each op reads every
+intermediate tensor, which costs memory and stops ONNX Runtime from fusing the chain back into
+its one-pass Gelu kernel. `fuse` replaces such a chain on the differentiable path by one virtual
+node (never emitted: only its rule runs) whose rule reads the chain's input alone. A chain is
+taken only when its intermediates feed nothing outside it and are not graph outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .protos import reads
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _close(value, target: float) -> bool:
+    return value is not None and value.size == 1 and bool(np.isclose(float(value.reshape(-1)[0]), target, rtol=1e-6, atol=0.0))
+
+
+class _Graph:
+    """Producer and use counts of the tensors of the graph being differentiated."""
+
+    def __init__(self, b, nodes: list[onnx.NodeProto]):
+        self.b = b
+        self.producer = {o: n for n in nodes for o in n.output if o}
+        self.uses = Counter(i for n in nodes for i in reads(n) if i)
+        self.uses.update(o.name for o in b.model.graph.output)
+
+    def only_feeds(self, t: str, node: onnx.NodeProto) -> bool:
+        """`t` is read once in the whole graph, by `node`, and is not a graph output."""
+        return self.uses[t] == 1 and t in node.input
+
+    def other(self, node: onnx.NodeProto, t: str) -> str | None:
+        """The input of binary `node` that is not `t` (None if `t` is not exactly one of them)."""
+        ins = list(node.input)
+        if len(ins) != 2 or ins.count(t) != 1:
+            return None
+        return ins[1] if ins[0] == t else ins[0]
+
+    def const_operand(self, node: onnx.NodeProto, t: str, target: float) -> bool:
+        o = self.other(node, t)
+        return o is not None and _close(self.b.value(o), target)
+
+
+def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onnx.NodeProto], str, str] | None:
+    """Match x*0.5*(1 + erf(x / sqrt 2)) around `erf`, in the associations exporters emit:
+    ((x * (1 + e)) * 0.5) and ((x * 0.5) * (1 + e)), either operand order, / sqrt 2 or * 1/sqrt 2.
+    Returns (member nodes, x, y)."""
+    scaled = g.producer.get(erf.input[0])
+    if scaled is None or scaled.op_type not in ("Div", "Mul") or not g.only_feeds(scaled.output[0], erf):
+        return None
+    x = scaled.input[0]
+    if scaled.op_type == "Div":
+        if not _close(g.b.value(scaled.input[1]), _SQRT2):
+            return None
+    elif not g.const_operand(scaled, x, 1 / _SQRT2):
+        x = scaled.input[1]
+        if not g.const_operand(scaled, x, 1 / _SQRT2):
+            return None
+    if g.b.value(x) is not None:
+        return None
+    e = erf.output[0]
+    add = consumers.get(e)
+    if add is None or add.op_type != "Add" or not g.only_feeds(e, add) or not g.const_operand(add, e, 1.0):
+        return None
+    p = add.output[0]
+    mul1 = consumers.get(p)
+    if mul1 is None or mul1.op_type != "Mul" or not g.only_feeds(p, mul1):
+        return None
+    first = g.other(mul1, p)
+    if first == x:  # (x * (1 + e)) * 0.5
+        q = mul1.output[0]
+        last = consumers.get(q)
+        if last is None or last.op_type != "Mul" or not g.only_feeds(q, last) or not g.const_operand(last, q, 0.5):
+            return None
+        return [scaled, erf, add, mul1, last], x, last.output[0]
+    half = g.producer.get(first) if first else None  # (x * 0.5) * (1 + e)
+    if half is None or half.op_type != "Mul" or not g.only_feeds(first, mul1):
+        return None
+    if g.other(half, x) is None or not g.const_operand(half, x, 0.5):
+        return None
+    return [scaled, erf, add, half, mul1], x, mul1.output[0]
+
+
+def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """`path` with each recognised chain replaced by its virtual node (at the chain's end)."""
+    if not any(n.op_type == "Erf" for n in path):
+        return path
+    g = _Graph(b, b.all_nodes())
+    on_path = {id(n) for n in path}
+    consumers = {}
+    for n in path:
+        for i in n.input:
+            consumers.setdefault(i, n)
+    replace, drop = {}, set()
+    for n in path:
+        if n.op_type != "Erf" or id(n) in drop:
+            continue
+        found = _erf_gelu(g, n, consumers)
+        if found is None or not all(id(m) in on_path and id(m) not in drop for m in found[0]):
+            continue
+        members, x, y = found
+        drop.update(id(m) for m in members)
+        replace[id(members[-1])] = helper.make_node("Gelu", [x], [y], name=f"{members[-1].name or y} (erf GELU)")
+    return [replace.get(id(n), n) for n in path if id(n) not in drop or id(n) in replace]
