@@ -6,7 +6,8 @@ PyTorch forward + input gradient, and Captum's Saliency, on the same model and m
     python benchmarks/run.py --smoke               # a tiny model, a few runs (what CI runs)
     python benchmarks/run.py --memory --export-large
 
-Times are medians of many interleaved runs after warm-up; ratios are against the ORT forward of
+Times are medians of many interleaved runs after warm-up, each run after a short idle pause (so the
+previous candidate's spinning worker threads are asleep); ratios are against the ORT forward of
 the original model measured in the same loop. Models are built here with random weights.
 """
 
@@ -116,13 +117,18 @@ def torch_runners(module, x: np.ndarray, target: np.ndarray, provider: str):
     return runners
 
 
-def timeit(runners: dict, runs: int, warmup: int) -> dict:
+def timeit(runners: dict, runs: int, warmup: int, pause: float = 0.0) -> dict:
+    """Median seconds per candidate. Interleaved: each round times every candidate once, each
+    run after `pause` seconds idle, so that the worker threads of the candidate before (ONNX
+    Runtime's and OpenMP's spin-wait after each run) are asleep and do not steal its cores."""
     for fn in runners.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in runners}
     for _ in range(runs):
-        for k, fn in runners.items():  # interleaved: each round times every candidate once
+        for k, fn in runners.items():
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -191,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.1,
+                   help="idle seconds before each timed run (0: back to back; then candidates' spinning threads collide)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and torch (0: all cores)")
     p.add_argument("--memory", action="store_true", help="also measure peak memory at the largest batch")
     p.add_argument("--export-large", action="store_true", help="also time exporting ViT-L/16 (about 300M params)")
@@ -202,9 +210,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke:
-        args.models, args.batches, args.runs, args.warmup = "tiny", "2", 3, 1
+        args.models, args.batches, args.runs, args.warmup, args.pause = "tiny", "2", 3, 1, 0.0
     results = {"machine": machine(args.provider), "provider": args.provider, "rows": [], "export": []}
-    print(f"# {results['machine']}; provider {args.provider}; medians of {args.runs} interleaved runs")
+    print(f"# {results['machine']}; provider {args.provider}; medians of {args.runs} interleaved runs, "
+          f"each after {args.pause:g} s idle")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             module, size = build(name)
@@ -224,7 +233,7 @@ def main(argv=None) -> int:
                     runners[f"onnxattr {m}"] = ort_runner(session(models[m], args.provider, args.threads),
                                                          {"x": x, "target": t}, args.provider)
                 runners.update(torch_runners(module, x, t, args.provider))
-                med = timeit(runners, args.runs, args.warmup)
+                med = timeit(runners, args.runs, args.warmup, args.pause)
                 base = med["ORT forward"]
                 for k, v in med.items():
                     print(f"{batch:>5}  {k:<22}{v * 1e3:>10.2f}{v / base:>11.2f}")

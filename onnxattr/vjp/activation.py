@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..protos import attrs
 from . import register
 
@@ -209,7 +211,11 @@ def gelu(b, node, gys):
     # HardSigmoid (never clipped: erf is in [-1, 1]) with a = x / sqrt 2, and x phi(x) =
     # x / exp(a^2) / sqrt(2 pi) (exp overflowing to inf for |x| > 13 gives the limit 0).
     a = b.op("Mul", [x, s(1 / math.sqrt(2))])
-    cdf = b.op("HardSigmoid", [b.op("Erf", [a])], alpha=0.5, beta=0.5)
+    erf = b.op("Erf", [a])
+    if b.np_dtype == np.float32:  # ONNX Runtime's HardSigmoid is float32 only
+        cdf = b.op("HardSigmoid", [erf], alpha=0.5, beta=0.5)
+    else:
+        cdf = b.op("Add", [b.op("Mul", [erf, s(0.5)]), s(0.5)])
     slope = b.op("Mul", [b.op("Div", [x, b.op("Exp", [b.op("Mul", [a, a])])]), s(1 / math.sqrt(2 * math.pi))])
     return _times(b, gys[0], b.op("Add", [cdf, slope]))
 
