@@ -40,6 +40,9 @@ class Builder:
         self.shape_protos: dict[str, onnx.TensorShapeProto] = {}  # inferred shapes, symbolic dims kept
         self.value_info: dict[str, onnx.ValueInfoProto] = {}  # shapes declared for added tensors
         g = model.graph
+        self._forward = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {i.name for i in g.initializer}
+        self._shapes_of: dict[str, str] = {}
+        self._early = 0  # added nodes at the front of `nodes` (Shape nodes of forward tensors)
         self._used = {n.name for n in g.node} | {o for n in g.node for o in n.output}
         self._used |= {i.name for i in g.input} | {i.name for i in g.initializer}
         for init in g.initializer:
@@ -233,7 +236,8 @@ class Builder:
             raw = self.fresh(hint)
             self.nodes.append(helper.make_node("Constant", [], [raw], name=self.fresh("Constant"),
                                                value=numpy_helper.from_array(as_double, raw)))
-            self.nodes.append(helper.make_node("Cast", [raw], [name], name=self.fresh("Cast"), to=t.data_type))
+            to = t.data_type if self.opset >= 6 else TensorProto.DataType.Name(t.data_type)  # Cast-1: a string
+            self.nodes.append(helper.make_node("Cast", [raw], [name], name=self.fresh("Cast"), to=to))
         else:
             self.nodes.append(helper.make_node("Constant", [], [name], name=self.fresh("Constant"), value=t))
         self.consts[name] = t
@@ -302,9 +306,9 @@ class Builder:
     def zeros_like(self, x: str) -> str:
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype))
         if self.opset >= 9:
-            return self.op("ConstantOfShape", [self.op("Shape", [x])], value=zero)
+            return self.op("ConstantOfShape", [self.shape_of(x)], value=zero)
         if self.opset >= 8:
-            return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.op("Shape", [x])])
+            return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.shape_of(x)])
         # No Expand before opset 8: a constant when the shape is static, else 0 * x (x is finite
         # wherever a gradient is worth computing; a dynamic batch axis is the usual reason).
         s = self.shapes.get(x)
@@ -316,7 +320,7 @@ class Builder:
     def expand_like(self, t: str, x: str) -> str:
         """`t` broadcast to the shape of `x` (which it must broadcast to)."""
         if self.opset >= 8:
-            return self.op("Expand", [t, self.op("Shape", [x])])
+            return self.op("Expand", [t, self.shape_of(x)])
         return self.op("Add", [t, self.zeros_like(x)])
 
     def equal(self, a: str, b: str) -> str:
@@ -403,8 +407,27 @@ class Builder:
         self.annotate(out, like=like)
         return out
 
+    def shape_of(self, x: str) -> str:
+        """Shape(x), one node per tensor. For a tensor of the forward graph the node goes before
+        every other added node, so the backward reads only the small shape: ONNX Runtime can
+        free x after its last forward use instead of keeping it alive until the backward."""
+        if x not in self._shapes_of:
+            out = self.fresh("shape")
+            node = helper.make_node("Shape", [x], [out], name=self.fresh("Shape"))
+            if x in self._forward:
+                self.nodes.insert(self._early, node)
+                self._early += 1
+            else:
+                self.nodes.append(node)
+            self._shapes_of[x] = out
+        return self._shapes_of[x]
+
     def reshape_like(self, g: str, x: str) -> str:
-        return self.op("Reshape", [g, self.op("Shape", [x])])
+        """`g` reshaped to the shape of `x`: a constant target when at most one dim is unknown."""
+        s = self.shapes.get(x)
+        if s is not None and s.count(None) <= 1 and 0 not in s and self.opset >= 6:  # int constants need Cast-6
+            return self.op("Reshape", [g, self.ints([-1 if d is None else d for d in s])])
+        return self.op("Reshape", [g, self.shape_of(x)])
 
     def add_all(self, terms: list[str]) -> str:
         if len(terms) == 1:

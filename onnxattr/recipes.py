@@ -109,7 +109,7 @@ def _graph_noise(b: Builder, shape: str, seed: int) -> str:
 # ------------------------------------------------------------------------------------------ helpers
 def _tail_shape(b: Builder, w: str) -> str:
     """Shape(w)[1:] as an int64 tensor."""
-    return b.slice(b.op("Shape", [w]), [1], [np.iinfo(np.int64).max], [0])
+    return b.slice(b.shape_of(w), [1], [np.iinfo(np.int64).max], [0])
 
 
 def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, str], str]:
@@ -174,8 +174,8 @@ def _upsample(ctx: Context, cam: str) -> str:
     nhwc = len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
     spatial = [1, 2] if nhwc else [2, 3]
     if b.opset >= 11:
-        sizes = b.op("Concat", [b.slice(b.op("Shape", [cam]), [0], [2], [0]),
-                                b.op("Gather", [b.op("Shape", [ctx.x]), b.ints(spatial)])], axis=0)
+        sizes = b.op("Concat", [b.slice(b.shape_of(cam), [0], [2], [0]),
+                                b.op("Gather", [b.shape_of(ctx.x), b.ints(spatial)])], axis=0)
         empty = b.const(np.zeros(0, b.np_dtype))
         up = b.op("Resize", [cam, empty, b.const(np.zeros(0, np.float32)), sizes], mode="linear",
                   coordinate_transformation_mode="half_pixel")
@@ -219,7 +219,7 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         rank = b.rank(ctx.w)
         axes = list(range(1, rank))
         span = b.op("Sub", [b.reduce("ReduceMax", ctx.w, axes), b.reduce("ReduceMin", ctx.w, axes)])
-        shape = b.op("Concat", [b.ints([s]), b.op("Shape", [ctx.w])], axis=0)
+        shape = b.op("Concat", [b.ints([s]), b.shape_of(ctx.w)], axis=0)
         noise = b.op("Mul", [_graph_noise(b, shape, opts.seed), b.op("Mul", [span, b.scalar(opts.noise)])])
         flat, rename, t = _batched(ctx, b.op("Add", [b.unsqueeze(ctx.w, [0]), noise]), s)
         g = ctx.gradient(get_method("saliency"), at=flat, seeds={rename[ctx.y]: ctx.onehot(t)})

@@ -144,7 +144,7 @@ def global_average_pool(b, node, gys):
     if s is not None and None not in s[2:]:
         return [b.channel_affine(b.expand_like(gys[0], x), 1.0 / float(np.prod(s[2:])), like=x)]
     else:
-        dims = b.slice(b.op("Shape", [x]), [2], [np.iinfo(np.int64).max], [0])
+        dims = b.slice(b.shape_of(x), [2], [np.iinfo(np.int64).max], [0])
         count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
     return [b.expand_like(b.op("Div", [gys[0], count]), x)]
 
@@ -180,10 +180,10 @@ def reduce_sum_mean(b, node, gys):
         if s is not None and all(s[i] is not None for i in axes):
             count = b.scalar(float(np.prod([s[i] for i in axes])))
         else:
-            dims = b.op("Gather", [b.op("Shape", [x]), b.ints(axes)])
+            dims = b.op("Gather", [b.shape_of(x), b.ints(axes)])
             count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
         g = b.op("Div", [g, count])
-    return [b.op("Expand", [g, b.op("Shape", [x])])] + rest
+    return [b.op("Expand", [g, b.shape_of(x)])] + rest
 
 
 @register("GlobalMaxPool")
@@ -196,7 +196,7 @@ def global_max_pool(b, node, gys):
         spatial = b.static_shape(x, node, dims=range(2, b.rank(x, node)))[2:]
         positions = b.ints(np.arange(int(np.prod(spatial))))
     else:
-        count = b.squeeze(b.slice(b.op("Shape", [flat]), [2], [3], [0]), [0])
+        count = b.squeeze(b.slice(b.shape_of(flat), [2], [3], [0]), [0])
         positions = b.op("Range", [b.ints(0), count, b.ints(1)])
     onehot = b.mask(b.op("Equal", [first, positions]))
     routed = b.op("Mul", [onehot, b.op("Reshape", [gys[0], b.ints([0, 0, 1])])])

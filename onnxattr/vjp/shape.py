@@ -169,7 +169,7 @@ def _scatter_add_along(b, node, x, idx, g, axis, rank):
     gperm = list(range(axis, axis + ri)) + list(range(axis)) + list(range(axis + ri, ri + rank - 1))
     xt = b.op("Transpose", [x], perm=front) if axis else x
     gt = b.op("Transpose", [g], perm=gperm) if axis and ri else g
-    dim = b.op("Gather", [b.op("Shape", [x]), b.ints(axis)])  # a scalar: wrapping keeps the rank of idx
+    dim = b.op("Gather", [b.shape_of(x), b.ints(axis)])  # a scalar: wrapping keeps the rank of idx
     if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
         idx = b.op("Cast", [idx], to=TensorProto.INT64)
     wrapped = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, dim]), idx])
