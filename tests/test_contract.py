@@ -165,3 +165,34 @@ def test_vjp_matches_numpy_on_the_bundled_model(x):
         want = numpy_attribution(src, x.astype(np.float64), np.array([0, 1, 2, 3]), method)
         err = np.linalg.norm(got - want) / np.linalg.norm(want)
         assert err < 1e-5, (method, err)
+
+
+def test_backward_reads_shapes_of_forward_tensors_early():
+    """A gradient reshaped to a forward tensor of two unknown dims needs Shape(that tensor): the
+    Shape node comes before the backward's other nodes, so the tensor itself is not kept alive for
+    the backward; with at most one unknown dim the target is a constant and no Shape is read."""
+    f32 = onnx.TensorProto.FLOAT
+    nodes = [onnx.helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("Relu", ["c"], ["r"]),
+             onnx.helper.make_node("Reshape", ["r", "to3"], ["flat"]),      # [N, 4, H * W]
+             onnx.helper.make_node("ReduceMean", ["flat"], ["pooled"], axes=[2], keepdims=0),
+             onnx.helper.make_node("Gemm", ["pooled", "Wf"], ["y"], transB=1)]
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             onnx.numpy_helper.from_array(np.array([0, 0, -1], np.int64), "to3"),
+             onnx.numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "Wf")]
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", f32, ["N", 3, "H", "W"])],
+                                   [onnx.helper.make_tensor_value_info("y", f32, ["N", 5])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    att = onnxattr.attribution_model(model)
+    added = list(att.graph.node)[len(nodes):]
+    shapes = [i for i, n in enumerate(added) if n.op_type == "Shape"]
+    assert sorted(added[i].input[0] for i in shapes) == ["flat", "r"]  # Reshape's and ReduceMean's VJPs
+    assert all(n.op_type in ("Shape", "Constant") for n in added[: max(shapes)])
+    others = [i for n in added if n.op_type != "Shape" for i in n.input]
+    assert "flat" not in others and "c" not in others and "r" in others  # r: the Relu mask
+    for h, w in ((6, 7), (9, 5)):  # H and W really are dynamic
+        xs = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+        _, a = session(att).run(None, {"x": xs, "target": np.array([1, 4])})
+        assert a.shape == xs.shape and np.isfinite(a).all() and np.abs(a).sum() > 0
