@@ -43,8 +43,7 @@ class Builder:
         self._forward = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {i.name for i in g.initializer}
         self._shapes_of: dict[str, str] = {}
         self._early = 0  # added nodes at the front of `nodes` (Shape nodes of forward tensors)
-        self._used = {n.name for n in g.node} | {o for n in g.node for o in n.output}
-        self._used |= {i.name for i in g.input} | {i.name for i in g.initializer}
+        self._used = self._forward | {n.name for n in g.node}
         for init in g.initializer:
             self.consts[init.name] = init
         for n in g.node:

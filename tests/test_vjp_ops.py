@@ -81,7 +81,8 @@ add(
     conv_case("2d_3x3_s2_p1_group2", (2, 4, 9, 8), 6, [3, 3], group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
     conv_case("2d_5x4_s3_asym", (1, 2, 11, 10), 3, [5, 4], strides=[3, 3], pads=[2, 0, 1, 3]),
     conv_case("2d_4x4_s2_depthwise", (1, 3, 8, 9), 3, [4, 4], group=3, strides=[2, 2], pads=[1, 1, 1, 1], opset=9),
-    # depthwise strided with dilation / unequal strides (grouped ConvTranspose)
+    # depthwise strided, dilated / unequal strides: float32 runs take zero insertion + a stride-1
+    # depthwise Conv, float64 ones the grouped ConvTranspose
     conv_case("2d_s2_depthwise_dil2", (1, 4, 9, 8), 4, [3, 3], group=4, strides=[2, 2], dilations=[2, 2], pads=[2, 1, 1, 2]),
     conv_case("2d_s3_depthwise_wide", (2, 2, 10, 11), 2, [5, 3], group=2, strides=[3, 2], pads=[2, 1, 2, 0]),
 )
