@@ -49,7 +49,12 @@ def build(name: str):
         return timm.create_model("vit_tiny_patch16_224", pretrained=False).eval(), 224
     import torchvision
 
-    return getattr(torchvision.models, name)(weights=None).eval(), 224
+    m = getattr(torchvision.models, name)(weights=None).eval()
+    with torch.no_grad():  # torchvision's ViT starts with an all-zero head: its input gradient would be 0
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Linear) and not mod.weight.any():
+                torch.nn.init.normal_(mod.weight, std=0.02)
+    return m, 224
 
 
 def export(module, size: int, path: Path, opset: int = 17) -> None:
@@ -60,12 +65,17 @@ def export(module, size: int, path: Path, opset: int = 17) -> None:
                       dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=opset, dynamo=False)
 
 
+TF32 = True  # on CUDA: TensorFloat-32 allowed in both ONNX Runtime and torch (--no-tf32 forbids it in both)
+
+
 def session(path_or_bytes, provider: str, threads: int):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    providers = ["CPUExecutionProvider"]
+    if provider == "cuda":
+        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": str(int(TF32))}))
     sess = ort.InferenceSession(path_or_bytes, opts, providers=providers)
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError("CUDA provider not available")
@@ -88,6 +98,8 @@ def torch_runners(module, x: np.ndarray, target: np.ndarray, provider: str):
     import torch
 
     device = "cuda" if provider == "cuda" else "cpu"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = TF32
     m = module.to(device)
     xt = torch.from_numpy(x).to(device)
     tt = torch.from_numpy(target).to(device)
@@ -201,11 +213,17 @@ def main(argv=None) -> int:
     p.add_argument("--pause", type=float, default=0.1,
                    help="idle seconds before each timed run (0: back to back; then candidates' spinning threads collide)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and torch (0: all cores)")
+    p.add_argument("--no-tf32", action="store_true", help="CUDA: forbid TensorFloat-32 in ORT and torch")
     p.add_argument("--memory", action="store_true", help="also measure peak memory at the largest batch")
     p.add_argument("--export-large", action="store_true", help="also time exporting ViT-L/16 (about 300M params)")
     p.add_argument("--smoke", action="store_true", help="a tiny model, batch 2, 3 runs")
     p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--model-dir", default=None, help="keep the exported models here (reused when present)")
+    p.add_argument("--tune-for", choices=["cpu", "cuda"], default=None,
+                   help="the attribution graphs' tuning (default: the provider's, as the Explainer picks)")
     args = p.parse_args(argv)
+    global TF32
+    TF32 = not args.no_tf32
     import torch
 
     if args.threads:
@@ -213,15 +231,20 @@ def main(argv=None) -> int:
     if args.smoke:
         args.models, args.batches, args.runs, args.warmup, args.pause = "tiny", "2", 3, 1, 0.0
     results = {"machine": machine(args.provider), "provider": args.provider, "rows": [], "export": []}
-    print(f"# {results['machine']}; provider {args.provider}; medians of {args.runs} interleaved runs, "
-          f"each after {args.pause:g} s idle")
+    tune_for = args.tune_for or args.provider
+    tf32 = f", TF32 {'allowed' if TF32 else 'off'} in ORT and torch" if args.provider == "cuda" else ""
+    print(f"# {results['machine']}; provider {args.provider}{tf32}; graphs tuned for {tune_for}; medians of "
+          f"{args.runs} interleaved runs, each after {args.pause:g} s idle")
+    results["tune_for"] = tune_for
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             module, size = build(name)
-            path = Path(tmp) / f"{name}.onnx"
-            export(module, size, path)
+            path = Path(args.model_dir or tmp) / f"{name}.onnx"
+            if not path.exists():
+                export(module, size, path)
             t0 = time.perf_counter()
-            models = {m: onnxattr.attribution_model(str(path), method=m).SerializeToString() for m in METHODS}
+            models = {m: onnxattr.attribution_model(str(path), method=m, tune_for=tune_for).SerializeToString()
+                      for m in METHODS}
             export_s = (time.perf_counter() - t0) / len(METHODS)
             results["export"].append({"model": name, "seconds": export_s, "mb": path.stat().st_size / 2**20})
             print(f"\n## {name}: export (graph rewriting) {export_s:.2f} s per method, model {path.stat().st_size / 2**20:.1f} MiB")

@@ -115,7 +115,7 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
 
 def attribution_model(model, method: str = "saliency", output: str | None = None, input: str | None = None,
                       target: str = "input", relu_like: bool = False, wrt: str | None = None,
-                      **options) -> onnx.ModelProto:
+                      tune_for: str = "cpu", **options) -> onnx.ModelProto:
     """Return a new ONNX model computing the original outputs plus `attribution`.
 
     `method` is one of saliency, deconvnet, guided (a gradient with that rule at each Relu),
@@ -127,6 +127,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     integrated-gradients also outputs `completeness_gap` [N]; gradcam and guided-gradcam output
     `cam` [N, 1, h, w]. `options` are the fields of `recipes.Options` (samples, noise, seed,
     steps, baseline, ig_method, layer). The input model is not changed; weights are shared.
+    `tune_for` ("cpu" or "cuda") picks, among exact formulations of the same backward, the one
+    that runs faster on that ONNX Runtime provider; either runs anywhere with equal results.
     """
     opts = Options(relu_like=relu_like, **options)
     if method not in ALL_METHODS:
@@ -141,7 +143,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     x.CopyFrom(_float_input(out, input))
     inits = {i.name for i in out.graph.initializer}
     inputs = [i.name for i in out.graph.input if i.name not in inits]
-    b = Builder(out, x.type.tensor_type.elem_type)
+    b = Builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
     y = _scores(b, output)
     w = wrt or x.name
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
@@ -183,7 +185,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     for name in outputs:
         elem = TensorProto.INT64 if name == TARGET else b.dtype
         out.graph.output.append(_value_info(name, elem, [batch] if name == TARGET else shapes[name]))
-    meta = {"onnxattr.method": method, "onnxattr.scores": y, "onnxattr.wrt": w}
+    meta = {"onnxattr.method": method, "onnxattr.scores": y, "onnxattr.wrt": w, "onnxattr.tuned_for": tune_for}
     if layer is not None:
         meta["onnxattr.layer"] = layer
     for k, v in meta.items():
@@ -218,7 +220,7 @@ def coverage(model, method: str = "saliency", relu_like: bool = False) -> list[d
 
 
 def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, method: str = "saliency",
-              relu_like: bool = False) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+              relu_like: bool = False, tune_for: str = "cpu") -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
     """A model with one extra input per differentiated output (its cotangent, same shape) and one
     extra output per `wrt` input (the vector-Jacobian product). Used to test rules op by op.
 
@@ -231,7 +233,7 @@ def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, 
     wrt = wrt or [i.name for i in float_inputs]
     out = onnx.ModelProto()
     out.CopyFrom(src)
-    b = Builder(out, float_inputs[0].type.tensor_type.elem_type)
+    b = Builder(out, float_inputs[0].type.tensor_type.elem_type, tune_for=tune_for)
     of = of or [o.name for o in src.graph.output if b.is_float(o.name)]
     seeds, grads_out = {}, {}
     for y in of:

@@ -71,7 +71,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     check_path(b, path, policy)
     partials: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
     for node in reversed(path):
-        gys = [b.add_all(partials.pop(o)) if o in partials else None for o in node.output]
+        gys = [b.add_all(partials.pop(o), like=o) if o in partials else None for o in node.output]
         for o, g in zip(node.output, gys):
             if g is not None:
                 b.annotate(g, like=o)
@@ -87,7 +87,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     for x in wrt:
         if x not in partials:
             raise UnsupportedModelError(f"the output does not depend on input '{x}' through float operations")
-        grads[x] = b.add_all(partials[x])
+        grads[x] = b.add_all(partials[x], like=x)
     return grads
 
 

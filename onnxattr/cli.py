@@ -15,6 +15,7 @@ from . import api
 from .api import _one_line
 from .errors import InputError, NonFiniteWarning, OnnxAttrError
 from .explainer import Explainer
+from .graph import TUNE_FOR
 from .io import check_output_path, external_data_files, save_array, save_model
 from .images import expand_paths
 from .recipes import ALL_METHODS, IG_METHODS
@@ -125,12 +126,14 @@ def main():
 @click.option("--target", "target_mode", type=click.Choice(["input", "argmax"]), default="input", show_default=True,
               help="'input': add an int64 input `target` [N]; 'argmax': explain the predicted class.")
 @relu_like_option
+@click.option("--tune-for", type=click.Choice(TUNE_FOR), default="cpu", show_default=True,
+              help="The ONNX Runtime provider the graph's formulation is tuned for (both run anywhere, same results).")
 @method_options
 @user_errors
-def export(model, out, method, output, target_mode, relu_like, wrt, **opts):
+def export(model, out, method, output, target_mode, relu_like, tune_for, wrt, **opts):
     """Write MODEL plus an `attribution` output (and a `target` input) to OUT."""
     proto = api.attribution_model(model, method=method, output=output, target=target_mode, relu_like=relu_like,
-                                  wrt=wrt, **_options(**opts))
+                                  wrt=wrt, tune_for=tune_for, **_options(**opts))
     path = save_model(proto, out, source=model)
     data = path.with_name(path.name + ".data")
     if external_data_files(path):

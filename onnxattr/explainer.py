@@ -13,7 +13,7 @@ import onnx
 from .api import ATTRIBUTION, TARGET, _float_input, _one_line, attribution_model, load_model
 from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
-from .runtime import make_session
+from .runtime import make_session, usable_provider
 
 NUMPY_INPUT = {"tensor(double)": np.float64, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 NONFINITE = ("warn", "raise", "ignore")
@@ -30,7 +30,8 @@ class Explainer:
     >>> attribution = ex(x, target=3)          # or target=[...] per row, or "argmax"
 
     `provider` is "auto" (CUDA when ONNX Runtime can use it, else CPU), "cpu" or "cuda";
-    `self.provider` says which one runs.
+    `self.provider` says which one runs. The graph is tuned for that provider (see
+    `attribution_model`'s `tune_for`) unless `tune_for` names one.
 
     NaN/Inf in an input propagate into the scores and the attribution (rows are independent, so
     other rows are unaffected). `nonfinite` says what a call then does: "warn" (default) issues
@@ -43,7 +44,7 @@ class Explainer:
 
     def __init__(self, model, method: str = "saliency", provider: str = "auto", output: str | None = None,
                  input: str | None = None, relu_like: bool = False, wrt: str | None = None,
-                 nonfinite: str = "warn", **options):
+                 nonfinite: str = "warn", tune_for: str | None = None, **options):
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, not {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -53,6 +54,7 @@ class Explainer:
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
         self._tmp = None  # a folder for models too large to pass to ONNX Runtime as bytes
+        self.tune_for = tune_for or usable_provider(provider)
         self.model = self._model("input")
         sess, self.provider = self._make_session(self.model, provider)
         self._sessions["input"] = sess
@@ -68,7 +70,7 @@ class Explainer:
             self.num_classes = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
 
     def _model(self, mode: str) -> onnx.ModelProto:
-        return attribution_model(self.source, target=mode, **self._build)
+        return attribution_model(self.source, target=mode, tune_for=self.tune_for, **self._build)
 
     def _make_session(self, model: onnx.ModelProto, provider: str):
         if tensor_bytes(model) > SINGLE_FILE_LIMIT:  # too large for one protobuf: external data in a temp folder

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from .errors import ProviderError
 
@@ -19,6 +22,22 @@ def session_options() -> ort.SessionOptions:
     opts.log_severity_level = 3  # failed provider loads are reported by us, as one line
     opts.enable_mem_pattern = False
     return opts
+
+
+@functools.lru_cache(maxsize=None)
+def usable_provider(provider: str = "auto") -> str:
+    """The provider ("cpu" or "cuda") that `make_session(model, provider)` would run on, probed
+    once per process with a one-node model; "cpu" where "cuda" cannot run (make_session says why)."""
+    if provider not in ("auto", "cuda") or SHORT["cuda"] not in ort.get_available_providers():
+        return "cpu"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]),
+                              ir_version=7, opset_imports=[helper.make_opsetid("", 13)])
+    try:
+        return make_session(probe.SerializeToString(), "auto")[1]
+    except Exception:  # noqa: BLE001  (a provider that cannot start: make_session reports it for the real model)
+        return "cpu"
 
 
 def make_session(model_bytes: bytes, provider: str = "auto") -> tuple[ort.InferenceSession, str]:

@@ -34,6 +34,16 @@ def test_export_then_run(tmp_path):
     assert att.shape == x.shape and logits.shape == (4, 4)
 
 
+def test_export_tuned_for_cuda(tmp_path):
+    out = tmp_path / "att.onnx"
+    r = run("export", MODEL, "-o", out, "--method", "guided", "--tune-for", "cuda")
+    assert r.exit_code == 0, r.output
+    m = onnx.load(out)
+    assert {p.key: p.value for p in m.metadata_props}["onnxattr.tuned_for"] == "cuda"
+    assert "Sign" in {n.op_type for n in m.graph.node}
+    assert run("export", MODEL, "-o", tmp_path / "b.onnx", "--tune-for", "tpu").exit_code == 2
+
+
 def test_export_argmax_mode(tmp_path):
     out = tmp_path / "att.onnx"
     assert run("export", MODEL, "-o", out, "--target", "argmax").exit_code == 0

@@ -130,6 +130,22 @@ def test_cuda_request_without_cuda_is_an_error():
 def test_auto_provider_says_which(x):
     ex = onnxattr.Explainer(MODEL, provider="auto")
     assert ex.provider in ("cpu", "cuda")
+    assert ex.tune_for == ex.provider  # the graph is tuned for the provider that runs it
+
+
+@pytest.mark.parametrize("method", onnxattr.METHODS)
+def test_tuning_for_cuda_computes_the_same(method, x):
+    """Both tunings hold exact formulations of one backward: on one provider their attributions
+    agree to float32 rounding (measured max 0 here), and the model says what it was tuned for."""
+    cpu = onnxattr.Explainer(MODEL, method=method, provider="cpu")
+    cuda = onnxattr.Explainer(MODEL, method=method, provider="cpu", tune_for="cuda")
+    assert (cpu.tune_for, cuda.tune_for) == ("cpu", "cuda")
+    meta = {p.key: p.value for p in cuda.model.metadata_props}
+    assert meta["onnxattr.tuned_for"] == "cuda"
+    assert cpu.model.graph.SerializeToString() != cuda.model.graph.SerializeToString()
+    a, b = cpu(x, 2), cuda(x, 2)
+    assert np.abs(a).sum() > 0
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * float(np.abs(a).max()))
 
 
 def test_missing_rule_is_refused_before_work():

@@ -51,15 +51,22 @@ METHODS = [("saliency", False), ("deconvnet", False), ("guided", False)]
 # relu_like extends them to ReLU6, so it also runs with relu_like.
 EXTRA_METHODS = {"mobilenet_v2": [("deconvnet", True), ("guided", True)]}
 TARGETS = {2: np.array([3, 7], dtype=np.int64), 3: np.array([0, 9, 4], dtype=np.int64)}
+# The graph tuned for the CUDA provider (plain element-wise masks, Sign steps), run here on the
+# CPU provider against the same references: at the default opset, on the architectures that
+# together hold every formulation it changes (Relu, ReLU6, MaxPool, depthwise and strided Convs).
+CUDA_TUNED = ("resnet50", "mobilenet_v2", "googlenet", "shufflenet_v2_x1_0")
 
 
 def _params():
     for arch in R.ARCHS:
         for opset in (DEFAULT_OPSET,) + EXTENDED_OPSETS:
             marks = () if opset == DEFAULT_OPSET else (pytest.mark.slow,)
-            for method, relu_like in METHODS + EXTRA_METHODS.get(arch, []):
-                name = f"{arch}-opset{opset}-{method}" + ("-relu_like" if relu_like else "")
-                yield pytest.param((arch, opset, method, relu_like), id=name, marks=marks)
+            tunes = ("cpu", "cuda") if opset == DEFAULT_OPSET and arch in CUDA_TUNED else ("cpu",)
+            for tune in tunes:
+                for method, relu_like in METHODS + EXTRA_METHODS.get(arch, []):
+                    name = f"{arch}-opset{opset}-{method}" + ("-relu_like" if relu_like else "")
+                    name += "-tuned_cuda" if tune == "cuda" else ""
+                    yield pytest.param((arch, opset, method, relu_like, tune), id=name, marks=marks)
 
 
 # ---------------------------------------------------------------- one export per (arch, opset)
@@ -103,6 +110,7 @@ class Case:
     opset: int
     method: str
     relu_like: bool
+    tune: str  # tune_for of the attribution model
     raw: bytes  # the exported model
     att: bytes  # the attribution model
     relu_nodes: int
@@ -112,13 +120,13 @@ class Case:
     info: dict = field(default_factory=dict)
 
 
-def _run_case(exports: Exports, arch: str, opset: int, method: str, relu_like: bool) -> Case:
+def _run_case(exports: Exports, arch: str, opset: int, method: str, relu_like: bool, tune: str) -> Case:
     raw, ort_original = exports.export(arch, opset)
     m64, xs = exports.m64, exports.x
     src = onnx.load_from_string(raw)
-    att = attribution_model(src, method=method, relu_like=relu_like)
+    att = attribution_model(src, method=method, relu_like=relu_like, tune_for=tune)
     inst = R.Instrumented(att, src)
-    case = Case(arch, opset, method, relu_like, raw, att.SerializeToString(),
+    case = Case(arch, opset, method, relu_like, tune, raw, att.SerializeToString(),
                 len(inst.relu), len(inst.clip), len(inst.pool))
     del att
     sess, _ = make_session(inst.model.SerializeToString(), "cpu")
@@ -147,8 +155,8 @@ def _run_case(exports: Exports, arch: str, opset: int, method: str, relu_like: b
             err[f"att{b}"] = R.rel_err(a, ref)
             info[f"flips{b}"] = dict(rules.flips)
             info[f"calls{b}"] = (rules.relu_calls, rules.clip_calls, rules.pool_calls)
-        # The reference against plain autograd and Captum: opset-independent, so once.
-        if b == 2 and opset == DEFAULT_OPSET:
+        # The reference against plain autograd and Captum: opset- and tuning-independent, so once.
+        if b == 2 and opset == DEFAULT_OPSET and tune == "cpu":
             captum = R.ARCHS[arch].captum and method != "saliency" and not relu_like
             if method == "saliency" or captum:
                 unpinned, rules = R.rule_gradient(m64, x, t, method, relu_like)
@@ -187,8 +195,8 @@ def test_reference_saw_every_activation(case):
 
 
 def test_reference_is_the_rule(case):
-    if case.opset != DEFAULT_OPSET:
-        pytest.skip(f"checked at opset {DEFAULT_OPSET}: the PyTorch side does not depend on the opset")
+    if case.opset != DEFAULT_OPSET or case.tune != "cpu":
+        pytest.skip(f"checked at opset {DEFAULT_OPSET}, tuned for cpu: the PyTorch side depends on neither")
     if case.method == "saliency":
         # The rule Function in exact mode is plain autograd.
         assert case.err["exact_rule_vs_autograd"] <= F64_TOL

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import onnxattr
 from onnxattr.api import vjp_model
@@ -502,6 +502,20 @@ add(
     case("Squeeze/all_op13", 13, N("Squeeze", ["x"], ["y"]), {"x": (1, 3, 1)}),
     case("Unsqueeze/attr_op11", 11, N("Unsqueeze", ["x"], ["y"], axes=[0, 3]), {"x": (2, 3)}),
     case("Unsqueeze/input_op13", 13, N("Unsqueeze", ["x", "ax"], ["y"]), {"x": (2, 3)}, ax=i64(-1, 1)),
+    # Gradients of pieces split off one tensor join into one Concat (graph.Builder._join_pads).
+    case("Gather/split_qkv_axis0", 13, [N("Gather", ["x", "i0"], ["q"]), N("Gather", ["x", "i1"], ["k"]),
+                                        N("Gather", ["x", "i2"], ["v"]), N("Mul", ["q", "k"], ["qk"]),
+                                        N("Add", ["qk", "v"], ["y"])],
+         {"x": (3, 4, 2)}, i0=np.array(0, np.int64), i1=np.array(1, np.int64), i2=np.array(-1, np.int64)),
+    case("Gather/same_index_twice", 13, [N("Gather", ["x", "i0"], ["a"], axis=1), N("Gather", ["x", "i1"], ["b"], axis=1),
+                                         N("Mul", ["a", "b"], ["y"])],
+         {"x": (3, 4)}, i0=np.array(2, np.int64), i1=np.array(2, np.int64)),
+    case("Slice/split_side_by_side_op13", 13, [N("Slice", ["x", "s0", "e0", "ax"], ["a"]),
+                                               N("Slice", ["x", "s1", "e1", "ax"], ["b"])],
+         {"x": (2, 7, 3)}, outputs=("a", "b"), s0=i64(1), e0=i64(3), s1=i64(3), e1=i64(6), ax=i64(1)),
+    case("Slice/split_with_gap_op13", 13, [N("Slice", ["x", "s0", "e0", "ax"], ["a"]),
+                                           N("Slice", ["x", "s1", "e1", "ax"], ["b"])],
+         {"x": (2, 7, 3)}, outputs=("a", "b"), s0=i64(0), e0=i64(2), s1=i64(4), e1=i64(6), ax=i64(1)),
     case("Gather/scalar_axis1", 13, N("Gather", ["x", "i"], ["y"], axis=1), {"x": (3, 4, 2)}, i=np.array(2, np.int64)),
     case("Gather/scalar_neg_axis0", 13, N("Gather", ["x", "i"], ["y"]), {"x": (3, 4)}, i=np.array(-1, np.int64)),
     case("Gather/repeats_axis2", 13, N("Gather", ["x", "i"], ["y"], axis=2), {"x": (2, 3, 5)}, i=i64(4, 0, 4, -1, 2)),
@@ -611,6 +625,43 @@ def test_erf_gelu_chain_is_fused(form, opened):
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_vjp(c):
     check_case(c, seed=sum(map(ord, c.id)))
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_vjp_tuned_for_cuda(c):
+    """The same checks on the formulation tuned for the CUDA provider (run here on the CPU one)."""
+    check_case(c, seed=sum(map(ord, c.id)), tune_for="cuda")
+
+
+def test_tuning_changes_the_graph():
+    """The CUDA tuning really swaps formulations: plain element-wise masks, no scaling Convs."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5, 5])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Clip", ["r", "lo", "hi"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    ops = {t: [n.op_type for n in vjp_model(model, tune_for=t)[0].graph.node[len(nodes):]] for t in ("cpu", "cuda")}
+    assert "Conv" in ops["cpu"] and "Sign" not in ops["cpu"]
+    assert "Conv" not in ops["cuda"] and "Sign" in ops["cuda"]
+    with pytest.raises(ValueError, match="tune_for"):
+        vjp_model(model, tune_for="tpu")
+
+
+@pytest.mark.parametrize("cid, joined", [("Gather/split_qkv_axis0", True), ("Slice/split_side_by_side_op13", True),
+                                          ("Gather/same_index_twice", False), ("Slice/split_with_gap_op13", False)])
+def test_split_pieces_join_into_one_concat(cid, joined):
+    """Side-by-side pieces: their gradients are concatenated (one Pad at most, no Sum of full-size
+    Pads); overlapping or gapped pieces keep the padded sum. Exactness: the cases in test_vjp."""
+    from vjp_check import build
+    c = next(c for c in CASES if c.id == cid)
+    model = build(c, {o: None for o in c.outputs})
+    ops = [n.op_type for n in vjp_model(model)[0].graph.node[len(c.nodes):]]
+    assert ("Concat" in ops) == joined, ops
+    if joined:
+        assert ops.count("Pad") <= 1 and "Sum" not in ops and "Add" not in ops[ops.index("Concat"):], ops
+    else:
+        assert ops.count("Pad") == 2, ops
 
 
 def test_case_ids_unique():

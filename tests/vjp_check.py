@@ -359,8 +359,9 @@ def _check_backward_model(vm: onnx.ModelProto) -> None:
     assert not other, f"backward graph uses non-default domains: {other}"
 
 
-def check_case(c: Case, seed: int = 0) -> dict:
-    """Run every check on a case; returns the measured errors (raises AssertionError on failure)."""
+def check_case(c: Case, seed: int = 0, tune_for: str = "cpu") -> dict:
+    """Run every check on a case, with the backward formulated for `tune_for`; returns the
+    measured errors (raises AssertionError on failure)."""
     rng = np.random.default_rng(seed)
     x = sample_inputs(c, rng)
     probe = build(c)
@@ -368,7 +369,7 @@ def check_case(c: Case, seed: int = 0) -> dict:
     model = build(c, {o: list(y.shape) for o, y in zip(c.outputs, ys)})
 
     # float64: central differences of the forward against the VJP model, on the reference evaluator
-    vm, cot_names, grad_names = vjp_model(model)
+    vm, cot_names, grad_names = vjp_model(model, tune_for=tune_for)
     if not c.no_float64:
         _check_backward_model(vm)
     assert set(grad_names) == set(c.inputs), (grad_names, c.inputs)
@@ -402,7 +403,7 @@ def check_case(c: Case, seed: int = 0) -> dict:
 
     # float32: the same case on ONNX Runtime against the float64 reference VJP
     m32 = to_float32(model)
-    vm32, cot32, grad32 = vjp_model(m32)
+    vm32, cot32, grad32 = vjp_model(m32, tune_for=tune_for)
     _check_backward_model(vm32)
     if c.no_ort:
         return {"fd": fd_err, "f32": None}
