@@ -22,19 +22,26 @@ import tempfile
 from pathlib import Path
 
 
-def summarize(events: list, forward_names: set[str], runs: int) -> dict:
-    """{part: {op type: (ms per run, nodes per run)}} from profile events of `runs` runs, where
-    part is "forward", "backward" (nodes onnxattr added, named onnxattr/...) or "fused"."""
+def summarize(events: list, forward_names: set[str], runs: int) -> tuple[dict, list]:
+    """From profile events of `runs` runs: {part: {op type: (ms per run, nodes per run)}}, where
+    part is "forward", "backward" (nodes onnxattr added, named onnxattr/...) or "fused", and the
+    nodes as (ms per run, part, name, op type, provider, input shapes), slowest first."""
     total = collections.defaultdict(lambda: collections.defaultdict(lambda: [0.0, 0]))
+    nodes: dict[str, list] = {}
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
         name = e["name"][: -len("_kernel_time")]
         part = "backward" if name.startswith("onnxattr/") else "forward" if name in forward_names else "fused"
-        cell = total[part][e["args"].get("op_name", "?")]
+        op = e["args"].get("op_name", "?")
+        cell = total[part][op]
         cell[0] += e["dur"] / 1e3 / runs
         cell[1] += 1
-    return {part: {op: (ms, n // runs) for op, (ms, n) in ops.items()} for part, ops in total.items()}
+        shapes = [list(d.values())[0] for d in e["args"].get("input_type_shape", [])]
+        row = nodes.setdefault(name, [0.0, part, name, op, e["args"].get("provider", "?"), shapes])
+        row[0] += e["dur"] / 1e3 / runs
+    parts = {part: {op: (ms, n // runs) for op, (ms, n) in ops.items()} for part, ops in total.items()}
+    return parts, sorted((tuple(r) for r in nodes.values()), key=lambda r: -r[0])
 
 
 def main(argv=None) -> int:
@@ -46,7 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune-for", choices=["cpu", "cuda"], default=None, help="default: the provider's")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--model-dir", default=None, help="exported models are kept here (reused when present)")
-    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--top", type=int, default=12, help="op types listed per part")
+    p.add_argument("--nodes", type=int, default=8, help="slowest single nodes listed")
     args = p.parse_args(argv)
     if args.provider == "cuda":
         os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
@@ -96,16 +104,21 @@ def main(argv=None) -> int:
             cut = runs[warmup - 1]["ts"] + runs[warmup - 1]["dur"]
             runs = runs[warmup:]
             events = [e for e in events if e.get("ts", 0) > cut]
-            rows[label] = (summarize(events, forward_names, len(runs)),
+            rows[label] = (*summarize(events, forward_names, len(runs)),
                            float(np.median([r["dur"] for r in runs])) / 1e3)
     print(f"# {args.model}, batch {args.batch}, provider {args.provider}"
           + (" (CUDA_LAUNCH_BLOCKING=1)" if args.provider == "cuda" else "") + f", {args.runs} profiled runs")
-    for label, (parts, wall) in rows.items():
+    for label, (parts, nodes, wall) in rows.items():
         print(f"\n## {label}: {wall:.2f} ms per run (wall, profiled)")
         for part, ops in sorted(parts.items()):
             ms = sum(v[0] for v in ops.values())
             print(f"  {part:9s} {ms:9.2f} ms  " + ", ".join(
                 f"{op} {t:.2f}/{n}" for op, (t, n) in sorted(ops.items(), key=lambda kv: -kv[1][0])[: args.top]))
+        elsewhere = collections.Counter(r[3] for r in nodes if args.provider == "cuda" and r[4] != "CUDAExecutionProvider")
+        if elsewhere:
+            print(f"  not on CUDA: {dict(elsewhere)}")
+        for ms, part, name, op, provider, shapes in nodes[: args.nodes]:
+            print(f"    {ms:8.3f} ms  {part:8s} {op:16s} {name[-48:]:48s} {shapes}")
     return 0
 
 

@@ -15,6 +15,7 @@ from .errors import ModelLoadError, NotAClassifierError, UnsupportedModelError
 from .graph import Builder
 from .protos import FLOAT_TYPES
 from .io import iter_tensors, load_external_data
+from .wire import read_model
 from .methods import get_method
 from .recipes import ALL_METHODS, Context, Options, build
 
@@ -45,7 +46,7 @@ def load_model(model) -> onnx.ModelProto:
             why = "is a folder" if path.is_dir() else "does not exist" if not path.exists() else "is not a regular file"
             raise ModelLoadError(f"'{path}' {why}")
         try:
-            proto = onnx.load(str(path), load_external_data=False)
+            proto = read_model(str(path))  # field by field: never the file's bytes and the model at once
         except Exception as e:  # protobuf raises several types for corrupt bytes
             raise ModelLoadError(_one_line(f"'{path}' is not an ONNX model, or a truncated or corrupt one "
                                           f"({type(e).__name__}: {e})")) from None

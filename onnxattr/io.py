@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelLoadError, OutputError
+from .wire import read_model
 
 EXTERNAL_MIN_BYTES = 1024  # tensors at least this large go to the .data file
 SINGLE_FILE_LIMIT = 2**31 - 2**26  # tensor bytes above which one protobuf (2 GB at most) cannot hold the model
@@ -151,7 +152,7 @@ def external_data_files(path) -> list[Path]:
     """The (checked) external data files a model file refers to; [] for a self-contained one."""
     path = Path(os.fspath(path))
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = read_model(str(path))
     except Exception:
         return []
     files = set()
