@@ -704,3 +704,42 @@ def test_op_without_rule_is_refused(make, build):
         fn(model)
     msg = str(err.value)
     assert op_type in msg and node_name in msg, msg
+
+
+_TINY = [2.0 ** -149, 2.0 ** -140, 2.0 ** -128, 2.0 ** -127, 2.0 ** -126, 1e-38]
+
+
+@pytest.mark.parametrize("tune", ["cpu", "cuda"])
+@pytest.mark.parametrize("op, bounds, edge", [
+    ("Relu", None, [0.0, -0.0, -1e-45, -1.0, 1.0, 1e30, 3.4e38]),
+    ("Clip", (0.0, 6.0), [0.0, -0.0, -1.0, float(np.nextafter(np.float32(6), np.float32(0))), 6.0, 7.0, 3.0]),
+    ("Clip", (-1.0, 1.0), [-1.0, float(np.nextafter(np.float32(-1), np.float32(0))), 1.0,
+                           float(np.nextafter(np.float32(1), np.float32(0))), 0.0, 2.0, -2.0]),
+])
+def test_masks_are_exact_at_kinks_and_for_subnormals(op, bounds, edge, tune):
+    """The masks of the blocked (CPU) and CUDA formulations in float32 ONNX Runtime: exactly 1
+    strictly inside, 0 at and beyond the kinks, subnormal inputs included (the CPU tuning scales
+    by 2**127 twice for them: 2**-149 * 2**127 alone stays below 1)."""
+    values = np.array(edge + _TINY + [-v for v in _TINY], np.float32)
+    x = np.resize(values, (2, 8, 3, 3)).astype(np.float32)
+    ins = ["x"]
+    inits = []
+    if bounds is not None:
+        inits = [numpy_helper.from_array(np.array(bounds[0], np.float32), "lo"),
+                 numpy_helper.from_array(np.array(bounds[1], np.float32), "hi")]
+        ins = ["x", "lo", "hi"]
+    node = helper.make_node(op, ins, ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model, tune_for=tune)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    out = dict(zip([o.name for o in vm.graph.output], sess.run(None, {"x": x, cots["y"]: np.ones_like(x)})))
+    lo, hi = bounds if bounds is not None else (0.0, np.inf)
+    want = ((x > lo) & (x < hi)).astype(np.float32)
+    got = out[grads["x"]]
+    bad = got != want
+    assert not bad.any(), list(zip(x[bad][:6], got[bad][:6]))
+    if tune == "cpu":
+        assert "HardSigmoid" in {n.op_type for n in vm.graph.node} or op == "Clip"

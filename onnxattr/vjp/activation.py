@@ -77,11 +77,11 @@ def clip(b, node, gys):
 
 
 def _clip_mask_blocked(b, y, lo, hi):
-    """1[lo < y < hi] for y = clip(x, lo, hi) with constant bounds, from depthwise Convs and one
-    Mul, all kept in ONNX Runtime's NCHWc layout: step((y - lo) * (hi - y) * 2**120). Each factor
-    is one rounding of a difference, so it is 0 exactly at its bound and positive inside (y - lo
-    >= 2**-149, (hi - y) * 2**120 >= 2**100 there while hi - lo >= 2**-20), so the product is 0 at
-    the bounds and >= 2**-49 inside: one 2**127 scaling Conv lifts it past 1."""
+    """1[lo < y < hi] for y = clip(x, lo, hi) with constant bounds, from depthwise Convs, one Mul
+    and a step, all kept in ONNX Runtime's NCHWc layout: step((y - lo) * (hi - y) * 2**120). Each
+    factor is one rounding of a difference, so it is 0 exactly at its bound and positive inside
+    (y - lo >= 2**-149, (hi - y) * 2**120 >= 2**100 there while hi - lo >= 2**-20), so the product
+    is 0 at the bounds and >= 2**-49 inside: one 2**127 scaling in the step lifts it past 1."""
     lo_v = None if lo is None else b.value(lo)
     hi_v = None if hi is None else b.value(hi)
     if (lo is not None and (lo_v is None or lo_v.size != 1)) or (hi is not None and (hi_v is None or hi_v.size != 1)):
