@@ -411,7 +411,7 @@ class Builder:
         Ceil(min(t, 1)) and 2.08x with Greater + Cast)."""
         if self.tune_for == "cuda" and self.opset >= 9:
             out = self.op("Sign", [t])
-        elif self.blocked(like):
+        elif self.blocked(like) and self.opset >= 6:
             out = self.op("HardSigmoid", [t], alpha=2.0 ** 127, beta=0.0)
             if least < 2.0 ** -127:
                 out = self.op("HardSigmoid", [out], alpha=2.0 ** 127, beta=0.0)

@@ -76,7 +76,11 @@ def read_model(path: str) -> onnx.ModelProto:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return model
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # not mappable here: a plain read, as onnx.load does
+            return onnx.load_model_from_string(f.read())
+        with mapped as buf:
             def drop(a: int, b: int) -> None:  # release whole pages already merged
                 lo, hi = -(-a // PAGE) * PAGE, (b // PAGE) * PAGE
                 if hi > lo and hasattr(buf, "madvise"):
