@@ -9,8 +9,9 @@ Agreement is reported per model, method and tuning as the relative L2 error of t
 (CUDA vs the CPU provider running the CPU-tuned graph, TF32 off, batch 2, random weights).
 Different convolution algorithms round differently, so a Relu or MaxPool near a tie may switch;
 the check fails (exit 1) only when the logits differ by more than 1e-4 relative or an attribution
-by more than 5e-2. Models are exported once and shared by the check, the benchmark and the
-per-op breakdown (benchmarks/breakdown.py) of the `--breakdown` model and batch.
+by more than 5e-2. Models are exported once and shared by the check, the benchmark, the per-op
+breakdown (benchmarks/breakdown.py) of the `--breakdown` model and batch, and batch 1 of the
+CNNs again with ONNX Runtime's CUDA graph capture.
 """
 
 from __future__ import annotations
@@ -93,7 +94,14 @@ def main(argv=None) -> int:
         if args.breakdown:
             name, batch = args.breakdown.split(":")
             subprocess.run([sys.executable, str(Path(__file__).with_name("breakdown.py")), name, "--batch", batch,
-                            "--provider", "cuda", "--model-dir", model_dir], check=False)
+                            "--provider", "cuda", "--model-dir", model_dir, "--nodes", "15"], check=False)
+        cnns = ",".join(m for m in args.models.split(",") if not m.startswith("vit"))
+        if not args.no_bench and cnns:  # batch 1 is launch-bound on a GPU: again with CUDA graph capture
+            try:
+                run.main(["--provider", "cuda", "--batches", "1", "--models", cnns, "--runs", str(args.runs),
+                          "--pause", "0.02", "--model-dir", model_dir, "--cuda-graph"])
+            except Exception as e:  # noqa: BLE001  (the runs above are what this call is for)
+                print(f"CUDA graph benchmark failed: {type(e).__name__}: {e}")
     return 0 if ok else 1
 
 

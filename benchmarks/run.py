@@ -68,14 +68,17 @@ def export(module, size: int, path: Path, opset: int = 17) -> None:
 TF32 = True  # on CUDA: TensorFloat-32 allowed in both ONNX Runtime and torch (--no-tf32 forbids it in both)
 
 
-def session(path_or_bytes, provider: str, threads: int):
+def session(path_or_bytes, provider: str, threads: int, cuda_graph: bool = False):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
     providers = ["CPUExecutionProvider"]
     if provider == "cuda":
-        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": str(int(TF32))}))
+        cuda = {"use_tf32": str(int(TF32))}
+        if cuda_graph:
+            cuda["enable_cuda_graph"] = "1"
+        providers.insert(0, ("CUDAExecutionProvider", cuda))
     sess = ort.InferenceSession(path_or_bytes, opts, providers=providers)
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError("CUDA provider not available")
@@ -92,6 +95,28 @@ def ort_runner(sess, feeds: dict, provider: str):
     for out in sess.get_outputs():
         binding.bind_output(out.name, "cuda")
     return lambda: sess.run_with_iobinding(binding)
+
+
+def cuda_graph_runner(model, feeds: dict, threads: int):
+    """Like ort_runner on CUDA, in a session with ONNX Runtime's CUDA graph capture on: inputs and
+    outputs bound to fixed device buffers (what the capture needs; output shapes from one run of a
+    CPU session). Returns None where the capture cannot be used (a node outside CUDA, say)."""
+    try:
+        shapes = [(a.shape, a.dtype.type) for a in session(model, "cpu", threads).run(None, feeds)]
+        sess = session(model, "cuda", threads, cuda_graph=True)
+        binding = sess.io_binding()
+        inputs = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in feeds.items()}
+        outputs = [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0) for shape, dtype in shapes]
+        for k, v in inputs.items():
+            binding.bind_ortvalue_input(k, v)
+        for out, v in zip(sess.get_outputs(), outputs):
+            binding.bind_ortvalue_output(out.name, v)
+        sess.run_with_iobinding(binding)  # the first run captures the graph
+    except Exception as e:  # noqa: BLE001  (reported, the benchmark goes on without this candidate)
+        print(f"  (CUDA graph not usable: {type(e).__name__}: {str(e).splitlines()[0][:160]})")
+        return None
+    keep = (inputs, outputs)  # the bound buffers must live as long as the runner
+    return lambda: (sess.run_with_iobinding(binding), keep)[0]
 
 
 def torch_runners(module, x: np.ndarray, target: np.ndarray, provider: str):
@@ -214,6 +239,8 @@ def main(argv=None) -> int:
                    help="idle seconds before each timed run (0: back to back; then candidates' spinning threads collide)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and torch (0: all cores)")
     p.add_argument("--no-tf32", action="store_true", help="CUDA: forbid TensorFloat-32 in ORT and torch")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA: also time the ORT forward and each method with ONNX Runtime's CUDA graph capture")
     p.add_argument("--memory", action="store_true", help="also measure peak memory at the largest batch")
     p.add_argument("--export-large", action="store_true", help="also time exporting ViT-L/16 (about 300M params)")
     p.add_argument("--smoke", action="store_true", help="a tiny model, batch 2, 3 runs")
@@ -248,7 +275,7 @@ def main(argv=None) -> int:
             export_s = (time.perf_counter() - t0) / len(METHODS)
             results["export"].append({"model": name, "seconds": export_s, "mb": path.stat().st_size / 2**20})
             print(f"\n## {name}: export (graph rewriting) {export_s:.2f} s per method, model {path.stat().st_size / 2**20:.1f} MiB")
-            print(f"{'batch':>5}  {'candidate':<22}{'ms':>10}{'x ORT fwd':>11}")
+            print(f"{'batch':>5}  {'candidate':<30}{'ms':>10}{'x ORT fwd':>11}")
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
                 t = np.zeros(batch, np.int64)
@@ -256,11 +283,17 @@ def main(argv=None) -> int:
                 for m in METHODS:
                     runners[f"onnxattr {m}"] = ort_runner(session(models[m], args.provider, args.threads),
                                                          {"x": x, "target": t}, args.provider)
+                if args.cuda_graph and args.provider == "cuda":
+                    for label, model, feeds in [("ORT forward", str(path), {"x": x})] + [
+                            (f"onnxattr {m}", models[m], {"x": x, "target": t}) for m in METHODS]:
+                        runner = cuda_graph_runner(model, feeds, args.threads)
+                        if runner is not None:
+                            runners[f"{label} (graph)"] = runner
                 runners.update(torch_runners(module, x, t, args.provider))
                 med = timeit(runners, args.runs, args.warmup, args.pause)
-                base = med["ORT forward"]
-                for k, v in med.items():
-                    print(f"{batch:>5}  {k:<22}{v * 1e3:>10.2f}{v / base:>11.2f}")
+                for k, v in med.items():  # CUDA-graph rows against the CUDA-graph forward
+                    base = med.get("ORT forward (graph)", med["ORT forward"]) if k.endswith("(graph)") else med["ORT forward"]
+                    print(f"{batch:>5}  {k:<30}{v * 1e3:>10.2f}{v / base:>11.2f}")
                     results["rows"].append({"model": name, "batch": batch, "candidate": k, "ms": v * 1e3,
                                             "ratio": v / base})
             if args.memory:
