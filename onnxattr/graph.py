@@ -460,21 +460,22 @@ class Builder:
         pieces' concatenation, padded once: one Concat instead of a full-size Pad per piece and
         their Sum."""
         full = self.shapes.get(like)
-        groups: dict[int, list[tuple[int, int, str, str]]] = {}
+        if full is None:
+            return terms
+        rank = len(full)
+        groups: dict[int, list[tuple[int, int, str, str]]] = {}  # axis -> (begin, length, term, piece)
         for t in terms:
             x, pads = self._padded.get(t, (None, None))
-            if x is None or full is None or len(pads) != 2 * len(full):
+            if x is None or len(pads) != 2 * rank or min(pads) < 0:
                 continue
-            rank = len(full)
             axes = [i for i in range(rank) if pads[i] or pads[rank + i]]
-            if len(axes) == 1 and full[axes[0]] is not None and min(pads) >= 0:
+            if len(axes) == 1 and full[axes[0]] is not None:
                 ax = axes[0]
                 groups.setdefault(ax, []).append((pads[ax], full[ax] - pads[ax] - pads[rank + ax], t, x))
         for ax, pieces in groups.items():
             pieces.sort()
             if len(pieces) < 2 or any(b0 + n0 != b1 for (b0, n0, _, _), (b1, _, _, _) in zip(pieces, pieces[1:])):
                 continue
-            rank = len(full)
             joined = self.op("Concat", [x for _, _, _, x in pieces], axis=ax)
             pads = [0] * (2 * rank)
             pads[ax], pads[rank + ax] = pieces[0][0], full[ax] - pieces[-1][0] - pieces[-1][1]
