@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnxattr
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,3 +44,28 @@ def test_breakdown_runs():
     assert r.returncode == 0, r.stderr[-2000:]
     assert "## original forward" in r.stdout and "## guided (tuned for cpu)" in r.stdout
     assert "backward" in r.stdout and "MaxPool" in r.stdout, r.stdout
+
+
+def test_macs_counts_forward_and_backward(tmp_path):
+    """benchmarks/macs.py on Conv 3->4 (3x3, 8x8 output) -> Relu -> Flatten -> Gemm 256->5: the
+    forward's MACs by hand, and an input-gradient backward with exactly as many."""
+    import importlib.util
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    spec = importlib.util.spec_from_file_location("macs", ROOT / "benchmarks" / "macs.py")
+    macs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(macs)
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w", (4, 3, 3, 3)), ("fc", (5, 256)), ("b", (5,)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "fc", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    counts, unknown = macs.macs(onnxattr.attribution_model(model))
+    forward = 4 * 8 * 8 * 3 * 3 * 3 + 5 * 256
+    assert unknown == 0 and counts == {"fwd": forward, "bwd": forward}
