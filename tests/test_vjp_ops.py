@@ -752,6 +752,11 @@ _TINY = [2.0 ** -149, 2.0 ** -140, 2.0 ** -128, 2.0 ** -127, 2.0 ** -126, 1e-38]
     ("Clip", (0.0, 6.0), [0.0, -0.0, -1.0, float(np.nextafter(np.float32(6), np.float32(0))), 6.0, 7.0, 3.0]),
     ("Clip", (-1.0, 1.0), [-1.0, float(np.nextafter(np.float32(-1), np.float32(0))), 1.0,
                            float(np.nextafter(np.float32(1), np.float32(0))), 0.0, 2.0, -2.0]),
+    # wide bounds: (hi - lo) * 2**120 would overflow, and 0 * inf gave NaN at y == lo
+    ("Clip", (-1000.0, 1.0), [-1000.0, -1e6, -3.4e38, float(np.nextafter(np.float32(-1000), np.float32(0))), 1.0,
+                              float(np.nextafter(np.float32(1), np.float32(0))), 0.0, 5.0, -500.0]),
+    ("Clip", (-127.0, 127.0), [-127.0, -128.0, -3.4e38, 127.0, 3.4e38, 126.0, -126.0, 0.0,
+                               float(np.nextafter(np.float32(127), np.float32(0)))]),
 ])
 def test_masks_are_exact_at_kinks_and_for_subnormals(op, bounds, edge, tune):
     """The masks of the blocked (CPU) and CUDA formulations in float32 ONNX Runtime: exactly 1

@@ -88,7 +88,10 @@ def _clip_mask_blocked(b, y, lo, hi):
         return None
     lo_f = None if lo is None else float(lo_v)
     hi_f = None if hi is None else float(hi_v)
-    if lo_f is not None and hi_f is not None and not (hi_f - lo_f >= 2.0 ** -20 and abs(hi_f) < 2.0 ** 7):
+    # Both bounds under 2**7 in size: (hi - y) * 2**120 <= (hi - lo) * 2**120 < 2**128 stays
+    # finite, so the product is 0 (not 0 * inf = NaN) at y == lo; it may overflow to +inf
+    # inside, which the step still maps to 1. Wider bounds take the generic form.
+    if lo_f is not None and hi_f is not None and not (hi_f - lo_f >= 2.0 ** -20 and max(abs(lo_f), abs(hi_f)) < 2.0 ** 7):
         return None
     if hi_f is None:
         return b.step(y if lo_f == 0.0 else b.channel_affine(y, 1.0, y, bias=-lo_f), like=y)
