@@ -91,6 +91,15 @@ def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onn
     return [scaled, erf, add, half, mul1], x, mul1.output[0]
 
 
+def _keeps_shape(g: _Graph, members: list[onnx.NodeProto], x: str) -> bool:
+    """The chain's constants cannot broadcast y beyond x's shape: none has more dims than x (a
+    [1, 1, 1] constant on a [2, 3] input gives y [1, 2, 3], which a Gelu(x) node would not)."""
+    made = {o for m in members for o in m.output}
+    rank = len(g.b.shapes[x]) if x in g.b.shapes else 0
+    consts = [i for m in members for i in m.input if i and i != x and i not in made]
+    return all(g.b.value(c) is not None and g.b.value(c).ndim <= rank for c in consts)
+
+
 def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """`path` with each recognised chain replaced by its virtual node (at the chain's end)."""
     if not any(n.op_type == "Erf" for n in path):
@@ -109,6 +118,8 @@ def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
         if found is None or not all(id(m) in on_path and id(m) not in drop for m in found[0]):
             continue
         members, x, y = found
+        if not _keeps_shape(g, members, x):
+            continue
         drop.update(id(m) for m in members)
         replace[id(members[-1])] = helper.make_node("Gelu", [x], [y], name=f"{members[-1].name or y} (erf GELU)")
     return [replace.get(id(n), n) for n in path if id(n) not in drop or id(n) in replace]

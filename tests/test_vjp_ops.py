@@ -609,6 +609,10 @@ add(
     # an intermediate that is also an output: the chain is differentiated op by op
     case("Graph/erf_gelu_torch_open", 17, erf_gelu("torch")[0], {"x": In((2, 3, 4), scale=3)}, outputs=("y", "e"),
          one=ONE, half=HALF, **erf_gelu("torch")[1]),
+    # constants of more dims than x broadcast y to [1, 2, 3, 4]: differentiated op by op (a fused
+    # Gelu(x) once returned a [1, 2, 3, 4] gradient for x)
+    case("Graph/erf_gelu_torch_rank_up", 17, erf_gelu("torch")[0], {"x": In((2, 3, 4), scale=3)},
+         **{k: np.full((1, 1, 1, 1), v) for k, v in dict(erf_gelu("torch")[1], one=ONE, half=HALF).items()}),
 )
 
 
@@ -627,6 +631,20 @@ def test_erf_gelu_chain_is_fused(form, opened):
     read = {i for n in added for i in n.input}
     assert ("a" in read or "p" in read) == opened, sorted(read)
     assert ("Erf" in [n.op_type for n in added]) == (not opened)  # only the fused rule recomputes erf
+
+
+def test_erf_gelu_chain_with_higher_rank_constants_is_not_fused():
+    """y = gelu(x) broadcast to [1, 2, 3] by [1, 1, 1] constants: no Gelu(x) stands in for it."""
+    nodes, consts = erf_gelu("torch")
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, [1, 1, 1], [float(v)]) for k, v in dict(consts, one=ONE, half=HALF).items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    vm, _, grads = vjp_model(model)
+    assert "Erf" not in [n.op_type for n in vm.graph.node[len(nodes):]]
+    declared = next(o for o in vm.graph.output if o.name == grads["x"])
+    assert [d.dim_value for d in declared.type.tensor_type.shape.dim] == [2, 3]
 
 
 # ------------------------------------------------------------------------------ tests
