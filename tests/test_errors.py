@@ -168,6 +168,24 @@ def test_custom_domain_names_the_node():
         onnxattr.attribution_model(m)
 
 
+def test_opset_below_7_is_refused(tmp_path):
+    """ONNX Runtime runs an opset-6 forward, but has no kernels for the opset-6 Mul/Sub/Add the
+    backward would need: refused at export, with the fix, not a model that fails to load."""
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    m = model([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+              [helper.make_tensor_value_info("x", F, ["N", 4])], [helper.make_tensor_value_info("y", F, ["N", 3])],
+              [w], opset=6)
+    m.ir_version = 3
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # the forward loads
+    with pytest.raises(onnxattr.UnsupportedModelError, match="opset 6: .*opset 7 or later"):
+        onnxattr.attribution_model(m)
+    path = tmp_path / "old.onnx"
+    onnx.save(m, path)
+    r = cli("export", path, "-o", tmp_path / "out.onnx")
+    assert_one_line_error(r, "UnsupportedModelError", "opset 6")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def _if_model(capture: bool):
     """y = r + If(cond, r @ A, r @ B): the branches read r by name from the outer scope
     (capture) or the If is fed nothing differentiable at all (its branches are constant)."""
