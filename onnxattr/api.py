@@ -145,6 +145,10 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     inits = {i.name for i in out.graph.initializer}
     inputs = [i.name for i in out.graph.input if i.name not in inits]
     b = Builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
+    if b.opset < 7:  # measured: even an Identity classifier's attribution model failed to load
+        raise UnsupportedModelError(
+            f"opset {b.opset}: the attribution graph needs ops of opset 7 or later (ONNX Runtime runs "
+            "none of its older Mul, Add, Sub); convert the model first (onnx.version_converter)")
     y = _scores(b, output)
     w = wrt or x.name
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):

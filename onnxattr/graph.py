@@ -32,10 +32,6 @@ class Builder:
         self.model = model
         self.tune_for = tune_for
         self.opset = default_opset(model)
-        if self.opset < 7:
-            raise UnsupportedModelError(
-                f"opset {self.opset}: the backward graph needs ops of opset 7 or later (ONNX Runtime has no "
-                "kernels for older Mul, Sub, Add); convert the model first (onnx.version_converter)")
         self.dtype = dtype
         self.np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
         self.nodes: list[onnx.NodeProto] = []
