@@ -660,6 +660,18 @@ def test_resize_scales_with_fractional_length_are_refused(coord):
         vjp_model(model)
 
 
+def test_average_pool_with_negative_same_padding_is_refused():
+    """AveragePool-19, SAME_UPPER, kernel 1, stride 3 over 3 elements: ONNX Runtime's forward reads
+    x[1] (a negative head pad); a gradient with the pads clamped to 0 went to x[0]. Refused."""
+    node = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[1], strides=[3], auto_pad="SAME_UPPER")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 8
+    with pytest.raises(onnxattr.UnsupportedModelError, match="AveragePool node 'pool': auto_pad SAME_UPPER .*negative"):
+        vjp_model(model)
+
+
 def test_erf_gelu_chain_with_higher_rank_constants_is_not_fused():
     """y = gelu(x) broadcast to [1, 2, 3] by [1, 1, 1] constants: no Gelu(x) stands in for it."""
     nodes, consts = erf_gelu("torch")
