@@ -660,6 +660,23 @@ def test_resize_scales_with_fractional_length_are_refused(coord):
         vjp_model(model)
 
 
+def test_resize_to_an_empty_axis_gives_zeros():
+    """y [2, 2, 0, 1]: the gradient is all zeros (a MatMul with an empty inner dimension returned
+    uninitialised memory in ONNX Runtime: up to 1e32 in fresh sessions)."""
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear", axes=[-2, -1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([0.5, 1.7], np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    assert "MatMul" not in {n.op_type for n in vm.graph.node}
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for _ in range(3):
+        gx = sess.run([grads["x"]], {"x": np.ones((2, 2, 1, 1), np.float32), cots["y"]: np.zeros((2, 2, 0, 1), np.float32)})[0]
+        np.testing.assert_array_equal(gx, np.zeros((2, 2, 1, 1), np.float32))
+
+
 def test_average_pool_with_negative_same_padding_is_refused():
     """AveragePool-19, SAME_UPPER, kernel 1, stride 3 over 3 elements: ONNX Runtime's forward reads
     x[1] (a negative head pad); a gradient with the pads clamped to 0 went to x[0]. Refused."""

@@ -162,6 +162,8 @@ def resize(b, node, gys):
         full_scale.update({ax: (min if policy == "not_larger" else max)(ratios) for ax in axes})
     else:
         full_scale.update({ax: shape_out[ax] / shape_in[ax] for ax in moved})
+    if any(shape_out[ax] == 0 for ax in moved):  # an empty output: x gets no gradient (and ONNX
+        return [b.zeros_like(x)] + [None] * (len(node.input) - 1)  # Runtime's empty MatMul is not zeroed)
     g = gys[0]
     for ax in moved:
         try:
