@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import UnsupportedModelError
 from .protos import FLOAT_TYPES, default_opset, describe
-from .shapes import FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, skeleton, trial_shapes
+from .shapes import FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, skeleton, trial_shapes
 
 TUNE_FOR = ("cpu", "cuda")  # the ONNX Runtime provider whose kernels an exported graph's formulation suits
 
@@ -50,6 +50,8 @@ class Builder:
         self._early = 0  # added nodes at the front of `nodes` (Shape nodes of forward tensors)
         self._padded: dict[str, tuple[str, list[int]]] = {}  # output of a zero Pad added by pad() -> (input, pads)
         self._used = self._forward | {n.name for n in g.node}
+        self._trials: tuple[dict, dict] | None = None  # the dims of both shape trials (shapes.py)
+        self._one_free_dim = free_dims(model) == 1
         for init in g.initializer:
             self.consts[init.name] = init
         for n in g.node:
@@ -94,7 +96,7 @@ class Builder:
         outputs = [o for n in self.model.graph.node for o in n.output if o]
         if all(o in self.shapes and None not in self.shapes[o] for o in outputs):
             return
-        shapes, values = trial_shapes(skeleton(self.model))
+        shapes, values, self._trials = trial_shapes(skeleton(self.model))
         for name, dims in shapes.items():
             old = self.shapes.get(name)
             if old is None:
@@ -483,25 +485,57 @@ class Builder:
             terms = [t for t in terms if t not in used] + [self.pad(joined, pads)]
         return terms
 
-    def unbroadcast(self, g: str, x: str, y: str, node: onnx.NodeProto) -> str:
-        """Sum gradient `g` (shaped like the broadcast result `y`) back to the shape of `x`."""
+    def same_dim(self, x: str, i: int, y: str, j: int) -> bool:
+        """Whether unknown dim i of x and dim j of y are the same size in every run: the same
+        dim_param, or equal in both shape trials when the inputs have one free dim only (with
+        several, the trials give them all one size, so equal there proves nothing)."""
+        px, py = self.shape_protos.get(x), self.shape_protos.get(y)
+        if px is not None and py is not None:
+            a, c = px.dim[i], py.dim[j]
+            if a.dim_param and a.dim_param == c.dim_param:
+                return True
+        if not self._one_free_dim or self._trials is None:
+            return False
+        return all(x in t and y in t and len(t[x]) > i and len(t[y]) > j and t[x][i] == t[y][j] for t in self._trials)
+
+    def unbroadcast(self, g: str, x: str, y: str, node: onnx.NodeProto, dims=None, lead: int | None = None) -> str:
+        """Sum gradient `g` (shaped like the broadcast result `y`) back to the shape of `x`.
+        Axes where x's size is unknown and may be 1 while y's is not are decided at run time.
+        `dims` limits the comparison to those axes of x (a MatMul's batch axes), x's axis i
+        lining up with y's axis lead + i (by default the ranks' difference)."""
         sx, sy = self.shapes.get(x), self.shapes.get(y)
-        if sx is not None and sx == sy and None not in sx:
+        if dims is None and sx is not None and sx == sy and None not in sx:
             return g
-        rx, ry = self.rank(x, node), self.rank(y, node)
-        lead = ry - rx
-        axes = list(range(lead))
-        for i in range(rx):
-            dx, dy = sx[i], sy[lead + i]
+        rx = self.rank(x, node)
+        lead = self.rank(y, node) - rx if lead is None else lead
+        axes, unsure = list(range(lead)), []
+        for i in range(rx) if dims is None else dims:
+            dx, dy = sx[i], sy[lead + i] if sy is not None and lead + i < len(sy) else None
             if dx == 1 and dy != 1:
                 axes.append(lead + i)
-            elif dx is None and dy is not None and dy != 1:
+            elif dx is None and dy != 1 and not (dy is None and self.same_dim(x, i, y, lead + i)):
+                unsure.append(i)
+        if unsure:
+            if self.opset < 13:  # ReduceSum takes its axes as an attribute: they must be known
                 raise UnsupportedModelError(
-                    f"{describe(node)}: cannot tell whether '{x}' broadcasts along axis {i} (unknown size)"
-                )
-        if not axes:
+                    f"{describe(node)}: cannot tell whether '{x}' broadcasts along axis {unsure[0]} (unknown size)")
+            out = self._reduce_where_broadcast(g, x, y, lead, axes, unsure)
+        elif not axes:
             return g
-        out = self.reduce("ReduceSum", g, axes, keepdims=1)
+        else:
+            out = self.reduce("ReduceSum", g, axes, keepdims=1)
         if lead:
             out = self.reshape_like(out, x)
         return out
+
+    def _reduce_where_broadcast(self, g: str, x: str, y: str, lead: int, axes: list[int], unsure: list[int]) -> str:
+        """ReduceSum of g over `axes` and over each axis lead + i (i in `unsure`) where, in this
+        run, x has size 1 and y does not."""
+        dx = self.op("Gather", [self.shape_of(x), self.ints(unsure)], axis=0)
+        dy = self.op("Gather", [self.shape_of(y), self.ints([lead + i for i in unsure])], axis=0)
+        one = self.ints(1)
+        spread = self.op("And", [self.op("Equal", [dx, one]), self.op("Not", [self.op("Equal", [dy, one])])])
+        chosen = self.op("Compress", [self.ints([lead + i for i in unsure]), spread], axis=0)
+        if axes:
+            chosen = self.op("Concat", [self.ints(axes), chosen], axis=0)
+        return self.op("ReduceSum", [g, chosen], keepdims=1, noop_with_empty_axes=1)

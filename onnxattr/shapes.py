@@ -124,14 +124,32 @@ def _trial(model: onnx.ModelProto, size: int) -> tuple[dict, dict]:
     return shapes, values
 
 
-def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.ndarray]]:
+def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.ndarray], tuple[dict, dict]]:
     """({tensor: dims, None where they depend on the inputs' free dims},
-    {tensor: value of a small tensor that does not depend on them})."""
+    {tensor: value of a small tensor that does not depend on them},
+    the dims of both trials as they came)."""
     (s1, v1), (s2, v2) = (_trial(model, size) for size in TRIALS)
     shapes = {k: [d if d == e else None for d, e in zip(s, s2[k])]
               for k, s in s1.items() if k in s2 and len(s) == len(s2[k])}
     values = {k: v for k, v in v1.items() if k in v2 and v.shape == v2[k].shape and np.array_equal(v, v2[k])}
-    return shapes, values
+    return shapes, values, (s1, s2)
+
+
+def free_dims(model: onnx.ModelProto) -> int:
+    """How many independent free dims the graph inputs have: distinct dim_params, plus each
+    unnamed unknown dim."""
+    inits = {i.name for i in model.graph.initializer}
+    named, unnamed = set(), 0
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                if d.dim_param:
+                    named.add(d.dim_param)
+                else:
+                    unnamed += 1
+    return len(named) + unnamed
 
 
 # ---------------------------------------------- helpers of Builder._infer (one inference pass)

@@ -660,6 +660,37 @@ def test_resize_scales_with_fractional_length_are_refused(coord):
         vjp_model(model)
 
 
+@pytest.mark.parametrize("op", ["Add", "MatMul"])
+def test_independent_symbolic_dims_broadcast_at_run_time(op):
+    """Inputs a ["N", ...] and b ["M", ...]: whether a broadcasts is only known at run time (N = 1,
+    M = 2 once gave a an unsummed gradient of b's shape). Checked against numpy for every
+    combination, in both tunings; before opset 13 (ReduceSum axes are an attribute) refused."""
+    shapes = {"Add": (["N", 3], ["M", 3]), "MatMul": (["N", 3, 4], ["M", 4, 2])}[op]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip("ab", shapes)]
+    node = helper.make_node(op, ["a", "b"], ["y"], name="op")
+    graph = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    rng = np.random.default_rng(0)
+    for tune in ("cpu", "cuda"):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        vm, cots, grads = vjp_model(model, tune_for=tune)
+        sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+        for n, m in ((1, 2), (2, 1), (2, 2), (1, 1)):
+            a = rng.standard_normal([n] + shapes[0][1:]).astype(np.float32)
+            b = rng.standard_normal([m] + shapes[1][1:]).astype(np.float32)
+            y = a + b if op == "Add" else a @ b
+            c = rng.standard_normal(y.shape).astype(np.float32)
+            ga, gb = sess.run([grads["a"], grads["b"]], {"a": a, "b": b, cots["y"]: c})
+            want_a = c if op == "Add" else c @ np.swapaxes(b, -1, -2)
+            want_b = c if op == "Add" else np.swapaxes(a, -1, -2) @ c
+            np.testing.assert_allclose(ga, want_a.sum(axis=0, keepdims=True) if n == 1 else want_a, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(gb, want_b.sum(axis=0, keepdims=True) if m == 1 else want_b, rtol=1e-5, atol=1e-6)
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    old.ir_version = 7
+    with pytest.raises(onnxattr.UnsupportedModelError, match="cannot tell whether 'a' broadcasts along axis 0"):
+        vjp_model(old)
+
+
 def test_resize_to_an_empty_axis_gives_zeros():
     """y [2, 2, 0, 1]: the gradient is all zeros (a MatMul with an empty inner dimension returned
     uninitialised memory in ONNX Runtime: up to 1e32 in fresh sessions)."""

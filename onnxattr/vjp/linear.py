@@ -133,17 +133,9 @@ def matmul(b, node, gys):
 
 
 def _reduce_batch(b, grad: str, x: str, r_out: int, rx: int, node) -> str:
-    """Sum a batched-matmul gradient over the batch dims that `x` was broadcast along."""
-    if r_out == rx:
-        sx = b.shapes.get(x)
-        bcast = [i for i in range(rx - 2) if sx and sx[i] == 1]
-        if not bcast:
-            return grad
-        return b.reduce("ReduceSum", grad, bcast, keepdims=1)
-    lead = r_out - rx
-    sx = b.shapes.get(x) or []
-    axes = list(range(lead)) + [lead + i for i in range(rx - 2) if sx and sx[i] == 1]
-    return b.reshape_like(b.reduce("ReduceSum", grad, axes, keepdims=1), x)
+    """Sum a batched-matmul gradient over the batch dims that `x` was broadcast along (those of
+    unknown size decided at run time, unless they are known to match the output's)."""
+    return b.unbroadcast(grad, x, node.output[0], node, dims=range(rx - 2), lead=r_out - rx)
 
 
 @register("Gemm")
