@@ -313,6 +313,14 @@ class Builder:
             return self.op("Split", [x, self.ints(sizes)], outputs=len(sizes), axis=axis)
         return self.op("Split", [x], outputs=len(sizes), axis=axis, split=list(sizes))
 
+    def scatter_add(self, op_type: str, data: str, indices: str, updates: str, **attrs) -> str:
+        """ScatterElements or ScatterND with reduction 'add'. ONNX Runtime adds in float and
+        double only: half-precision tensors are added in float32 and cast back."""
+        if self.dtype in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            return self.op(op_type, [data, indices, updates], reduction="add", **attrs)
+        wide = [self.op("Cast", [t], to=TensorProto.FLOAT) for t in (data, updates)]
+        return self.op("Cast", [self.op(op_type, [wide[0], indices, wide[1]], reduction="add", **attrs)], to=self.dtype)
+
     def zeros_like(self, x: str) -> str:
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype))
         if self.opset >= 9:

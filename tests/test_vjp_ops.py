@@ -691,6 +691,39 @@ def test_independent_symbolic_dims_broadcast_at_run_time(op):
         vjp_model(old)
 
 
+@pytest.mark.parametrize("tune", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", ["MaxPool", "GatherElements", "Gather2d"])
+def test_half_precision_scatter_adds_run(name, tune):
+    """float16 models whose gradient scatters with add-reduction (overlapping MaxPool windows and
+    GatherElements at opset >= 16, Gather with 2-D indices): ONNX Runtime adds only float and
+    double, so the sums are made in float32. Same gradient as the float32 model's, to float16
+    rounding (the model once failed at run time)."""
+    H, F = TensorProto.FLOAT16, TensorProto.FLOAT
+    idx = np.array([[0, 2], [1, 1]], np.int64)
+    node, shape = {
+        "MaxPool": (helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2]), [1, 2, 5, 5]),
+        "GatherElements": (helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1), [2, 3]),
+        "Gather2d": (helper.make_node("Gather", ["x", "i"], ["y"], axis=1), [2, 3]),
+    }[name]
+    inits = [] if name == "MaxPool" else [numpy_helper.from_array(idx, "i")]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float16)
+    grads = {}
+    for t in (H, F):
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", t, shape)],
+                                  [helper.make_tensor_value_info("y", t, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        vm, cots, gname = vjp_model(model, tune_for=tune)
+        sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+        xt = x.astype(helper.tensor_dtype_to_np_dtype(t))
+        fwd = onnxattr.runtime.make_session(model.SerializeToString(), "cpu")[0].run(None, {"x": xt})[0]
+        c = np.linspace(-1, 1, fwd.size).reshape(fwd.shape).astype(xt.dtype)
+        grads[t] = sess.run([gname["x"]], {"x": xt, cots["y"]: c})[0]
+    assert grads[H].dtype == np.float16 and np.count_nonzero(grads[F]) > 0
+    np.testing.assert_allclose(grads[H].astype(np.float32), grads[F], rtol=2e-3, atol=2e-3)
+
+
 def test_resize_to_an_empty_axis_gives_zeros():
     """y [2, 2, 0, 1]: the gradient is all zeros (a MatMul with an empty inner dimension returned
     uninitialised memory in ONNX Runtime: up to 1e32 in fresh sessions)."""

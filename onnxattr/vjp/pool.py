@@ -91,8 +91,8 @@ def max_pool(b, node, gys):
                      pads=unpool_pads)]
     if b.opset >= 16:  # scatter-add at the flat indices: overlapping windows add up
         flat = b.op("Reshape", [b.zeros_like(node.input[0]), b.ints([-1])])
-        spread = b.op("ScatterElements", [flat, b.op("Reshape", [idx, b.ints([-1])]),
-                                          b.op("Reshape", [g, b.ints([-1])])], axis=0, reduction="add")
+        spread = b.scatter_add("ScatterElements", flat, b.op("Reshape", [idx, b.ints([-1])]),
+                               b.op("Reshape", [g, b.ints([-1])]), axis=0)
         return [b.reshape_like(spread, node.input[0])]
     # Indices are flat over [N, C, *size]: decode the coordinates of each chosen element.
     _, rem = _divmod(b, idx, int(np.prod(size)))

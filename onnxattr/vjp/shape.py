@@ -173,7 +173,7 @@ def _scatter_add_along(b, node, x, idx, g, axis, rank):
     if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
         idx = b.op("Cast", [idx], to=TensorProto.INT64)
     wrapped = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, dim]), idx])
-    out = b.op("ScatterND", [b.zeros_like(xt), b.unsqueeze(wrapped, [ri]), gt], reduction="add")
+    out = b.scatter_add("ScatterND", b.zeros_like(xt), b.unsqueeze(wrapped, [ri]), gt)
     return b.op("Transpose", [out], perm=[int(i) for i in np.argsort(front)]) if axis else out
 
 
@@ -184,7 +184,7 @@ def gather_elements(b, node, gys):
     rank = b.rank(x, node)
     axis = attrs(node).get("axis", 0) % rank
     if b.opset >= 16:
-        return [b.op("ScatterElements", [b.zeros_like(x), idx, gys[0]], axis=axis, reduction="add"), None]
+        return [b.scatter_add("ScatterElements", b.zeros_like(x), idx, gys[0], axis=axis), None]
     known = b.value(idx)
     if known is not None:
         dim = b.static_shape(x, node, dims=[axis])[axis]
