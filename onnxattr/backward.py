@@ -7,14 +7,16 @@ gradients to input gradients for one node.
 from __future__ import annotations
 
 import onnx
+from onnx import TensorProto
 
 from .errors import UnsupportedModelError
 from .graph import Builder
 from .patterns import fuse
-from .protos import describe, reads
+from .protos import FLOAT_TYPES, describe, reads
 from .vjp import NON_DIFFERENTIABLE
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+_FLOAT_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
 
 
 def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list[onnx.NodeProto], set[str]]:
@@ -45,6 +47,13 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
     for node in path:
         if node.output and node.output[0] in b.shape_conflicts:
             raise UnsupportedModelError(f"{describe(node)}: {b.shape_conflicts[node.output[0]]}")
+    for node in path:
+        mixed = next((o for o in node.output if b.types.get(o) in FLOAT_TYPES and b.types[o] != b.dtype), None)
+        if mixed is not None:
+            have, want = (_FLOAT_NAMES.get(t, TensorProto.DataType.Name(t).lower()) for t in (b.types[mixed], b.dtype))
+            raise UnsupportedModelError(
+                f"{describe(node)}: its output '{mixed}' is {have} on the differentiable path of a {want} input "
+                "(mixed precision is not supported); convert the whole model to one float type")
     missing = []
     for node in path:
         if node.domain not in ("", "ai.onnx"):

@@ -186,6 +186,18 @@ def test_opset_below_7_is_refused(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_mixed_precision_is_refused_naming_the_node():
+    """float32 in and out, float16 inside (onnxconverter-common's keep_io_types): the backward's
+    constants would meet tensors of two float types, and ONNX Runtime refused the model it
+    made. Refused at export instead, naming the node where the type changes."""
+    H = TensorProto.FLOAT16
+    m = tiny(mid=[helper.make_node("Cast", ["r"], ["half"], to=H, name="to_half"), helper.make_node("Sigmoid", ["half"], ["s"]),
+                  helper.make_node("Cast", ["s"], ["y"], to=F)])
+    with pytest.raises(onnxattr.UnsupportedModelError,
+                       match="Cast node 'to_half': its output 'half' is float16 on the differentiable path of a float32 input"):
+        onnxattr.attribution_model(m)
+
+
 def _if_model(capture: bool):
     """y = r + If(cond, r @ A, r @ B): the branches read r by name from the outer scope
     (capture) or the If is fed nothing differentiable at all (its branches are constant)."""
