@@ -95,7 +95,8 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     grads = {}
     for x in wrt:
         if x not in partials:
-            raise UnsupportedModelError(f"the output does not depend on input '{x}' through float operations")
+            raise UnsupportedModelError(f"no gradient reaches input '{x}': the output does not depend on it through "
+                                        "float operations, or only through operands without one (a Pad's constant value)")
         grads[x] = b.add_all(partials[x], like=x)
     return grads
 
