@@ -198,6 +198,18 @@ def test_mixed_precision_is_refused_naming_the_node():
         onnxattr.attribution_model(m)
 
 
+def test_input_no_gradient_reaches_is_named():
+    """Pad's constant value, fed as a float input: the rule gives it no gradient; the error says
+    so rather than claiming the output does not depend on it."""
+    from onnxattr.api import vjp_model
+
+    m = model([helper.make_node("Pad", ["x", "p", "v"], ["y"], name="pad")],
+              [helper.make_tensor_value_info("x", F, [2, 3]), helper.make_tensor_value_info("v", F, [])],
+              [helper.make_tensor_value_info("y", F, [2, 5])], [numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "p")])
+    with pytest.raises(onnxattr.UnsupportedModelError, match="no gradient reaches input 'v'.*Pad's constant value"):
+        vjp_model(m)
+
+
 def _if_model(capture: bool):
     """y = r + If(cond, r @ A, r @ B): the branches read r by name from the outer scope
     (capture) or the If is fed nothing differentiable at all (its branches are constant)."""
