@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+from onnx import TensorProto
 
 from .backward import build_backward, differentiable_path
 from .errors import UnsupportedModelError
@@ -29,7 +31,7 @@ class Options:
 
     samples: int = 16            # smoothgrad: noisy copies
     noise: float = 0.15          # smoothgrad: noise std as a fraction of each input's value range
-    seed: int = 0                # smoothgrad: the noise is a fixed function of (seed, element index)
+    seed: int = 0                # smoothgrad: the noise is a fixed function of (seed, sample, element index in a row)
     steps: int = 32              # integrated gradients: points on the path
     baseline: float | np.ndarray = 0.0   # integrated gradients: the path's start
     ig_method: str = "gausslegendre"     # integrated gradients: quadrature (as Captum's `method`)
@@ -97,12 +99,17 @@ def _graph_noise(b: Builder, shape: str, seed: int) -> str:
     h = step(h, h, 6789)
     h2 = step(h, h, 4242)
 
-    def uniform(v):
-        f = b.op("Cast", [v], to=b.dtype)
-        return b.op("Mul", [b.op("Add", [f, b.scalar(0.5)]), b.scalar(1.0 / _M)])
+    def f32(value):  # drawn in float32 whatever the model's type (in float16, 2**31 overflows)
+        return b.const(value, dtype=np.float32)
 
-    radius = b.op("Sqrt", [b.op("Mul", [b.scalar(-2.0), b.op("Log", [uniform(h)])])])
-    z = b.op("Mul", [radius, b.op("Cos", [b.op("Mul", [b.scalar(2 * np.pi), uniform(h2)])])])
+    def uniform(v):
+        f = b.op("Cast", [v], to=TensorProto.FLOAT)
+        return b.op("Mul", [b.op("Add", [f, f32(0.5)]), f32(1.0 / _M)])
+
+    radius = b.op("Sqrt", [b.op("Mul", [f32(-2.0), b.op("Log", [uniform(h)])])])
+    z = b.op("Mul", [radius, b.op("Cos", [b.op("Mul", [f32(2 * np.pi), uniform(h2)])])])
+    if b.dtype != TensorProto.FLOAT:
+        z = b.op("Cast", [z], to=b.dtype)
     return b.op("Reshape", [z, shape])
 
 
@@ -116,6 +123,11 @@ def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, st
     """Run the forward on `stacked` [copies, N, ...] in place of w: returns (the flat batch fed in
     place of w, the copy's tensor names, targets repeated per copy)."""
     b = ctx.b
+    batch = (b.shape_protos.get(ctx.x) or onnx.TensorShapeProto()).dim
+    if batch and batch[0].HasField("dim_value"):
+        raise UnsupportedModelError(
+            f"the input '{ctx.x}' has a fixed batch of {batch[0].dim_value}: this method runs its copies of the input as "
+            "one batch (sizes fixed at export would mix or refuse them); export the model with a dynamic batch axis")
     flat = b.op("Reshape", [stacked, b.op("Concat", [b.ints([-1]), _tail_shape(b, ctx.w)], axis=0)])
     feeds = {}
     for name in ctx.inputs:
@@ -166,11 +178,15 @@ def default_layer(ctx: Context) -> str:
     raise UnsupportedModelError("no 4-D activation on the path to the scores; name one with --layer")
 
 
-def _upsample(ctx: Context, cam: str) -> str:
-    """cam [N, 1, h, w] resized (bilinear, half-pixel) to the input's spatial size, laid out like
-    the input (channels first or last)."""
+def _upsample(ctx: Context, cam: str, layer: str) -> str:
+    """cam [N, 1, h, w] (h, w those of `layer`) resized (bilinear, half-pixel) to the input's
+    spatial size, laid out like the input (channels first or last). Before opset 11 ONNX's linear
+    Upsample/Resize is the only one there is: asymmetric coordinates, so the map shifts slightly."""
     b = ctx.b
     xs = b.shapes.get(ctx.x) or []
+    if len(xs) != 4:
+        raise UnsupportedModelError(f"gradcam resizes its map to the input's height and width, but the input '{ctx.x}' "
+                                    f"has rank {len(xs)}, not that of an image [N, C, H, W] or [N, H, W, C]")
     nhwc = len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
     spatial = [1, 2] if nhwc else [2, 3]
     if b.opset >= 11:
@@ -181,7 +197,7 @@ def _upsample(ctx: Context, cam: str) -> str:
                   coordinate_transformation_mode="half_pixel")
     else:
         size = b.static_shape(ctx.x, None, dims=spatial)
-        hw = b.static_shape(cam, None, dims=[2, 3])
+        hw = b.static_shape(layer, None, dims=[2, 3])
         scales = np.array([1, 1, size[spatial[0]] / hw[2], size[spatial[1]] / hw[3]], np.float32)
         if b.opset >= 10:
             up = b.op("Resize", [cam, b.const(scales, dtype=np.float32)], mode="linear")
@@ -204,7 +220,7 @@ def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
     g = ctx.gradient(get_method("saliency"), at=layer)
     alpha = b.reduce("ReduceMean", g, [2, 3], keepdims=1)
     cam = b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [1], keepdims=1)])
-    return layer, cam, _upsample(ctx, cam)
+    return layer, cam, _upsample(ctx, cam, layer)
 
 
 def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
@@ -219,7 +235,9 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         rank = b.rank(ctx.w)
         axes = list(range(1, rank))
         span = b.op("Sub", [b.reduce("ReduceMax", ctx.w, axes), b.reduce("ReduceMin", ctx.w, axes)])
-        shape = b.op("Concat", [b.ints([s]), b.shape_of(ctx.w)], axis=0)
+        # one draw per sample and element of a row, the same for every row: a row's result does
+        # not depend on the batch it comes in nor on its place there
+        shape = b.op("Concat", [b.ints([s, 1]), _tail_shape(b, ctx.w)], axis=0)
         noise = b.op("Mul", [_graph_noise(b, shape, opts.seed), b.op("Mul", [span, b.scalar(opts.noise)])])
         flat, rename, t = _batched(ctx, b.op("Add", [b.unsqueeze(ctx.w, [0]), noise]), s)
         g = ctx.gradient(get_method("saliency"), at=flat, seeds={rename[ctx.y]: ctx.onehot(t)})

@@ -50,18 +50,45 @@ def test_smoothgrad_is_mean_saliency_over_the_documented_noise():
     t = [0, 1, 2, 0, 1]
     samples, noise = 7, 0.2
     got = explain("smoothgrad", xs, t, model=m, samples=samples, noise=noise, seed=3)["attribution"]
-    z = gaussian_noise((samples,) + xs.shape, seed=3)
+    z = gaussian_noise((samples, 1) + xs.shape[1:], seed=3)  # one draw per sample and element of a row
     span = xs.max(1) - xs.min(1)
     sal = onnxattr.Explainer(m, provider="cpu")
     want = np.mean([sal(xs + noise * span[:, None] * z[s], t) for s in range(samples)], axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_smoothgrad_row_does_not_depend_on_its_batch():
+    """A row explained alone, or at another place in a bigger batch, gets the same noise and so
+    the same result (the noise once ran over the whole batch: 0.34 relative difference)."""
+    m = smooth_model()
+    xs = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    ex = onnxattr.Explainer(m, method="smoothgrad", provider="cpu", samples=5)
+    batch = ex(xs, [0, 1, 2, 0])
+    np.testing.assert_allclose(ex(xs[2:3], [2]), batch[2:3], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ex(xs[::-1].copy(), [0, 2, 1, 0])[::-1], batch, rtol=1e-6, atol=1e-7)
+
+
+def test_smoothgrad_in_float16():
+    """A float16 model draws its noise in float32 (2**31 overflowed float16: all NaN before)."""
+    m = smooth_model()
+    half = onnx.ModelProto()
+    half.CopyFrom(m)
+    for v in list(half.graph.input) + list(half.graph.output):
+        v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    w = numpy_helper.to_array(half.graph.initializer[0]).astype(np.float16)
+    half.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w"))
+    xs = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    got = explain("smoothgrad", xs.astype(np.float16), [0, 1, 2], model=half, samples=6)["attribution"]
+    want = explain("smoothgrad", xs, [0, 1, 2], model=m, samples=6)["attribution"]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-2, atol=2e-2)
+
+
 def test_smoothgrad_on_cnn_is_reproducible_and_close_to_numpy(x):
     a = explain("smoothgrad", x, samples=8, noise=0.1)["attribution"]
     b = explain("smoothgrad", x, samples=8, noise=0.1)["attribution"]
     np.testing.assert_array_equal(a, b)
-    z = gaussian_noise((8,) + x.shape, 0)
+    z = gaussian_noise((8, 1) + x.shape[1:], 0)
     span = x.reshape(4, -1).max(1) - x.reshape(4, -1).min(1)
     sal = onnxattr.Explainer(MODEL, provider="cpu")
     want = np.mean([sal(x + 0.1 * span[:, None, None, None] * z[s], TARGETS) for s in range(8)], axis=0)
