@@ -202,3 +202,42 @@ def test_wrt_intermediate_tensor(x):
     ig = explain("integrated-gradients", x, wrt=flat, steps=16)
     # the head is linear after Flatten: IG with a zero baseline there is exact
     np.testing.assert_allclose(ig["completeness_gap"], 0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "integrated-gradients"])
+def test_batched_methods_refuse_a_fixed_batch(method):
+    """Their copies of the input run as one batch: a model exported with batch 1 fixed (its
+    Reshapes too) once mixed the copies silently or failed at run time."""
+    m = tiny_torch_cnn()
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    f = io.BytesIO()
+    torch.onnx.export(m, torch.from_numpy(x), f, input_names=["x"], output_names=["y"], opset_version=13, dynamo=False)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="fixed batch of 1.*dynamic batch axis"):
+        onnxattr.attribution_model(onnx.load_from_string(f.getvalue()), method=method)
+
+
+def test_gradcam_refuses_a_flat_input():
+    """x [N, 768] reshaped to an image inside: no input height and width to resize the map to
+    (an internal IndexError before)."""
+    m = torch.nn.Sequential(torch.nn.Unflatten(1, (3, 16, 16)), tiny_torch_cnn()).eval()
+    x = np.random.default_rng(0).normal(size=(2, 768)).astype(np.float32)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="gradcam resizes .* rank 2"):
+        onnxattr.attribution_model(export(m, x), method="gradcam")
+
+
+@pytest.mark.parametrize("opset", [9, 10])
+def test_gradcam_before_opset_11(opset):
+    """The same cam as at opset 11; the map resized by ONNX's only linear Upsample there
+    (asymmetric coordinates): checked against numpy's version of that resize."""
+    m = tiny_torch_cnn()
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    old, new = (explain("gradcam", x, [1, 4], model=export(m, x, opset=o)) for o in (opset, 11))
+    np.testing.assert_allclose(old["cam"], new["cam"], rtol=1e-5, atol=1e-7)
+    cam = old["cam"][:, 0]
+    h = cam.shape[1]
+    src = np.arange(16) * h / 16  # asymmetric: x_in = x_out / scale
+    lo = np.floor(src).astype(int)
+    hi, fr = np.minimum(lo + 1, h - 1), src - lo
+    rows = cam[:, lo] * (1 - fr)[None, :, None] + cam[:, hi] * fr[None, :, None]
+    want = rows[:, :, lo] * (1 - fr)[None, None, :] + rows[:, :, hi] * fr[None, None, :]
+    np.testing.assert_allclose(old["attribution"][:, 0], want, rtol=1e-5, atol=1e-7)
