@@ -17,7 +17,7 @@ from .protos import FLOAT_TYPES
 from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import get_method
-from .recipes import ALL_METHODS, Context, Options, build
+from .recipes import ALL_METHODS, Context, Options, build, input_is_nhwc
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
@@ -175,7 +175,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         wdims = [batch] + (b.shapes.get(w) or [None])[1:]
     shapes = {ATTRIBUTION: wdims, "completeness_gap": [batch]}
     if method == "gradcam":
-        nhwc = len(xdims) == 4 and xdims[3].dim_value in (1, 3) and xdims[1].dim_value not in (1, 3)
+        nhwc = input_is_nhwc(b, x.name)
         shapes[ATTRIBUTION] = [batch] + ([xdims[1], xdims[2], 1] if nhwc else [1, xdims[2], xdims[3]])
     if layer is not None:
         shapes["cam"] = [batch, 1] + (b.shapes.get(layer) or [None] * 4)[2:]

@@ -164,18 +164,66 @@ def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return alphas[method], np.full(n, 1.0 / n)
 
 
+_TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _perm(node) -> list | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None) if node.op_type == "Transpose" else None
+
+
+def _reduced_axes(b: Builder, node) -> list | None:
+    """The axes a ReduceMean/ReduceMax node reduces (attribute or constant input), or None."""
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = b.value(node.input[1])
+        axes = None if value is None else [int(v) for v in value.reshape(-1)]
+    return None if axes is None else sorted(a % 4 for a in axes)
+
+
+def _nchw_pool_input(b: Builder, node, producer: dict) -> str | None:
+    """The [N, K, h, w] activation a global pooling node reads: its input for the NCHW pools and
+    a Reduce over axes 2, 3; for a Reduce over axes 1, 2 (channels-last, as Keras pools), the
+    NCHW tensor transposed into it; None otherwise."""
+    x = node.input[0]
+    if len(b.shapes.get(x) or []) != 4:
+        return None
+    if not node.op_type.startswith("Reduce"):
+        return x
+    axes = _reduced_axes(b, node)
+    if axes == [2, 3]:
+        return x
+    src = producer.get(x)
+    if axes == [1, 2] and src is not None and _perm(src) == _TO_NHWC:
+        return src.input[0]
+    return None
+
+
 def default_layer(ctx: Context) -> str:
-    """The last 4-D activation before the classifier's global pooling."""
+    """The last 4-D activation [N, K, h, w] before the classifier's global pooling."""
     b = ctx.b
     path, _ = differentiable_path(b, [ctx.x], [ctx.y])
+    producer = {o: n for n in path for o in n.output}
     for node in reversed(path):
-        if node.op_type in POOLS and len(b.shapes.get(node.input[0]) or []) == 4:
-            return node.input[0]
+        if node.op_type in POOLS:
+            layer = _nchw_pool_input(b, node, producer)
+            if layer is not None:
+                return layer
     for node in reversed(path):
+        if _perm(node) == _TO_NHWC:  # a channels-last copy: not [N, K, h, w]
+            continue
         for o in node.output:
             if len(b.shapes.get(o) or []) == 4 and b.is_float(o):
                 return o
     raise UnsupportedModelError("no 4-D activation on the path to the scores; name one with --layer")
+
+
+def input_is_nhwc(b: Builder, x: str) -> bool:
+    """Whether the 4-D input is channels-last: the model transposes it to NCHW first, or (no such
+    Transpose) its last dim is 1 or 3 and its second is not."""
+    if any(x in n.input and _perm(n) == _TO_NCHW for n in b.model.graph.node):
+        return True
+    xs = b.shapes.get(x) or []
+    return len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
 
 
 def _upsample(ctx: Context, cam: str, layer: str) -> str:
@@ -187,7 +235,7 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
     if len(xs) != 4:
         raise UnsupportedModelError(f"gradcam resizes its map to the input's height and width, but the input '{ctx.x}' "
                                     f"has rank {len(xs)}, not that of an image [N, C, H, W] or [N, H, W, C]")
-    nhwc = len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
+    nhwc = input_is_nhwc(b, ctx.x)
     spatial = [1, 2] if nhwc else [2, 3]
     if b.opset >= 11:
         sizes = b.op("Concat", [b.slice(b.shape_of(cam), [0], [2], [0]),

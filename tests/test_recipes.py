@@ -241,3 +241,46 @@ def test_gradcam_before_opset_11(opset):
     rows = cam[:, lo] * (1 - fr)[None, :, None] + cam[:, hi] * fr[None, :, None]
     want = rows[:, :, lo] * (1 - fr)[None, None, :] + rows[:, :, hi] * fr[None, None, :]
     np.testing.assert_allclose(old["attribution"][:, 0], want, rtol=1e-5, atol=1e-7)
+
+
+def _nhwc_model(channels: int, keras_pool: bool):
+    """x [N, 8, 8, channels] -> Transpose -> Conv (stride 2) -> Relu r [N, 5, 4, 4] -> global average
+    pooling, NCHW (GlobalAveragePool) or Keras-style (Transpose back, ReduceMean over axes 1, 2)."""
+    rs = np.random.RandomState(0)
+    wc, wd = (rs.randn(5, channels, 3, 3) * .5).astype(np.float32), rs.randn(5, 4).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xc", "wc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"])]
+    if keras_pool:
+        nodes += [helper.make_node("Transpose", ["r"], ["rh"], perm=[0, 2, 3, 1]),
+                  helper.make_node("ReduceMean", ["rh"], ["f"], axes=[1, 2], keepdims=0)]
+    else:
+        nodes += [helper.make_node("GlobalAveragePool", ["r"], ["gp"]), helper.make_node("Flatten", ["gp"], ["f"])]
+    nodes.append(helper.make_node("MatMul", ["f", "wd"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, channels])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(wc, "wc"), numpy_helper.from_array(wd, "wd")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), wc, wd
+
+
+@pytest.mark.parametrize("channels, keras_pool", [(3, True), (4, False), (4, True)])
+def test_gradcam_on_channels_last_models(channels, keras_pool):
+    """The default layer is the NCHW activation r, also behind a Keras-style pool over axes 1, 2
+    (it was the channels-last copy, read as [N, K, h, w]: 0.98 relative error), and the map is
+    laid out like the input whatever its channel count (4 channels were taken for NCHW)."""
+    model, wc, wd = _nhwc_model(channels, keras_pool)
+    x = np.random.RandomState(1).randn(2, 8, 8, channels).astype(np.float32)
+    t = [1, 3]
+    out = explain("gradcam", x, t, model=model)
+    a = torch.relu(torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64).permute(0, 3, 1, 2),
+                                              torch.tensor(wc, dtype=torch.float64), stride=2, padding=1))
+    a = a.detach().requires_grad_(True)
+    (a.mean((2, 3)) @ torch.tensor(wd, dtype=torch.float64)).gather(1, torch.tensor(t)[:, None]).sum().backward()
+    cam = torch.relu((a.grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    up = torch.nn.functional.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    assert onnxattr.Explainer(model, method="gradcam", provider="cpu").layer == "r"
+    np.testing.assert_allclose(out["cam"], cam.detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["attribution"], up.detach().numpy(), rtol=1e-5, atol=1e-7)
+    guided = explain("guided", x, t, model=model)["attribution"]
+    np.testing.assert_allclose(explain("guided-gradcam", x, t, model=model)["attribution"], guided * out["attribution"],
+                               rtol=1e-5, atol=1e-8)
