@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from .api import ATTRIBUTION, TARGET, _float_input, _one_line, attribution_model, load_model
-from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError
+from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError, UnsupportedModelError
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
 
@@ -60,6 +60,11 @@ class Explainer:
         self._sessions["input"] = sess
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.input_name = _float_input(self.source, input).name
+        others = [i.name for i in sess.get_inputs() if i.name not in (self.input_name, TARGET)]
+        if others:
+            raise UnsupportedModelError(
+                f"the model has inputs besides '{self.input_name}' ({', '.join(others)}) that the Explainer cannot feed; "
+                "export it (onnxattr export) and run it with them")
         self.scores_name = meta["onnxattr.scores"]
         self._input_meta = next(i for i in sess.get_inputs() if i.name == self.input_name)
         scores = next((o for o in self.model.graph.output if o.name == self.scores_name), None)

@@ -130,8 +130,8 @@ def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, st
             "one batch (sizes fixed at export would mix or refuse them); export the model with a dynamic batch axis")
     flat = b.op("Reshape", [stacked, b.op("Concat", [b.ints([-1]), _tail_shape(b, ctx.w)], axis=0)])
     feeds = {}
-    for name in ctx.inputs:
-        if name != ctx.w:
+    for name in ctx.inputs:  # other inputs with the same batch axis go along, copied; the rest as they are
+        if name != ctx.w and len(b.shapes.get(name) or []) >= 1 and b.same_dim(name, 0, ctx.x, 0):
             rank = b.rank(name)
             feeds[name] = b.op("Tile", [name, b.ints([copies] + [1] * (rank - 1))])
     rename = b.clone_forward(feeds, {ctx.w: flat})

@@ -284,3 +284,41 @@ def test_gradcam_on_channels_last_models(channels, keras_pool):
     guided = explain("guided", x, t, model=model)["attribution"]
     np.testing.assert_allclose(explain("guided-gradcam", x, t, model=model)["attribution"], guided * out["attribution"],
                                rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("s_shape", [[3], [], [1, 3]])
+def test_batched_methods_with_a_second_input_without_batch_axis(s_shape):
+    """y = ((x * x) @ W) * s, s a second float input without x's batch axis: it is passed as it is
+    to the stacked copies, not tiled along its first axis (which failed in ONNX Runtime)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 3)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("MatMul", ["sq", "w"], ["z"]),
+             helper.make_node("Mul", ["z", "s"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                       helper.make_tensor_value_info("s", TensorProto.FLOAT, s_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    xs = rng.normal(size=(4, 6)).astype(np.float32)
+    s = np.asarray(rng.normal(size=s_shape), np.float32)
+    t = np.array([0, 2, 1, 2])
+    s3 = np.broadcast_to(s, (1, 3))[0]
+    for method in ("integrated-gradients", "smoothgrad"):
+        sess = onnxattr.runtime.make_session(onnxattr.attribution_model(model, method=method, samples=5).SerializeToString(), "cpu")[0]
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": xs, "s": s, "target": t})))["attribution"]
+        if method == "integrated-gradients":  # exact for this quadratic: x^2 W[:, t] s[t]
+            want = xs ** 2 * w[:, t].T * s3[t][:, None]
+        else:
+            z = gaussian_noise((5, 1, 6), 0)[:, 0]
+            span = xs.max(1) - xs.min(1)
+            noisy = xs[None] + 0.15 * span[None, :, None] * z[:, None, :]
+            want = (2 * noisy * w[:, t].T * s3[t][:, None]).mean(0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_explainer_refuses_a_model_with_other_inputs():
+    model = smooth_model()
+    model.graph.input.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]))
+    model.graph.node.append(helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT))
+    model.graph.output.append(helper.make_tensor_value_info("ids_f", TensorProto.FLOAT, ["N"]))
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"inputs besides 'x' \(ids\)"):
+        onnxattr.Explainer(model, provider="cpu")
