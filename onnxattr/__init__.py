@@ -2,7 +2,7 @@
 
 from .api import attribution_model, coverage, load_model
 from .errors import (ExecutionError, InputError, ModelLoadError, NonFiniteWarning, NotAClassifierError,
-                     OnnxAttrError, OutputError, ProviderError, TargetError, UnsupportedModelError)
+                     OnnxAttrError, OptionError, OutputError, ProviderError, TargetError, UnsupportedModelError)
 from .explainer import Explainer
 from .methods import METHODS
 from .runtime import session_options
@@ -10,5 +10,5 @@ from .runtime import session_options
 __all__ = [
     "attribution_model", "coverage", "load_model", "Explainer", "METHODS", "session_options", "OnnxAttrError",
     "ModelLoadError", "UnsupportedModelError", "NotAClassifierError", "TargetError", "InputError",
-    "ProviderError", "OutputError", "ExecutionError", "NonFiniteWarning",
+    "ProviderError", "OutputError", "ExecutionError", "OptionError", "NonFiniteWarning",
 ]

@@ -25,6 +25,10 @@ class InputError(OnnxAttrError):
     """An input array of the wrong shape or dtype for the model."""
 
 
+class OptionError(OnnxAttrError, ValueError):
+    """A method parameter out of its range (samples, steps, seed, noise, baseline)."""
+
+
 class ProviderError(OnnxAttrError):
     """The requested ONNX Runtime execution provider cannot be used."""
 

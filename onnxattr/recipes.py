@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto
 
 from .backward import build_backward, differentiable_path
-from .errors import UnsupportedModelError
+from .errors import OptionError, UnsupportedModelError
 from .graph import Builder
 from .methods import get_method
 
@@ -37,6 +37,26 @@ class Options:
     ig_method: str = "gausslegendre"     # integrated gradients: quadrature (as Captum's `method`)
     layer: str | None = None     # gradcam: the 4-D activation (default: the last before global pooling)
     relu_like: bool = False      # deconvnet/guided rules on LeakyRelu/PRelu/ReLU6 too
+
+    def __post_init__(self):
+        def bad(name, value, need):
+            raise OptionError(f"{name} {value!r}: must be {need}")
+
+        for name in ("samples", "steps", "seed"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, np.integer)):
+                bad(name, getattr(self, name), "an integer")
+        if self.samples < 1:
+            bad("samples", self.samples, "at least 1")
+        if self.ig_method not in IG_METHODS:
+            bad("ig_method", self.ig_method, f"one of {', '.join(IG_METHODS)}")
+        if self.steps < (2 if self.ig_method == "riemann_trapezoid" else 1):
+            bad("steps", self.steps, "at least 2 for riemann_trapezoid" if self.ig_method == "riemann_trapezoid" else "at least 1")
+        if not 0 <= self.seed < _M:
+            bad("seed", self.seed, f"in [0, {_M})")
+        if not (np.isfinite(self.noise) and self.noise >= 0):
+            bad("noise", self.noise, "a finite number >= 0")
+        if not np.all(np.isfinite(np.asarray(self.baseline, dtype=np.float64))):
+            bad("baseline", "(array)" if np.ndim(self.baseline) else self.baseline, "finite")
 
 
 @dataclass
@@ -142,6 +162,14 @@ def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, st
 
 def _per_copy(b: Builder, g: str, copies: int, w: str) -> str:
     return b.op("Reshape", [g, b.op("Concat", [b.ints([copies, -1]), _tail_shape(b, w)], axis=0)])
+
+
+def _check_baseline(base: np.ndarray, dims: list) -> None:
+    """The baseline must broadcast against the input: no more dims, each 1 or the input's size."""
+    ok = base.ndim <= len(dims) and all(d == 1 or w is None or d == w for d, w in zip(base.shape[::-1], dims[::-1]))
+    if not ok:
+        raise OptionError(f"baseline of shape {list(base.shape)} does not broadcast against the input "
+                          f"{['?' if w is None else w for w in dims]}")
 
 
 def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -295,6 +323,7 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         alphas, weights = np.append(alphas, 0.0), np.append(weights, 0.0)  # last copy: the baseline
         k = len(alphas)
         rank = b.rank(ctx.w)
+        _check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank)
         base = b.const(np.asarray(opts.baseline, dtype=b.np_dtype))
         diff = b.op("Sub", [ctx.w, base])
         lifted = b.const(alphas.astype(b.np_dtype).reshape([k] + [1] * rank))

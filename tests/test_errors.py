@@ -210,6 +210,32 @@ def test_input_no_gradient_reaches_is_named():
         vjp_model(m)
 
 
+@pytest.mark.parametrize("method, options, words", [
+    ("smoothgrad", dict(samples=0), "samples 0: must be at least 1"),
+    ("integrated-gradients", dict(steps=0), "steps 0: must be at least 1"),
+    ("integrated-gradients", dict(steps=1, ig_method="riemann_trapezoid"), "at least 2 for riemann_trapezoid"),
+    ("integrated-gradients", dict(ig_method="simpson"), "ig_method 'simpson': must be one of"),
+    ("smoothgrad", dict(seed=-1), "seed -1: must be in [0, 2147483647)"),
+    ("smoothgrad", dict(seed=2**50), "seed 1125899906842624"),
+    ("smoothgrad", dict(noise=float("nan")), "noise nan: must be a finite number"),
+    ("integrated-gradients", dict(baseline=np.zeros(5, np.float32)), "baseline of shape [5] does not broadcast"),
+])
+def test_method_options_out_of_range(method, options, words):
+    """Parameters the graph cannot use are refused at export (they exported a model ONNX Runtime
+    could not run, or raised an internal ValueError/OverflowError)."""
+    with pytest.raises(onnxattr.OptionError) as e:
+        onnxattr.attribution_model(tiny(), method=method, **options)
+    assert words in str(e.value) and isinstance(e.value, ValueError)
+
+
+def test_cli_method_options_out_of_range(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(tiny(), path)
+    r = cli("export", path, "-o", tmp_path / "out.onnx", "--method", "integrated-gradients", "--steps", "0")
+    assert_one_line_error(r, "OptionError", "steps 0")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def _if_model(capture: bool):
     """y = r + If(cond, r @ A, r @ B): the branches read r by name from the outer scope
     (capture) or the If is fed nothing differentiable at all (its branches are constant)."""
