@@ -196,20 +196,26 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         raise click.UsageError("give images or --input X.npy, not both")
     if images:
         outdir = Path(out or "onnxattr_out")
-        if outdir.parent.is_dir():
-            outdir.mkdir(exist_ok=True)
+        created = outdir.parent.is_dir() and not outdir.exists()
+        if created:
+            outdir.mkdir()
         methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
         try:
             hw = None if size is None else tuple(int(v) for v in (size.split(",") * 2)[:2])
         except ValueError:
             raise click.BadParameter(f"'{size}' is not H or H,W", param_hint="--size") from None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NonFiniteWarning)
-            result = explain_images(model, expand_paths(images), methods, outdir, target=_parse_target(target),
-                                    size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                                    batch_size=batch_size, labels=read_labels(labels) if labels else None, grid=grid,
-                                    progress=lambda chunks: click.progressbar(chunks, label="explaining", show_pos=True),
-                                    **kw)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NonFiniteWarning)
+                result = explain_images(model, expand_paths(images), methods, outdir, target=_parse_target(target),
+                                        size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                        batch_size=batch_size, labels=read_labels(labels) if labels else None,
+                                        grid=grid, progress=lambda chunks: click.progressbar(
+                                            chunks, label="explaining", show_pos=True), **kw)
+        except BaseException:  # nothing written: not even the folder made for it
+            if created and not any(outdir.iterdir()):
+                outdir.rmdir()
+            raise
         _warn_nonfinite(caught)
         click.echo(f"provider: {result['provider']}" + (f"; Grad-CAM layer: {result['layer']}" if result["layer"] else ""))
         for path, (name, score) in zip(expand_paths(images), result["predictions"]):

@@ -54,14 +54,19 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
         raise InputError(f"the model's input {shape} has no fixed size: give --size")
     files, shown, maps, predictions = [], [], {m: [] for m in methods}, []
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    with (progress(chunks) if progress else contextlib.nullcontext(chunks)) as steps:
-        for chunk in steps:
-            _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, layout, channels, labels,
-                           files, shown, maps, predictions)
-    if grid:
-        titles = [f"{name} ({score:.2f})" for name, score in predictions]
-        picture = viz.grid(shown, [(m, maps[m]) for m in methods], titles)
-        files.append(viz.save_png(picture, outdir / "grid.png"))
+    try:
+        with (progress(chunks) if progress else contextlib.nullcontext(chunks)) as steps:
+            for chunk in steps:
+                _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, layout, channels, labels,
+                               files, shown, maps, predictions)
+        if grid:
+            titles = [f"{name} ({score:.2f})" for name, score in predictions]
+            picture = viz.grid(shown, [(m, maps[m]) for m in methods], titles)
+            files.append(viz.save_png(picture, outdir / "grid.png"))
+    except BaseException:  # a later image failed: the command writes all of its files or none
+        for f in files:
+            Path(f).unlink(missing_ok=True)
+        raise
     return {"files": files, "predictions": predictions, "layer": first.layer, "provider": first.provider}
 
 

@@ -397,6 +397,25 @@ def test_cli_undecodable_images(tmp_path, data):
     assert_one_line_error(r, "InputError", "cannot decode image")
 
 
+def test_cli_explain_failing_late_writes_nothing(tmp_path):
+    """A good image, then one that cannot be decoded, one per batch: the first batch's files were
+    left behind; now the command writes all of its files or none, not even its folder."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(FIX / "images" / "circle.png", imgs / "a.png")
+    (imgs / "b.png").write_bytes(b"not an image")
+    r = cli("explain", MODEL, imgs, "--provider", "cpu", "--batch-size", "1", "-o", tmp_path / "o")
+    assert_one_line_error(r, "InputError", "cannot decode image")
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "old.txt").write_text("mine")
+    r = cli("explain", MODEL, imgs, "--provider", "cpu", "--batch-size", "1", "-o", tmp_path / "kept")
+    assert r.exit_code == 1 and sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["old.txt"]
+    r = cli("explain", tmp_path / "nope.onnx", imgs / "a.png", "-o", tmp_path / "o2")
+    assert_one_line_error(r, "ModelLoadError", "does not exist")
+    assert not (tmp_path / "o2").exists()
+
+
 def test_cli_missing_image(tmp_path):
     r = cli("explain", MODEL, tmp_path / "nope.png", "--provider", "cpu", "-o", tmp_path / "o")
     assert_one_line_error(r, "InputError", "no such file")
