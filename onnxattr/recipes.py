@@ -226,23 +226,39 @@ def _nchw_pool_input(b: Builder, node, producer: dict) -> str | None:
     return None
 
 
+# ops whose 4-D output is a convolutional activation [N, K, h, w] (not attention's [N, heads, T, d])
+_CNN_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Relu", "LeakyRelu", "PRelu",
+            "Clip", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "MaxPool", "AveragePool"}
+
+
+def _batch_axis_first(b: Builder, t: str, x: str) -> bool:
+    """Whether axis 0 of `t` is the input's batch axis (sequence-first tensors inside attention
+    have the tokens there)."""
+    st, sx = b.shapes.get(t) or [None], b.shapes.get(x) or [None]
+    if st[0] is not None and sx[0] is not None:
+        return st[0] == sx[0]
+    return b.same_dim(t, 0, x, 0)
+
+
 def default_layer(ctx: Context) -> str:
-    """The last 4-D activation [N, K, h, w] before the classifier's global pooling."""
+    """The last 4-D activation [N, K, h, w] before the classifier's global pooling; else the last
+    convolutional 4-D activation on the path. Transformer-style models (pooling over tokens) have
+    neither: they are asked for --layer rather than given an attention-internal tensor."""
     b = ctx.b
     path, _ = differentiable_path(b, [ctx.x], [ctx.y])
     producer = {o: n for n in path for o in n.output}
     for node in reversed(path):
         if node.op_type in POOLS:
             layer = _nchw_pool_input(b, node, producer)
-            if layer is not None:
+            if layer is not None and _batch_axis_first(b, layer, ctx.x):
                 return layer
     for node in reversed(path):
-        if _perm(node) == _TO_NHWC:  # a channels-last copy: not [N, K, h, w]
-            continue
-        for o in node.output:
-            if len(b.shapes.get(o) or []) == 4 and b.is_float(o):
-                return o
-    raise UnsupportedModelError("no 4-D activation on the path to the scores; name one with --layer")
+        if node.op_type in _CNN_OPS:
+            for o in node.output:
+                if len(b.shapes.get(o) or []) == 4 and b.is_float(o) and _batch_axis_first(b, o, ctx.x):
+                    return o
+    raise UnsupportedModelError("no convolutional 4-D activation [N, K, h, w] on the path to the scores "
+                                "(a transformer pools over tokens); name one with --layer")
 
 
 def input_is_nhwc(b: Builder, x: str) -> bool:

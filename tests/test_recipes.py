@@ -322,3 +322,20 @@ def test_explainer_refuses_a_model_with_other_inputs():
     model.graph.output.append(helper.make_tensor_value_info("ids_f", TensorProto.FLOAT, ["N"]))
     with pytest.raises(onnxattr.UnsupportedModelError, match=r"inputs besides 'x' \(ids\)"):
         onnxattr.Explainer(model, provider="cpu")
+
+
+def test_gradcam_default_layer_keeps_the_batch_axis_on_a_vision_transformer():
+    """torchvision's ViT pools over tokens: the last 4-D tensor on its path is sequence-first
+    inside attention ([tokens, N, ...]: 17 rows came out for a batch of 2). The default is now
+    the patch embedding's Conv output; rows follow the batch."""
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                             mlp_dim=64, num_classes=10).eval()
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    ex = onnxattr.Explainer(export(m, x, opset=17), method="gradcam", provider="cpu")
+    assert ex.layer == "/conv_proj/Conv_output_0"
+    out = ex.run(x, [1, 2, 3])
+    assert out["attribution"].shape == (3, 1, 32, 32) and out["cam"].shape == (3, 1, 4, 4)
+    np.testing.assert_allclose(ex.run(x[1:2], [2])["cam"], out["cam"][1:2], rtol=1e-5, atol=1e-7)
