@@ -97,7 +97,8 @@ def _keeps_shape(g: _Graph, members: list[onnx.NodeProto], x: str) -> bool:
     made = {o for m in members for o in m.output}
     rank = len(g.b.shapes[x]) if x in g.b.shapes else 0
     consts = [i for m in members for i in m.input if i and i != x and i not in made]
-    return all(g.b.value(c) is not None and g.b.value(c).ndim <= rank for c in consts)
+    values = [g.b.value(c) for c in consts]
+    return all(v is not None and v.ndim <= rank for v in values)
 
 
 def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

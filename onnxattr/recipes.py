@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 
 from .backward import build_backward, differentiable_path
 from .errors import OptionError, UnsupportedModelError
 from .graph import Builder
 from .methods import get_method
+from .protos import attrs
+from .vjp.pool import reduce_axes
 
 BASE = ("saliency", "deconvnet", "guided")
 COMPOSED = ("gradient-x-input", "smoothgrad", "integrated-gradients", "gradcam", "guided-gradcam")
@@ -143,10 +144,10 @@ def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, st
     """Run the forward on `stacked` [copies, N, ...] in place of w: returns (the flat batch fed in
     place of w, the copy's tensor names, targets repeated per copy)."""
     b = ctx.b
-    batch = (b.shape_protos.get(ctx.x) or onnx.TensorShapeProto()).dim
-    if batch and batch[0].HasField("dim_value"):
+    batch = (b.shapes.get(ctx.x) or [None])[0]
+    if batch is not None:
         raise UnsupportedModelError(
-            f"the input '{ctx.x}' has a fixed batch of {batch[0].dim_value}: this method runs its copies of the input as "
+            f"the input '{ctx.x}' has a fixed batch of {batch}: this method runs its copies of the input as "
             "one batch (sizes fixed at export would mix or refuse them); export the model with a dynamic batch axis")
     flat = b.op("Reshape", [stacked, b.op("Concat", [b.ints([-1]), _tail_shape(b, ctx.w)], axis=0)])
     feeds = {}
@@ -196,16 +197,7 @@ _TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
 
 def _perm(node) -> list | None:
-    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None) if node.op_type == "Transpose" else None
-
-
-def _reduced_axes(b: Builder, node) -> list | None:
-    """The axes a ReduceMean/ReduceMax node reduces (attribute or constant input), or None."""
-    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = b.value(node.input[1])
-        axes = None if value is None else [int(v) for v in value.reshape(-1)]
-    return None if axes is None else sorted(a % 4 for a in axes)
+    return attrs(node).get("perm") if node.op_type == "Transpose" else None
 
 
 def _nchw_pool_input(b: Builder, node, producer: dict) -> str | None:
@@ -217,7 +209,7 @@ def _nchw_pool_input(b: Builder, node, producer: dict) -> str | None:
         return None
     if not node.op_type.startswith("Reduce"):
         return x
-    axes = _reduced_axes(b, node)
+    axes = reduce_axes(b, node)
     if axes == [2, 3]:
         return x
     src = producer.get(x)
