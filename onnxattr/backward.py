@@ -48,7 +48,7 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
         if node.output and node.output[0] in b.shape_conflicts:
             raise UnsupportedModelError(f"{describe(node)}: {b.shape_conflicts[node.output[0]]}")
     for node in path:
-        mixed = next((o for o in node.output if b.types.get(o) in FLOAT_TYPES and b.types[o] != b.dtype), None)
+        mixed = next((o for o in node.output if o in b.needed and b.types.get(o) in FLOAT_TYPES and b.types[o] != b.dtype), None)
         if mixed is not None:
             have, want = (_FLOAT_NAMES.get(t, TensorProto.DataType.Name(t).lower()) for t in (b.types[mixed], b.dtype))
             raise UnsupportedModelError(
@@ -86,7 +86,13 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
                 b.annotate(g, like=o)
         if all(g is None for g in gys):
             continue
-        gxs = policy.rule(node.op_type)(b, node, gys)
+        gxs = list(policy.rule(node.op_type)(b, node, gys))
+        gxs += [None] * (len(node.input) - len(gxs))
+        for k, (name, g) in enumerate(zip(node.input, gxs)):
+            if g is None and b.needs(name) and b.is_float(name):
+                # never a silently dropped term: this operand depends on the explained input
+                raise UnsupportedModelError(f"{describe(node)}: its input {k} ('{name}') depends on the input being "
+                                            f"explained, and {node.op_type}'s gradient with respect to it is not supported")
         for name, g in zip(node.input, gxs):
             if g is not None:
                 b.annotate(g, like=name)
@@ -96,7 +102,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     for x in wrt:
         if x not in partials:
             raise UnsupportedModelError(f"no gradient reaches input '{x}': the output does not depend on it through "
-                                        "float operations, or only through operands without one (a Pad's constant value)")
+                                        "float operations")
         grads[x] = b.add_all(partials[x], like=x)
     return grads
 

@@ -427,6 +427,8 @@ class Builder:
                 out = self.op("HardSigmoid", [out], alpha=2.0 ** 127, beta=0.0)
         elif self.opset >= 11:
             out = self.op("Ceil", [self.op("Clip", [t, "", self.scalar(1.0)])])
+        elif self.dtype == TensorProto.DOUBLE:  # ONNX Runtime has no double Clip-6
+            out = self.mask(self.op("Greater", [t, self.scalar(0.0)]))
         else:
             out = self.op("Ceil", [self.op("Clip", [t], max=1.0)])
         self.annotate(out, like=like)

@@ -199,14 +199,30 @@ def test_mixed_precision_is_refused_naming_the_node():
 
 
 def test_input_no_gradient_reaches_is_named():
-    """Pad's constant value, fed as a float input: the rule gives it no gradient; the error says
-    so rather than claiming the output does not depend on it."""
+    """An input the output depends on only through its shape: the error says no gradient
+    reaches it."""
     from onnxattr.api import vjp_model
 
-    m = model([helper.make_node("Pad", ["x", "p", "v"], ["y"], name="pad")],
-              [helper.make_tensor_value_info("x", F, [2, 3]), helper.make_tensor_value_info("v", F, [])],
-              [helper.make_tensor_value_info("y", F, [2, 5])], [numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "p")])
-    with pytest.raises(onnxattr.UnsupportedModelError, match="no gradient reaches input 'v'.*Pad's constant value"):
+    m = model([helper.make_node("Shape", ["v"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
+              [helper.make_tensor_value_info("x", F, [2, 3]), helper.make_tensor_value_info("v", F, [3, 2])],
+              [helper.make_tensor_value_info("y", F, [3, 2])], [])
+    with pytest.raises(onnxattr.UnsupportedModelError, match="no gradient reaches input 'v'"):
+        vjp_model(m)
+
+
+def test_operand_without_gradient_rule_is_named(monkeypatch):
+    """A float operand on the differentiable path to which its rule gives no gradient is refused,
+    naming the node and the operand, never dropped: a Clip bound or a Pad value computed from the
+    input silently lost its share of the gradient that way. Shown with a Mul rule that forgets
+    its second operand."""
+    from onnxattr import methods
+    from onnxattr.api import vjp_model
+
+    forgetful = methods.Method("saliency", {"Mul": lambda b, node, gys: [b.op("Mul", [gys[0], node.input[1]]), None]})
+    monkeypatch.setattr("onnxattr.api.get_method", lambda *a, **k: forgetful)
+    m = model([helper.make_node("ReduceMean", ["x"], ["s"], axes=[1]), helper.make_node("Mul", ["x", "s"], ["y"], name="scale")],
+              [helper.make_tensor_value_info("x", F, [2, 3])], [helper.make_tensor_value_info("y", F, [2, 3])], [])
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Mul node 'scale': its input 1 \\('s'\\) depends on the input"):
         vjp_model(m)
 
 

@@ -13,7 +13,7 @@ import onnxattr
 from onnxattr.api import vjp_model
 from onnxattr.vjp import RULES
 
-from vjp_check import In, N, case, check_case
+from vjp_check import In, N, case, check_case, check_case_float64_ort
 
 R = np.random.default_rng(1234)  # weights and random attribute draws (fixed: ids stay stable)
 BIG = np.iinfo(np.int64).max
@@ -143,6 +143,10 @@ add(
     ein("attention_scores", "bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),
     ein("implicit_out", "ij,jk", [(3, 4), (4, 2)]),
     ein("ellipsis_batched", "...ij,...jk->...ik", [(2, 3, 4), (2, 4, 2)]),
+    # an operand without '...' next to one with it (its gradient sums over the '...' dims)
+    ein("ellipsis_and_plain", "...ij,jk->...ik", [(2, 3, 4), (4, 5)]),
+    ein("plain_and_ellipsis", "ij,...jk->...ik", [(3, 4), (2, 2, 4, 5)]),
+    ein("ellipsis_weight_only", "...ij,jk->...ik", [(2, 3, 4)], W=w(4, 5)),
     ein("sum_only_here", "ij,k->ik", [(3, 4), (2,)]),
     ein("outer_op13", "i,j->ij", [(3,), (4,)], opset=13),
     ein("three_operands", "ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
@@ -192,6 +196,7 @@ add(
     case("Pow/both", 15, N("Pow", ["a", "p"], ["y"]), {"a": pos(2, 3), "p": (3,)}),
     case("Pow/const_float", 13, N("Pow", ["a", "p"], ["y"]), {"a": pos(2, 3)}, p=np.array(2.5)),
     case("Pow/const_int", 13, N("Pow", ["a", "p"], ["y"]), {"a": (2, 3)}, p=i64(3)),
+    case("Max/1_input", 13, N("Max", ["a"], ["y"]), {"a": (2, 3)}),
     case("Where/bcast", 16, N("Where", ["cond", "a", "b"], ["y"]), {"a": (2, 3), "b": (3,)},
          cond=np.array([[True, False, True], [False, False, True]])),
     case("Expand/bcast", 13, N("Expand", ["a", "shape"], ["y"]), {"a": (3, 1)}, shape=i64(2, 3, 4)),
@@ -273,6 +278,14 @@ add(
          lo=np.array(0.2)),
     case("Clip/max_only_4d_op13", 13, N("Clip", ["x", "", "hi"], ["y"]), {"x": In((2, 2, 3, 3), avoid=(0.1,))},
          hi=np.array(0.1)),
+    # bounds that are differentiated too (computed from the input in a real graph); the swapped
+    # case has min > max, where ONNX sets every value to max
+    case("Clip/bounds_differentiated_op13", 13, N("Clip", ["x", "lo", "hi"], ["y"]),
+         {"x": distinct(3, 4), "lo": distinct(), "hi": distinct()}),
+    case("Clip/bounds_differentiated_swapped_op11", 11, N("Clip", ["x", "hi", "lo"], ["y"]),
+         {"x": distinct(3, 4), "lo": distinct(), "hi": distinct()}),
+    case("Clip/bounds_differentiated_4d_op13", 13, N("Clip", ["x", "lo"], ["y"]),
+         {"x": distinct(1, 2, 3, 3), "lo": distinct()}),
     unary("Relu", 13, nz(2, 3, 4, 5)),
 )
 
@@ -516,6 +529,12 @@ add(
     case("Pad/reflect_axes_op18", 18, N("Pad", ["x", "p", "", "ax"], ["y"], mode="reflect"), {"x": (2, 4, 5)},
          p=i64(1, 2, 3, 0), ax=i64(-1, 1)),
     case("Pad/wrap_op19", 19, N("Pad", ["x", "p"], ["y"], mode="wrap"), {"x": (2, 3, 4)}, p=i64(0, 1, 3, 0, 2, 1)),
+    # a negative pad crops first, then the kept part is wrapped / reflected / repeated
+    case("Pad/wrap_crop_op19", 19, N("Pad", ["x", "p"], ["y"], mode="wrap"), {"x": (3, 5)}, p=i64(-1, -2, 2, 3)),
+    case("Pad/reflect_crop_op18", 18, N("Pad", ["x", "p"], ["y"], mode="reflect"), {"x": (3, 6)}, p=i64(1, -2, -1, 2)),
+    case("Pad/edge_crop_op13", 13, N("Pad", ["x", "p"], ["y"], mode="edge"), {"x": (3, 5)}, p=i64(0, -2, 0, 3)),
+    case("Pad/value_differentiated_op13", 13, N("Pad", ["x", "p", "v"], ["y"]), {"x": (3, 4), "v": ()},
+         p=i64(1, -1, 0, 2)),
     case("Squeeze/attr_op11", 11, N("Squeeze", ["x"], ["y"], axes=[1, -1]), {"x": (2, 1, 3, 1)}),
     case("Squeeze/input_op13", 13, N("Squeeze", ["x", "ax"], ["y"]), {"x": (1, 3, 1)}, ax=i64(0)),
     case("Squeeze/all_op13", 13, N("Squeeze", ["x"], ["y"]), {"x": (1, 3, 1)}),
@@ -774,6 +793,15 @@ def test_vjp(c):
 
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_vjp_float64_on_onnxruntime(c):
+    """Where ONNX Runtime runs the float64 forward, it runs the float64 backward too, and gives
+    the reference VJP (Relu at opsets 7-10 and MaxPool at opsets 8-15 once used Clip-6 and
+    ConvTranspose, which have no double kernel: the exported model did not load)."""
+    if check_case_float64_ort(c) is None:
+        pytest.skip("ONNX Runtime has no float64 kernel for the forward")
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_vjp_tuned_for_cuda(c):
     """The same checks on the formulation tuned for the CUDA provider (run here on the CPU one)."""
     check_case(c, seed=sum(map(ord, c.id)), tune_for="cuda")
@@ -923,3 +951,122 @@ def test_masks_are_exact_at_kinks_and_for_subnormals(op, bounds, edge, tune):
     assert not bad.any(), list(zip(x[bad][:6], got[bad][:6]))
     if tune == "cpu":
         assert "HardSigmoid" in {n.op_type for n in vm.graph.node} or op == "Clip"
+
+
+def _one_node_grads(node, inputs: dict, opset: int, dtype=TensorProto.FLOAT, inits=(), cot=None):
+    """Gradients of sum(y * cot) (cot = 1 by default) for a one-node graph, on ONNX Runtime."""
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(k, dtype, list(v.shape)) for k, v in inputs.items()],
+                              [helper.make_tensor_value_info("y", dtype, None)], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    y = onnxattr.runtime.make_session(model.SerializeToString(), "cpu")[0].run(None, inputs)[0]
+    c = np.ones_like(y) if cot is None else cot.astype(y.dtype)
+    out = sess.run([grads[k] for k in inputs], {**inputs, cots["y"]: c})
+    return dict(zip(inputs, out))
+
+
+@pytest.mark.parametrize("op, want", [("Max", [0.0, 0.5, 1.0]), ("Min", [1.0, 0.5, 0.0])])
+def test_max_min_ties_share_the_gradient(op, want):
+    """Max(x, 0) at x = 0: PyTorch's maximum / minimum split a tie evenly (0.5 each), as
+    ReduceMax does here; the rule gave it all to the first input."""
+    x = np.array([-1.0, 0.0, 1.0], np.float32)
+    zero = numpy_helper.from_array(np.zeros(3, np.float32), "z")
+    g = _one_node_grads(helper.make_node(op, ["x", "z"], ["y"]), {"x": x}, 13, inits=[zero])["x"]
+    np.testing.assert_array_equal(g, np.array(want, np.float32))
+
+
+def test_pow_exponent_gradient_is_zero_at_a_zero_base():
+    """d x**p / dp = x**p log x is 0 * -inf at x = 0: NaN, where PyTorch gives 0 (for p >= 0)."""
+    x, p = np.array([0.0, 2.0, 0.0], np.float32), np.array([2.0, 1.5, 0.5], np.float32)
+    g = _one_node_grads(helper.make_node("Pow", ["x", "p"], ["y"]), {"x": x, "p": p}, 13)["p"]
+    np.testing.assert_allclose(g, [0.0, 2.0 ** 1.5 * np.log(2.0), 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 10])
+def test_float16_clip_attribute_bounds_mask_the_saturated_values(opset):
+    """float16 Clip-6: ONNX Runtime clips in float32 between Casts and may feed the float32 output
+    (0.6000000238) to the backward's comparison with float16(0.6) = 0.60009766: the saturated
+    values kept gradient 1."""
+    x = np.array([-2, -0.7, -0.3, 0, 0.2, 0.5, 0.8, 3], np.float16)
+    node = helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.6)
+    g = _one_node_grads(node, {"x": x}, opset, dtype=TensorProto.FLOAT16)["x"]
+    np.testing.assert_array_equal(g, np.array([0, 0, 1, 1, 1, 1, 0, 0], np.float16))
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.DOUBLE])
+def test_layer_norm_statistics_outputs_are_not_mixed_precision(dtype):
+    """LayerNormalization's optional Mean / InvStdDev outputs are float32 (stash_type) in a
+    float16 or float64 model; declared but unused, they carry no gradient: the model was refused
+    as mixed precision."""
+    npt = helper.tensor_dtype_to_np_dtype(dtype)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(npt)
+    inits = [numpy_helper.from_array(np.linspace(0.5, 1.5, 4).astype(npt), "s"),
+             numpy_helper.from_array(np.linspace(-1, 1, 4).astype(npt), "b")]
+    cot = np.random.default_rng(1).standard_normal((2, 3, 4))
+    got = _one_node_grads(helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean", "inv"]), {"x": x}, 17,
+                          dtype=dtype, inits=inits, cot=cot)["x"]
+    plain = _one_node_grads(helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"]), {"x": x}, 17,
+                            dtype=dtype, inits=inits, cot=cot)["x"]
+    assert np.count_nonzero(plain) > 0
+    np.testing.assert_array_equal(got, plain)
+
+
+@pytest.mark.parametrize("mode", ["cubic", "linear"])
+def test_resize_pytorch_half_pixel_to_length_one_matches_onnxruntime(mode):
+    """pytorch_half_pixel maps a resized length of 1 to source coordinate 0 (the spec, and ONNX
+    Runtime; onnx.reference uses -0.5): the cubic rule used -0.5 and was 9% off ONNX Runtime's
+    Jacobian. Checked against that Jacobian, from the forward on basis vectors (Resize is linear)."""
+    shape, sizes = (1, 2, 4, 3), np.array([1, 2, 6, 1], np.int64)
+    node = helper.make_node("Resize", ["x", "", "", "z"], ["y"], mode=mode, coordinate_transformation_mode="pytorch_half_pixel")
+    zi = numpy_helper.from_array(sizes, "z")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [zi])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    fwd = onnxattr.runtime.make_session(model.SerializeToString(), "cpu")[0]
+    n = int(np.prod(shape))
+    jac = np.stack([fwd.run(None, {"x": np.eye(n, dtype=np.float32)[i].reshape(shape)})[0].ravel() for i in range(n)], 1)
+    cot = np.random.default_rng(0).standard_normal(tuple(sizes)).astype(np.float32)
+    g = _one_node_grads(node, {"x": np.zeros(shape, np.float32)}, 13, inits=[zi], cot=cot)["x"]
+    np.testing.assert_allclose(g.ravel(), jac.T @ cot.ravel(), rtol=1e-5, atol=1e-6)
+
+
+def _resize_by_shape(sizes_from: str):
+    """x [N, 2, 4, 5] -> Resize linear to [N, 2, 6, 3], its sizes Concat(Shape(t)[0:2], [6, 3])
+    as exporters write F.interpolate(size=...) under a dynamic batch axis."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Shape", [sizes_from], ["shp"]),
+             helper.make_node("Slice", ["shp", "s0", "s2"], ["nc"]),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear", name="resize")]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("s0", [0]), ("s2", [2]), ("hw", [6, 3]))]
+    inputs = [helper.make_tensor_value_info("x", f, ["N", 2, 4, 5])]
+    if sizes_from != "x":
+        inputs.append(helper.make_tensor_value_info(sizes_from, f, ["M", 2, 1, 1]))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", f, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_resize_sizes_computed_from_the_input_shape():
+    """Resize whose sizes are computed in the graph (the batch from Shape(x), the resized axes
+    constant): refused before as 'sizes must be constants'; the same gradient as constant sizes."""
+    model = _resize_by_shape("x")
+    const = helper.make_node("Resize", ["x", "", "", "sz"], ["y"], mode="linear")
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 5)).astype(np.float32)
+    cot = np.random.default_rng(1).standard_normal((3, 2, 6, 3)).astype(np.float32)
+    want = _one_node_grads(const, {"x": x}, 13, inits=[numpy_helper.from_array(np.array([3, 2, 6, 3], np.int64), "sz")], cot=cot)["x"]
+    vm, cots, grads = vjp_model(model, wrt=["x"])
+    got = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0].run([grads["x"]], {"x": x, cots["y"]: cot})[0]
+    assert np.count_nonzero(want) > 0
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_resize_sizes_from_another_tensor_are_refused():
+    """The batch length taken from another input's shape: not known to equal x's, refused."""
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Resize node 'resize': its sizes are computed in the graph "
+                                                           "and the length of axis 0"):
+        vjp_model(_resize_by_shape("other"), wrt=["x"])

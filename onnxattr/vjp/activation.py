@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 
 from ..protos import attrs
 from . import register
@@ -61,10 +62,18 @@ def clip(b, node, gys):
     # min < x < max iff min < y < max for y = clip(x): reading the output keeps Conv+Clip fusable.
     x = node.output[0]
     lo, hi = clip_bounds(b, node)
+    bounds = _clip_bound_grads(b, node, gys[0], lo, hi) if b.opset >= 11 else []
     if b.blocked(x) and b.opset >= 11:
         mask = _clip_mask_blocked(b, x, lo, hi)
         if mask is not None:
-            return _times(b, gys[0], mask)
+            return _times(b, gys[0], mask) + bounds
+    if b.np_dtype == np.float16 and b.opset < 11:
+        # ONNX Runtime runs float16 Clip-6 in float32 between Casts, and may drop the Cast back
+        # to float16 before our comparison: compare the input in float32 with the float32 bounds.
+        x = b.op("Cast", [node.input[0]], to=onnx.TensorProto.FLOAT)
+        a = attrs(node)
+        lo = None if a.get("min") is None else b.const(np.float32(a["min"]), dtype=np.float32)
+        hi = None if a.get("max") is None else b.const(np.float32(a["max"]), dtype=np.float32)
     cond = None
     if lo is not None:
         cond = b.op("Greater", [x, lo])
@@ -72,8 +81,29 @@ def clip(b, node, gys):
         below = b.op("Less", [x, hi])
         cond = below if cond is None else b.op("And", [cond, below])
     if cond is None:
-        return [gys[0]]
-    return _times(b, gys[0], b.mask(cond)) + [None, None][: len(node.input) - 1]
+        return [gys[0]] + bounds
+    return _times(b, gys[0], b.mask(cond)) + (bounds or [None, None][: len(node.input) - 1])
+
+
+def _clip_bound_grads(b, node, g, lo, hi) -> list:
+    """Gradients of Clip's min and max inputs where they are computed from the input (else
+    []): y = min(max(x, lo), hi) takes lo where x < lo < hi, and hi where max(x, lo) > hi or
+    lo >= hi (ONNX: every value becomes max when min > max). At a tie nobody gets the gradient,
+    as x gets none at the bounds."""
+    if not any(t is not None and b.needs(t) for t in (lo, hi)):
+        return []
+    x, y, out = node.input[0], node.output[0], [None, None]
+    if lo is not None and b.needs(lo):
+        below = b.op("Less", [x, lo])
+        if hi is not None:
+            below = b.op("And", [below, b.op("Less", [lo, hi])])
+        out[0] = b.unbroadcast(b.op("Mul", [g, b.mask(below)]), lo, y, node)
+    if hi is not None and b.needs(hi):
+        above = b.op("Greater", [x if lo is None else b.op("Max", [x, lo]), hi])
+        if lo is not None:
+            above = b.op("Or", [above, b.op("Not", [b.op("Less", [lo, hi])])])
+        out[1] = b.unbroadcast(b.op("Mul", [g, b.mask(above)]), hi, y, node)
+    return out[: len(node.input) - 1]
 
 
 def _clip_mask_blocked(b, y, lo, hi):

@@ -16,7 +16,8 @@ def identity(b, node, gys):
         training = b.value(node.input[2])
         if training is None or bool(training):
             raise UnsupportedModelError(f"Dropout node '{node.name}' may run in training mode")
-    return [gys[0]]
+    # the ratio does not act at inference: a zero gradient where it is computed from the input
+    return [gys[0]] + [b.zeros_like(r) if b.needs(r) and b.is_float(r) else None for r in node.input[1:]]
 
 
 @register("Add")
@@ -63,16 +64,15 @@ def mean(b, node, gys):
 
 @register("Max", "Min")
 def max_min(b, node, gys):
-    # The gradient goes to the first input holding the extremum (ties are measure-zero).
+    # Each input holding the extremum gets the gradient; tied inputs share it evenly (PyTorch's
+    # maximum / minimum, and ReduceMax / ReduceMin here).
     z, g = node.output[0], gys[0]
-    out, taken = [], None
-    for x in node.input:
-        hit = b.equal(x, z)
-        if taken is not None:
-            hit = b.op("And", [hit, b.op("Not", [taken])])
-        taken = hit if taken is None else b.op("Or", [taken, hit])
-        out.append(b.unbroadcast(b.op("Mul", [g, b.mask(hit)]), x, z, node) if b.needs(x) else None)
-    return out
+    if len(node.input) == 1:
+        return [g]
+    hits = [b.mask(b.equal(x, z)) for x in node.input]
+    share = b.op("Div", [g, b.add_all(hits)])
+    return [b.unbroadcast(b.op("Mul", [share, hit]), x, z, node) if b.needs(x) else None
+            for x, hit in zip(node.input, hits)]
 
 
 @register("Neg")
@@ -115,7 +115,11 @@ def pow_(b, node, gys):
         d = b.op("Mul", [pf, b.op("Pow", [x, b.op("Sub", [pf, b.scalar(1.0)])])])
         gx = b.unbroadcast(b.op("Mul", [g, d]), x, z, node)
     if b.needs(p):
-        gp = b.unbroadcast(b.op("Mul", [g, b.op("Mul", [z, b.op("Log", [x])])]), p, z, node)
+        # z log x, and 0 where x = 0 and p >= 0 (PyTorch's convention; log 0 would give 0 * -inf)
+        d = b.op("Mul", [z, b.op("Log", [x])])
+        pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
+        at_zero = b.op("And", [b.equal(x, b.scalar(0.0)), b.op("Not", [b.op("Less", [pf, b.scalar(0.0)])])])
+        gp = b.unbroadcast(b.op("Mul", [g, b.where(at_zero, b.scalar(0.0), d)]), p, z, node)
     return [gx, gp]
 
 

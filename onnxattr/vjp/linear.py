@@ -205,6 +205,10 @@ def einsum(b, node, gys):
     # d out / d input_i is the Einsum of the output gradient with the other inputs, written to
     # input i's term; letters only input i has were summed away and come back by broadcasting.
     terms, out = _einsum_terms(b, node)
+    if any("..." in t for t in terms) and not all("..." in t for i, t in enumerate(terms) if b.needs(node.input[i])):
+        # An input without '...' sums over the others' '...' dims, and ONNX Runtime refuses an
+        # output term without '...' when an input has one: spell those dims out as letters.
+        terms, out = _explicit_ellipsis(b, node, terms, out)
     g, grads = gys[0], []
     for i, (x, term) in enumerate(zip(node.input, terms)):
         if not b.needs(x):
@@ -227,6 +231,30 @@ def einsum(b, node, gys):
             gx = b.expand_like(b.unsqueeze(gx, lost), x)
         grads.append(gx)
     return grads
+
+
+def _explicit_ellipsis(b, node, terms: list[str], out: str) -> tuple[list[str], str]:
+    """The equation with every '...' replaced by unused letters (right-aligned, as '...' dims
+    broadcast), where no '...' dim broadcasts: then each letter names one size."""
+    operands = [(x, t) for x, t in zip(list(node.input) + [node.output[0]], terms + [out]) if "..." in t]
+    counts = [b.rank(x, node) - len(t.replace("...", "")) for x, t in operands]
+    width = max(counts)
+    for k in range(1, width + 1):  # the k-th '...' dim from the right, in every operand that has it
+        sizes = {(b.shapes.get(x) or [None] * (len(t.replace("...", "")) + c))[-(len(t.partition("...")[2]) + k)]
+                 for (x, t), c in zip(operands, counts) if c >= k}
+        if len(sizes) > 1 or None in sizes and len(operands) > 2:
+            raise UnsupportedModelError(f"{describe(node)}: Einsum whose '...' dims broadcast or are summed "
+                                        "is not supported")
+    used = set("".join(terms) + out)
+    free = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used][:width]
+    if len(free) < width:
+        raise UnsupportedModelError(f"{describe(node)}: Einsum with too many dims to spell out its '...'")
+
+    def spell(t: str, x: str) -> str:
+        c = b.rank(x, node) - len(t.replace("...", ""))
+        return t.replace("...", "".join(free[width - c:])) if "..." in t else t
+
+    return [spell(t, x) for t, x in zip(terms, node.input)], spell(out, node.output[0])
 
 
 def _positions(term: str, rank: int) -> list[str]:

@@ -31,10 +31,37 @@ def _spread(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out):
     """Depthwise ConvTranspose of `g` [N, C*K or C, *out] with a per-channel bank of kernels,
     cropped to the input's coordinates [pads_begin, pads_begin + size)."""
     n = len(kernel)
+    if b.np_dtype == np.float64:  # ONNX Runtime has no double ConvTranspose
+        return _spread_by_offsets(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out)
     w = b.op("Tile", [b.const(kernel_bank), b.ints([channels] + [1] * (n + 1))])
     full = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, group=channels, kernel_shape=kernel)
     lengths = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(n)]
     return b.crop(full, pads[:n], size, lengths)
+
+
+def _spread_by_offsets(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out):
+    """`_spread` from element-wise ops, Pads and Reshapes only: for each kernel offset, the
+    gradients routed through it are spread out by the strides (zeros between), shifted to the
+    offset's input positions and summed."""
+    n, kin = len(kernel), kernel_bank.shape[0]
+    if kin > 1:
+        g = b.op("Reshape", [g, b.ints([0, channels, kin] + list(out))])
+    terms = []
+    for q in np.ndindex(*kernel):
+        (i,) = np.flatnonzero(kernel_bank[(slice(None), 0) + q]) if kin > 1 else (0,)
+        t = b.op("Gather", [g, b.ints(int(i))], axis=2) if kin > 1 else g
+        if kernel_bank[(i, 0) + q] != 1:
+            t = b.op("Mul", [t, b.scalar(float(kernel_bank[(i, 0) + q]))])
+        if any(s > 1 for s in strides):
+            t = b.op("Reshape", [t, b.ints([0, channels] + [d for o in out for d in (o, 1)])])
+            t = b.pad(t, [0] * (2 + 2 * n) + [0, 0] + [d for s in strides for d in (0, s - 1)])
+            t = b.op("Reshape", [t, b.ints([0, channels] + [o * s for o, s in zip(out, strides)])])
+        shift = [q[a] * dil[a] - pads[a] for a in range(n)]
+        t = b.pad(t, [0, 0] + [max(v, 0) for v in shift] + [0, 0]
+                  + [max(0, size[a] + max(-shift[a], 0) - out[a] * strides[a] - max(shift[a], 0)) for a in range(n)])
+        terms.append(b.slice(t, [max(-v, 0) for v in shift], [max(-v, 0) + size[a] for a, v in enumerate(shift)],
+                             list(range(2, 2 + n))))
+    return b.add_all(terms)
 
 
 def _divmod(b, q: str, d: int):

@@ -21,7 +21,7 @@ def _source_coords(out_len, in_len, scale, coord, roi):
         offset = in_len / 2 * (1 - out_len / length)
         return offset + (y + 0.5) / scale - 0.5
     if coord == "pytorch_half_pixel":
-        return (y + 0.5) / scale - 0.5 if length > 1 else np.full(out_len, -0.5)
+        return (y + 0.5) / scale - 0.5 if length > 1 else np.zeros(out_len)  # the spec's 0 (onnx.reference: -0.5)
     if coord == "align_corners":
         return y * (in_len - 1) / (length - 1) if length != 1 else np.zeros(out_len)
     if coord == "asymmetric":
@@ -101,13 +101,19 @@ def _spec(b, node) -> dict:
             "cubic_coeff_a": a.get("cubic_coeff_a", -0.75), "exclude_outside": a.get("exclude_outside", 0)}
 
 
+DYNAMIC = "dynamic"  # sizes computed in the graph (e.g. from Shape(x) under a dynamic batch)
+
+
 def _inputs(b, node):
-    """(scales, sizes, roi, axes) as numpy arrays or None, for every form of the op."""
+    """(scales, sizes, roi, axes) as numpy arrays or None, for every form of the op; sizes may
+    be DYNAMIC."""
     def value(i):
         name = node.input[i] if len(node.input) > i else ""
         if not name:
             return None
         v = b.value(name)
+        if v is None and i == 3 and b.opset >= 11:
+            return DYNAMIC
         if v is None:
             raise UnsupportedModelError(f"{describe(node)}: its scales, sizes and roi must be constants "
                                         "to differentiate it")
@@ -137,7 +143,19 @@ def resize(b, node, gys):
     # need no matrix and no static size.
     sx, sy = b.shapes.get(x) or [None] * rank, b.shapes.get(y) or [None] * rank
     policy = attrs(node).get("keep_aspect_ratio_policy", "stretch") if sizes is not None else "stretch"
-    if scales is not None:
+    if isinstance(sizes, str):  # sizes computed in the graph: each axis is kept or has static lengths
+        if policy != "stretch":
+            raise UnsupportedModelError(f"{describe(node)}: keep_aspect_ratio_policy '{policy}' needs constant sizes "
+                                        "to differentiate it")
+        moved = []
+        for ax in axes:
+            if sx[ax] is not None and sy[ax] is not None:
+                if sx[ax] != sy[ax]:
+                    moved.append(ax)
+            elif not b.same_dim(x, ax, y, ax):
+                raise UnsupportedModelError(f"{describe(node)}: its sizes are computed in the graph and the length of "
+                                            f"axis {ax} is not known to stay the same or be static; give constant sizes")
+    elif scales is not None:
         moved = [ax for ax, s in zip(axes, scales.tolist()) if s != 1.0 or full_roi[ax] != (0.0, 1.0)]
     elif policy != "stretch":  # one scale for every listed axis, batch and channels included
         moved = list(axes)

@@ -93,10 +93,11 @@ def slice_(b, node, gys):
 
 
 def _pad_matrix(n: int, before: int, after: int, mode: str) -> np.ndarray:
-    """M [before + n + after, n] with Pad(x) = M @ x along one axis (negative pads crop)."""
+    """M [before + n + after, n] with Pad(x) = M @ x along one axis. Negative pads crop first,
+    then the kept part is padded (as ONNX Runtime does: wrap then repeats the cropped tensor)."""
     numpy_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
-    m = np.pad(np.eye(n), ((max(before, 0), max(after, 0)), (0, 0)), mode=numpy_mode)
-    return m[max(-before, 0):m.shape[0] - max(-after, 0)]
+    kept = np.eye(n)[max(-before, 0):n - max(-after, 0)]
+    return np.pad(kept, ((max(before, 0), max(after, 0)), (0, 0)), mode=numpy_mode)
 
 
 @register("Pad")
@@ -126,9 +127,15 @@ def pad(b, node, gys):
     crop_b = [max(p, 0) for p in pads[:rank]]
     crop_e = [max(p, 0) for p in pads[rank:]]
     axes = [i for i in range(rank) if crop_b[i] or crop_e[i]]
+    inside = g
     if axes:
-        g = b.slice(g, [crop_b[i] for i in axes], [-crop_e[i] if crop_e[i] else BIG for i in axes], axes)
-    return [b.pad(g, [max(-p, 0) for p in pads])]
+        inside = b.slice(g, [crop_b[i] for i in axes], [-crop_e[i] if crop_e[i] else BIG for i in axes], axes)
+    rest = [None] * (len(node.input) - 1)
+    if len(node.input) > 2 and b.needs(node.input[2]):  # the fill value: the padded positions' sum
+        total = list(range(rank))
+        diff = b.op("Sub", [b.reduce("ReduceSum", g, total, keepdims=0), b.reduce("ReduceSum", inside, total, keepdims=0)])
+        rest[1] = b.reshape_like(diff, node.input[2])
+    return [b.pad(inside, [max(-p, 0) for p in pads])] + rest
 
 
 @register("Gather")
