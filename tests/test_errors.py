@@ -12,6 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -654,3 +656,23 @@ def test_input_never_changed(tmp_path, x):
         onnxattr.attribution_model(src, method=method)
         onnxattr.Explainer(proto, method=method, provider="cpu")(x, 0)
     assert proto.SerializeToString() == raw and src.read_bytes() == before
+
+
+@pytest.mark.parametrize("op, nodes, extra, message", [
+    ("Conv", [helper.make_node("Conv", ["x", "w"], ["y"], name="c")], ("w", [2, 2, 1, 1]),
+     "Conv node 'c': gradients with respect to weights or bias are not supported"),
+    ("BatchNormalization", [helper.make_node("BatchNormalization", ["x", "w", "b", "m", "v"], ["y"], name="bn")], ("w", [2]),
+     "BatchNormalization node 'bn': gradients with respect to BatchNormalization parameters are not supported"),
+    ("Resize", [helper.make_node("Resize", ["x", "", "w"], ["y"], name="up")], ("w", [4]),
+     "Resize node 'up': its scales, sizes and roi must be constants to differentiate it"),
+])
+def test_operand_gradient_not_supported_is_refused(op, nodes, extra, message):
+    """Operands whose gradient onnxattr does not compute, when they are inputs too (or computed
+    from the input): refused by name (README, bad inputs)."""
+    from onnxattr.api import vjp_model
+
+    inits = [numpy_helper.from_array(np.full([2], v, np.float32), n) for n, v in (("b", 0.0), ("m", 0.0), ("v", 1.0))]
+    m = model(nodes, [helper.make_tensor_value_info("x", F, [1, 2, 2, 2]), helper.make_tensor_value_info(extra[0], F, extra[1])],
+              [helper.make_tensor_value_info("y", F, None)], inits)
+    with pytest.raises(onnxattr.UnsupportedModelError, match=re.escape(message)):
+        vjp_model(m)

@@ -38,4 +38,4 @@ def lookup(op_type: str):
     return RULES.get(op_type)
 
 
-from . import activation, elementwise, linear, norm, pool, reduce, resize, shape  # noqa: E402,F401  (fill RULES)
+from . import activation, elementwise, linear, norm, pool, reduce, resize, scatter, shape  # noqa: E402,F401  (fill RULES)
