@@ -114,6 +114,10 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
     return vi
 
 
+def _dims_text(b: Builder, name: str) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in b.shapes.get(name) or []) + "]"
+
+
 def attribution_model(model, method: str = "saliency", output: str | None = None, input: str | None = None,
                       target: str = "input", relu_like: bool = False, wrt: str | None = None,
                       tune_for: str = "cpu", **options) -> onnx.ModelProto:
@@ -157,6 +161,10 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
     classes = b.static_shape(y, None, dims=[1])[1]
+    if b.shapes.get(w) == [] or b.differ(w, 0, y, 0):
+        raise NotAClassifierError(
+            f"'{w}' {_dims_text(b, w)} has no batch axis: its first axis is not that of the scores '{y}' "
+            f"{_dims_text(b, y)} (row n of the attribution explains row n of the scores)")
     batch = x.type.tensor_type.shape.dim[0] if x.type.tensor_type.shape.dim else None
     if target == "input":
         t = TARGET

@@ -508,6 +508,14 @@ class Builder:
             return False
         return all(x in t and y in t and len(t[x]) > i and len(t[y]) > j and t[x][i] == t[y][j] for t in self._trials)
 
+    def differ(self, x: str, i: int, y: str, j: int) -> bool:
+        """Whether dim i of x and dim j of y are known to differ: both static, or in a trial."""
+        sx, sy = self.shapes.get(x), self.shapes.get(y)
+        if sx and sy and len(sx) > i and len(sy) > j and sx[i] is not None and sy[j] is not None:
+            return sx[i] != sy[j]
+        return any(x in t and y in t and len(t[x]) > i and len(t[y]) > j and None not in (t[x][i], t[y][j])
+                   and t[x][i] != t[y][j] for t in self._trials or ())
+
     def unbroadcast(self, g: str, x: str, y: str, node: onnx.NodeProto, dims=None, lead: int | None = None) -> str:
         """Sum gradient `g` (shaped like the broadcast result `y`) back to the shape of `x`.
         Axes where x's size is unknown and may be 1 while y's is not are decided at run time.

@@ -20,6 +20,7 @@ from .protos import attrs
 
 SMALL = 4096  # largest tensor (elements) evaluated or kept as a value
 TRIALS = (6, 35)  # differ modulo 2, 3, 4, 5, 7, 8, ...: a value equal for both does not depend on them
+ONE = 1  # and a third trial below both: min(N, 4) is 4 at 6 and 35, 1 at 1
 NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
               "Bernoulli", "If", "Loop", "Scan", "SequenceMap"}
 
@@ -129,9 +130,16 @@ def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.
     {tensor: value of a small tensor that does not depend on them},
     the dims of both trials as they came)."""
     (s1, v1), (s2, v2) = (_trial(model, size) for size in TRIALS)
+    s3, v3 = _trial(model, ONE)
     shapes = {k: [d if d == e else None for d, e in zip(s, s2[k])]
               for k, s in s1.items() if k in s2 and len(s) == len(s2[k])}
     values = {k: v for k, v in v1.items() if k in v2 and v.shape == v2[k].shape and np.array_equal(v, v2[k])}
+    # A value or dim equal at 6 and 35 may still saturate (min(N, 4)): it must hold at 1 too.
+    # Where the size-1 trial changes a rank (Squeeze without axes) or folds nothing, it has no say.
+    for k, dims in shapes.items():
+        if k in s3 and len(s3[k]) == len(dims):
+            shapes[k] = [d if d == e else None for d, e in zip(dims, s3[k])]
+    values = {k: v for k, v in values.items() if k not in v3 or (v.shape == v3[k].shape and np.array_equal(v, v3[k]))}
     return shapes, values, (s1, s2)
 
 

@@ -676,3 +676,32 @@ def test_operand_gradient_not_supported_is_refused(op, nodes, extra, message):
               [helper.make_tensor_value_info("y", F, None)], inits)
     with pytest.raises(onnxattr.UnsupportedModelError, match=re.escape(message)):
         vjp_model(m)
+
+
+@pytest.mark.parametrize("x_dims", [[3, 6, 6], ["C", 6, 6]])
+def test_input_without_the_scores_batch_axis_is_refused(x_dims):
+    """x [3, 6, 6] -> Unsqueeze -> ... -> y [1, 5]: the input has no batch axis. The export
+    declared `target` [3] (x's first dim) and ONNX Runtime then refused both a target of 1 and
+    of 3; SmoothGrad said 'a fixed batch of 3'. Refused at export, naming both shapes."""
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    wf = numpy_helper.from_array(np.ones((4, 5), np.float32), "wf")
+    ax = numpy_helper.from_array(np.array([0], np.int64), "ax0")
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax0"], ["xb"]), helper.make_node("Conv", ["xb", "w"], ["c"]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "wf"], ["y"])]
+    m = model(nodes, [helper.make_tensor_value_info("x", F, x_dims)], [helper.make_tensor_value_info("y", F, [1, 5])], [w, wf, ax])
+    with pytest.raises(onnxattr.NotAClassifierError, match=re.escape("'x' [") + r".*has no batch axis: its first axis is not "
+                       + re.escape("that of the scores 'y' [1, 5]")):
+        onnxattr.attribution_model(m)
+
+
+def test_wrt_without_a_batch_axis_is_refused():
+    """--wrt a scalar: the export declared attribution [N] and ONNX Runtime returned the
+    gradient summed over the batch (SmoothGrad: an internal error)."""
+    nodes = [helper.make_node("Mul", ["x", "k"], ["s"]), helper.make_node("Mul", ["s", "two"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    m = model(nodes, [helper.make_tensor_value_info("x", F, ["N", 3]), helper.make_tensor_value_info("k", F, [])],
+              [helper.make_tensor_value_info("y", F, ["N", 3])], inits)
+    for method in ("saliency", "smoothgrad"):
+        with pytest.raises(onnxattr.NotAClassifierError, match=re.escape("'k' [] has no batch axis")):
+            onnxattr.attribution_model(m, method=method, wrt="k", input="x")

@@ -1090,3 +1090,24 @@ def test_resize_sizes_from_another_tensor_are_refused():
     with pytest.raises(onnxattr.UnsupportedModelError, match="Resize node 'resize': its sizes are computed in the graph "
                                                            "and the length of axis 0"):
         vjp_model(_resize_by_shape("other"), wrt=["x"])
+
+
+def test_a_dim_saturating_in_the_batch_is_not_taken_as_static():
+    """x[:min(N, 4)].mean(0): min(N, 4) is 4 in both shape trials (N = 6 and 35), so the count
+    was taken as a static 4 and the gradient was 1/4 for N = 2 and 3 (a third trial at N = 1)."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Min", ["n", "four"], ["k"]), helper.make_node("Range", ["zero", "k", "one"], ["idx"]),
+             helper.make_node("Gather", ["x", "idx"], ["p"], axis=0), helper.make_node("ReduceMean", ["p", "ax"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("zero", 0), ("four", 4), ("one", 1), ("ax", [0]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, ["N", 3])],
+                              [helper.make_tensor_value_info("y", f, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for n in (2, 3, 4, 6):
+        g = sess.run([grads["x"]], {"x": np.ones((n, 3), np.float32), cots["y"]: np.ones((1, 3), np.float32)})[0]
+        want = np.zeros((n, 3), np.float32)
+        want[:min(n, 4)] = 1.0 / min(n, 4)
+        np.testing.assert_allclose(g, want, rtol=1e-6)
