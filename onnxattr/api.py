@@ -11,12 +11,12 @@ import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper
 
 from .backward import build_backward, differentiable_path, prune
-from .errors import ModelLoadError, NotAClassifierError, UnsupportedModelError
+from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
-from .protos import FLOAT_TYPES
+from .protos import FLOAT_TYPES, describe
 from .io import iter_tensors, load_external_data
 from .wire import read_model
-from .methods import get_method
+from .methods import METHODS, get_method
 from .recipes import ALL_METHODS, Context, Options, build, input_is_nhwc
 
 ATTRIBUTION = "attribution"
@@ -85,6 +85,11 @@ def _scores(b: Builder, name: str | None) -> str:
     outputs = [o.name for o in b.model.graph.output]
     if name is not None:
         if name not in b.types:
+            producer = next((n for n in b.model.graph.node if name in n.output), None)
+            if producer is not None:  # a tensor shape inference could not follow (ai.onnx.ml ops)
+                raise UnsupportedModelError(f"--output '{name}' has no known type or shape: it comes from "
+                                            f"{describe(producer)} (domain '{producer.domain or 'ai.onnx'}'), which "
+                                            "ONNX shape inference cannot follow and onnxattr has no gradient rule for")
             raise NotAClassifierError(f"--output '{name}' is not a tensor of the model (outputs: {', '.join(outputs)})")
         if not b.is_float(name) or len(b.shapes.get(name, [])) != 2:
             raise NotAClassifierError(f"--output '{name}' is not a rank-2 floating-point tensor [N, C]")
@@ -153,6 +158,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         raise UnsupportedModelError(
             f"opset {b.opset}: the attribution graph needs ops of opset 7 or later (ONNX Runtime runs "
             "none of its older Mul, Add, Sub); convert the model first (onnx.version_converter)")
+    if wrt is not None and method in ("gradcam", "guided-gradcam"):
+        raise OptionError(f"--wrt does not apply to {method}: its map is at --layer, its attribution at the input")
     y = _scores(b, output)
     w = wrt or x.name
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
@@ -207,8 +214,12 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
 
 
 def coverage(model, method: str = "saliency", relu_like: bool = False) -> list[dict]:
-    """Per op type: count, nodes on the differentiable path, gradient rule, method override."""
-    policy = get_method(method, relu_like=relu_like)
+    """Per op type: count, nodes on the differentiable path, gradient rule, method override.
+    The composed methods use the rules of the base method they differentiate with."""
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
+    policy = get_method(method if method in METHODS else "guided" if method == "guided-gradcam" else "saliency",
+                        relu_like=relu_like)
     src = load_model(model)
     x = _float_input(src, None)
     b = Builder(src, x.type.tensor_type.elem_type)

@@ -57,7 +57,8 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
     missing = []
     for node in path:
         if node.domain not in ("", "ai.onnx"):
-            missing.append(f"{describe(node)} (custom domain '{node.domain}')")
+            kind = "domain" if node.domain == "ai.onnx.ml" else "custom domain"
+            missing.append(f"{describe(node)} ({kind} '{node.domain}')")
         elif node.op_type in CONTROL_FLOW:
             missing.append(f"{describe(node)} (control flow)")
         elif policy.rule(node.op_type) is None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import api
 from .api import _one_line
-from .errors import InputError, NonFiniteWarning, OnnxAttrError
+from .errors import InputError, NonFiniteWarning, OnnxAttrError, OutputError
 from .explainer import Explainer
 from .graph import TUNE_FOR
 from .io import check_output_path, external_data_files, save_array, save_model
@@ -176,7 +176,7 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--size", default=None, metavar="H[,W]", help="Images: crop size (default: the model's input size).")
 @click.option("--mean", default="0.485,0.456,0.406", show_default=True, help="Images: per-channel mean.")
 @click.option("--std", default="0.229,0.224,0.225", show_default=True, help="Images: per-channel std.")
-@click.option("--batch-size", default=8, show_default=True, help="Images: batch size.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images: batch size.")
 @click.option("--labels", type=click.Path(), help="Images: class names, one per line.")
 @click.option("--grid", is_flag=True, help="Images: also write grid.png comparing several methods per image.")
 @user_errors
@@ -195,15 +195,18 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     if images and input_path:
         raise click.UsageError("give images or --input X.npy, not both")
     if images:
-        outdir = Path(out or "onnxattr_out")
-        created = outdir.parent.is_dir() and not outdir.exists()
-        if created:
-            outdir.mkdir()
-        methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
         try:
             hw = None if size is None else tuple(int(v) for v in (size.split(",") * 2)[:2])
         except ValueError:
             raise click.BadParameter(f"'{size}' is not H or H,W", param_hint="--size") from None
+        outdir = Path(out or "onnxattr_out")
+        created = outdir.parent.is_dir() and not outdir.exists()
+        if created:
+            try:
+                outdir.mkdir()
+            except OSError as e:
+                raise OutputError(f"could not create the output folder '{outdir}': {e.strerror}; nothing was written") from None
+        methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonFiniteWarning)

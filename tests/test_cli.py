@@ -143,3 +143,46 @@ def test_corrupt_model_is_one_line_error(tmp_path):
     assert r.output.startswith("Error: ModelLoadError") and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "out.onnx").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.onnx"]
+
+
+def test_coverage_accepts_every_method():
+    """`--method` offers all eight; the composed ones use their base method's rules (gradcam,
+    smoothgrad, ... were an internal error: coverage only knew the three base methods)."""
+    for method, override in (("gradcam", ""), ("integrated-gradients", ""), ("guided-gradcam", "guided-gradcam")):
+        r = run("coverage", MODEL, "--method", method)
+        assert r.exit_code == 0, r.output
+        relu = next(line for line in r.output.splitlines() if line.startswith("Relu"))
+        assert relu.split()[-1] == (override or "yes"), relu
+
+
+def test_explain_option_errors_leave_nothing(tmp_path):
+    """--batch-size 0 was an internal error; --size abc left the empty output folder it made;
+    an output folder that cannot be made was an untyped OSError."""
+    img = FIX / "images" / "circle.png"
+    r = run("explain", MODEL, img, "--batch-size", "0", "--provider", "cpu", "-o", tmp_path / "a")
+    assert r.exit_code == 2 and "--batch-size" in r.output and not (tmp_path / "a").exists()
+    r = run("explain", MODEL, img, "--size", "abc", "--provider", "cpu", "-o", tmp_path / "b")
+    assert r.exit_code == 2 and "--size" in r.output and not (tmp_path / "b").exists()
+    r = run("explain", MODEL, img, "--provider", "cpu", "-o", "/proc/onnxattr-maps")
+    assert r.exit_code == 1 and "OutputError: could not create the output folder '/proc/onnxattr-maps'" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_gradcam_refuses_wrt(tmp_path):
+    """--wrt was ignored by gradcam, and guided-gradcam declared the wrt tensor's shape for an
+    attribution at the input (the export failed onnx's full check)."""
+    for method in ("gradcam", "guided-gradcam"):
+        r = run("export", MODEL, "-o", tmp_path / "g.onnx", "--method", method, "--wrt", "x")
+        assert r.exit_code == 1 and f"OptionError: --wrt does not apply to {method}" in r.output
+        assert not (tmp_path / "g.onnx").exists()
+
+
+def test_per_row_baseline_of_another_batch_is_an_option_error(tmp_path):
+    """A baseline [2, ...] for a batch of 4: ONNX Runtime failed inside (its log lines, then
+    ExecutionError); now one OptionError before running."""
+    x = np.load(FIX / "default_input.npy")
+    np.save(tmp_path / "base.npy", x[:2] * 0)
+    r = run("explain", MODEL, "--input", FIX / "default_input.npy", "--method", "integrated-gradients", "--steps", "4",
+            "--baseline", tmp_path / "base.npy", "--provider", "cpu", "-o", tmp_path / "a.npy")
+    assert r.exit_code == 1 and "OptionError: baseline of shape [2, 3, 64, 64] does not broadcast against the input [4, 3, 64, 64]" in r.output
+    assert not (tmp_path / "a.npy").exists()

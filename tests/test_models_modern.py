@@ -515,6 +515,25 @@ def test_sklearn_mlp_zipmap():
     assert rel_err(out["attribution"], _mlp_gradient(clf, X, target, "saliency")) < 2e-6
 
 
+def test_sklearn_logistic_regression_zipmap_names_the_ml_ops():
+    """LogisticRegression (LinearClassifier + Normalizer, domain ai.onnx.ml): with ZipMap, the
+    hint's --output pointed at a tensor shape inference cannot follow, which was then called
+    'not a tensor of the model'; now the ai.onnx.ml node behind it is named."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    clf = LogisticRegression(max_iter=200).fit(X, np.arange(30) % 3)
+    proto = skl2onnx.to_onnx(clf, X[:1])
+    zipmap = next(n for n in proto.graph.node if n.op_type == "ZipMap")
+    with pytest.raises(onnxattr.UnsupportedModelError, match=f"--output '{zipmap.input[0]}' has no known type or shape: "
+                       r"it comes from Normalizer node .* \(domain 'ai.onnx.ml'\)"):
+        onnxattr.attribution_model(proto, output=zipmap.input[0])
+    plain = skl2onnx.to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}})
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"LinearClassifier node .* \(domain 'ai.onnx.ml'\)"):
+        onnxattr.attribution_model(plain, output="probabilities")
+
+
 # ---------------------------------------------------------------- a model-zoo-style old-opset graph
 def _zoo_weights(seed=0):
     r = np.random.default_rng(seed)
