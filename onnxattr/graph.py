@@ -506,7 +506,8 @@ class Builder:
                 return True
         if not self._one_free_dim or self._trials is None:
             return False
-        return all(x in t and y in t and len(t[x]) > i and len(t[y]) > j and t[x][i] == t[y][j] for t in self._trials)
+        return all(x in t and y in t and len(t[x]) > i and len(t[y]) > j and t[x][i] is not None
+                   and t[x][i] == t[y][j] for t in self._trials)
 
     def differ(self, x: str, i: int, y: str, j: int) -> bool:
         """Whether dim i of x and dim j of y are known to differ: both static, or in a trial."""

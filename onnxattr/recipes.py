@@ -276,8 +276,8 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
     if b.opset >= 11:
         sizes = b.op("Concat", [b.slice(b.shape_of(cam), [0], [2], [0]),
                                 b.op("Gather", [b.shape_of(ctx.x), b.ints(spatial)])], axis=0)
-        empty = b.const(np.zeros(0, b.np_dtype))
-        up = b.op("Resize", [cam, empty, b.const(np.zeros(0, np.float32)), sizes], mode="linear",
+        empty = b.const(np.zeros(0, np.float32), dtype=np.float32)  # roi and scales: float32 in any model
+        up = b.op("Resize", [cam, empty, empty, sizes], mode="linear",
                   coordinate_transformation_mode="half_pixel")
     else:
         size = b.static_shape(ctx.x, None, dims=spatial)

@@ -65,17 +65,22 @@ def _too_big(node: onnx.NodeProto, ins: list[np.ndarray], shapes: dict) -> bool:
     return False
 
 
-def _trial(model: onnx.ModelProto, size: int) -> tuple[dict, dict]:
+def _trial(model: onnx.ModelProto, size: int, step: int = 0) -> tuple[dict, dict]:
+    """Shapes and small values with every free dim of the inputs set to `size`, or with `step`,
+    the k-th distinct free dim (by dim_param; each unnamed one its own) to size + k * step."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name for i in g.initializer}
+    index: dict = {}
     for vi in g.input:
         if vi.name not in inits:
             for d in vi.type.tensor_type.shape.dim:
                 if not d.HasField("dim_value"):
+                    key = d.dim_param or object()
+                    k = index.setdefault(key, len(index))
                     d.Clear()
-                    d.dim_value = size
+                    d.dim_value = size + k * step
     values = {i.name: numpy_helper.to_array(i) for i in g.initializer if np.prod(i.dims) <= SMALL}
     for n in g.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
@@ -130,16 +135,19 @@ def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.
     {tensor: value of a small tensor that does not depend on them},
     the dims of both trials as they came)."""
     (s1, v1), (s2, v2) = (_trial(model, size) for size in TRIALS)
-    s3, v3 = _trial(model, ONE)
     shapes = {k: [d if d == e else None for d, e in zip(s, s2[k])]
               for k, s in s1.items() if k in s2 and len(s) == len(s2[k])}
     values = {k: v for k, v in v1.items() if k in v2 and v.shape == v2[k].shape and np.array_equal(v, v2[k])}
-    # A value or dim equal at 6 and 35 may still saturate (min(N, 4)): it must hold at 1 too.
-    # Where the size-1 trial changes a rank (Squeeze without axes) or folds nothing, it has no say.
-    for k, dims in shapes.items():
-        if k in s3 and len(s3[k]) == len(dims):
-            shapes[k] = [d if d == e else None for d, e in zip(dims, s3[k])]
-    values = {k: v for k, v in values.items() if k not in v3 or (v.shape == v3[k].shape and np.array_equal(v, v3[k]))}
+    # A value or dim equal at 6 and 35 may still saturate (min(N, 4)): it must hold at 1 too. With
+    # several free dims, all of one size in those trials, W - H is 0 in each: it must hold with
+    # distinct sizes too. Where such a trial changes a rank (Squeeze without axes), or fails (free
+    # dims that must be equal), it has no say.
+    checks = [_trial(model, ONE)] + ([_trial(model, TRIALS[0], step=5)] if free_dims(model) > 1 else [])
+    for s3, v3 in checks:
+        for k, dims in shapes.items():
+            if k in s3 and len(s3[k]) == len(dims):
+                shapes[k] = [d if d == e else None for d, e in zip(dims, s3[k])]
+        values = {k: v for k, v in values.items() if k not in v3 or (v.shape == v3[k].shape and np.array_equal(v, v3[k]))}
     return shapes, values, (s1, s2)
 
 
@@ -164,19 +172,25 @@ def free_dims(model: onnx.ModelProto) -> int:
 def skeleton(model: onnx.ModelProto, small: int = 1024) -> onnx.ModelProto:
     """The model without the data of large initializers (they become typed graph inputs), so
     shape inference neither copies the weights nor hits protobuf's 2 GB limit."""
-    skel = onnx.ModelProto(ir_version=model.ir_version)
+    # IR 3 lists every initializer as a graph input too, and shape inference then takes them for
+    # inputs whose values it may not use (a torch opset-8 export lost its MatMul shapes): infer
+    # at IR 4, where the small initializers are constants and not inputs.
+    skel = onnx.ModelProto(ir_version=max(model.ir_version, 4))
     skel.opset_import.extend(model.opset_import)
     skel.functions.extend(model.functions)
     g, sg = model.graph, skel.graph
     sg.name = g.name
-    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+    for part in ("node", "output", "value_info", "sparse_initializer"):
         getattr(sg, part).extend(getattr(g, part))
     declared = {i.name for i in g.input}
+    kept = set()
     for init in g.initializer:
         if int(np.prod(init.dims)) <= small and init.data_location != TensorProto.EXTERNAL:
             sg.initializer.append(init)
+            kept.add(init.name)
         elif init.name not in declared:
             sg.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    sg.input.extend(i for i in g.input if model.ir_version >= 4 or i.name not in kept)
     return skel
 
 

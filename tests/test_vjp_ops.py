@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxattr
@@ -1111,3 +1112,75 @@ def test_a_dim_saturating_in_the_batch_is_not_taken_as_static():
         want = np.zeros((n, 3), np.float32)
         want[:min(n, 4)] = 1.0 / min(n, 4)
         np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+def _graph_model(nodes, inputs, outputs, inits, opset=17, ir=8):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    return model
+
+
+def test_a_difference_of_two_free_dims_is_not_taken_as_static():
+    """Pad to a square, pads W - H from the shape: with H and W free, every shape trial gave them
+    one size, so W - H folded to 0 and the gradient came back [N, C, W, W] for [N, C, H, W],
+    silently. A trial with distinct sizes per free dim now says the pads vary: refused."""
+    f, i = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "two"], ["h"]),
+             helper.make_node("Gather", ["s", "three"], ["w"]), helper.make_node("Sub", ["w", "h"], ["d"]),
+             helper.make_node("Concat", ["z6", "d", "z1"], ["pads"], axis=0),
+             helper.make_node("Pad", ["x", "pads"], ["y"], name="square")]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("two", [2]), ("three", [3]), ("z6", [0] * 6), ("z1", [0]))]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 3, "H", "W"])],
+                         [helper.make_tensor_value_info("y", f, None)], inits)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Pad node 'square': pads must be a constant"):
+        vjp_model(model)
+
+
+def test_two_data_dependent_lengths_are_not_the_same_dim():
+    """u (k1 = 1 element) * v (k2 = 3) broadcast: both lengths are unknown in every trial, and
+    unknown == unknown counted as the same dim, so u's gradient was not summed (ONNX Runtime
+    then failed in a ScatterND)."""
+    d = TensorProto.DOUBLE
+    nodes = [helper.make_node("Gather", ["x", "zero"], ["a"], axis=0),
+             helper.make_node("Greater", ["a", "hi"], ["m1"]), helper.make_node("Greater", ["a", "lo"], ["m2"]),
+             helper.make_node("NonZero", ["m1"], ["i1"]), helper.make_node("NonZero", ["m2"], ["i2"]),
+             helper.make_node("Squeeze", ["i1", "zax"], ["j1"]), helper.make_node("Squeeze", ["i2", "zax"], ["j2"]),
+             helper.make_node("Gather", ["a", "j1"], ["u"], axis=0), helper.make_node("Gather", ["a", "j2"], ["v"], axis=0),
+             helper.make_node("Mul", ["u", "v"], ["uv"]), helper.make_node("ReduceSum", ["uv"], ["s"], keepdims=1),
+             helper.make_node("Mul", ["x", "s"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(0.5), "hi"),
+             numpy_helper.from_array(np.array(-0.5), "lo"), numpy_helper.from_array(np.array([0], np.int64), "zax")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", d, ["N", 4])], [helper.make_tensor_value_info("y", d, ["N", 4])], inits)
+    x = np.array([[1.0, 0.0, -1.0, 0.2], [0.3, -0.7, 0.9, 0.1]])  # row 0: one entry > 0.5, three > -0.5
+    cot = np.random.default_rng(0).standard_normal((2, 4))
+    vm, cots, grads = vjp_model(model)
+    got = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0].run([grads["x"]], {"x": x, cots["y"]: cot})[0]
+    fwd = onnxattr.runtime.make_session(model.SerializeToString(), "cpu")[0]
+    want = np.zeros_like(x)
+    for k in np.ndindex(x.shape):  # central differences (the function is smooth away from the masks' thresholds)
+        e = np.zeros_like(x)
+        e[k] = 1e-6
+        want[k] = np.sum((fwd.run(None, {"x": x + e})[0] - fwd.run(None, {"x": x - e})[0]) * cot) / 2e-6
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.DOUBLE])
+def test_gradcam_resize_constants_are_float32_in_any_model(dtype):
+    """Grad-CAM's upsampling Resize took its (empty) roi and scales in the model's float type:
+    float16 / float64 models gave a graph ONNX Runtime refused and onnx's checker failed."""
+    npt = helper.tensor_dtype_to_np_dtype(dtype)
+    w = numpy_helper.from_array((np.random.default_rng(0).standard_normal((4, 3, 3, 3)) * 0.3).astype(npt), "w")
+    wf = numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 5)).astype(npt), "wf")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "wf"], ["y"])]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", dtype, ["N", 3, 8, 8])],
+                         [helper.make_tensor_value_info("y", dtype, ["N", 5])], [w, wf], opset=13)
+    am = onnxattr.attribution_model(model, method="gradcam")
+    onnx.checker.check_model(am, full_check=True)
+    if dtype == TensorProto.FLOAT16:  # ONNX Runtime's CPU Conv has no double kernel
+        x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(npt)
+        sess = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0]
+        cam = sess.run(["attribution"], {"x": x, "target": np.array([1, 3])})[0]
+        assert cam.shape == (2, 1, 8, 8) and np.isfinite(cam).all() and np.abs(cam).max() > 0
