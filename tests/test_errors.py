@@ -705,3 +705,27 @@ def test_wrt_without_a_batch_axis_is_refused():
     for method in ("saliency", "smoothgrad"):
         with pytest.raises(onnxattr.NotAClassifierError, match=re.escape("'k' [] has no batch axis")):
             onnxattr.attribution_model(m, method=method, wrt="k", input="x")
+
+
+@pytest.mark.parametrize("op", ["Range", "OneHot"])
+def test_range_and_onehot_fed_from_the_input_are_refused(op):
+    """Range with a float start, OneHot with float values, computed from the input: linear in
+    it, but both were listed as having no gradient, so the term was dropped silently (finite
+    differences: -7.0 where onnxattr gave -5.1). Now refused as having no rule."""
+    from onnxattr.api import vjp_model
+
+    ints = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("depth", 3), ("idx", [0, 2, 1]))]
+    floats = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("limit", 10.0), ("step", 2.5), ("off", 1.0))]
+    if op == "Range":
+        nodes = [helper.make_node("ReduceMean", ["x"], ["start"], keepdims=0), helper.make_node("Range", ["start", "limit", "step"], ["r"], name="op"),
+                 helper.make_node("ReduceSum", ["r"], ["rs"], keepdims=1), helper.make_node("Mul", ["x", "rs"], ["y"])]
+    else:
+        nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0, 1], keepdims=0), helper.make_node("Unsqueeze", ["m"], ["m1"], axes=[0]),
+                 helper.make_node("Mul", ["m1", "off"], ["v1"]),
+                 helper.make_node("Concat", ["m1", "v1"], ["vals"], axis=0),
+                 helper.make_node("OneHot", ["idx", "depth", "vals"], ["o"], name="op"),
+                 helper.make_node("ReduceSum", ["o"], ["os"], axes=[0], keepdims=0), helper.make_node("Mul", ["x", "os"], ["y"])]
+    m = model(nodes, [helper.make_tensor_value_info("x", F, [2, 3])], [helper.make_tensor_value_info("y", F, None)],
+              ints + floats, opset=11)
+    with pytest.raises(onnxattr.UnsupportedModelError, match=f"no gradient rule for 1 node\\(s\\).*{op} node 'op'"):
+        vjp_model(m)

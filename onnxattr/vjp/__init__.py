@@ -11,11 +11,13 @@ from typing import Callable
 
 RULES: dict[str, Callable] = {}
 
-# Ops whose outputs carry no gradient: integer/bool results, or piecewise-constant floats.
+# Ops whose outputs carry no gradient: integer/bool results, or piecewise-constant floats, or
+# floats that depend on their inputs' shapes only. (Range and OneHot are not here: a float start,
+# delta or `values` computed from the input makes them linear in it, so they must be refused.)
 NON_DIFFERENTIABLE = {
-    "Shape", "Size", "Constant", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "NonZero",
+    "Shape", "Size", "Constant", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
-    "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike", "OneHot",
+    "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike",
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
     "Bernoulli", "BitShift", "StringNormalizer", "NonMaxSuppression",
 }
