@@ -69,12 +69,18 @@ def _one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _float_input(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
+def _float_input(model: onnx.ModelProto, name: str | None, allow_int: bool = False) -> onnx.ValueInfoProto:
+    """The input to attribute to (or, with `allow_int`, whose batch the --wrt tensor follows:
+    a text model's token ids when no input is float)."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     for vi in inputs:
         if (name is None or vi.name == name) and vi.type.tensor_type.elem_type in FLOAT_TYPES:
             return vi
+    if allow_int:
+        for vi in inputs:
+            if (name is None or vi.name == name) and vi.type.HasField("tensor_type"):
+                return vi
     if name is not None:
         raise NotAClassifierError(f"'{name}' is not a floating-point input of the model "
                                   f"(inputs: {', '.join(i.name for i in inputs)})")
@@ -150,10 +156,14 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     else:  # loaded here: nobody else holds it, so extend it in place (no copy of the weights)
         out = src
     x = onnx.ValueInfoProto()
-    x.CopyFrom(_float_input(out, input))
+    x.CopyFrom(_float_input(out, input, allow_int=wrt is not None))
     inits = {i.name for i in out.graph.initializer}
     inputs = [i.name for i in out.graph.input if i.name not in inits]
     b = Builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
+    if x.type.tensor_type.elem_type not in FLOAT_TYPES:  # token ids: the float type is that of --wrt
+        if wrt not in b.types or not b.is_float(wrt):
+            raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")
+        b.set_dtype(b.types[wrt])
     if b.opset < 7:  # measured: even an Identity classifier's attribution model failed to load
         raise UnsupportedModelError(
             f"opset {b.opset}: the attribution graph needs ops of opset 7 or later (ONNX Runtime runs "

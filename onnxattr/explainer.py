@@ -16,6 +16,7 @@ from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
 
 NUMPY_INPUT = {"tensor(double)": np.float64, "tensor(float)": np.float32, "tensor(float16)": np.float16}
+NUMPY_IDS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}  # token ids, attributed at --wrt
 NONFINITE = ("warn", "raise", "ignore")
 
 
@@ -59,7 +60,7 @@ class Explainer:
         sess, self.provider = self._make_session(self.model, provider)
         self._sessions["input"] = sess
         meta = {p.key: p.value for p in self.model.metadata_props}
-        self.input_name = _float_input(self.source, input).name
+        self.input_name = _float_input(self.source, input, allow_int=wrt is not None).name
         others = [i.name for i in sess.get_inputs() if i.name not in (self.input_name, TARGET)]
         if others:
             raise UnsupportedModelError(
@@ -106,9 +107,15 @@ class Explainer:
         except (ValueError, TypeError) as e:
             raise InputError(_one_line(f"input is not an array ({e})")) from None
         want = NUMPY_INPUT.get(self._input_meta.type)
-        if want is None:
+        ids = NUMPY_IDS.get(self._input_meta.type)
+        if want is None and ids is None:
             raise InputError(f"the model's input '{self.input_name}' is {self._input_meta.type}, which numpy cannot feed")
-        if x.dtype != want:
+        if ids is not None:  # token ids
+            if not np.issubdtype(x.dtype, np.integer):
+                raise InputError(f"input must be an integer array (the model's input '{self.input_name}' is "
+                                 f"{self._input_meta.type}), got dtype {x.dtype}")
+            x = x.astype(ids)
+        elif x.dtype != want:
             if not np.issubdtype(x.dtype, np.floating):
                 raise InputError(f"input must be a floating-point array, got dtype {x.dtype}")
             x = x.astype(want)

@@ -509,6 +509,10 @@ class Builder:
         return all(x in t and y in t and len(t[x]) > i and len(t[y]) > j and t[x][i] is not None
                    and t[x][i] == t[y][j] for t in self._trials)
 
+    def set_dtype(self, dtype: int) -> None:
+        """The float type of the backward (before any node is added)."""
+        self.dtype, self.np_dtype = dtype, helper.tensor_dtype_to_np_dtype(dtype)
+
     def differ(self, x: str, i: int, y: str, j: int) -> bool:
         """Whether dim i of x and dim j of y are known to differ: both static, or in a trial."""
         sx, sy = self.shapes.get(x), self.shapes.get(y)

@@ -11,11 +11,17 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, Tenso
 
 
 def attrs(node: onnx.NodeProto) -> dict:
-    """A node's attributes as plain Python values (strings decoded)."""
+    """A node's attributes as plain Python values (UTF-8 strings decoded; other bytes, such as
+    a converter's binary config left on an unknown op, stay bytes)."""
     out = {}
     for a in node.attribute:
         v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
+        if isinstance(v, bytes):
+            try:
+                v = v.decode()
+            except UnicodeDecodeError:
+                pass
+        out[a.name] = v
     return out
 
 

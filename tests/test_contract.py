@@ -212,3 +212,38 @@ def test_backward_reads_shapes_of_forward_tensors_early():
         xs = rng.standard_normal((2, 3, h, w)).astype(np.float32)
         _, a = session(att).run(None, {"x": xs, "target": np.array([1, 4])})
         assert a.shape == xs.shape and np.isfinite(a).all() and np.abs(a).sum() > 0
+
+
+def _text_model():
+    """Token ids [N, 6] (int64, the only input) -> embedding [N, 6, 8] -> mean -> scores [N, 4]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    emb = numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "E")
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")
+    g = helper.make_graph([helper.make_node("Gather", ["E", "ids"], ["emb"]),
+                           helper.make_node("ReduceMean", ["emb"], ["pooled"], axes=[1], keepdims=0),
+                           helper.make_node("MatMul", ["pooled", "W"], ["scores"])],
+                          "text", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])], [emb, w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), numpy_helper.to_array(w)
+
+
+@pytest.mark.parametrize("method", ["saliency", "gradient-x-input", "smoothgrad", "integrated-gradients"])
+def test_text_model_attributed_at_its_embedding(method):
+    """README: --wrt a text model's embedding output. A model whose only input is token ids was
+    refused ('no floating-point input'); the ids now give the batch and --wrt the float type."""
+    model, w = _text_model()
+    ids = np.array([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], np.int64)
+    am = onnxattr.attribution_model(model, method=method, wrt="emb", samples=3)
+    onnx.checker.check_model(am, full_check=True)
+    att = session(am).run(["attribution"], {"ids": ids, "target": np.array([1, 3])})[0]
+    assert att.shape == (2, 6, 8)
+    if method == "saliency":
+        np.testing.assert_allclose(att, np.stack([np.tile(w[:, t] / 6, (6, 1)) for t in (1, 3)]), rtol=1e-6)
+    ex = onnxattr.Explainer(model, method=method, wrt="emb", provider="cpu", samples=3)
+    np.testing.assert_array_equal(ex(ids.astype(np.int32), target=[1, 3]), att)
+    with pytest.raises(onnxattr.InputError, match="input must be an integer array"):
+        ex(ids.astype(np.float32), target=1)
+    with pytest.raises(onnxattr.NotAClassifierError, match="no floating-point input"):
+        onnxattr.attribution_model(model, method=method)

@@ -729,3 +729,21 @@ def test_range_and_onehot_fed_from_the_input_are_refused(op):
               ints + floats, opset=11)
     with pytest.raises(onnxattr.UnsupportedModelError, match=f"no gradient rule for 1 node\\(s\\).*{op} node 'op'"):
         vjp_model(m)
+
+
+def test_binary_string_attribute_is_not_decoded():
+    """tf2onnx leaves StatefulPartitionedCall nodes with a binary config_proto attribute (Keras
+    ConvNeXt): a UnicodeDecodeError escaped, even from a side branch. Off the path now ignored;
+    on the path the usual no-rule error."""
+    from onnxattr.api import vjp_model
+
+    odd = helper.make_node("Foo", ["x"], ["o"], domain="com.example", name="odd", config=b"\xff\xfe\x00binary")
+    side = model([odd, helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", F, [2, 3])],
+                 [helper.make_tensor_value_info("y", F, [2, 3]), helper.make_tensor_value_info("o", F, None)])
+    side.opset_import.append(helper.make_opsetid("com.example", 1))
+    vjp_model(side, of=["y"])
+    on_path = model([odd, helper.make_node("Relu", ["o"], ["y"])], [helper.make_tensor_value_info("x", F, [2, 3])],
+                    [helper.make_tensor_value_info("y", F, [2, 3])])
+    on_path.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Foo node 'odd' \\(custom domain 'com.example'\\)"):
+        vjp_model(on_path)

@@ -1184,3 +1184,20 @@ def test_gradcam_resize_constants_are_float32_in_any_model(dtype):
         sess = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0]
         cam = sess.run(["attribution"], {"x": x, "target": np.array([1, 3])})[0]
         assert cam.shape == (2, 1, 8, 8) and np.isfinite(cam).all() and np.abs(cam).max() > 0
+
+
+def test_slice_taking_the_dynamic_batch_axis_whole():
+    """tf2onnx's Cropping2D slices every axis, the batch from 0 to INT_MAX: that axis needs no
+    size, but the rule asked for a static one and refused the dynamic batch."""
+    f = TensorProto.FLOAT
+    ints = {"st": [0, 1, 2], "en": [2 ** 31 - 1, 2 ** 31 - 1, -1], "ax": [0, 1, 2]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in ints.items()]
+    model = _graph_model([helper.make_node("Slice", ["x", "st", "en", "ax"], ["y"])],
+                         [helper.make_tensor_value_info("x", f, ["N", 4, 5])], [helper.make_tensor_value_info("y", f, None)], inits)
+    vm, cots, grads = vjp_model(model)
+    cot = np.random.default_rng(0).standard_normal((3, 3, 2)).astype(np.float32)
+    g = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0].run(
+        [grads["x"]], {"x": np.zeros((3, 4, 5), np.float32), cots["y"]: cot})[0]
+    want = np.zeros((3, 4, 5), np.float32)
+    want[:, 1:, 2:4] = cot
+    np.testing.assert_array_equal(g, want)
