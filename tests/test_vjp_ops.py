@@ -1201,3 +1201,27 @@ def test_slice_taking_the_dynamic_batch_axis_whole():
     want = np.zeros((3, 4, 5), np.float32)
     want[:, 1:, 2:4] = cot
     np.testing.assert_array_equal(g, want)
+
+
+def test_concat_along_a_dynamic_axis():
+    """A ViT with dynamic resolution joins its class token to a dynamic number of patches:
+    Concat's gradient needed static lengths and refused it; Split-13 takes run-time sizes."""
+    f = TensorProto.FLOAT
+    cls = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 1, 4), "cls")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Slice", ["s", "z", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "tail"], ["shape"], axis=0), helper.make_node("Expand", ["cls", "shape"], ["c"]),
+             helper.make_node("Mul", ["x", "two"], ["x2"]),
+             helper.make_node("Concat", ["c", "x", "x2"], ["h"], axis=1),  # [N, 1 + 2L, 4]
+             helper.make_node("Mul", ["h", "h"], ["sq"]), helper.make_node("ReduceSum", ["sq", "ax"], ["y"], keepdims=0)]
+    ints = {"z": [0], "one": [1], "tail": [1, 4], "ax": [1]}
+    inits = [cls, numpy_helper.from_array(np.array(2.0, np.float32), "two")] + [
+        numpy_helper.from_array(np.array(v, np.int64), n) for n, v in ints.items()]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", "L", 4])],
+                         [helper.make_tensor_value_info("y", f, ["N", 4])], inits)
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for length in (1, 5):
+        x = np.random.default_rng(length).standard_normal((2, length, 4)).astype(np.float32)
+        cot = np.random.default_rng(9).standard_normal((2, 4)).astype(np.float32)
+        g = sess.run([grads["x"]], {"x": x, cots["y"]: cot})[0]
+        np.testing.assert_allclose(g, 2 * x * cot[:, None, :] * (1 + 4), rtol=1e-6)  # d/dx (x^2 + (2x)^2)

@@ -34,6 +34,12 @@ def transpose(b, node, gys):
 def concat(b, node, gys):
     out = node.output[0]
     axis = attrs(node).get("axis", 1) % b.rank(out, node)
+    known = [(b.shapes.get(x) or [None] * (axis + 1))[axis] for x in node.input]
+    if None in known and b.opset >= 13 and len(node.input) > 1:
+        # a length known only at run time (a ViT's class token joined to a dynamic number of
+        # patches): Split-13 takes its sizes as a tensor
+        sizes = b.op("Concat", [b.slice(b.shape_of(x), [axis], [axis + 1], [0]) for x in node.input], axis=0)
+        return b.op("Split", [gys[0], sizes], outputs=len(node.input), axis=axis)
     sizes = [b.static_shape(x, node, dims=[axis])[axis] for x in node.input]
     return b.split(gys[0], sizes, axis)
 
