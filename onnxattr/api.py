@@ -218,6 +218,9 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     meta = {"onnxattr.method": method, "onnxattr.scores": y, "onnxattr.wrt": w, "onnxattr.tuned_for": tune_for}
     if layer is not None:
         meta["onnxattr.layer"] = layer
+    kept = [p for p in out.metadata_props if p.key not in meta]  # an earlier export's keys are replaced
+    del out.metadata_props[:]
+    out.metadata_props.extend(kept)
     for k, v in meta.items():
         out.metadata_props.add(key=k, value=v)
     return out

@@ -227,7 +227,11 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         return
     if input_path is None:
         raise click.UsageError("give images, or --input X.npy")
-    out = check_output_path(out or "attribution.npy", model, input_path)
+    data = external_data_files(model) if model is not None else []
+    out = check_output_path(out or "attribution.npy", model, input_path, *data)
+    if not Path(input_path).is_file():
+        raise InputError(f"cannot read '{input_path}': " + ("not a regular file" if Path(input_path).exists()
+                                                              else "no such file"))
     try:
         x = np.load(input_path, allow_pickle=False)
     except Exception as e:
@@ -240,7 +244,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     _warn_nonfinite(caught)
     if "completeness_gap" in result:
         click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(result['completeness_gap'], 5).tolist()}")
-    path = save_array(result[api.ATTRIBUTION], out, model, input_path)
+    path = save_array(result[api.ATTRIBUTION], out, model, input_path, *data)
     shown = result.get(api.TARGET, np.broadcast_to(np.asarray(_parse_target(target)), (x.shape[0],)))
     click.echo(f"wrote {method} attribution {list(result[api.ATTRIBUTION].shape)} for classes "
                f"{np.asarray(shown).tolist()} to {path}")

@@ -61,6 +61,7 @@ class Builder:
                     self.consts[n.output[0]] = a["value"].t
         self._infer()
         self._infer_trials()
+        self._record_declared()
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
@@ -107,6 +108,19 @@ class Builder:
             if name not in self.consts:
                 self.consts[name] = numpy_helper.from_array(v, name)
                 self.types.setdefault(name, self.consts[name].data_type)
+
+    def _record_declared(self) -> None:
+        """The model's own value_info and output shapes, only for tensors inference left without
+        a shape (inferred shapes win: a stale declared one would size the backward wrongly)."""
+        g = self.model.graph
+        for vi in itertools.chain(g.value_info, g.output):
+            t = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            self.types.setdefault(vi.name, t.elem_type)
+            if t.HasField("shape") and self.shapes.get(vi.name) is None:
+                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+                self.shape_protos.setdefault(vi.name, t.shape)
 
     def _record(self, g: onnx.GraphProto) -> None:
         for vi in itertools.chain(g.input, g.value_info, g.output):

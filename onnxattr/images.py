@@ -25,14 +25,19 @@ def expand_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
         path = Path(os.fspath(arg))
         if path.is_dir():
             found.extend(_folder_images(path))
-        elif path.exists():
+        elif path.is_file():
             found.append(path)
+        elif path.exists():  # a FIFO or device: reading it could block forever
+            raise InputError(f"'{path}' is not a regular file or a folder")
         else:
             raise InputError(f"no such file or folder '{path}'")
     if not found:
         names = ", ".join(f"'{a}'" for a in args) or "(nothing given)"
         raise InputError(f"no images found in {names} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return found
+    unique: dict = {}  # a file given twice (by name and in its folder) is explained once
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def _folder_images(folder: Path) -> list[Path]:

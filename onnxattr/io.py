@@ -183,13 +183,18 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 def check_output_path(out, *inputs) -> Path:
     """`out` must be in an existing folder, not a folder itself, and not one of `inputs`."""
     out = Path(os.fspath(out))
-    if not out.parent.resolve().is_dir():
-        raise OutputError(f"output folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise OutputError(f"output '{out}' is a folder; give a file name")
-    for src in inputs:
-        if src is not None and Path(os.fspath(src)).exists() and out.exists() and os.path.samefile(out, src):
-            raise OutputError(f"output '{out}' is the input file '{src}'; choose another -o")
+    try:
+        if not out.parent.resolve().is_dir():
+            raise OutputError(f"output folder '{out.parent}' does not exist")
+        if out.is_dir():
+            raise OutputError(f"output '{out}' is a folder; give a file name")
+        if out.exists() and not out.is_file():  # a device or FIFO would be replaced by a file
+            raise OutputError(f"output '{out}' exists and is not a regular file; choose another -o")
+        for src in inputs:
+            if src is not None and Path(os.fspath(src)).exists() and out.exists() and os.path.samefile(out, src):
+                raise OutputError(f"output '{out}' is the input file '{src}'; choose another -o")
+    except OSError as e:  # a name too long, a loop of links, ...
+        raise OutputError(f"output '{out}': {e.strerror or e}") from None
     return out
 
 
@@ -204,7 +209,7 @@ def _write_error(out: Path, e: OSError) -> OutputError:
 
 
 def _temp(folder: Path, name: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name[:64]}.", suffix=".tmp", dir=folder)  # any legal name fits
     os.close(fd)
     return tmp
 

@@ -4,6 +4,7 @@ attribution arrays, heatmap overlays and an optional side-by-side grid."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from .api import ATTRIBUTION, TARGET
 from .errors import InputError, OnnxAttrError
 from .explainer import Explainer
 from .images import input_geometry, load_images
-from .io import save_array
+from .io import check_output_path, external_data_files, save_array
 
 DISPLAY = {"deconvnet": "signed", "guided": "signed", "guided-gradcam": "signed", "gradcam": "cam"}
 GRID_METHODS = ("saliency", "deconvnet", "guided", "smoothgrad", "integrated-gradients", "gradcam", "guided-gradcam")
@@ -26,9 +27,11 @@ def display_kind(method: str) -> str:
 
 def read_labels(path) -> list[str]:
     try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as e:
         raise InputError(f"cannot read labels file '{path}': {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"cannot read labels file '{path}': not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _probabilities(scores: np.ndarray) -> np.ndarray:
@@ -52,9 +55,10 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     size = size or (h, w)
     if size[0] is None or size[1] is None:
         raise InputError(f"the model's input {shape} has no fixed size: give --size")
+    _check_names(paths, methods, outdir, grid, model)
     files, shown, maps, predictions = [], [], {m: [] for m in methods}, []
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    try:
+    try:  # every file is staged under a hidden name and renamed into place once all are written
         with (progress(chunks) if progress else contextlib.nullcontext(chunks)) as steps:
             for chunk in steps:
                 _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, layout, channels, labels,
@@ -62,12 +66,34 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
         if grid:
             titles = [f"{name} ({score:.2f})" for name, score in predictions]
             picture = viz.grid(shown, [(m, maps[m]) for m in methods], titles)
-            files.append(viz.save_png(picture, outdir / "grid.png"))
-    except BaseException:  # a later image failed: the command writes all of its files or none
-        for f in files:
-            Path(f).unlink(missing_ok=True)
+            files.append((viz.save_png(picture, _staged(outdir / "grid.png")), outdir / "grid.png"))
+        for staged, final in files:
+            os.replace(staged, final)
+    except BaseException:  # the command writes all of its files or none, and leaves older ones alone
+        for staged, _ in files:
+            Path(staged).unlink(missing_ok=True)
         raise
-    return {"files": files, "predictions": predictions, "layer": first.layer, "provider": first.provider}
+    return {"files": [final for _, final in files], "predictions": predictions, "layer": first.layer,
+            "provider": first.provider}
+
+
+def _staged(final: Path) -> Path:
+    return final.with_name(f".{final.stem}.onnxattr-part{final.suffix}")
+
+
+def _check_names(paths: list[Path], methods: list[str], outdir: Path, grid: bool, model) -> None:
+    """Before any work: no two images may write the same files, and none may be written over
+    the model or its external data."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise InputError(f"images '{seen[path.stem]}' and '{path}' would write the same files "
+                             f"({path.stem}.<method>.npy/png); rename one or explain them separately")
+        seen[path.stem] = path
+    sources = [model] + external_data_files(model) if isinstance(model, (str, os.PathLike)) else []
+    names = [f"{stem}.{m}.{ext}" for stem in seen for m in methods for ext in ("npy", "png")] + (["grid.png"] if grid else [])
+    for name in names:
+        check_output_path(outdir / name, *sources)
 
 
 def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, layout, channels, labels,
@@ -84,7 +110,9 @@ def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, 
                 predictions.append((name, float(probs[row, k])))
         for row, path in enumerate(chunk):
             att = out[ATTRIBUTION][row]
-            files.append(save_array(att, outdir / f"{path.stem}.{m}.npy"))
+            final = outdir / f"{path.stem}.{m}.npy"
+            files.append((save_array(att, _staged(final)), final))
             kind = display_kind(m)
             maps[m].append(viz.overlay(images[row], viz.to_map(att, kind, layout), kind))
-            files.append(viz.save_png(maps[m][-1], outdir / f"{path.stem}.{m}.png"))
+            final = outdir / f"{path.stem}.{m}.png"
+            files.append((viz.save_png(maps[m][-1], _staged(final)), final))

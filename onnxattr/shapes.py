@@ -20,7 +20,8 @@ from .protos import attrs
 
 SMALL = 4096  # largest tensor (elements) evaluated or kept as a value
 TRIALS = (6, 35)  # differ modulo 2, 3, 4, 5, 7, 8, ...: a value equal for both does not depend on them
-ONE = 1  # and a third trial below both: min(N, 4) is 4 at 6 and 35, 1 at 1
+CHECKS = (1, 1009)  # and trials below and far above both: min(N, 4) is 4 at 6 and 35 but 1 at 1;
+# max(L, 40) and a length padded to a multiple of 64 are 40 and 64 at 6 and 35, not at 1009
 NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
               "Bernoulli", "If", "Loop", "Scan", "SequenceMap"}
 
@@ -142,7 +143,7 @@ def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.
     # several free dims, all of one size in those trials, W - H is 0 in each: it must hold with
     # distinct sizes too. Where such a trial changes a rank (Squeeze without axes), or fails (free
     # dims that must be equal), it has no say.
-    checks = [_trial(model, ONE)] + ([_trial(model, TRIALS[0], step=5)] if free_dims(model) > 1 else [])
+    checks = [_trial(model, size) for size in CHECKS] + ([_trial(model, TRIALS[0], step=5)] if free_dims(model) > 1 else [])
     for s3, v3 in checks:
         for k, dims in shapes.items():
             if k in s3 and len(s3[k]) == len(dims):
@@ -180,8 +181,16 @@ def skeleton(model: onnx.ModelProto, small: int = 1024) -> onnx.ModelProto:
     skel.functions.extend(model.functions)
     g, sg = model.graph, skel.graph
     sg.name = g.name
-    for part in ("node", "output", "value_info", "sparse_initializer"):
-        getattr(sg, part).extend(getattr(g, part))
+    # The model's value_info and output shapes are left out: ONNX Runtime ignores them when they
+    # are stale, so a backward sized by them would not load (the Builder takes them only where
+    # inference finds nothing). Outputs keep their types.
+    sg.node.extend(g.node)
+    for sp in g.sparse_initializer:  # shape inference does not read sparse initializers: typed inputs
+        sg.input.append(helper.make_tensor_value_info(sp.values.name, sp.values.data_type, list(sp.dims)))
+    given = {i.name for i in g.input} | {i.name for i in g.initializer}
+    for o in g.output:  # (an input that is also an output keeps its declaration: inference merges them)
+        sg.output.append(helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None)
+                         if o.type.HasField("tensor_type") and o.name not in given else o)
     declared = {i.name for i in g.input}
     kept = set()
     for init in g.initializer:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import warnings
@@ -747,3 +748,137 @@ def test_binary_string_attribute_is_not_decoded():
     on_path.opset_import.append(helper.make_opsetid("com.example", 1))
     with pytest.raises(onnxattr.UnsupportedModelError, match="Foo node 'odd' \\(custom domain 'com.example'\\)"):
         vjp_model(on_path)
+
+
+# ---------------------------------------------------------------- files (a helper round on files and forms)
+def _external(tmp_path, location):
+    m = onnx.load(MODEL)
+    onnx.save_model(m, tmp_path / "e.onnx", save_as_external_data=True, location=location, size_threshold=0)
+    return tmp_path / "e.onnx", tmp_path / location
+
+
+def test_explain_never_writes_over_the_models_external_data(tmp_path):
+    """`explain --input -o` the model's data file overwrote the weights (exit 0), and so did an
+    image output named like it; both refused now, the data unchanged."""
+    path, data = _external(tmp_path, "e.bin")
+    before = data.read_bytes()
+    np.save(tmp_path / "x.npy", np.load(FIX / "default_input.npy")[:2])
+    r = cli("explain", path, "--input", tmp_path / "x.npy", "-o", data, "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", "e.bin")
+    path2, data2 = _external(tmp_path, "circle.saliency.npy")
+    before2 = data2.read_bytes()
+    r = cli("explain", path2, FIX / "images" / "circle.png", "-o", tmp_path, "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", "circle.saliency.npy")
+    assert data.read_bytes() == before and data2.read_bytes() == before2
+
+
+def test_output_that_is_a_fifo_is_refused(tmp_path):
+    """-o naming a FIFO (or a device) replaced it with a regular file."""
+    fifo = tmp_path / "f.onnx"
+    os.mkfifo(fifo)
+    r = cli("export", MODEL, "-o", fifo)
+    assert_one_line_error(r, "OutputError", "is not a regular file")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_fifo_given_as_an_image_or_input_is_refused(tmp_path):
+    """A FIFO as an image or as --input blocked forever on the read."""
+    for name in ("p.png", "p.npy"):
+        os.mkfifo(tmp_path / name)
+    r = cli("explain", MODEL, tmp_path / "p.png", "-o", tmp_path / "o", "--provider", "cpu")
+    assert_one_line_error(r, "InputError", "is not a regular file")
+    r = cli("explain", MODEL, "--input", tmp_path / "p.npy", "-o", tmp_path / "a.npy", "--provider", "cpu")
+    assert_one_line_error(r, "InputError", "not a regular file")
+
+
+def test_images_with_one_stem_are_refused(tmp_path):
+    """a.png and a.jpg both wrote a.saliency.*: the first one's files were lost silently."""
+    from PIL import Image
+
+    for name in ("a.png", "a.jpg"):
+        Image.open(FIX / "images" / "circle.png").convert("RGB").save(tmp_path / name)
+    r = cli("explain", MODEL, tmp_path / "a.png", tmp_path / "a.jpg", "-o", tmp_path / "o", "--provider", "cpu")
+    assert_one_line_error(r, "InputError", "would write the same files")
+    assert not (tmp_path / "o").exists()
+
+
+def test_labels_not_utf8(tmp_path):
+    (tmp_path / "labels.txt").write_bytes(b"cat\n\xe9\xff\n")
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", tmp_path / "o", "--provider", "cpu",
+            "--labels", tmp_path / "labels.txt")
+    assert_one_line_error(r, "InputError", "not UTF-8")
+
+
+def test_failed_rerun_keeps_earlier_outputs(tmp_path):
+    """A rerun into a folder of earlier outputs that failed on a later image overwrote them, then
+    removed them: files are now staged and renamed only when all are written."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(FIX / "images" / "circle.png", imgs)
+    out = tmp_path / "out"
+    assert cli("explain", MODEL, imgs, "-o", out, "--provider", "cpu").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (imgs / "zzz.png").write_bytes(b"broken")
+    r = cli("explain", MODEL, imgs, "-o", out, "--provider", "cpu", "--batch-size", "1", "--method", "saliency")
+    assert_one_line_error(r, "InputError", "cannot decode image")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_long_output_names(tmp_path):
+    """A legal 250-character name could not be written (the temporary name went past 255); a
+    name over the limit was an untyped OSError."""
+    ok = tmp_path / ("x" * 245 + ".onnx")
+    assert cli("export", MODEL, "-o", ok).exit_code == 0 and ok.exists()
+    r = cli("export", MODEL, "-o", tmp_path / ("y" * 260 + ".onnx"))
+    assert_one_line_error(r, "OutputError", "File name too long")
+
+
+def test_stale_declared_shapes_do_not_size_the_backward(tmp_path):
+    """A stale value_info ([N, 9] for [N, 4]) or an output declared [N, 7]: ONNX Runtime runs the
+    model, but the export, sized by those shapes, did not load."""
+    from onnx import TensorProto as TP
+
+    for vi, yshape in (([helper.make_tensor_value_info("h", TP.FLOAT, ["N", 9])], ["N", 4]), ([], ["N", 7])):
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                               helper.make_node("Add", ["r", "B"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 6])], [helper.make_tensor_value_info("y", TP.FLOAT, yshape)],
+                              [numpy_helper.from_array(np.arange(24, dtype=np.float32).reshape(6, 4) - 10, "W"),
+                               numpy_helper.from_array(np.ones(4, np.float32), "B")], value_info=vi)
+        am = onnxattr.attribution_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+        x = np.ones((2, 6), np.float32)
+        att = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0].run(["attribution"], {"x": x, "target": np.array([3, 0])})[0]
+        w = np.arange(24, dtype=np.float32).reshape(6, 4) - 10
+        np.testing.assert_array_equal(att, np.stack([w[:, 3] * ((x[0] @ w)[3] > 0), w[:, 0] * ((x[1] @ w)[0] > 0)]))
+
+
+def test_metadata_keys_are_replaced_not_repeated():
+    """A source whose metadata already has onnxattr.method (say, from a pipeline that strips an
+    earlier export) got the key twice: onnx's full check refused the export."""
+    src = onnx.load(MODEL)
+    src.metadata_props.add(key="onnxattr.method", value="guided")
+    src.metadata_props.add(key="author", value="someone")
+    am = onnxattr.attribution_model(src, method="saliency")
+    onnx.checker.check_model(am, full_check=True)
+    meta = [(p.key, p.value) for p in am.metadata_props]
+    assert len(meta) == len(dict(meta)) and dict(meta)["onnxattr.method"] == "saliency" and dict(meta)["author"] == "someone"
+
+
+def test_sparse_initializer_model():
+    """Sparse initializers: ONNX shape inference does not read them, and the rank after them was
+    lost ('shape inference failed'); they are typed inputs for inference now."""
+    from onnx import TensorProto as TP
+
+    idx = np.array([0, 3, 17, 40], np.int64)
+    vals = np.array([1.0, -2.0, 3.0, 0.5], np.float32)
+    sp = helper.make_sparse_tensor(numpy_helper.from_array(vals, "W"), numpy_helper.from_array(idx, "W_idx"), [16, 5])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 16])], [helper.make_tensor_value_info("y", TP.FLOAT, ["N", 5])],
+                          sparse_initializer=[sp])
+    am = onnxattr.attribution_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    att = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0].run(["attribution"], {"x": x, "target": np.array([0, 3])})[0]
+    w = np.zeros(80, np.float32)
+    w[idx] = vals
+    w = w.reshape(16, 5)
+    want = np.stack([w[:, t] * (1 - np.tanh(x[n] @ w)[t] ** 2) for n, t in enumerate([0, 3])])
+    np.testing.assert_allclose(att, want, rtol=1e-5, atol=1e-7)

@@ -43,10 +43,12 @@ def test_expand_paths_folder_is_sorted_images_only(tmp_path):
 
 
 def test_expand_paths_files_and_folders_keep_order():
-    circle = FIXTURE_IMAGES / "circle.png"
-    got = expand_paths([str(circle), str(FIXTURE_IMAGES)])
-    assert got[0] == circle
-    assert [p.name for p in got[1:]] == ["circle.png", "cross.png", "square.png", "triangle.png"]
+    """Files as given, then each folder's images sorted; a file named twice (by name and in its
+    folder) once: both would write the same output files."""
+    circle, square = FIXTURE_IMAGES / "circle.png", FIXTURE_IMAGES / "square.png"
+    got = expand_paths([str(square), str(FIXTURE_IMAGES), str(circle)])
+    assert got[0] == square
+    assert [p.name for p in got] == ["square.png", "circle.png", "cross.png", "triangle.png"]
 
 
 def test_expand_paths_missing_path_is_named(tmp_path):

@@ -1225,3 +1225,25 @@ def test_concat_along_a_dynamic_axis():
         cot = np.random.default_rng(9).standard_normal((2, 4)).astype(np.float32)
         g = sess.run([grads["x"]], {"x": x, cots["y"]: cot})[0]
         np.testing.assert_allclose(g, 2 * x * cot[:, None, :] * (1 + 4), rtol=1e-6)  # d/dx (x^2 + (2x)^2)
+
+
+def test_a_length_padded_up_to_a_minimum_is_not_taken_as_static():
+    """cat([x, zeros(N, max(40 - L, 0))], 1).mean(1): the padded length is 40 at every trial
+    size below 40 (6, 35, 1), so it was taken as a static 40 and the gradient was 1/40 instead
+    of 1/L for L > 40 (a trial at 1009 now says it varies)."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["len"]),
+             helper.make_node("Sub", ["forty", "len"], ["short"]), helper.make_node("Max", ["short", "zero"], ["pad"]),
+             helper.make_node("Gather", ["s", "zero1"], ["n"]), helper.make_node("Concat", ["n", "pad"], ["zshape"], axis=0),
+             helper.make_node("ConstantOfShape", ["zshape"], ["z"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("Concat", ["x", "z"], ["padded"], axis=1),
+             helper.make_node("ReduceMean", ["padded"], ["y"], axes=[1], keepdims=1)]
+    ints = {"one": [1], "forty": [40], "zero": [0], "zero1": [0]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in ints.items()]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", "L"])], [helper.make_tensor_value_info("y", f, ["N", 1])],
+                         inits, opset=13)
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for length in (12, 41, 100):
+        g = sess.run([grads["x"]], {"x": np.ones((2, length), np.float32), cots["y"]: np.ones((2, 1), np.float32)})[0]
+        np.testing.assert_allclose(g, np.full((2, length), 1 / max(length, 40), np.float32), rtol=1e-6)
