@@ -1247,3 +1247,22 @@ def test_a_length_padded_up_to_a_minimum_is_not_taken_as_static():
     for length in (12, 41, 100):
         g = sess.run([grads["x"]], {"x": np.ones((2, length), np.float32), cots["y"]: np.ones((2, 1), np.float32)})[0]
         np.testing.assert_allclose(g, np.full((2, length), 1 / max(length, 40), np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("index", [0, 2, -1])
+def test_gather_one_index_along_a_dynamic_axis(opset, index):
+    """h[:, 0] (a text model's first token) under a dynamic sequence length: refused below opset
+    16 as 'computed indices' though the index is a constant; now a Pad sized from the shape."""
+    f = TensorProto.FLOAT
+    model = _graph_model([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)],
+                         [helper.make_tensor_value_info("x", f, ["N", "T", 4])], [helper.make_tensor_value_info("y", f, None)],
+                         [numpy_helper.from_array(np.array(index, np.int64), "i")], opset=opset)
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for length in (3, 7):
+        cot = np.random.default_rng(length).standard_normal((2, 4)).astype(np.float32)
+        g = sess.run([grads["x"]], {"x": np.zeros((2, length, 4), np.float32), cots["y"]: cot})[0]
+        want = np.zeros((2, length, 4), np.float32)
+        want[:, index] = cot
+        np.testing.assert_array_equal(g, want)

@@ -157,6 +157,17 @@ def gather(b, node, gys):
     g = gys[0]
     idx = b.value(idx_name)
     dim = (b.shapes.get(x) or [None] * rank)[axis]
+    if idx is not None and idx.ndim == 0 and dim is None and b.opset >= 11:
+        # One constant index along an axis of run-time length (a text model's h[:, 0] under a
+        # dynamic sequence length): zero padding whose amounts come from the shape.
+        length = b.op("Gather", [b.shape_of(x), b.ints([axis])])
+        k = int(idx)
+        before = b.ints([k]) if k >= 0 else b.op("Add", [length, b.ints([k])])
+        after = b.op("Sub", [b.op("Sub", [length, before]), b.ints([1])])
+        zeros = lambda n: [b.ints([0] * n)] if n else []  # noqa: E731
+        pads = b.op("Concat", zeros(axis) + [before] + zeros(rank - 1 - axis) + zeros(axis) + [after]
+                    + zeros(rank - 1 - axis), axis=0)
+        return [b.op("Pad", [b.unsqueeze(g, [axis]), pads]), None]
     if idx is None or dim is None or idx.ndim > 1:
         return [_scatter_add_along(b, node, x, idx_name, g, axis, rank), None]
     idx = idx.astype(np.int64) % dim
