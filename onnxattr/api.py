@@ -125,6 +125,13 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
     return vi
 
 
+def _check_opset(b: Builder) -> None:
+    if b.opset < 7:  # measured: even an Identity classifier's attribution model failed to load
+        raise UnsupportedModelError(
+            f"opset {b.opset}: the attribution graph needs ops of opset 7 or later (ONNX Runtime runs "
+            "none of its older Mul, Add, Sub); convert the model first (onnx.version_converter)")
+
+
 def _dims_text(b: Builder, name: str) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in b.shapes.get(name) or []) + "]"
 
@@ -164,10 +171,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         if wrt not in b.types or not b.is_float(wrt):
             raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")
         b.set_dtype(b.types[wrt])
-    if b.opset < 7:  # measured: even an Identity classifier's attribution model failed to load
-        raise UnsupportedModelError(
-            f"opset {b.opset}: the attribution graph needs ops of opset 7 or later (ONNX Runtime runs "
-            "none of its older Mul, Add, Sub); convert the model first (onnx.version_converter)")
+    _check_opset(b)
     if wrt is not None and method in ("gradcam", "guided-gradcam"):
         raise OptionError(f"--wrt does not apply to {method}: its map is at --layer, its attribution at the input")
     y = _scores(b, output)

@@ -882,3 +882,4 @@ def test_sparse_initializer_model():
     w = w.reshape(16, 5)
     want = np.stack([w[:, t] * (1 - np.tanh(x[n] @ w)[t] ** 2) for n, t in enumerate([0, 3])])
     np.testing.assert_allclose(att, want, rtol=1e-5, atol=1e-7)
+

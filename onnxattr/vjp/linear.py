@@ -270,6 +270,7 @@ def _same_ellipsis(b, node, x, term, out) -> bool:
     y = node.output[0]
     px, py = _positions(term, b.rank(x, node)), _positions(out, b.rank(y, node))
     sx, sy = b.shapes.get(x), b.shapes.get(y)
-    ex = [sx[k] for k, c in enumerate(px) if c == "."]
-    ey = [sy[k] for k, c in enumerate(py) if c == "."]
-    return len(ex) == len(ey) and all(d is not None and d == e for d, e in zip(ex, ey))
+    ex = [k for k, c in enumerate(px) if c == "."]
+    ey = [k for k, c in enumerate(py) if c == "."]
+    return len(ex) == len(ey) and all((sx[i] is not None and sx[i] == sy[j]) or (sx[i] is None and sy[j] is None and b.same_dim(x, i, y, j))
+                                      for i, j in zip(ex, ey))

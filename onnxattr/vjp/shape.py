@@ -141,9 +141,11 @@ def pad(b, node, gys):
         inside = b.slice(g, [crop_b[i] for i in axes], [-crop_e[i] if crop_e[i] else BIG for i in axes], axes)
     rest = [None] * (len(node.input) - 1)
     if len(node.input) > 2 and b.needs(node.input[2]):  # the fill value: the padded positions' sum
+        # g with x's part zeroed (an exact difference, no cancellation between two large sums)
+        outside = b.op("Sub", [g, b.pad(inside, crop_b + crop_e)]) if axes else None
         total = list(range(rank))
-        diff = b.op("Sub", [b.reduce("ReduceSum", g, total, keepdims=0), b.reduce("ReduceSum", inside, total, keepdims=0)])
-        rest[1] = b.reshape_like(diff, node.input[2])
+        summed = b.reduce("ReduceSum", outside, total, keepdims=0) if outside else b.scalar(0.0)
+        rest[1] = b.reshape_like(summed, node.input[2])
     return [b.pad(inside, [max(-p, 0) for p in pads])] + rest
 
 
@@ -157,17 +159,17 @@ def gather(b, node, gys):
     g = gys[0]
     idx = b.value(idx_name)
     dim = (b.shapes.get(x) or [None] * rank)[axis]
-    if idx is not None and idx.ndim == 0 and dim is None and b.opset >= 11:
+    if idx is not None and idx.size == 1 and idx.ndim <= 1 and dim is None and b.opset >= 11:
         # One constant index along an axis of run-time length (a text model's h[:, 0] under a
         # dynamic sequence length): zero padding whose amounts come from the shape.
         length = b.op("Gather", [b.shape_of(x), b.ints([axis])])
-        k = int(idx)
+        k = int(idx.reshape(()))
         before = b.ints([k]) if k >= 0 else b.op("Add", [length, b.ints([k])])
         after = b.op("Sub", [b.op("Sub", [length, before]), b.ints([1])])
         zeros = lambda n: [b.ints([0] * n)] if n else []  # noqa: E731
         pads = b.op("Concat", zeros(axis) + [before] + zeros(rank - 1 - axis) + zeros(axis) + [after]
                     + zeros(rank - 1 - axis), axis=0)
-        return [b.op("Pad", [b.unsqueeze(g, [axis]), pads]), None]
+        return [b.op("Pad", [b.unsqueeze(g, [axis]) if idx.ndim == 0 else g, pads]), None]
     if idx is None or dim is None or idx.ndim > 1:
         return [_scatter_add_along(b, node, x, idx_name, g, axis, rank), None]
     idx = idx.astype(np.int64) % dim
