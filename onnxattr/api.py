@@ -167,17 +167,15 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     inits = {i.name for i in out.graph.initializer}
     inputs = [i.name for i in out.graph.input if i.name not in inits]
     b = Builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
-    if x.type.tensor_type.elem_type not in FLOAT_TYPES:  # token ids: the float type is that of --wrt
-        if wrt not in b.types or not b.is_float(wrt):
-            raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")
-        b.set_dtype(b.types[wrt])
-    _check_opset(b)
     if wrt is not None and method in ("gradcam", "guided-gradcam"):
         raise OptionError(f"--wrt does not apply to {method}: its map is at --layer, its attribution at the input")
-    y = _scores(b, output)
-    w = wrt or x.name
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
         raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")
+    if x.type.tensor_type.elem_type not in FLOAT_TYPES:  # token ids: the float type is that of --wrt
+        b.set_dtype(b.types[wrt])
+    _check_opset(b)
+    y = _scores(b, output)
+    w = wrt or x.name
     for name in (ATTRIBUTION, TARGET, "completeness_gap", "cam"):
         if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")

@@ -94,7 +94,6 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
                 # never a silently dropped term: this operand depends on the explained input
                 raise UnsupportedModelError(f"{describe(node)}: its input {k} ('{name}') depends on the input being "
                                             f"explained, and {node.op_type}'s gradient with respect to it is not supported")
-        for name, g in zip(node.input, gxs):
             if g is not None:
                 b.annotate(g, like=name)
             if g is not None and b.needs(name):

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 
 from .api import ATTRIBUTION, TARGET, _float_input, _one_line, attribution_model, load_model
-from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, OptionError, TargetError, UnsupportedModelError
+from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError, UnsupportedModelError
+from .recipes import check_baseline
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
 
@@ -147,10 +148,8 @@ class Explainer:
     def run(self, x, target) -> dict[str, np.ndarray]:
         """All outputs (the model's own, `attribution`, and `target` for "argmax") by name."""
         x = self._check_input(x)
-        base = self._build.get("baseline")
-        if base is not None and self.method == "integrated-gradients" and not _broadcasts(np.shape(base), x.shape):
-            raise OptionError(f"baseline of shape {list(np.shape(base))} does not broadcast against the input "
-                              f"{list(x.shape)}")
+        if self.method == "integrated-gradients" and self._build.get("baseline") is not None:
+            check_baseline(np.asarray(self._build["baseline"]), list(x.shape))  # against this batch
         if isinstance(target, str):
             if target != "argmax":
                 raise TargetError(f"target must be class indices or 'argmax', got {target!r}")
@@ -184,11 +183,6 @@ class Explainer:
     def __call__(self, x, target) -> np.ndarray:
         """The attribution for input batch `x` and `target` (index, per-row indices, or "argmax")."""
         return self.run(x, target)[ATTRIBUTION]
-
-
-def _broadcasts(shape, to) -> bool:
-    """Whether an array of `shape` broadcasts to exactly `to`."""
-    return len(shape) <= len(to) and all(d in (1, w) for d, w in zip(shape[::-1], to[::-1]))
 
 
 def _check_range(t: np.ndarray, classes: int) -> None:

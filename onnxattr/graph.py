@@ -520,8 +520,13 @@ class Builder:
                 return True
         if not self._one_free_dim or self._trials is None:
             return False
-        return all(x in t and y in t and len(t[x]) > i and len(t[y]) > j and t[x][i] is not None
-                   and t[x][i] == t[y][j] for t in self._trials)
+        pairs = self._trial_dims(x, i, y, j)
+        return len(pairs) == len(self._trials) and all(a is not None and a == c for a, c in pairs)
+
+    def _trial_dims(self, x: str, i: int, y: str, j: int) -> list[tuple]:
+        """(dim i of x, dim j of y) in each shape trial that has both."""
+        return [(t[x][i], t[y][j]) for t in self._trials or ()
+                if x in t and y in t and len(t[x]) > i and len(t[y]) > j]
 
     def set_dtype(self, dtype: int) -> None:
         """The float type of the backward (before any node is added)."""
@@ -532,8 +537,7 @@ class Builder:
         sx, sy = self.shapes.get(x), self.shapes.get(y)
         if sx and sy and len(sx) > i and len(sy) > j and sx[i] is not None and sy[j] is not None:
             return sx[i] != sy[j]
-        return any(x in t and y in t and len(t[x]) > i and len(t[y]) > j and None not in (t[x][i], t[y][j])
-                   and t[x][i] != t[y][j] for t in self._trials or ())
+        return any(None not in p and p[0] != p[1] for p in self._trial_dims(x, i, y, j))
 
     def unbroadcast(self, g: str, x: str, y: str, node: onnx.NodeProto, dims=None, lead: int | None = None) -> str:
         """Sum gradient `g` (shaped like the broadcast result `y`) back to the shape of `x`.

@@ -165,7 +165,7 @@ def _per_copy(b: Builder, g: str, copies: int, w: str) -> str:
     return b.op("Reshape", [g, b.op("Concat", [b.ints([copies, -1]), _tail_shape(b, w)], axis=0)])
 
 
-def _check_baseline(base: np.ndarray, dims: list) -> None:
+def check_baseline(base: np.ndarray, dims: list) -> None:
     """The baseline must broadcast against the input: no more dims, each 1 or the input's size."""
     ok = base.ndim <= len(dims) and all(d == 1 or w is None or d == w for d, w in zip(base.shape[::-1], dims[::-1]))
     if not ok:
@@ -331,7 +331,7 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         alphas, weights = np.append(alphas, 0.0), np.append(weights, 0.0)  # last copy: the baseline
         k = len(alphas)
         rank = b.rank(ctx.w)
-        _check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank)
+        check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank)
         base = b.const(np.asarray(opts.baseline, dtype=b.np_dtype))
         diff = b.op("Sub", [ctx.w, base])
         lifted = b.const(alphas.astype(b.np_dtype).reshape([k] + [1] * rank))

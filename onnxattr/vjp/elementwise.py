@@ -110,14 +110,13 @@ def reciprocal(b, node, gys):
 def pow_(b, node, gys):
     (g,), (x, p), z = gys, node.input, node.output[0]
     gx = gp = None
+    pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
     if b.needs(x):
-        pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
         d = b.op("Mul", [pf, b.op("Pow", [x, b.op("Sub", [pf, b.scalar(1.0)])])])
         gx = b.unbroadcast(b.op("Mul", [g, d]), x, z, node)
     if b.needs(p):
         # z log x, and 0 where x = 0 and p >= 0 (PyTorch's convention; log 0 would give 0 * -inf)
         d = b.op("Mul", [z, b.op("Log", [x])])
-        pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
         at_zero = b.op("And", [b.equal(x, b.scalar(0.0)), b.op("Not", [b.op("Less", [pf, b.scalar(0.0)])])])
         gp = b.unbroadcast(b.op("Mul", [g, b.where(at_zero, b.scalar(0.0), d)]), p, z, node)
     return [gx, gp]

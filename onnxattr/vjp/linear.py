@@ -236,13 +236,12 @@ def einsum(b, node, gys):
 def _explicit_ellipsis(b, node, terms: list[str], out: str) -> tuple[list[str], str]:
     """The equation with every '...' replaced by unused letters (right-aligned, as '...' dims
     broadcast), where no '...' dim broadcasts: then each letter names one size."""
-    operands = [(x, t) for x, t in zip(list(node.input) + [node.output[0]], terms + [out]) if "..." in t]
-    counts = [b.rank(x, node) - len(t.replace("...", "")) for x, t in operands]
-    width = max(counts)
+    dots = [(x, [k for k, c in enumerate(_positions(t, b.rank(x, node))) if c == "."])
+            for x, t in zip(list(node.input) + [node.output[0]], terms + [out]) if "..." in t]
+    width = max(len(d) for _, d in dots)
     for k in range(1, width + 1):  # the k-th '...' dim from the right, in every operand that has it
-        sizes = {(b.shapes.get(x) or [None] * (len(t.replace("...", "")) + c))[-(len(t.partition("...")[2]) + k)]
-                 for (x, t), c in zip(operands, counts) if c >= k}
-        if len(sizes) > 1 or None in sizes and len(operands) > 2:
+        sizes = {b.shapes[x][d[-k]] for x, d in dots if len(d) >= k}
+        if len(sizes) > 1 or None in sizes and len(dots) > 2:
             raise UnsupportedModelError(f"{describe(node)}: Einsum whose '...' dims broadcast or are summed "
                                         "is not supported")
     used = set("".join(terms) + out)
