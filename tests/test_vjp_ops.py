@@ -229,6 +229,21 @@ add(
     unary("Abs", 13, nz(2, 3)),
     unary("Abs", 7, nz(2, 3)),
     unary("Erf", 13, In((2, 3, 4), scale=1.5)),
+    unary("Sin", 7, In((2, 3, 4), scale=2)),
+    unary("Cos", 7, In((2, 3, 4), scale=2)),
+    unary("Tan", 7, In((2, 3, 4), scale=0.5)),
+    unary("Asin", 7, In((2, 3, 4), scale=0.25)),
+    unary("Acos", 7, In((2, 3, 4), scale=0.25)),
+    unary("Atan", 7, In((2, 3, 4), scale=2)),
+    unary("Sinh", 9, In((2, 3, 4), scale=1.5)),
+    unary("Cosh", 9, In((2, 3, 4), scale=1.5)),
+    unary("Asinh", 9, In((2, 3, 4), scale=2)),
+    case("Acosh/shifted_op9", 9, [N("Add", ["x", "c"], ["t"]), N("Acosh", ["t"], ["y"])], {"x": pos(2, 3)},
+         c=np.array(1.0)),
+    unary("Atanh", 9, In((2, 3, 4), scale=0.25)),
+    case("CastLike/same_type_op15", 15, N("CastLike", ["x", "t"], ["y"]), {"x": (2, 3)}, t=np.zeros(1)),
+    unary("Shrink", 9, In((3, 8), scale=2, avoid=(-0.5, 0.5))),
+    unary("Shrink", 9, In((3, 8), scale=2, avoid=(-1.0, 1.0)), bias=1.0, lambd=1.0),
     unary("Identity", 16),
     unary("Cast", 13, to=TensorProto.DOUBLE),
     unary("Softplus", 7, In((2, 3, 4), scale=2)),
@@ -594,6 +609,21 @@ add(
          i0=np.array([[4, 1, 4], [0, 0, 2]], np.int64), z=i64(0)),
     case("ScatterElements/add_op16", 16, N("ScatterElements", ["d", "i", "u"], ["y"], axis=1, reduction="add"),
          {"d": (2, 3), "u": (2, 3)}, i=np.array([[0, 0, 2], [1, 2, 1]], np.int64)),
+    case("GatherND/unique_op13", 13, N("GatherND", ["x", "i"], ["y"]), {"x": (3, 4, 2)},
+         i=np.array([[0, 1], [2, 3], [-1, 0]], np.int64)),
+    case("GatherND/repeats_op16", 16, N("GatherND", ["x", "i"], ["y"]), {"x": (3, 2)},
+         i=np.array([[1], [1], [0]], np.int64)),
+    case("GatherND/computed_op18", 18, [N("ArgMax", ["k"], ["i"], axis=1), N("GatherND", ["x", "i"], ["y"])],
+         {"x": (4, 2)}, k=w(3, 4)),
+    # TopK: the values go back to their positions (distinct inputs: no ties)
+    case("TopK/axis1_op11", 11, N("TopK", ["x", "k"], ["y", "idx"], axis=1), {"x": In((2, 5, 3), kind="distinct")},
+         k=i64(2)),
+    case("TopK/smallest_last_op11", 11, N("TopK", ["x", "k"], ["y", "idx"], largest=0),
+         {"x": In((2, 3, 4), kind="distinct")}, k=i64(3)),
+    case("Hardmax/times_input_op13", 13, [N("Hardmax", ["x"], ["h"]), N("Mul", ["x", "h"], ["y"])],
+         {"x": In((2, 5), kind="distinct")}),  # piecewise constant: x * hardmax(x) has slope hardmax(x)
+    case("TopK/axis0_op13", 13, N("TopK", ["x", "k"], ["y", "idx"], axis=0), {"x": In((4, 3), kind="distinct")},
+         k=i64(2)),
     case("Tile/op13", 13, N("Tile", ["x", "r"], ["y"]), {"x": (2, 3, 1)}, r=i64(2, 1, 3)),
     case("Tile/op7", 7, N("Tile", ["x", "r"], ["y"]), {"x": (2, 3)}, r=i64(1, 2)),
     case("SpaceToDepth/op13", 13, N("SpaceToDepth", ["x"], ["y"], blocksize=2), {"x": (2, 3, 4, 6)}),
@@ -907,6 +937,27 @@ def _det_model():
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
     return m, "Det", "the_det"
+
+
+def _gather_nd_model(opset, idx, op="GatherND", **attrs):
+    nodes = [N(op, ["x", "i"], ["y", "idx"] if op == "TopK" else ["y"], name="the_node", **attrs)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(idx, np.int64), "i")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    return m
+
+
+@pytest.mark.parametrize("model, why", [
+    (lambda: _gather_nd_model(13, [[1], [1]]), "repeated indices needs opset >= 16"),
+    (lambda: _gather_nd_model(13, [[[1]], [[2]]], batch_dims=1), "batch_dims"),
+    (lambda: _gather_nd_model(10, [2], op="TopK", axis=1), "opset >= 11"),
+], ids=["GatherND_repeats_op13", "GatherND_batch_dims", "TopK_op10"])
+def test_gathers_refused_where_no_exact_scatter_exists(model, why):
+    with pytest.raises(onnxattr.UnsupportedModelError) as err:
+        vjp_model(model())
+    assert why in str(err.value) and "the_node" in str(err.value), str(err.value)
 
 
 def _custom_model():

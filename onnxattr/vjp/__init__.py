@@ -17,7 +17,7 @@ RULES: dict[str, Callable] = {}
 NON_DIFFERENTIABLE = {
     "Shape", "Size", "Constant", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
-    "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike",
+    "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike", "Hardmax",
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
     "Bernoulli", "BitShift", "StringNormalizer", "NonMaxSuppression",
 }

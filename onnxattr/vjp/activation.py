@@ -227,6 +227,14 @@ def thresholded_relu(b, node, gys):
     return _times(b, gys[0], b.mask(b.op("Greater", [node.input[0], b.scalar(alpha)])))
 
 
+@register("Shrink")
+def shrink(b, node, gys):
+    # y = x - bias above lambd, x + bias below -lambd, 0 between: slope 1 strictly outside.
+    x, lambd = node.input[0], attrs(node).get("lambd", 0.5)
+    outside = b.op("Or", [b.op("Greater", [x, b.scalar(lambd)]), b.op("Less", [x, b.scalar(-lambd)])])
+    return _times(b, gys[0], b.mask(outside))
+
+
 @register("Gelu")
 def gelu(b, node, gys):
     x = node.input[0]

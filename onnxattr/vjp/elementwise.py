@@ -129,12 +129,42 @@ def erf(b, node, gys):
     return [b.op("Mul", [gys[0], d])]
 
 
-@register("Cast")
+@register("Cast", "CastLike")
 def cast(b, node, gys):
+    # CastLike's second input only gives the type: no gradient.
     x = node.input[0]
     if not b.is_float(x):
-        return [None]
-    return [b.op("Cast", [gys[0]], to=b.types[x])]
+        return [None] * len(node.input)
+    return [b.op("Cast", [gys[0]], to=b.types[x])] + [None] * (len(node.input) - 1)
+
+
+def _sqrt_of(b, a, x, c):
+    """sqrt(a + c x^2) for constants a and c."""
+    return b.op("Sqrt", [b.op("Add", [b.scalar(a), b.op("Mul", [b.scalar(c), b.op("Mul", [x, x])])])])
+
+
+@register("Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh")
+def trig(b, node, gys):
+    # Their derivatives, from x (or y = f(x) for tan): cos, -sin, 1 + y^2, 1 / sqrt(1 - x^2),
+    # -1 / sqrt(1 - x^2), 1 / (1 + x^2), cosh, sinh, 1 / sqrt(1 + x^2), 1 / sqrt(x^2 - 1),
+    # 1 / (1 - x^2); inf at the ends of asin's, acos's, acosh's and atanh's domains, as in PyTorch.
+    (g,), x, y, op = gys, node.input[0], node.output[0], node.op_type
+    one = b.scalar(1.0)
+    if op in ("Sin", "Cosh"):
+        return [b.op("Mul", [g, b.op("Cos" if op == "Sin" else "Sinh", [x])])]
+    if op == "Sinh":
+        return [b.op("Mul", [g, b.op("Cosh", [x])])]
+    if op == "Cos":
+        return [b.op("Neg", [b.op("Mul", [g, b.op("Sin", [x])])])]
+    if op == "Tan":
+        return [b.op("Mul", [g, b.op("Add", [one, b.op("Mul", [y, y])])])]
+    if op == "Atan":
+        return [b.op("Div", [g, b.op("Add", [one, b.op("Mul", [x, x])])])]
+    if op == "Atanh":
+        return [b.op("Div", [g, b.op("Sub", [one, b.op("Mul", [x, x])])])]
+    root = {"Asin": (1.0, -1.0), "Acos": (1.0, -1.0), "Asinh": (1.0, 1.0), "Acosh": (-1.0, 1.0)}[op]
+    gx = b.op("Div", [g, _sqrt_of(b, root[0], x, root[1])])
+    return [b.op("Neg", [gx]) if op == "Acos" else gx]
 
 
 @register("Where")

@@ -226,6 +226,43 @@ def gather_elements(b, node, gys):
                                 f"opset >= 16 to differentiate (model has {b.opset})")
 
 
+@register("GatherND")
+def gather_nd(b, node, gys):
+    # Adding g back at the gathered positions: ScatterND with reduction 'add' into zeros (opset
+    # 16), or a plain ScatterND when constant indices pick no position twice.
+    x, idx = node.input
+    if attrs(node).get("batch_dims", 0):
+        raise UnsupportedModelError(f"{describe(node)}: GatherND with batch_dims > 0 is not supported")
+    if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
+        idx = b.op("Cast", [idx], to=TensorProto.INT64)
+    if b.opset >= 16:
+        return [b.scatter_add("ScatterND", b.zeros_like(x), idx, gys[0]), None]
+    known = b.value(node.input[1])
+    if known is not None:
+        k = known.shape[-1]
+        dims = b.static_shape(x, node, dims=list(range(k)))[:k]
+        rows = known.reshape(-1, k).astype(np.int64) % np.asarray(dims, np.int64)
+        if len({tuple(r) for r in rows}) == len(rows):
+            return [b.op("ScatterND", [b.zeros_like(x), b.ints(rows.reshape(known.shape)), gys[0]]), None]
+    raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices needs "
+                                f"opset >= 16 to differentiate (model has {b.opset})")
+
+
+@register("TopK")
+def top_k(b, node, gys):
+    # The values are x's entries at the returned indices: each goes back to its position (the
+    # indices of one slice are distinct, so a plain scatter into zeros is exact).
+    x = node.input[0]
+    if gys[0] is None:
+        return [None] * len(node.input)
+    if b.opset < 11:
+        raise UnsupportedModelError(f"{describe(node)}: TopK needs opset >= 11 (ScatterElements) to differentiate "
+                                    f"(model has {b.opset})")
+    axis = attrs(node).get("axis", -1) % b.rank(x, node)
+    gx = b.op("ScatterElements", [b.zeros_like(x), node.output[1], gys[0]], axis=axis)
+    return [gx] + [None] * (len(node.input) - 1)
+
+
 @register("Tile")
 def tile(b, node, gys):
     # g [r0 * d0, r1 * d1, ...] viewed as [r0, d0, r1, d1, ...], summed over the repeats.
