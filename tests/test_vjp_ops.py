@@ -612,7 +612,9 @@ add(
     case("GatherND/unique_op13", 13, N("GatherND", ["x", "i"], ["y"]), {"x": (3, 4, 2)},
          i=np.array([[0, 1], [2, 3], [-1, 0]], np.int64)),
     case("GatherND/repeats_op16", 16, N("GatherND", ["x", "i"], ["y"]), {"x": (3, 2)},
-         i=np.array([[1], [1], [0]], np.int64)),
+         i=np.array([[1], [-2], [0], [-1]], np.int64)),
+    case("GatherND/computed_negative_op16", 16, [N("Add", ["i0", "z"], ["i"]), N("GatherND", ["x", "i"], ["y"])],
+         {"x": (3, 4, 2)}, i0=np.array([[[-1, 0], [2, -4]], [[-1, 0], [0, 3]]], np.int64), z=i64(0)),
     case("GatherND/computed_op18", 18, [N("ArgMax", ["k"], ["i"], axis=1), N("GatherND", ["x", "i"], ["y"])],
          {"x": (4, 2)}, k=w(3, 4)),
     # TopK: the values go back to their positions (distinct inputs: no ties)

@@ -228,24 +228,29 @@ def gather_elements(b, node, gys):
 
 @register("GatherND")
 def gather_nd(b, node, gys):
-    # Adding g back at the gathered positions: ScatterND with reduction 'add' into zeros (opset
-    # 16), or a plain ScatterND when constant indices pick no position twice.
+    # Adding g back at the gathered positions: a plain ScatterND into zeros when constant indices
+    # pick no position twice, else ScatterND with reduction 'add' (opset 16); negative indices
+    # wrapped first, as for Gather.
     x, idx = node.input
     if attrs(node).get("batch_dims", 0):
         raise UnsupportedModelError(f"{describe(node)}: GatherND with batch_dims > 0 is not supported")
-    if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
-        idx = b.op("Cast", [idx], to=TensorProto.INT64)
-    if b.opset >= 16:
-        return [b.scatter_add("ScatterND", b.zeros_like(x), idx, gys[0]), None]
-    known = b.value(node.input[1])
-    if known is not None:
-        k = known.shape[-1]
-        dims = b.static_shape(x, node, dims=list(range(k)))[:k]
+    known = b.value(idx)
+    k = known.shape[-1] if known is not None else b.static_shape(idx, node, dims=[b.rank(idx, node) - 1])[-1]
+    dims = (b.shapes.get(x) or [None] * k)[:k]
+    if known is not None and None not in dims:
         rows = known.reshape(-1, k).astype(np.int64) % np.asarray(dims, np.int64)
+        wrapped = b.ints(rows.reshape(known.shape))
         if len({tuple(r) for r in rows}) == len(rows):
-            return [b.op("ScatterND", [b.zeros_like(x), b.ints(rows.reshape(known.shape)), gys[0]]), None]
-    raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices needs "
-                                f"opset >= 16 to differentiate (model has {b.opset})")
+            return [b.op("ScatterND", [b.zeros_like(x), wrapped, gys[0]]), None]
+    if b.opset < 16:
+        raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices needs "
+                                    f"opset >= 16 to differentiate (model has {b.opset})")
+    if known is None or None in dims:
+        if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
+            idx = b.op("Cast", [idx], to=TensorProto.INT64)
+        size = b.slice(b.shape_of(x), [0], [k], [0])
+        wrapped = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, size]), idx])
+    return [b.scatter_add("ScatterND", b.zeros_like(x), wrapped, gys[0]), None]
 
 
 @register("TopK")
