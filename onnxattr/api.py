@@ -10,7 +10,7 @@ import onnx
 import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper
 
-from .backward import build_backward, differentiable_path, prune
+from .backward import build_backward, differentiable_path, prune, refuse_missing_rules
 from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
 from .protos import FLOAT_TYPES, describe
@@ -179,6 +179,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     for name in (ATTRIBUTION, TARGET, "completeness_gap", "cam"):
         if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
+    refuse_missing_rules(differentiable_path(b, [w], [y])[0], get_method("saliency"))  # before needing shapes
     classes = b.static_shape(y, None, dims=[1])[1]
     if b.shapes.get(w) == [] or b.differ(w, 0, y, 0):
         raise NotAClassifierError(
@@ -228,9 +229,10 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     return out
 
 
-def coverage(model, method: str = "saliency", relu_like: bool = False) -> list[dict]:
-    """Per op type: count, nodes on the differentiable path, gradient rule, method override.
-    The composed methods use the rules of the base method they differentiate with."""
+def coverage(model, method: str = "saliency", relu_like: bool = False, output: str | None = None) -> list[dict]:
+    """Per op type: count, nodes on the differentiable path (to `output`, else to the first
+    rank-2 float output, else to all outputs), gradient rule, method override. The composed
+    methods use the rules of the base method they differentiate with."""
     if method not in ALL_METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     policy = get_method(method if method in METHODS else "guided" if method == "guided-gradcam" else "saliency",
@@ -238,10 +240,13 @@ def coverage(model, method: str = "saliency", relu_like: bool = False) -> list[d
     src = load_model(model)
     x = _float_input(src, None)
     b = Builder(src, x.type.tensor_type.elem_type)
-    try:
-        ys = [_scores(b, None)]
-    except NotAClassifierError:
-        ys = [o.name for o in src.graph.output]
+    if output is not None:
+        ys = [_scores(b, output)]
+    else:
+        try:
+            ys = [_scores(b, None)]
+        except NotAClassifierError:
+            ys = [o.name for o in src.graph.output]
     path, _ = differentiable_path(b, [x.name], ys)
     on_path = Counter(n.op_type for n in path)
     missing_nodes = {}

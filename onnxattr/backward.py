@@ -43,7 +43,9 @@ def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list
 
 
 def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
-    """Fail before any work when a node on the path has no rule: list all such nodes."""
+    """Fail before any work when a node on the path has no rule (listing all such nodes), has a
+    shape conflict, or leaves the model's float type."""
+    refuse_missing_rules(path, policy)
     for node in path:
         if node.output and node.output[0] in b.shape_conflicts:
             raise UnsupportedModelError(f"{describe(node)}: {b.shape_conflicts[node.output[0]]}")
@@ -54,6 +56,11 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
             raise UnsupportedModelError(
                 f"{describe(node)}: its output '{mixed}' is {have} on the differentiable path of a {want} input "
                 "(mixed precision is not supported); convert the whole model to one float type")
+
+
+def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
+    """UnsupportedModelError naming the nodes on `path` without a gradient rule, if any: the
+    first thing to tell about a model, before its shapes or types."""
     missing = []
     for node in path:
         if node.domain not in ("", "ai.onnx"):

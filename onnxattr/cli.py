@@ -13,7 +13,7 @@ import numpy as np
 
 from . import api
 from .api import _one_line
-from .errors import InputError, NonFiniteWarning, OnnxAttrError, OutputError
+from .errors import InputError, NonFiniteWarning, OnnxAttrError, OutputError, UnsupportedModelError
 from .explainer import Explainer
 from .graph import TUNE_FOR
 from .io import check_output_path, external_data_files, save_array, save_model
@@ -152,6 +152,24 @@ def _parse_target(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _written_here(outdir: Path, path: Path) -> bool:
+    """Whether an image found in a folder is one of explain's own pictures in the output folder
+    (<image>.<method>.png, grid.png): a rerun into the images' folder does not explain them."""
+    if path.suffix != ".png" or not outdir.is_dir() or not path.parent.resolve() == outdir.resolve():
+        return False
+    return path.name == "grid.png" or path.stem.rsplit(".", 1)[-1] in ALL_METHODS
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise click.BadParameter(f"'{text}' is not H or H,W (positive integers)", param_hint="--size")
+    return (values * 2)[:2]
+
+
 def _floats(text: str, name: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
@@ -195,10 +213,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     if images and input_path:
         raise click.UsageError("give images or --input X.npy, not both")
     if images:
-        try:
-            hw = None if size is None else tuple(int(v) for v in (size.split(",") * 2)[:2])
-        except ValueError:
-            raise click.BadParameter(f"'{size}' is not H or H,W", param_hint="--size") from None
+        hw = None if size is None else _size(size)
         outdir = Path(out or "onnxattr_out")
         created = outdir.parent.is_dir() and not outdir.exists()
         if created:
@@ -207,12 +222,14 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
             except OSError as e:
                 raise OutputError(f"could not create the output folder '{outdir}': {e.strerror}; nothing was written") from None
         methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
+        names = read_labels(labels) if labels else None
+        paths = expand_paths(images, skip=functools.partial(_written_here, outdir))
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonFiniteWarning)
-                result = explain_images(model, expand_paths(images), methods, outdir, target=_parse_target(target),
+                result = explain_images(model, paths, methods, outdir, target=_parse_target(target),
                                         size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                                        batch_size=batch_size, labels=read_labels(labels) if labels else None,
+                                        batch_size=batch_size, labels=names,
                                         grid=grid, progress=lambda chunks: click.progressbar(
                                             chunks, label="explaining", show_pos=True), **kw)
         except BaseException:  # nothing written: not even the folder made for it
@@ -220,8 +237,11 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
                 outdir.rmdir()
             raise
         _warn_nonfinite(caught)
+        if labels and len(names) < result["classes"]:
+            click.echo(f"Warning: '{labels}' names {len(names)} of the {result['classes']} classes; the others are "
+                       "shown as 'class k'", err=True)
         click.echo(f"provider: {result['provider']}" + (f"; Grad-CAM layer: {result['layer']}" if result["layer"] else ""))
-        for path, (name, score) in zip(expand_paths(images), result["predictions"]):
+        for path, (name, score) in zip(paths, result["predictions"]):
             click.echo(f"{path.name}: {name} ({score:.3f})")
         click.echo(f"wrote {len(result['files'])} files to {outdir}/" + (" (grid.png compares methods)" if grid else ""))
         return
@@ -254,11 +274,12 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
 @click.argument("model", type=click.Path())
 @method_option
 @relu_like_option
+@output_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @user_errors
-def coverage(model, method, relu_like, as_json):
+def coverage(model, method, relu_like, output, as_json):
     """List MODEL's op types: count, on the differentiable path, rule, method override. Exit 1 if a rule is missing."""
-    rows = api.coverage(model, method=method, relu_like=relu_like)
+    rows = api.coverage(model, method=method, relu_like=relu_like, output=output)
     missing = [r for r in rows if r["missing_nodes"]]
     if as_json:
         click.echo(json.dumps({"ops": rows, "missing": sum(len(r["missing_nodes"]) for r in missing)}, indent=2))
@@ -269,4 +290,7 @@ def coverage(model, method, relu_like, as_json):
             click.echo(f"{r['op_type']:<24}{r['count']:>6}{r['on_path']:>9}  {rule:<8}{method if r['overridden'] else ''}")
     if missing:
         names = "; ".join(f"{r['op_type']}: {', '.join(r['missing_nodes'][:5])}" for r in missing)
-        raise click.ClickException(f"no gradient rule for nodes on the differentiable path: {names}")
+        hint = ""
+        if output is None and any(r["op_type"] == "ZipMap" for r in missing):
+            hint = " (ZipMap turns the probabilities into maps: pass --output with the probability tensor)"
+        raise UnsupportedModelError(f"no gradient rule for nodes on the differentiable path: {names}{hint}")

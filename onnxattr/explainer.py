@@ -76,6 +76,15 @@ class Explainer:
             dims = scores.type.tensor_type.shape.dim
             self.num_classes = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
 
+    def _path_dims(self, x: np.ndarray) -> list:
+        """The shape of the tensor the integrated-gradients path runs at, for the batch x: x's own,
+        or with --wrt that tensor's declared dims (its attribution's) with x's batch size."""
+        if self._build.get("wrt") is None:
+            return list(x.shape)
+        att = next(o for o in self.model.graph.output if o.name == ATTRIBUTION)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in att.type.tensor_type.shape.dim]
+        return [x.shape[0]] + dims[1:]
+
     def _model(self, mode: str) -> onnx.ModelProto:
         return attribution_model(self.source, target=mode, tune_for=self.tune_for, **self._build)
 
@@ -149,7 +158,9 @@ class Explainer:
         """All outputs (the model's own, `attribution`, and `target` for "argmax") by name."""
         x = self._check_input(x)
         if self.method == "integrated-gradients" and self._build.get("baseline") is not None:
-            check_baseline(np.asarray(self._build["baseline"]), list(x.shape))  # against this batch
+            wrt = self._build.get("wrt")
+            check_baseline(np.asarray(self._build["baseline"]), self._path_dims(x),  # against this batch
+                           "the input" if wrt is None else f"the --wrt tensor '{wrt}'")
         if isinstance(target, str):
             if target != "argmax":
                 raise TargetError(f"target must be class indices or 'argmax', got {target!r}")

@@ -15,8 +15,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 LAYOUTS = ("NCHW", "NHWC")
 
 
-def expand_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders as their image files (sorted, not recursive, no hidden files).
+def expand_paths(args: Sequence[str | os.PathLike], skip=None) -> list[Path]:
+    """Files as given, folders as their image files (sorted, not recursive, no hidden files, none
+    for which `skip(path)` is true).
 
     Raises InputError for a path that does not exist, or when no image is found at all.
     """
@@ -24,7 +25,7 @@ def expand_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
     for arg in args:
         path = Path(os.fspath(arg))
         if path.is_dir():
-            found.extend(_folder_images(path))
+            found.extend(p for p in _folder_images(path) if skip is None or not skip(p))
         elif path.is_file():
             found.append(path)
         elif path.exists():  # a FIFO or device: reading it could block forever

@@ -13,7 +13,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .backward import build_backward, differentiable_path
-from .errors import OptionError, UnsupportedModelError
+from .errors import NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
 from .methods import get_method
 from .protos import attrs
@@ -165,11 +165,12 @@ def _per_copy(b: Builder, g: str, copies: int, w: str) -> str:
     return b.op("Reshape", [g, b.op("Concat", [b.ints([copies, -1]), _tail_shape(b, w)], axis=0)])
 
 
-def check_baseline(base: np.ndarray, dims: list) -> None:
-    """The baseline must broadcast against the input: no more dims, each 1 or the input's size."""
+def check_baseline(base: np.ndarray, dims: list, what: str = "the input") -> None:
+    """The baseline must broadcast against the path's tensor (the input, or --wrt's): no more
+    dims, each 1 or that tensor's size."""
     ok = base.ndim <= len(dims) and all(d == 1 or w is None or d == w for d, w in zip(base.shape[::-1], dims[::-1]))
     if not ok:
-        raise OptionError(f"baseline of shape {list(base.shape)} does not broadcast against the input "
+        raise OptionError(f"baseline of shape {list(base.shape)} does not broadcast against {what} "
                           f"{['?' if w is None else w for w in dims]}")
 
 
@@ -240,7 +241,7 @@ def default_layer(ctx: Context) -> str:
     path, _ = differentiable_path(b, [ctx.x], [ctx.y])
     producer = {o: n for n in path for o in n.output}
     for node in reversed(path):
-        if node.op_type in POOLS:
+        if node.op_type in POOLS and (node.op_type not in ("AveragePool", "MaxPool") or _pools_to_one(b, node)):
             layer = _nchw_pool_input(b, node, producer)
             if layer is not None and _batch_axis_first(b, layer, ctx.x):
                 return layer
@@ -251,6 +252,12 @@ def default_layer(ctx: Context) -> str:
                     return o
     raise UnsupportedModelError("no convolutional 4-D activation [N, K, h, w] on the path to the scores "
                                 "(a transformer pools over tokens); name one with --layer")
+
+
+def _pools_to_one(b: Builder, node) -> bool:
+    """Whether a windowed pool is global in effect: its output is [N, K, 1, 1]."""
+    shape = b.shapes.get(node.output[0]) or []
+    return len(shape) == 4 and shape[2:] == [1, 1]
 
 
 def input_is_nhwc(b: Builder, x: str) -> bool:
@@ -301,6 +308,10 @@ def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
         raise UnsupportedModelError(f"--layer '{layer}' is not a tensor of the model")
     if len(b.shapes.get(layer) or []) != 4 or not b.is_float(layer):
         raise UnsupportedModelError(f"--layer '{layer}' is not a 4-D float activation [N, K, h, w]")
+    if not _batch_axis_first(b, layer, ctx.x):
+        dims = ", ".join("?" if d is None else str(d) for d in b.shapes[layer])
+        raise NotAClassifierError(f"--layer '{layer}' [{dims}]: its first axis is not the input's batch axis "
+                                  "(row n of the map must explain row n of the scores)")
     g = ctx.gradient(get_method("saliency"), at=layer)
     alpha = b.reduce("ReduceMean", g, [2, 3], keepdims=1)
     cam = b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [1], keepdims=1)])
@@ -331,7 +342,8 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         alphas, weights = np.append(alphas, 0.0), np.append(weights, 0.0)  # last copy: the baseline
         k = len(alphas)
         rank = b.rank(ctx.w)
-        check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank)
+        check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank,
+                       "the input" if ctx.w == ctx.x else f"the --wrt tensor '{ctx.w}'")
         base = b.const(np.asarray(opts.baseline, dtype=b.np_dtype))
         diff = b.op("Sub", [ctx.w, base])
         lifted = b.const(alphas.astype(b.np_dtype).reshape([k] + [1] * rank))

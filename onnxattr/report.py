@@ -11,7 +11,7 @@ import numpy as np
 
 from . import viz
 from .api import ATTRIBUTION, TARGET
-from .errors import InputError, OnnxAttrError
+from .errors import InputError, OutputError, TargetError
 from .explainer import Explainer
 from .images import input_geometry, load_images
 from .io import check_output_path, external_data_files, save_array
@@ -26,8 +26,13 @@ def display_kind(method: str) -> str:
 
 
 def read_labels(path) -> list[str]:
+    """Class names, line k for class k: a blank line keeps its place (shown as 'class k'), a
+    byte-order mark is dropped, blank lines at the end are not classes."""
     try:
-        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()]
+        while names and not names[-1]:
+            names.pop()
+        return names
     except OSError as e:
         raise InputError(f"cannot read labels file '{path}': {e.strerror}") from None
     except UnicodeDecodeError as e:
@@ -45,9 +50,14 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
                    size=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), batch_size: int = 8,
                    labels: list[str] | None = None, grid: bool = False, progress=None, **explainer_kw) -> dict:
     """Explain every image with every method; write OUTDIR/<image>.<method>.npy and .png (and
-    OUTDIR/grid.png with `grid`). Returns {"files": [...], "predictions": [(label, score), ...]}."""
+    OUTDIR/grid.png with `grid`). Returns {"files": [...], "predictions": [(label, score), ...],
+    "classes": the number of class scores, ...}. `target` is "argmax", one class, or one per image."""
     if not outdir.is_dir():
-        raise OnnxAttrError(f"output folder '{outdir}' does not exist")
+        raise OutputError(f"output '{outdir}' exists and is not a folder" if outdir.exists()
+                          else f"output folder '{outdir}' does not exist")
+    targets = np.asarray(target) if not isinstance(target, str) else None
+    if targets is not None and targets.ndim == 1 and len(targets) != len(paths):
+        raise TargetError(f"target has {len(targets)} entries for {len(paths)} images (one class for all, or one per image)")
     explainers = {m: Explainer(model, method=m, **explainer_kw) for m in methods}
     first = next(iter(explainers.values()))
     shape = first._input_meta.shape
@@ -57,11 +67,12 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
         raise InputError(f"the model's input {shape} has no fixed size: give --size")
     _check_names(paths, methods, outdir, grid, model)
     files, shown, maps, predictions = [], [], {m: [] for m in methods}, []
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [(paths[i:i + batch_size], target if targets is None or targets.ndim == 0 else targets[i:i + batch_size].tolist())
+              for i in range(0, len(paths), batch_size)]
     try:  # every file is staged under a hidden name and renamed into place once all are written
         with (progress(chunks) if progress else contextlib.nullcontext(chunks)) as steps:
-            for chunk in steps:
-                _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, layout, channels, labels,
+            for chunk, chunk_target in steps:
+                classes = _explain_chunk(chunk, explainers, methods, outdir, chunk_target, size, mean, std, layout, channels, labels,
                                files, shown, maps, predictions)
         if grid:
             titles = [f"{name} ({score:.2f})" for name, score in predictions]
@@ -74,7 +85,7 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
             Path(staged).unlink(missing_ok=True)
         raise
     return {"files": [final for _, final in files], "predictions": predictions, "layer": first.layer,
-            "provider": first.provider}
+            "provider": first.provider, "classes": classes}
 
 
 def _staged(final: Path) -> Path:
@@ -83,14 +94,14 @@ def _staged(final: Path) -> Path:
 
 def _check_names(paths: list[Path], methods: list[str], outdir: Path, grid: bool, model) -> None:
     """Before any work: no two images may write the same files, and none may be written over
-    the model or its external data."""
+    the model, its external data or an input image."""
     seen: dict[str, Path] = {}
     for path in paths:
         if path.stem in seen:
             raise InputError(f"images '{seen[path.stem]}' and '{path}' would write the same files "
                              f"({path.stem}.<method>.npy/png); rename one or explain them separately")
         seen[path.stem] = path
-    sources = [model] + external_data_files(model) if isinstance(model, (str, os.PathLike)) else []
+    sources = ([model] + external_data_files(model) if isinstance(model, (str, os.PathLike)) else []) + list(paths)
     names = [f"{stem}.{m}.{ext}" for stem in seen for m in methods for ext in ("npy", "png")] + (["grid.png"] if grid else [])
     for name in names:
         check_output_path(outdir / name, *sources)
@@ -106,7 +117,7 @@ def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, 
             t = out.get(TARGET, np.broadcast_to(np.asarray(target), (len(chunk),)))
             probs = _probabilities(out[next(o.name for o in ex.model.graph.output)])
             for row, k in enumerate(np.asarray(t)):
-                name = labels[k] if labels and k < len(labels) else f"class {k}"
+                name = labels[k] if labels and k < len(labels) and labels[k] else f"class {k}"
                 predictions.append((name, float(probs[row, k])))
         for row, path in enumerate(chunk):
             att = out[ATTRIBUTION][row]
@@ -116,3 +127,4 @@ def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, 
             maps[m].append(viz.overlay(images[row], viz.to_map(att, kind, layout), kind))
             final = outdir / f"{path.stem}.{m}.png"
             files.append((viz.save_png(maps[m][-1], _staged(final)), final))
+    return probs.shape[1]

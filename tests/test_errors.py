@@ -883,3 +883,127 @@ def test_sparse_initializer_model():
     want = np.stack([w[:, t] * (1 - np.tanh(x[n] @ w)[t] ** 2) for n, t in enumerate([0, 3])])
     np.testing.assert_allclose(att, want, rtol=1e-5, atol=1e-7)
 
+
+
+# ------------------------------------------------------------------------------------------ session 6
+def _skl(clf, X, **options):
+    skl2onnx = pytest.importorskip("skl2onnx")
+    fitted = clf.fit(X, (X[:, 0] > 0).astype(int))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return skl2onnx.to_onnx(fitted, X[:1], options={id(fitted): options} if options else None)
+
+
+def test_ml_ops_are_named_before_shapes_and_types():
+    """A binary LinearSVC was refused for a 'static shape' it could never have, a float64 random
+    forest for 'mixed precision': the ai.onnx.ml nodes without a rule come first now."""
+    pytest.importorskip("sklearn")
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.svm import LinearSVC
+
+    X = np.random.default_rng(0).standard_normal((60, 5))
+    svc = _skl(LinearSVC(), X.astype(np.float32))
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"no gradient rule .*LinearClassifier node .*ai\.onnx\.ml"):
+        onnxattr.attribution_model(svc)
+    forest = _skl(RandomForestClassifier(n_estimators=2, max_depth=2, random_state=0), X, zipmap=False)
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"no gradient rule .*TreeEnsembleClassifier"):
+        onnxattr.attribution_model(forest)
+
+
+def test_coverage_takes_output_and_names_its_error(tmp_path):
+    """coverage had no --output, so a skl2onnx model with ZipMap (which export explains with
+    --output) failed it; its error line had no error type."""
+    pytest.importorskip("sklearn")
+    from sklearn.neural_network import MLPClassifier
+
+    X = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = _skl(MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0), X)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(proto, path)
+    zipmap = next(n for n in proto.graph.node if n.op_type == "ZipMap")
+    r = cli("coverage", path)
+    assert_one_line_error(r, "UnsupportedModelError", "ZipMap")
+    assert "--output" in r.output
+    r = cli("coverage", path, "--output", zipmap.input[0])
+    assert r.exit_code == 0, r.output
+
+
+def _images(folder: Path, *names: str) -> None:
+    from PIL import Image
+
+    for name, src in zip(names, ("circle", "square", "triangle", "cross") * 2):
+        Image.open(FIX / "images" / f"{src}.png").convert("RGB").save(folder / name)
+
+
+def test_size_must_be_one_or_two_positive_ints(tmp_path):
+    for size in ("0", "-3", "3,4,5", "4,0"):
+        r = cli("explain", MODEL, FIX / "images" / "circle.png", "--size", size, "-o", tmp_path / "o", "--provider", "cpu")
+        assert r.exit_code == 2 and "--size" in r.output and "internal error" not in r.output, (size, r.output)
+    assert not (tmp_path / "o").exists()
+
+
+def test_image_output_folder_that_is_a_file_or_has_no_parent(tmp_path):
+    (tmp_path / "file.txt").write_text("hi")
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", tmp_path / "file.txt", "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", "exists and is not a folder")
+    assert (tmp_path / "file.txt").read_text() == "hi"
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", tmp_path / "nope" / "sub", "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", "output folder")
+    assert "does not exist" in r.output
+
+
+def test_an_input_image_is_never_written_over(tmp_path):
+    """a.png's heatmap a.saliency.png replaced the input image of that name (exit 0)."""
+    _images(tmp_path, "a.png", "a.saliency.png")
+    before = (tmp_path / "a.saliency.png").read_bytes()
+    r = cli("explain", MODEL, tmp_path / "a.png", tmp_path / "a.saliency.png", "-o", tmp_path, "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", "is the input file")
+    assert (tmp_path / "a.saliency.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.saliency.png"]
+
+
+def test_rerun_into_the_images_folder_skips_its_own_pictures(tmp_path):
+    """A second run into the images' folder explained the first run's heatmaps as new images
+    (circle.saliency.saliency.png)."""
+    _images(tmp_path, "circle.png", "square.png")
+    for _ in range(2):
+        r = cli("explain", MODEL, tmp_path, "-o", tmp_path, "--provider", "cpu", "--grid", "--samples", "2", "--steps", "2")
+        assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert not [n for n in names if n.count(".") > 2], names
+    assert "grid.png" in names and "circle.saliency.png" in names
+
+
+def test_per_image_targets_follow_the_images_across_batches(tmp_path):
+    """--target with one class per image failed once the images took more than one --batch-size
+    chunk: the whole list was checked against each chunk."""
+    out = {}
+    for bs in ("8", "3"):
+        r = cli("explain", MODEL, FIX / "images", "--target", "0,3,1,2", "--batch-size", bs, "-o", tmp_path / bs,
+                "--provider", "cpu", "--mean", "0.5", "--std", "0.25")
+        assert r.exit_code == 0, r.output
+        out[bs] = {p.name: np.load(p) for p in (tmp_path / bs).glob("*.npy")}
+    assert out["8"].keys() == out["3"].keys() and len(out["8"]) == 4
+    for name in out["8"]:
+        np.testing.assert_array_equal(out["8"][name], out["3"][name])
+    r = cli("explain", MODEL, FIX / "images", "--target", "0,3,1", "-o", tmp_path / "bad", "--provider", "cpu")
+    assert_one_line_error(r, "TargetError", "3 entries for 4 images")
+
+
+def test_labels_keep_their_lines(tmp_path):
+    """A blank line shifted every later name onto the wrong class; a BOM stayed in the first name;
+    too few names were used silently."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\ufeffcircle\n\ntriangle\ncross\n\n", encoding="utf-8")
+    r = cli("explain", MODEL, FIX / "images", "-o", tmp_path / "o", "--provider", "cpu", "--labels", labels,
+            "--mean", "0.5", "--std", "0.25")
+    assert r.exit_code == 0, r.output
+    assert "circle.png: circle (" in r.output and "square.png: class 1 (" in r.output
+    assert "triangle.png: triangle (" in r.output and "cross.png: cross (" in r.output
+    assert "Warning" not in r.output
+    labels.write_text("circle\nsquare\n", encoding="utf-8")
+    r = cli("explain", MODEL, FIX / "images", "-o", tmp_path / "o2", "--provider", "cpu", "--labels", labels,
+            "--mean", "0.5", "--std", "0.25")
+    assert r.exit_code == 0 and "Warning:" in r.output and "names 2 of the 4 classes" in r.output, r.output

@@ -339,3 +339,54 @@ def test_gradcam_default_layer_keeps_the_batch_axis_on_a_vision_transformer():
     out = ex.run(x, [1, 2, 3])
     assert out["attribution"].shape == (3, 1, 32, 32) and out["cam"].shape == (3, 1, 4, 4)
     np.testing.assert_allclose(ex.run(x[1:2], [2])["cam"], out["cam"][1:2], rtol=1e-5, atol=1e-7)
+
+
+def test_explicit_gradcam_layer_must_keep_the_batch_axis():
+    """An explicit --layer inside attention ([tokens, N, heads, d]) gave 17 rows of attribution for
+    a batch of 3, without an error."""
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                             mlp_dim=64, num_classes=10).eval()
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    proto = export(m, x, opset=17)
+    from onnxattr.graph import Builder
+    b = Builder(proto, TensorProto.FLOAT)
+    inside = next(o for n in proto.graph.node for o in n.output
+                  if len(b.shapes.get(o) or []) == 4 and b.shapes[o][0] == 17)  # sequence-first
+    for method in ("gradcam", "guided-gradcam"):
+        with pytest.raises(onnxattr.NotAClassifierError, match="first axis is not the input's batch axis"):
+            onnxattr.attribution_model(proto, method=method, layer=inside)
+
+
+def test_gradcam_default_layer_is_not_before_a_windowed_pool():
+    """Without global pooling the default is the last convolutional activation: a 2x2 MaxPool
+    early in the network was taken for the global pooling, and its input (the first Relu) chosen."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                            torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 5)).eval()
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    ex = onnxattr.Explainer(export(m, x), method="gradcam", provider="cpu")
+    assert ex.layer == "/4/Relu_output_0"
+    assert ex.run(x, [1, 2])["cam"].shape == (2, 1, 8, 8)
+    # a windowed pool down to 1 x 1 is global pooling in effect (AvgPool2d(8) here)
+    m2 = torch.nn.Sequential(*list(m)[:5], torch.nn.AvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    assert onnxattr.Explainer(export(m2, x), method="gradcam", provider="cpu").layer == "/4/Relu_output_0"
+
+
+def test_integrated_gradients_baseline_at_the_wrt_tensor(x):
+    """With --wrt, the Explainer checked an array baseline against the input's shape (so only
+    scalars passed), while export checked it against the --wrt tensor's."""
+    src = onnx.load(MODEL)
+    flat = next(n.output[0] for n in src.graph.node if n.op_type == "Flatten")
+    from onnxattr.graph import Builder
+    width = Builder(src, TensorProto.FLOAT).shapes[flat][1]
+    base = np.random.default_rng(0).normal(size=(1, width)).astype(np.float32)
+    ig = explain("integrated-gradients", x, wrt=flat, steps=4, baseline=base)
+    sal = explain("saliency", x, wrt=flat)["attribution"]  # the head is linear after Flatten: IG is exact
+    feats = explain("gradient-x-input", x, wrt=flat)["attribution"] / sal  # the Flatten output itself
+    np.testing.assert_allclose(ig["attribution"], sal * (feats - base), rtol=1e-4, atol=1e-5)
+    with pytest.raises(onnxattr.OptionError, match="does not broadcast against the --wrt tensor"):
+        explain("integrated-gradients", x, wrt=flat, steps=4, baseline=np.zeros((1,) + x.shape[1:], np.float32))
