@@ -179,7 +179,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     for name in (ATTRIBUTION, TARGET, "completeness_gap", "cam"):
         if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
-    refuse_missing_rules(differentiable_path(b, [w], [y])[0], get_method("saliency"))  # before needing shapes
+    if method != "gradcam":  # (gradcam differentiates from its layer on: checked once that is chosen)
+        refuse_missing_rules(differentiable_path(b, [w], [y])[0], get_method("saliency"))  # before needing shapes
     classes = b.static_shape(y, None, dims=[1])[1]
     if b.shapes.get(w) == [] or b.differ(w, 0, y, 0):
         raise NotAClassifierError(

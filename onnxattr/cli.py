@@ -215,6 +215,8 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     if images:
         hw = None if size is None else _size(size)
         outdir = Path(out or "onnxattr_out")
+        names = read_labels(labels) if labels else None  # inputs first: a failure here makes no folder
+        paths = expand_paths(images, skip=functools.partial(_written_here, outdir))
         created = outdir.parent.is_dir() and not outdir.exists()
         if created:
             try:
@@ -222,8 +224,6 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
             except OSError as e:
                 raise OutputError(f"could not create the output folder '{outdir}': {e.strerror}; nothing was written") from None
         methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
-        names = read_labels(labels) if labels else None
-        paths = expand_paths(images, skip=functools.partial(_written_here, outdir))
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonFiniteWarning)
@@ -237,8 +237,9 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
                 outdir.rmdir()
             raise
         _warn_nonfinite(caught)
-        if labels and len(names) < result["classes"]:
-            click.echo(f"Warning: '{labels}' names {len(names)} of the {result['classes']} classes; the others are "
+        named = sum(1 for name in (names or [])[:result["classes"]] if name)
+        if labels and named < result["classes"]:
+            click.echo(f"Warning: '{labels}' names {named} of the {result['classes']} classes; the others are "
                        "shown as 'class k'", err=True)
         click.echo(f"provider: {result['provider']}" + (f"; Grad-CAM layer: {result['layer']}" if result["layer"] else ""))
         for path, (name, score) in zip(paths, result["predictions"]):

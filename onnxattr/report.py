@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def read_labels(path) -> list[str]:
     """Class names, line k for class k: a blank line keeps its place (shown as 'class k'), a
     byte-order mark is dropped, blank lines at the end are not classes."""
     try:
-        names = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()]
+        text = Path(path).read_text(encoding="utf-8-sig")
+        names = [line.strip() for line in re.split(r"\r\n|\r|\n", text)]  # not at \f, \v, U+2028 ...
         while names and not names[-1]:
             names.pop()
         return names

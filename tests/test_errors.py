@@ -937,6 +937,14 @@ def _images(folder: Path, *names: str) -> None:
         Image.open(FIX / "images" / f"{src}.png").convert("RGB").save(folder / name)
 
 
+def test_failed_explain_leaves_no_output_folder(tmp_path):
+    """A missing labels file or image failed after the output folder was made, leaving it empty."""
+    for args in (("--labels", tmp_path / "nope.txt"), (tmp_path / "missing.png",)):
+        r = cli("explain", MODEL, FIX / "images", *args, "-o", tmp_path / "o", "--provider", "cpu")
+        assert_one_line_error(r, "InputError")
+        assert not (tmp_path / "o").exists()
+
+
 def test_size_must_be_one_or_two_positive_ints(tmp_path):
     for size in ("0", "-3", "3,4,5", "4,0"):
         r = cli("explain", MODEL, FIX / "images" / "circle.png", "--size", size, "-o", tmp_path / "o", "--provider", "cpu")
@@ -993,8 +1001,8 @@ def test_per_image_targets_follow_the_images_across_batches(tmp_path):
 
 
 def test_labels_keep_their_lines(tmp_path):
-    """A blank line shifted every later name onto the wrong class; a BOM stayed in the first name;
-    too few names were used silently."""
+    """A blank line (or a form feed, a U+2028 inside a name) shifted every later name onto the
+    wrong class; a BOM stayed in the first name; too few names were used silently."""
     labels = tmp_path / "labels.txt"
     labels.write_text("\ufeffcircle\n\ntriangle\ncross\n\n", encoding="utf-8")
     r = cli("explain", MODEL, FIX / "images", "-o", tmp_path / "o", "--provider", "cpu", "--labels", labels,
@@ -1002,7 +1010,12 @@ def test_labels_keep_their_lines(tmp_path):
     assert r.exit_code == 0, r.output
     assert "circle.png: circle (" in r.output and "square.png: class 1 (" in r.output
     assert "triangle.png: triangle (" in r.output and "cross.png: cross (" in r.output
-    assert "Warning" not in r.output
+    assert "names 3 of the 4 classes" in r.output
+    labels.write_text("circ\x0ble\r\nsq\u2028uare\rtriangle\ncross", encoding="utf-8")  # breaks at CR/LF only
+    r = cli("explain", MODEL, FIX / "images", "-o", tmp_path / "o1", "--provider", "cpu", "--labels", labels,
+            "--mean", "0.5", "--std", "0.25")
+    assert r.exit_code == 0 and "Warning" not in r.output, r.output
+    assert "triangle.png: triangle (" in r.output and "cross.png: cross (" in r.output
     labels.write_text("circle\nsquare\n", encoding="utf-8")
     r = cli("explain", MODEL, FIX / "images", "-o", tmp_path / "o2", "--provider", "cpu", "--labels", labels,
             "--mean", "0.5", "--std", "0.25")

@@ -390,3 +390,37 @@ def test_integrated_gradients_baseline_at_the_wrt_tensor(x):
     np.testing.assert_allclose(ig["attribution"], sal * (feats - base), rtol=1e-4, atol=1e-5)
     with pytest.raises(onnxattr.OptionError, match="does not broadcast against the --wrt tensor"):
         explain("integrated-gradients", x, wrt=flat, steps=4, baseline=np.zeros((1,) + x.shape[1:], np.float32))
+
+
+def test_gradcam_does_not_need_rules_before_its_layer():
+    """Grad-CAM differentiates from the scores back to its layer only: an op without a rule before
+    the layer (LpNormalization here) was refused by the check meant for the input gradients."""
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.5  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("LpNormalization", ["c1"], ["n1"], axis=1, p=2, name="odd"),
+             helper.make_node("Conv", ["n1", "W2"], ["c2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("Gemm", ["fl", "Wf"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(f(5, 3, 3, 3), "W1"), numpy_helper.from_array(f(6, 5, 3, 3), "W2"),
+                           numpy_helper.from_array(f(6, 4), "Wf")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = f(2, 3, 8, 8)
+    ex = onnxattr.Explainer(m, method="gradcam", provider="cpu")
+    assert ex.layer == "r2"
+    cam = ex.run(x, [0, 2])["cam"]
+    # Grad-CAM by hand: the head is linear after the pooling, so d y_c / d r2 = Wf[:, c] / 64
+    sess = onnxattr.runtime.make_session(m.SerializeToString(), "cpu")[0]
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    m2.graph.output.append(helper.make_tensor_value_info("r2", TensorProto.FLOAT, None))
+    r2 = onnxattr.runtime.make_session(m2.SerializeToString(), "cpu")[0].run(["r2"], {"x": x})[0]
+    wf = numpy_helper.to_array(m.graph.initializer[2])
+    alpha = wf[:, [0, 2]].T / 64  # [N, K]
+    want = np.maximum((alpha[:, :, None, None] * r2).sum(1, keepdims=True), 0)
+    np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="LpNormalization node 'odd'"):
+        onnxattr.attribution_model(m, method="guided-gradcam")  # its guided part goes to the input

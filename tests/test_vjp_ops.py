@@ -242,6 +242,9 @@ add(
          c=np.array(1.0)),
     unary("Atanh", 9, In((2, 3, 4), scale=0.25)),
     case("CastLike/same_type_op15", 15, N("CastLike", ["x", "t"], ["y"]), {"x": (2, 3)}, t=np.zeros(1)),
+    # the type taken from the input itself (onnxscript's CastLike(2.0, x)): no gradient through it
+    case("CastLike/type_from_the_input_op15", 15, [N("CastLike", ["c", "x"], ["t"]), N("Mul", ["x", "t"], ["y"])],
+         {"x": (2, 3)}, c=np.array(2.0)),
     unary("Shrink", 9, In((3, 8), scale=2, avoid=(-0.5, 0.5))),
     unary("Shrink", 9, In((3, 8), scale=2, avoid=(-1.0, 1.0)), bias=1.0, lambd=1.0),
     unary("Identity", 16),
@@ -1349,3 +1352,28 @@ def test_einsum_ellipsis_over_a_dynamic_batch():
     ga, gb = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0].run([grads["a"], grads["b"]], {"a": a, "b": bb, cots["y"]: cot})
     np.testing.assert_allclose(ga, cot @ bb.transpose(0, 2, 1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gb, a.transpose(0, 2, 1) @ cot, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [13, 16])
+@pytest.mark.parametrize("index", [[[0], [2]], [[-1], [0]]])
+def test_gather_nd_constant_indices_along_a_dynamic_axis(opset, index):
+    """Constant distinct indices into a dim of run-time length were refused below opset 16 as
+    'computed or repeated'; non-negative ones need no wrapping, so a plain ScatterND is exact.
+    Negative ones need the length: the scatter-add at opset 16, refused below."""
+    f = TensorProto.FLOAT
+    model = _graph_model([helper.make_node("GatherND", ["x", "i"], ["y"], name="the_node")],
+                         [helper.make_tensor_value_info("x", f, ["L", "N", 3])], [helper.make_tensor_value_info("y", f, None)],
+                         [numpy_helper.from_array(np.array(index, np.int64), "i")], opset=opset)
+    if opset < 16 and np.min(index) < 0:
+        with pytest.raises(onnxattr.UnsupportedModelError, match="the_node"):
+            vjp_model(model)
+        return
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for length in (3, 5):
+        cot = np.random.default_rng(length).standard_normal((2, 2, 3)).astype(np.float32)
+        g = sess.run([grads["x"]], {"x": np.zeros((length, 2, 3), np.float32), cots["y"]: cot})[0]
+        want = np.zeros((length, 2, 3), np.float32)
+        for row, (i,) in enumerate(index):
+            want[i] += cot[row]
+        np.testing.assert_array_equal(g, want)

@@ -131,11 +131,12 @@ def erf(b, node, gys):
 
 @register("Cast", "CastLike")
 def cast(b, node, gys):
-    # CastLike's second input only gives the type: no gradient.
+    # CastLike's second input only gives the type: a zero gradient where it depends on the input.
     x = node.input[0]
+    other = [b.zeros_like(t) if b.needs(t) and b.is_float(t) else None for t in node.input[1:]]
     if not b.is_float(x):
-        return [None] * len(node.input)
-    return [b.op("Cast", [gys[0]], to=b.types[x])] + [None] * (len(node.input) - 1)
+        return [None] + other
+    return [b.op("Cast", [gys[0]], to=b.types[x])] + other
 
 
 def _sqrt_of(b, a, x, c):

@@ -237,15 +237,17 @@ def gather_nd(b, node, gys):
     known = b.value(idx)
     k = known.shape[-1] if known is not None else b.static_shape(idx, node, dims=[b.rank(idx, node) - 1])[-1]
     dims = (b.shapes.get(x) or [None] * k)[:k]
-    if known is not None and None not in dims:
-        rows = known.reshape(-1, k).astype(np.int64) % np.asarray(dims, np.int64)
+    if known is not None and (None not in dims or known.min(initial=0) >= 0):
+        # wrapped by the known lengths (non-negative indices need none: a dim may be dynamic)
+        rows = known.reshape(-1, k).astype(np.int64)
+        rows = rows % np.asarray(dims, np.int64) if None not in dims else rows
         wrapped = b.ints(rows.reshape(known.shape))
         if len({tuple(r) for r in rows}) == len(rows):
             return [b.op("ScatterND", [b.zeros_like(x), wrapped, gys[0]]), None]
     if b.opset < 16:
         raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices needs "
                                     f"opset >= 16 to differentiate (model has {b.opset})")
-    if known is None or None in dims:
+    if known is None or (None in dims and known.min(initial=0) < 0):
         if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
             idx = b.op("Cast", [idx], to=TensorProto.INT64)
         size = b.slice(b.shape_of(x), [0], [k], [0])
