@@ -6,6 +6,7 @@ gradients to input gradients for one node.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
@@ -88,7 +89,12 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     check_path(b, path, policy)
     partials: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
     for node in reversed(path):
-        gys = [b.add_all(partials.pop(o), like=o) if o in partials else None for o in node.output]
+        gys = []
+        for o in node.output:
+            parts = partials.pop(o, None)
+            gys.append(b.add_all(parts, like=o) if parts else None)
+            if parts and any(p in b.unbounded for p in parts):
+                b.unbounded.add(gys[-1])
         for o, g in zip(node.output, gys):
             if g is not None:
                 b.annotate(g, like=o)
@@ -96,6 +102,8 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
             continue
         gxs = list(policy.rule(node.op_type)(b, node, gys))
         gxs += [None] * (len(node.input) - len(gxs))
+        if may_blow_up(b, node) or any(g in b.unbounded for g in gys if g is not None):
+            b.unbounded.update(g for g in gxs if g is not None)
         for k, (name, g) in enumerate(zip(node.input, gxs)):
             if g is None and b.needs(name) and b.is_float(name):
                 # never a silently dropped term: this operand depends on the explained input
@@ -112,6 +120,19 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
                                         "float operations")
         grads[x] = b.add_all(partials[x], like=x)
     return grads
+
+
+def may_blow_up(b: Builder, node: onnx.NodeProto) -> bool:
+    """Whether a node's gradient may be +-inf where its inputs are finite (sqrt at 0, acos at 1,
+    division by a tensor that may be 0, ...). The masks below it then select rather than
+    multiply, so that, as in PyTorch, a masked-out inf gives 0 and not NaN."""
+    op = node.op_type
+    if op in ("Sqrt", "Log", "Reciprocal", "Asin", "Acos", "Atanh", "Acosh"):
+        return True
+    if op in ("Div", "Pow"):
+        v = b.value(node.input[1])
+        return v is None or not bool(np.all(v != 0) if op == "Div" else np.all(v >= 1))
+    return False
 
 
 def prune(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:

@@ -41,6 +41,7 @@ class Builder:
         self._counter = itertools.count()
         self._const_cache: dict[tuple, str] = {}
         self.needed: set[str] = set()  # tensors that need a gradient (set by the driver)
+        self.unbounded: set[str] = set()  # gradients that may be +-inf for finite inputs (set by the driver)
         self.shape_conflicts: dict[str, str] = {}  # output -> why ONNX and ONNX Runtime disagree on its shape
         self.shape_protos: dict[str, onnx.TensorShapeProto] = {}  # inferred shapes, symbolic dims kept
         self.value_info: dict[str, onnx.ValueInfoProto] = {}  # shapes declared for added tensors

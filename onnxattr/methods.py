@@ -21,12 +21,19 @@ from .vjp.activation import clip_bounds
 RELU_LIKE = ("LeakyRelu", "PRelu", "Clip")
 
 
+def _relu_of(b, g):
+    r = b.op("Relu", [g])
+    if g in b.unbounded:
+        b.unbounded.add(r)
+    return r
+
+
 def _deconvnet(b, node, gys):
-    return [b.op("Relu", [gys[0]])]
+    return [_relu_of(b, gys[0])]
 
 
 def _guided(b, node, gys):
-    return lookup(node.op_type)(b, node, [b.op("Relu", [gys[0]])])
+    return lookup(node.op_type)(b, node, [_relu_of(b, gys[0])])
 
 
 def _only_relu_like(rule):

@@ -1377,3 +1377,38 @@ def test_gather_nd_constant_indices_along_a_dynamic_axis(opset, index):
         for row, (i,) in enumerate(index):
             want[i] += cot[row]
         np.testing.assert_array_equal(g, want)
+
+
+@pytest.mark.parametrize("tune", ["cpu", "cuda"])
+@pytest.mark.parametrize("act, outer", [("Relu", "Sqrt"), ("Clip", "Acos")])
+@pytest.mark.parametrize("method", ["saliency", "guided"])
+def test_a_masked_out_infinite_gradient_is_zero(act, outer, method, tune):
+    """sqrt(relu(h)) and acos(clamp(h, -1, 1)) (ArcFace's idiom): at h = 0 (or |h| >= 1) the outer
+    derivative is inf and the mask 0; the mask multiplied it into NaN, and the next MatMul spread
+    the NaN over the whole row. PyTorch selects: 0 there, finite values elsewhere."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 6)).astype(np.float32)
+    w2 = rng.standard_normal((6, 3)).astype(np.float32)
+    nodes = [N("MatMul", ["x", "w1"], ["h"]),
+             N("Relu", ["h"], ["a"]) if act == "Relu" else N("Clip", ["h", "lo", "hi"], ["a"]),
+             N(outer, ["a"], ["s"]), N("MatMul", ["s", "w2"], ["y"])]
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.float32(-1), "lo"), numpy_helper.from_array(np.float32(1), "hi")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 4])],
+                         [helper.make_tensor_value_info("y", f, ["N", 3])], inits, opset=13)
+    x = np.stack([np.zeros(4), rng.standard_normal(4), 3 * rng.standard_normal(4)]).astype(np.float32)
+    t = np.array([0, 1, 2])
+    am = onnxattr.attribution_model(model, method=method, tune_for=tune)
+    got = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0].run(["attribution"], {"x": x, "target": t})[0]
+    h = x.astype(np.float64) @ w1
+    inside = (h > 0) if act == "Relu" else (np.abs(h) < 1)
+    assert (~inside[1:]).any(axis=1).all() and inside.any()  # masked-out units in the rows past the zero one
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = 0.5 / np.sqrt(h) if outer == "Sqrt" else -1 / np.sqrt(1 - h * h)
+    g = w2[:, t].T.astype(np.float64)  # d y[n, t[n]] / d s
+    if method == "guided" and act == "Relu":  # relu of the gradient at the Relu: sqrt' > 0 keeps its sign
+        g = np.maximum(g, 0)
+    want = np.where(inside, g * np.where(inside, d, 0), 0) @ w1.T
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,15 @@ def _times(b, g, d):
     return [b.op("Mul", [g, d])]
 
 
+def _masked(b, g, mask):
+    """[g where the 0/1 `mask` is 1, else 0]: a product, unless g may hold +-inf (below a sqrt,
+    an acos, ...: see backward.may_blow_up); then a selection, so that a masked-out inf gives 0
+    rather than inf * 0 = NaN, as PyTorch's threshold and clamp backward do."""
+    if g in b.unbounded and b.opset >= 9:
+        return [b.op("Where", [b.op("Cast", [mask], to=onnx.TensorProto.BOOL), g, b.scalar(0.0)])]
+    return _times(b, g, mask)
+
+
 def relu_mask(b, node):
     """1[z > 0] for a Relu node, read from its output y (z > 0 iff y > 0) so that the forward
     Conv+Relu fusion still fires."""
@@ -23,7 +32,7 @@ def relu_mask(b, node):
 
 @register("Relu")
 def relu(b, node, gys):
-    return _times(b, gys[0], relu_mask(b, node))
+    return _masked(b, gys[0], relu_mask(b, node))
 
 
 @register("LeakyRelu")
@@ -66,7 +75,7 @@ def clip(b, node, gys):
     if b.blocked(x) and b.opset >= 11:
         mask = _clip_mask_blocked(b, x, lo, hi)
         if mask is not None:
-            return _times(b, gys[0], mask) + bounds
+            return _masked(b, gys[0], mask) + bounds
     if b.np_dtype == np.float16 and b.opset < 11:
         # ONNX Runtime runs float16 Clip-6 in float32 between Casts, and may drop the Cast back
         # to float16 before our comparison: compare the input in float32 with the float32 bounds.
@@ -82,7 +91,7 @@ def clip(b, node, gys):
         cond = below if cond is None else b.op("And", [cond, below])
     if cond is None:
         return [gys[0]] + bounds
-    return _times(b, gys[0], b.mask(cond)) + (bounds or [None, None][: len(node.input) - 1])
+    return _masked(b, gys[0], b.mask(cond)) + (bounds or [None, None][: len(node.input) - 1])
 
 
 def _clip_bound_grads(b, node, g, lo, hi) -> list:
@@ -224,7 +233,7 @@ def selu(b, node, gys):
 @register("ThresholdedRelu")
 def thresholded_relu(b, node, gys):
     alpha = attrs(node).get("alpha", 1.0)
-    return _times(b, gys[0], b.mask(b.op("Greater", [node.input[0], b.scalar(alpha)])))
+    return _masked(b, gys[0], b.mask(b.op("Greater", [node.input[0], b.scalar(alpha)])))
 
 
 @register("Shrink")
@@ -232,7 +241,7 @@ def shrink(b, node, gys):
     # y = x - bias above lambd, x + bias below -lambd, 0 between: slope 1 strictly outside.
     x, lambd = node.input[0], attrs(node).get("lambd", 0.5)
     outside = b.op("Or", [b.op("Greater", [x, b.scalar(lambd)]), b.op("Less", [x, b.scalar(-lambd)])])
-    return _times(b, gys[0], b.mask(outside))
+    return _masked(b, gys[0], b.mask(outside))
 
 
 @register("Gelu")
