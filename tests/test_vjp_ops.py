@@ -245,6 +245,12 @@ add(
     # the type taken from the input itself (onnxscript's CastLike(2.0, x)): no gradient through it
     case("CastLike/type_from_the_input_op15", 15, [N("CastLike", ["c", "x"], ["t"]), N("Mul", ["x", "t"], ["y"])],
          {"x": (2, 3)}, c=np.array(2.0)),
+    case("ReduceProd/axes1_op13", 13, N("ReduceProd", ["x"], ["y"], axes=[1]), {"x": (2, 3, 4)}),
+    case("ReduceProd/all_nokeep_op13", 13, N("ReduceProd", ["x"], ["y"], keepdims=0), {"x": (2, 3)}),
+    case("ReduceProd/axes_input_op18", 18, N("ReduceProd", ["x", "ax"], ["y"], keepdims=0), {"x": (2, 3, 4)},
+         ax=i64(-1, 0)),
+    case("Mod/fmod_op13", 13, N("Mod", ["a", "b"], ["y"], fmod=1), {"a": In((2, 3), scale=3), "b": pos(3)}),
+    case("Mod/fmod_negative_op13", 13, N("Mod", ["a", "b"], ["y"], fmod=1), {"a": In((2, 3), scale=3), "b": nz(2, 3)}),
     unary("Shrink", 9, In((3, 8), scale=2, avoid=(-0.5, 0.5))),
     unary("Shrink", 9, In((3, 8), scale=2, avoid=(-1.0, 1.0)), bias=1.0, lambd=1.0),
     unary("Identity", 16),
@@ -1412,3 +1418,21 @@ def test_a_masked_out_infinite_gradient_is_zero(act, outer, method, tune):
     want = np.where(inside, g * np.where(inside, d, 0), 0) @ w1.T
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("row", [[2.0, 0.0, -3.0, 0.5], [0.0, 1.5, 0.0, 2.0], [1.0, -2.0, 0.25, 3.0]],
+                         ids=["one_zero", "two_zeros", "no_zero"])
+def test_reduce_prod_gradient_at_zeros(row):
+    """d prod / d x_i is the product of the others: at the only zero that is the product of the
+    rest, elsewhere 0 once a zero is present (prod / x_i would give 0 / 0 there)."""
+    f = TensorProto.FLOAT
+    model = _graph_model([N("ReduceProd", ["x"], ["y"], axes=[1], keepdims=0)],
+                         [helper.make_tensor_value_info("x", f, [1, 4])], [helper.make_tensor_value_info("y", f, [1])],
+                         [], opset=13)
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    x = np.array([row], np.float32)
+    g = sess.run([grads["x"]], {"x": x, cots["y"]: np.array([2.0], np.float32)})[0]
+    want = [[2.0 * np.prod(np.delete(x[0], i)) for i in range(4)]]
+    np.testing.assert_allclose(g, want, rtol=1e-6)
+

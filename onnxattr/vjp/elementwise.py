@@ -122,6 +122,21 @@ def pow_(b, node, gys):
     return [gx, gp]
 
 
+@register("Mod")
+def mod(b, node, gys):
+    # Float Mod is C's fmod (ONNX requires fmod=1 for floats): a - b q with q = trunc(a / b), so
+    # the slope is 1 in a and -q in b (PyTorch's fmod backward).
+    (g,), (x, y), z = gys, node.input, node.output[0]
+    if not b.is_float(z):
+        return [None, None]
+    gy = None
+    if b.needs(y):
+        ratio = b.op("Div", [x, y])
+        q = b.op("Mul", [b.sign(ratio), b.op("Floor", [b.op("Abs", [ratio])])])
+        gy = b.unbroadcast(b.op("Neg", [b.op("Mul", [g, q])]), y, z, node)
+    return [b.unbroadcast(g, x, z, node) if b.needs(x) else None, gy]
+
+
 @register("Erf")
 def erf(b, node, gys):
     x = node.input[0]

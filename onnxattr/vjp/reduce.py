@@ -34,6 +34,26 @@ def reduce_other(b, node, gys):
     return [b.op("Mul", [g, d])] + rest
 
 
+@register("ReduceProd")
+def reduce_prod(b, node, gys):
+    # d prod / d x_i = the product of the others: prod / x_i without zeros; at the only zero,
+    # the product of the rest; 0 where there are two zeros or more (PyTorch's prod backward).
+    x, g = node.input[0], gys[0]
+    axes, rest = reduce_axes(b, node), [None] * (len(node.input) - 1)
+    if not axes:
+        return [g] + rest
+    if not attrs(node).get("keepdims", 1):
+        g = b.unsqueeze(g, axes)
+    zero, one = b.scalar(0.0), b.scalar(1.0)
+    at_zero = b.equal(x, zero)
+    zeros = b.reduce("ReduceSum", b.mask(at_zero), axes, keepdims=1)
+    safe = b.where(at_zero, one, x)
+    others = b.reduce("ReduceProd", safe, axes, keepdims=1)  # the product of the nonzero entries
+    d = b.where(at_zero, b.where(b.equal(zeros, one), others, zero),
+                b.where(b.equal(zeros, zero), b.op("Div", [others, safe]), zero))
+    return [b.op("Mul", [g, d])] + rest
+
+
 @register("CumSum")
 def cumsum(b, node, gys):
     # The adjoint of a running sum is the running sum in the other direction.
