@@ -52,6 +52,7 @@ class Builder:
         self._padded: dict[str, tuple[str, list[int]]] = {}  # output of a zero Pad added by pad() -> (input, pads)
         self._used = self._forward | {n.name for n in g.node}
         self._trials: tuple[dict, dict] | None = None  # the dims of both shape trials (shapes.py)
+        self._origin: dict[str, tuple[int, str]] = {}  # a forward copy's tensor -> (which copy, original)
         self._one_free_dim = free_dims(model) == 1
         for init in g.initializer:
             self.consts[init.name] = init
@@ -186,8 +187,10 @@ class Builder:
         Returns the map from original tensor names to their copies."""
         rename = dict(feeds)
         rename.update(replace)
+        clone = len({c for c, _ in self._origin.values()})
         for orig, new in rename.items():  # the stacked copies: same shape but for the batch
             self.types.setdefault(new, self.types.get(orig, 0))
+            self._origin[new] = (clone, orig)
             if orig in self.shapes and self.shapes[orig]:
                 self.shapes.setdefault(new, [None] + self.shapes[orig][1:])
         for node in list(self.model.graph.node):
@@ -198,6 +201,7 @@ class Builder:
                 new = self.fresh(f"{o.split('/')[-1] or 'out'}_copy") if o else ""
                 if o and o not in replace:
                     rename[o] = new
+                    self._origin[new] = (clone, o)
                     self.types[new] = self.types.get(o, 0)
                     if o in self.shapes:
                         self.shapes[new] = self.shapes[o]
@@ -514,6 +518,10 @@ class Builder:
         """Whether unknown dim i of x and dim j of y are the same size in every run: the same
         dim_param, or equal in both shape trials when the inputs have one free dim only (with
         several, the trials give them all one size, so equal there proves nothing)."""
+        if x in self._origin or y in self._origin:  # tensors of a forward copy (clone_forward)
+            (cx, ox), (cy, oy) = self._origin.get(x, (None, x)), self._origin.get(y, (None, y))
+            # in one copy, dims relate as in the original (its batch is k times the original's)
+            return cx == cy and self.same_dim(ox, i, oy, j)
         px, py = self.shape_protos.get(x), self.shape_protos.get(y)
         if px is not None and py is not None:
             a, c = px.dim[i], py.dim[j]
@@ -525,7 +533,12 @@ class Builder:
         return len(pairs) == len(self._trials) and all(a is not None and a == c for a, c in pairs)
 
     def _trial_dims(self, x: str, i: int, y: str, j: int) -> list[tuple]:
-        """(dim i of x, dim j of y) in each shape trial that has both."""
+        """(dim i of x, dim j of y) in each shape trial that has both (none for a forward copy's
+        tensor with another copy's or an original one)."""
+        if x in self._origin or y in self._origin:
+            (cx, x), (cy, y) = self._origin.get(x, (None, x)), self._origin.get(y, (None, y))
+            if cx != cy:
+                return []
         return [(t[x][i], t[y][j]) for t in self._trials or ()
                 if x in t and y in t and len(t[x]) > i and len(t[y]) > j]
 

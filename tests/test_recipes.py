@@ -424,3 +424,44 @@ def test_gradcam_does_not_need_rules_before_its_layer():
     np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(onnxattr.UnsupportedModelError, match="LpNormalization node 'odd'"):
         onnxattr.attribution_model(m, method="guided-gradcam")  # its guided part goes to the input
+
+
+class _ResizedBranch(torch.nn.Module):
+    """CrossViT's second branch: the input resized to a fixed size, its Resize sizes computed in
+    the graph as Concat(Shape(x)[:2], [h, w])."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        small = torch.nn.functional.interpolate(x, size=(12, 12), mode="bilinear", align_corners=False)
+        pa = torch.tanh(self.a(x)).mean((2, 3))
+        pb = torch.tanh(self.b(small)).mean((2, 3))
+        return self.head(torch.cat([pa, pb], 1))
+
+
+@pytest.mark.parametrize("method", ["integrated-gradients", "smoothgrad"])
+def test_batched_methods_through_a_resize_sized_from_the_input_shape(method):
+    """The batched copies of the forward lost what the shape trials prove about the original (the
+    Resize keeps axis 0): integrated gradients and SmoothGrad were refused on CrossViT."""
+    from captum.attr import IntegratedGradients
+    m = _ResizedBranch().eval()
+    x = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    t = [1, 4, 0]
+    proto = export(m, x)
+    assert any(n.op_type == "Resize" for n in proto.graph.node)
+    if method == "smoothgrad":
+        got = explain("smoothgrad", x, t, model=proto, samples=3, noise=0.1, seed=1)["attribution"]
+        z = gaussian_noise((3, 1) + x.shape[1:], seed=1)
+        span = (x.max((1, 2, 3)) - x.min((1, 2, 3)))[:, None, None, None]
+        sal = onnxattr.Explainer(proto, provider="cpu")
+        want = np.mean([sal(x + 0.1 * span * z[s], t) for s in range(3)], axis=0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        return
+    got = explain("integrated-gradients", x, t, model=proto, steps=8)
+    ref = IntegratedGradients(m.double()).attribute(torch.from_numpy(x).double(), target=torch.tensor(t), n_steps=8).numpy()
+    err = np.linalg.norm(got["attribution"] - ref) / np.linalg.norm(ref)
+    assert err < 1e-4, err
