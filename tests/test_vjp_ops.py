@@ -1436,3 +1436,19 @@ def test_reduce_prod_gradient_at_zeros(row):
     want = [[2.0 * np.prod(np.delete(x[0], i)) for i in range(4)]]
     np.testing.assert_allclose(g, want, rtol=1e-6)
 
+
+
+def test_shape_trials_fold_long_chains():
+    """Each Reshape whose target comes through an op ONNX data propagation does not follow (Max
+    here) needs one more round of inference and folding; swinv2_cr's window reshapes at batch 1
+    needed 33, more than the 20 the trials allowed, and its dims came out unknown (refused)."""
+    f = TensorProto.FLOAT
+    nodes, h = [], "x"
+    for i in range(30):
+        nodes += [N("Shape", [h], [f"s{i}"]), N("Max", [f"s{i}", "one"], [f"t{i}"]), N("Reshape", [h, f"t{i}"], [f"h{i}"])]
+        h = f"h{i}"
+    nodes.append(N("Identity", [h], ["y"]))
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 4, 3])], [helper.make_tensor_value_info("y", f, None)],
+                         [numpy_helper.from_array(np.ones(3, np.int64), "one")], opset=13)
+    from onnxattr.graph import Builder
+    assert Builder(onnxattr.api.load_model(model), f).shapes["h29"] == [None, 4, 3]
