@@ -13,7 +13,7 @@ import numpy as np
 
 from . import api
 from .api import _one_line
-from .errors import InputError, NonFiniteWarning, OnnxAttrError, OutputError, UnsupportedModelError
+from .errors import AttributionWarning, InputError, OnnxAttrError, OutputError, UnsupportedModelError
 from .explainer import Explainer
 from .graph import TUNE_FOR
 from .io import check_output_path, external_data_files, save_array, save_model
@@ -66,9 +66,10 @@ def user_errors(fn):
 
 
 def _warn_nonfinite(caught) -> None:
-    """Echo NonFiniteWarnings as one `Warning:` line each on stderr (others as Python would)."""
+    """Echo AttributionWarnings (NaN/Inf, empty Grad-CAM maps) as one `Warning:` line each on
+    stderr (others as Python would)."""
     for w in caught:
-        if issubclass(w.category, NonFiniteWarning):
+        if issubclass(w.category, AttributionWarning):
             click.echo(f"Warning: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -226,7 +227,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         methods = [method] + [m for m in GRID_METHODS if m != method] if grid else [method]
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NonFiniteWarning)
+                warnings.simplefilter("always", AttributionWarning)
                 result = explain_images(model, paths, methods, outdir, target=_parse_target(target),
                                         size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                         batch_size=batch_size, labels=names,
@@ -260,7 +261,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     ex = Explainer(model, method=method, **kw)
     click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NonFiniteWarning)
+        warnings.simplefilter("always", AttributionWarning)
         result = ex.run(x, _parse_target(target))
     _warn_nonfinite(caught)
     if "completeness_gap" in result:

@@ -41,5 +41,13 @@ class ExecutionError(OnnxAttrError):
     """ONNX Runtime cannot load or run the attribution model (its own message, on one line)."""
 
 
-class NonFiniteWarning(RuntimeWarning):
+class AttributionWarning(RuntimeWarning):
+    """Something about a result the user should know (the CLI prints these as `Warning:` lines)."""
+
+
+class NonFiniteWarning(AttributionWarning):
     """NaN or Inf in the input, the scores or the attribution (they propagate; this says how many)."""
+
+
+class EmptyMapWarning(AttributionWarning):
+    """A Grad-CAM map that is 0 everywhere for some rows."""

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 
 from .api import ATTRIBUTION, TARGET, _float_input, _one_line, attribution_model, load_model
-from .errors import ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError, UnsupportedModelError
+from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError,
+                     UnsupportedModelError)
 from .recipes import check_baseline
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
@@ -184,6 +185,14 @@ class Explainer:
             counts = self.nonfinite_counts(result, x)
             if any(counts.values()):
                 warnings.warn(NonFiniteWarning(describe_nonfinite(counts)), stacklevel=2)
+        if "cam" in result:
+            cam = result["cam"]
+            empty = np.flatnonzero(~cam.reshape(len(cam), -1).any(axis=1)).tolist()
+            if empty:
+                warnings.warn(EmptyMapWarning(
+                    f"the Grad-CAM map at '{self.layer}' is 0 everywhere for rows {empty}: the class's gradient there is 0 "
+                    "(a layer that does not reach the scores, such as image tokens under a class-token head) or the "
+                    "weighted activations are <= 0; another --layer may show more"), stacklevel=2)
         return result
 
     def nonfinite_counts(self, result: dict, x=None) -> dict[str, int]:

@@ -465,3 +465,32 @@ def test_batched_methods_through_a_resize_sized_from_the_input_shape(method):
     ref = IntegratedGradients(m.double()).attribute(torch.from_numpy(x).double(), target=torch.tensor(t), n_steps=8).numpy()
     err = np.linalg.norm(got["attribution"] - ref) / np.linalg.norm(ref)
     assert err < 1e-4, err
+
+
+def test_an_empty_gradcam_map_is_reported():
+    """CoaT's default layer (a conv on image tokens, under a head reading the class token only)
+    gave all-zero maps without a word. A layer whose gradient is 0 now warns, naming the rows."""
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.5  # noqa: E731
+    # two branches: the scores read only the first; Grad-CAM at the second's activation is 0
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["x", "W2"], ["c2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Mul", ["r2", "zero"], ["dead"]), helper.make_node("Add", ["r1", "dead"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("Gemm", ["fl", "Wf"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(f(5, 3, 3, 3), "W1"), numpy_helper.from_array(f(5, 3, 3, 3), "W2"),
+                           numpy_helper.from_array(np.zeros((1, 5, 1, 1), np.float32), "zero"),
+                           numpy_helper.from_array(f(5, 4), "Wf")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x = f(2, 3, 8, 8)
+    with pytest.warns(onnxattr.EmptyMapWarning, match=r"'r2' is 0 everywhere for rows \[0, 1\]"):
+        onnxattr.Explainer(m, method="gradcam", provider="cpu", layer="r2").run(x, [0, 1])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", onnxattr.EmptyMapWarning)
+        cam = onnxattr.Explainer(m, method="gradcam", provider="cpu", layer="r1").run(x, [0, 1])["cam"]
+    assert cam.reshape(2, -1).any(axis=1).all()
