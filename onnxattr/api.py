@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from .backward import build_backward, differentiable_path, prune, refuse_missing_rules
 from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
+from .inline import inline_constant_ifs
 from .protos import FLOAT_TYPES, describe
 from .io import iter_tensors, load_external_data
 from .wire import read_model
@@ -125,6 +126,15 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
     return vi
 
 
+def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu") -> Builder:
+    """The Builder of `model`, after inlining (in place) the Ifs whose condition its shape
+    trials find constant (inline.py)."""
+    b = Builder(model, dtype, tune_for=tune_for)
+    if inline_constant_ifs(model.graph, b.value):
+        b = Builder(model, dtype, tune_for=tune_for)
+    return b
+
+
 def _check_opset(b: Builder) -> None:
     if b.opset < 7:  # measured: even an Identity classifier's attribution model failed to load
         raise UnsupportedModelError(
@@ -166,7 +176,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     x.CopyFrom(_float_input(out, input, allow_int=wrt is not None))
     inits = {i.name for i in out.graph.initializer}
     inputs = [i.name for i in out.graph.input if i.name not in inits]
-    b = Builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
+    b = _builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
     if wrt is not None and method in ("gradcam", "guided-gradcam"):
         raise OptionError(f"--wrt does not apply to {method}: its map is at --layer, its attribution at the input")
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
@@ -239,8 +249,11 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
     policy = get_method(method if method in METHODS else "guided" if method == "guided-gradcam" else "saliency",
                         relu_like=relu_like)
     src = load_model(model)
+    if isinstance(model, onnx.ModelProto):  # the caller's: inlining (in _builder) works on a copy
+        src = onnx.ModelProto()
+        src.CopyFrom(model)
     x = _float_input(src, None)
-    b = Builder(src, x.type.tensor_type.elem_type)
+    b = _builder(src, x.type.tensor_type.elem_type)
     if output is not None:
         ys = [_scores(b, output)]
     else:

@@ -255,26 +255,39 @@ def test_cli_method_options_out_of_range(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def _if_model(capture: bool):
+def _if_model(capture: bool, constant: bool = False):
     """y = r + If(cond, r @ A, r @ B): the branches read r by name from the outer scope
-    (capture) or the If is fed nothing differentiable at all (its branches are constant)."""
+    (capture) or the If is fed nothing differentiable at all (its branches are constant). The
+    condition depends on the input (sum(r) > 0), or is a constant True."""
     def branch(name, w):
         src = "r" if capture else "k"
         return helper.make_graph([helper.make_node("MatMul", [src, w], [name])], name, [],
                                  [helper.make_tensor_value_info(name, F, None)])
-    mid = [helper.make_node("If", ["cond"], ["b"], then_branch=branch("t", "A"), else_branch=branch("e", "B"), name="choose"),
-           helper.make_node("Add", ["r", "b"], ["y"])]
+    mid = [] if constant else [helper.make_node("ReduceSum", ["r"], ["total"], keepdims=0),
+                               helper.make_node("Greater", ["total", "zero"], ["cond"])]
+    mid += [helper.make_node("If", ["cond"], ["b"], then_branch=branch("t", "A"), else_branch=branch("e", "B"), name="choose"),
+            helper.make_node("Add", ["r", "b"], ["y"])]
     m = tiny(mid=mid)
     m.graph.initializer.extend([numpy_helper.from_array(np.eye(3, dtype=np.float32) * 2, "A"),
                                 numpy_helper.from_array(np.eye(3, dtype=np.float32) * 3, "B"),
                                 numpy_helper.from_array(np.ones((1, 3), np.float32), "k"),
-                                numpy_helper.from_array(np.array(True), "cond")])
+                                numpy_helper.from_array(np.float32(0), "zero")]
+                               + ([numpy_helper.from_array(np.array(True), "cond")] if constant else []))
     return m
 
 
 def test_control_flow_if_is_refused_naming_the_node():
     with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'choose' \\(control flow\\)"):
         onnxattr.attribution_model(_if_model(capture=True))
+
+
+def test_if_with_a_constant_condition_is_inlined():
+    """The same If with cond a constant True: its then branch (r @ 2I) replaces it."""
+    m = _if_model(capture=True, constant=True)
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = onnxattr.Explainer(m, provider="cpu")(x, [0, 2])
+    plain = onnxattr.Explainer(tiny(mid=[helper.make_node("Identity", ["r"], ["y"])]), provider="cpu")(x, [0, 2])
+    np.testing.assert_allclose(got, 3 * plain, rtol=1e-6)
 
 
 def test_control_flow_off_the_path_is_fine():

@@ -1,0 +1,89 @@
+"""If nodes with a condition the shape trials find constant are inlined (onnxattr/inline.py);
+the others stay refused as control flow."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxattr
+from onnxattr.runtime import make_session
+
+F = TensorProto.FLOAT
+
+
+def _squeeze_if(axis: int, then_out: str = "sq") -> onnx.ModelProto:
+    """y = If(Shape(h)[axis] == 1, squeeze(h, axis), h) @ w, as TorchScript writes x.squeeze(d)
+    for a tensor whose shape it lost; h = x * 2 [N, 1, 3] (axis 1 static, axis 0 the batch)."""
+    then = helper.make_graph([helper.make_node("Squeeze", ["h", "ax"], ["sq"])], "then", [],
+                             [helper.make_tensor_value_info(then_out, F, None)],
+                             [numpy_helper.from_array(np.array([axis], np.int64), "ax"),
+                              numpy_helper.from_array(np.zeros((1, 3), np.float32), "c")])
+    other = helper.make_graph([helper.make_node("Reshape", ["h", "flat"], ["r"])], "else", [],
+                              [helper.make_tensor_value_info("r", F, None)],
+                              [numpy_helper.from_array(np.array([-1, 3], np.int64), "flat")])
+    nodes = [helper.make_node("Mul", ["x", "two"], ["h"]), helper.make_node("Shape", ["h"], ["s"]),
+             helper.make_node("Gather", ["s", "k"], ["d"]), helper.make_node("Equal", ["d", "one"], ["cond"]),
+             helper.make_node("If", ["cond"], ["picked"], then_branch=then, else_branch=other, name="maybe_squeeze"),
+             helper.make_node("MatMul", ["picked", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 1, 3])],
+                          [helper.make_tensor_value_info("y", F, ["N", 4])],
+                          [numpy_helper.from_array(np.float32(2), "two"), numpy_helper.from_array(np.array(axis, np.int64), "k"),
+                           numpy_helper.from_array(np.array(1, np.int64), "one"),
+                           numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32), "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_if_on_a_static_dim_is_inlined():
+    m = _squeeze_if(axis=1)
+    am = onnxattr.attribution_model(m)
+    assert "If" not in {n.op_type for n in am.graph.node}
+    onnx.checker.check_model(am, full_check=True)
+    x = np.random.default_rng(1).standard_normal((2, 1, 3)).astype(np.float32)
+    y, att = make_session(am.SerializeToString(), "cpu")[0].run(["y", "attribution"], {"x": x, "target": np.array([0, 3])})
+    w = numpy_helper.to_array(m.graph.initializer[-1])
+    np.testing.assert_allclose(y, 2 * x[:, 0] @ w, rtol=1e-6)
+    np.testing.assert_allclose(att[:, 0], 2 * w[:, [0, 3]].T, rtol=1e-6)
+    assert [n.op_type for n in m.graph.node].count("If") == 1  # the caller's model is not changed
+
+
+def test_if_on_the_batch_stays_control_flow():
+    """Shape(h)[0] == 1 depends on the batch: no branch is taken in every run."""
+    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'maybe_squeeze' \\(control flow\\)"):
+        onnxattr.attribution_model(_squeeze_if(axis=0))
+
+
+def test_coverage_sees_the_inlined_branch():
+    rows = {r["op_type"]: r for r in onnxattr.coverage(_squeeze_if(axis=1))}
+    assert "If" not in rows and rows["Squeeze"]["on_path"] == 1 and "Reshape" not in rows  # axis 1 is 1
+    assert not any(r["missing_nodes"] for r in rows.values())
+    rows = {r["op_type"]: r for r in onnxattr.coverage(_squeeze_if(axis=0))}
+    assert rows["If"]["missing_nodes"] == ["maybe_squeeze"]
+
+
+def test_torchscript_local_response_norm_matches_pytorch():
+    """TorchScript exports nn.LocalResponseNorm with an If (a squeeze of a dim it lost track of);
+    it was refused as control flow."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.LocalResponseNorm(3), torch.nn.Flatten(),
+                            torch.nn.Linear(6 * 6 * 6, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    assert "If" in {n.op_type for n in proto.graph.node}
+    t = [1, 4]
+    att = onnxattr.Explainer(proto, provider="cpu")(x.numpy(), t)
+    xd = x.double().requires_grad_(True)
+    (want,) = torch.autograd.grad(m.double()(xd)[[0, 1], t].sum(), xd)
+    err = np.abs(att - want.numpy()).max() / np.abs(want.numpy()).max()
+    assert err < 1e-5, err
