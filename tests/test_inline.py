@@ -87,3 +87,35 @@ def test_torchscript_local_response_norm_matches_pytorch():
     (want,) = torch.autograd.grad(m.double()(xd)[[0, 1], t].sum(), xd)
     err = np.abs(att - want.numpy()).max() / np.abs(want.numpy()).max()
     assert err < 1e-5, err
+
+
+def test_torchscript_diagonal_matches_pytorch():
+    """torch.diagonal exports (TorchScript) as an If around a GatherND with batch_dims: refused as
+    control flow, then as batch_dims > 0; both are handled now."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+
+    class Diag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 6, 5)
+
+        def forward(self, x):
+            return self.fc(torch.diagonal(torch.tanh(self.conv(x)), dim1=2, dim2=3).flatten(1))
+
+    m = Diag().eval()
+    x = torch.randn(2, 3, 6, 6)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    ops = {n.op_type for n in proto.graph.node}
+    assert "If" in ops
+    t = [1, 4]
+    att = onnxattr.Explainer(proto, provider="cpu")(x.numpy(), t)
+    xd = x.double().requires_grad_(True)
+    (want,) = torch.autograd.grad(m.double()(xd)[[0, 1], t].sum(), xd)
+    err = np.abs(att - want.numpy()).max() / np.abs(want.numpy()).max()
+    assert err < 1e-5, err

@@ -624,6 +624,12 @@ add(
          i=np.array([[1], [-2], [0], [-1]], np.int64)),
     case("GatherND/computed_negative_op16", 16, [N("Add", ["i0", "z"], ["i"]), N("GatherND", ["x", "i"], ["y"])],
          {"x": (3, 4, 2)}, i0=np.array([[[-1, 0], [2, -4]], [[-1, 0], [0, 3]]], np.int64), z=i64(0)),
+    case("GatherND/batch_dims1_op13", 13, N("GatherND", ["x", "i"], ["y"], batch_dims=1), {"x": (2, 3, 4)},
+         i=np.array([[[0, 1], [2, -1]], [[1, 0], [0, 3]]], np.int64)),
+    case("GatherND/batch_dims1_repeats_op16", 16, N("GatherND", ["x", "i"], ["y"], batch_dims=1), {"x": (2, 3, 4)},
+         i=np.array([[[1], [1], [0]], [[2], [-1], [0]]], np.int64)),
+    case("GatherND/batch_dims2_computed_op18", 18, [N("ArgMax", ["k"], ["i"], axis=-1), N("GatherND", ["x", "i"], ["y"], batch_dims=2)],
+         {"x": (2, 3, 4, 2)}, k=w(2, 3, 5, 4)),
     case("GatherND/computed_op18", 18, [N("ArgMax", ["k"], ["i"], axis=1), N("GatherND", ["x", "i"], ["y"])],
          {"x": (4, 2)}, k=w(3, 4)),
     # TopK: the values go back to their positions (distinct inputs: no ties)
@@ -962,9 +968,9 @@ def _gather_nd_model(opset, idx, op="GatherND", **attrs):
 
 @pytest.mark.parametrize("model, why", [
     (lambda: _gather_nd_model(13, [[1], [1]]), "repeated indices needs opset >= 16"),
-    (lambda: _gather_nd_model(13, [[[1]], [[2]]], batch_dims=1), "batch_dims"),
+    (lambda: _gather_nd_model(13, [[[1], [1]], [[2], [0]], [[0], [3]]], batch_dims=1), "repeated indices needs opset >= 16"),
     (lambda: _gather_nd_model(10, [2], op="TopK", axis=1), "opset >= 11"),
-], ids=["GatherND_repeats_op13", "GatherND_batch_dims", "TopK_op10"])
+], ids=["GatherND_repeats_op13", "GatherND_batch_dims_repeats_op13", "TopK_op10"])
 def test_gathers_refused_where_no_exact_scatter_exists(model, why):
     with pytest.raises(onnxattr.UnsupportedModelError) as err:
         vjp_model(model())

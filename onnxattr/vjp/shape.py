@@ -230,29 +230,51 @@ def gather_elements(b, node, gys):
 def gather_nd(b, node, gys):
     # Adding g back at the gathered positions: a plain ScatterND into zeros when constant indices
     # pick no position twice, else ScatterND with reduction 'add' (opset 16); negative indices
-    # wrapped first, as for Gather.
+    # wrapped first, as for Gather. With batch_dims, each index row gets its batch position in
+    # front, so that the scatter addresses the whole of x.
     x, idx = node.input
-    if attrs(node).get("batch_dims", 0):
-        raise UnsupportedModelError(f"{describe(node)}: GatherND with batch_dims > 0 is not supported")
+    bd = attrs(node).get("batch_dims", 0)
     known = b.value(idx)
     k = known.shape[-1] if known is not None else b.static_shape(idx, node, dims=[b.rank(idx, node) - 1])[-1]
-    dims = (b.shapes.get(x) or [None] * k)[:k]
-    if known is not None and (None not in dims or known.min(initial=0) >= 0):
-        # wrapped by the known lengths (non-negative indices need none: a dim may be dynamic)
-        rows = known.reshape(-1, k).astype(np.int64)
-        rows = rows % np.asarray(dims, np.int64) if None not in dims else rows
-        wrapped = b.ints(rows.reshape(known.shape))
-        if len({tuple(r) for r in rows}) == len(rows):
-            return [b.op("ScatterND", [b.zeros_like(x), wrapped, gys[0]]), None]
+    dims = (b.shapes.get(x) or [None] * (bd + k))[bd: bd + k]
+    rows = None
+    if known is not None:
+        r = known.astype(np.int64)
+        r = r % np.asarray(dims, np.int64) if None not in dims else r  # wrapped by the known lengths
+        if r.min(initial=0) >= 0:  # (non-negative indices need none: a dim may be dynamic)
+            if bd:
+                lead = np.indices(known.shape[:bd]).reshape(bd, *known.shape[:bd], *[1] * (known.ndim - 1 - bd))
+                r = np.concatenate([np.broadcast_to(np.moveaxis(lead, 0, -1), known.shape[:-1] + (bd,)), r], -1)
+            rows = r
+            flat = rows.reshape(-1, bd + k)
+            if len({tuple(t) for t in flat}) == len(flat):
+                return [b.op("ScatterND", [b.zeros_like(x), b.ints(rows), gys[0]]), None]
     if b.opset < 16:
         raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices needs "
                                     f"opset >= 16 to differentiate (model has {b.opset})")
-    if known is None or (None in dims and known.min(initial=0) < 0):
+    if rows is not None:
+        full = b.ints(rows)
+    else:
         if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
             idx = b.op("Cast", [idx], to=TensorProto.INT64)
-        size = b.slice(b.shape_of(x), [0], [k], [0])
-        wrapped = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, size]), idx])
-    return [b.scatter_add("ScatterND", b.zeros_like(x), wrapped, gys[0]), None]
+        size = b.slice(b.shape_of(x), [bd], [bd + k], [0])
+        full = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, size]), idx])
+        if bd:
+            full = b.op("Concat", _batch_positions(b, node, x, idx, bd) + [full], axis=-1)
+    return [b.scatter_add("ScatterND", b.zeros_like(x), full, gys[0]), None]
+
+
+def _batch_positions(b, node, x, idx, bd) -> list[str]:
+    """For GatherND's batch_dims: per batch axis j < bd, idx's rows' position along it, shaped
+    like idx with a last axis of 1."""
+    lead = b.rank(idx, node) - 1
+    ones = b.op("Concat", [b.slice(b.shape_of(idx), [0], [lead], [0]), b.ints([1])], axis=0)
+    out = []
+    for j in range(bd):
+        n = b.op("Gather", [b.shape_of(x), b.ints(j)])
+        at = b.op("Range", [b.ints(0), n, b.ints(1)])
+        out.append(b.op("Expand", [b.op("Reshape", [at, b.ints([1] * j + [-1] + [1] * (lead - j))]), ones]))
+    return out
 
 
 @register("TopK")
