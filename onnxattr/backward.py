@@ -88,6 +88,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     path = fuse(b, path)
     check_path(b, path, policy)
     partials: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
+    producer = {o: n for n in b.all_nodes() for o in n.output if o}
     for node in reversed(path):
         gys = []
         for o in node.output:
@@ -102,7 +103,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
             continue
         gxs = list(policy.rule(node.op_type)(b, node, gys))
         gxs += [None] * (len(node.input) - len(gxs))
-        if may_blow_up(b, node) or any(g in b.unbounded for g in gys if g is not None):
+        if may_blow_up(b, node, producer) or any(g in b.unbounded for g in gys if g is not None):
             b.unbounded.update(g for g in gxs if g is not None)
         for k, (name, g) in enumerate(zip(node.input, gxs)):
             if g is None and b.needs(name) and b.is_float(name):
@@ -122,17 +123,57 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
     return grads
 
 
-def may_blow_up(b: Builder, node: onnx.NodeProto) -> bool:
-    """Whether a node's gradient may be +-inf where its inputs are finite (sqrt at 0, acos at 1,
-    division by a tensor that may be 0, ...). The masks below it then select rather than
-    multiply, so that, as in PyTorch, a masked-out inf gives 0 and not NaN."""
+def may_blow_up(b: Builder, node: onnx.NodeProto, producer: dict) -> bool:
+    """Whether a node's gradient may be +-inf where its output is finite: sqrt and acosh at their
+    root, asin and acos at +-1, x**p at 0 for 0 < p < 1. The masks below it then select rather
+    than multiply, so that, as in PyTorch, a masked-out inf gives 0 and not NaN. (Log,
+    Reciprocal, Div and Atanh are infinite where their gradient is: the forward says so.)
+    A Sqrt of a sum of something non-negative and a positive constant (a variance + eps) is
+    safe."""
     op = node.op_type
-    if op in ("Sqrt", "Log", "Reciprocal", "Asin", "Acos", "Atanh", "Acosh"):
+    if op == "Sqrt":
+        return not _positive(b, node.input[0], producer)
+    if op in ("Asin", "Acos", "Acosh"):
         return True
-    if op in ("Div", "Pow"):
-        v = b.value(node.input[1])
-        return v is None or not bool(np.all(v != 0) if op == "Div" else np.all(v >= 1))
+    if op == "Pow":
+        p = b.value(node.input[1])
+        return p is None or bool(np.any((p > 0) & (p < 1)))
     return False
+
+
+_NON_NEGATIVE = {"ReduceSumSquare", "ReduceL2", "Abs", "Relu", "Exp", "Sigmoid", "Softmax", "Softplus"}
+
+
+def _positive(b: Builder, t: str, producer: dict, depth: int = 4) -> bool:
+    """Whether `t` is provably > 0: a positive constant, or one added to a non-negative tensor."""
+    v = b.value(t)
+    if v is not None:
+        return bool(np.all(v > 0))
+    n = producer.get(t)
+    if n is None or depth == 0 or n.op_type != "Add":
+        return False
+    a, c = n.input
+    return (_positive(b, a, producer, depth - 1) and _non_negative(b, c, producer, depth - 1)) or (
+        _positive(b, c, producer, depth - 1) and _non_negative(b, a, producer, depth - 1))
+
+
+def _non_negative(b: Builder, t: str, producer: dict, depth: int = 4) -> bool:
+    v = b.value(t)
+    if v is not None:
+        return bool(np.all(v >= 0))
+    n = producer.get(t)
+    if n is None or depth == 0:
+        return False
+    if n.op_type in _NON_NEGATIVE:
+        return True
+    if n.op_type == "Mul" and n.input[0] == n.input[1]:
+        return True
+    if n.op_type == "Pow":
+        p = b.value(n.input[1])
+        return p is not None and p.size == 1 and float(p) % 2 == 0
+    if n.op_type in ("ReduceMean", "ReduceSum", "Add", "Mul", "Sqrt", "Max"):
+        return all(_non_negative(b, i, producer, depth - 1) for i in n.input[:1 if n.op_type.startswith("Reduce") else 2] if i)
+    return _positive(b, t, producer, depth)
 
 
 def prune(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:

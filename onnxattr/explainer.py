@@ -155,8 +155,9 @@ class Explainer:
             _check_range(t, self.num_classes)
         return np.ascontiguousarray(t)
 
-    def run(self, x, target) -> dict[str, np.ndarray]:
-        """All outputs (the model's own, `attribution`, and `target` for "argmax") by name."""
+    def run(self, x, target, row_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """All outputs (the model's own, `attribution`, and `target` for "argmax") by name.
+        `row_names` (the images' file names, say) name the rows in warnings."""
         x = self._check_input(x)
         if self.method == "integrated-gradients" and self._build.get("baseline") is not None:
             wrt = self._build.get("wrt")
@@ -189,8 +190,9 @@ class Explainer:
             cam = result["cam"]
             empty = np.flatnonzero(~cam.reshape(len(cam), -1).any(axis=1)).tolist()
             if empty:
+                which = f"rows {empty}" if row_names is None else ", ".join(row_names[i] for i in empty)
                 warnings.warn(EmptyMapWarning(
-                    f"the Grad-CAM map at '{self.layer}' is 0 everywhere for rows {empty}: the class's gradient there is 0 "
+                    f"the Grad-CAM map at '{self.layer}' is 0 everywhere for {which}: the class's gradient there is 0 "
                     "(a layer that does not reach the scores, such as image tokens under a class-token head) or the "
                     "weighted activations are <= 0; another --layer may show more"), stacklevel=2)
         return result

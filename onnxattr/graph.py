@@ -384,6 +384,15 @@ class Builder:
         """A boolean tensor as 0/1 in the float dtype."""
         return self.op("Cast", [condition], to=self.dtype)
 
+    def masked(self, g: str, mask: str) -> str:
+        """g where the 0/1 `mask` is 1, else 0: a product, unless g may hold +-inf (below a
+        sqrt, an acos, ...: backward.may_blow_up); then a selection, so that a masked-out inf
+        gives 0 rather than inf * 0 = NaN, as PyTorch's threshold and clamp backward do (not
+        before opset 9, which has no Where)."""
+        if g in self.unbounded and self.opset >= 9:
+            return self.op("Where", [self.op("Cast", [mask], to=TensorProto.BOOL), g, self.scalar(0.0)])
+        return self.op("Mul", [g, mask])
+
     def adjoint_along(self, g: str, m: np.ndarray, axis: int, rank: int) -> str:
         """For y = m @ x along `axis` (m [len_y, len_x], a constant): the VJP m^T @ g there, as
         one MatMul (and two Transposes unless `axis` is one of the last two)."""
@@ -444,9 +453,9 @@ class Builder:
             out = self.op("HardSigmoid", [t], alpha=2.0 ** 127, beta=0.0)
             if least < 2.0 ** -127:
                 out = self.op("HardSigmoid", [out], alpha=2.0 ** 127, beta=0.0)
-        elif self.opset >= 11:
+        elif self.opset >= 12 or (self.opset == 11 and self.dtype != TensorProto.DOUBLE):
             out = self.op("Ceil", [self.op("Clip", [t, "", self.scalar(1.0)])])
-        elif self.dtype == TensorProto.DOUBLE:  # ONNX Runtime has no double Clip-6
+        elif self.dtype == TensorProto.DOUBLE:  # ONNX Runtime has no double Clip-6 nor Clip-11
             out = self.mask(self.op("Greater", [t, self.scalar(0.0)]))
         else:
             out = self.op("Ceil", [self.op("Clip", [t], max=1.0)])

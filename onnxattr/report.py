@@ -114,7 +114,7 @@ def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, 
     x, images = load_images(chunk, size, mean, std, layout, channels=channels or 3)
     shown.extend(images)
     for m, ex in explainers.items():
-        out = ex.run(x, target)
+        out = ex.run(x, target, row_names=[p.name for p in chunk])
         if m == methods[0]:
             t = out.get(TARGET, np.broadcast_to(np.asarray(target), (len(chunk),)))
             probs = _probabilities(out[next(o.name for o in ex.model.graph.output)])

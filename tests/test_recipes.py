@@ -489,6 +489,8 @@ def test_an_empty_gradcam_map_is_reported():
     x = f(2, 3, 8, 8)
     with pytest.warns(onnxattr.EmptyMapWarning, match=r"'r2' is 0 everywhere for rows \[0, 1\]"):
         onnxattr.Explainer(m, method="gradcam", provider="cpu", layer="r2").run(x, [0, 1])
+    with pytest.warns(onnxattr.EmptyMapWarning, match=r"'r2' is 0 everywhere for a\.png, b\.png"):
+        onnxattr.Explainer(m, method="gradcam", provider="cpu", layer="r2").run(x, [0, 1], row_names=["a.png", "b.png"])
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error", onnxattr.EmptyMapWarning)

@@ -218,6 +218,7 @@ def unary(op, opset, x=(2, 3, 4), **attrs):
 add(
     unary("Relu", 14, nz(2, 3, 4)),
     unary("Relu", 7, nz(2, 3)),
+    unary("Relu", 11, nz(2, 3)),  # float64 at opset 11: ONNX Runtime has no double Clip-11 for the step
     unary("LeakyRelu", 16, nz(2, 3, 4), alpha=0.1),
     unary("Sigmoid", 13, In((2, 3, 4), scale=2)),
     unary("Tanh", 13, In((2, 3, 4), scale=2)),
@@ -967,8 +968,8 @@ def _gather_nd_model(opset, idx, op="GatherND", **attrs):
 
 
 @pytest.mark.parametrize("model, why", [
-    (lambda: _gather_nd_model(13, [[1], [1]]), "repeated indices needs opset >= 16"),
-    (lambda: _gather_nd_model(13, [[[1], [1]], [[2], [0]], [[0], [3]]], batch_dims=1), "repeated indices needs opset >= 16"),
+    (lambda: _gather_nd_model(13, [[1], [1]]), "computed or repeated indices"),
+    (lambda: _gather_nd_model(13, [[[1], [1]], [[2], [0]], [[0], [3]]], batch_dims=1), "computed or repeated indices"),
     (lambda: _gather_nd_model(10, [2], op="TopK", axis=1), "opset >= 11"),
 ], ids=["GatherND_repeats_op13", "GatherND_batch_dims_repeats_op13", "TopK_op10"])
 def test_gathers_refused_where_no_exact_scatter_exists(model, why):
@@ -1458,3 +1459,66 @@ def test_shape_trials_fold_long_chains():
                          [numpy_helper.from_array(np.ones(3, np.int64), "one")], opset=13)
     from onnxattr.graph import Builder
     assert Builder(onnxattr.api.load_model(model), f).shapes["h29"] == [None, 4, 3]
+
+
+@pytest.mark.parametrize("act", ["Max", "HardSigmoid", "HardSwish"])
+@pytest.mark.parametrize("opset", [13, 8])
+def test_other_masks_zero_a_masked_out_infinite_gradient(act, opset):
+    """sqrt(max(h, 0)) (a Keras-style ReLU), sqrt(hardsigmoid(h)), sqrt(hardswish(h)): where the
+    activation is flat at 0, sqrt's inf met a 0 slope in a product (NaN, spread over the row by
+    the MatMul); they select too now. Before opset 9 there is no Where: the NaN stays (README)."""
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((4, 6)).astype(np.float32)
+    w2 = rng.standard_normal((6, 3)).astype(np.float32)
+    first = {"Max": N("Max", ["h", "zero"], ["a"]), "HardSigmoid": N("HardSigmoid", ["h"], ["a"]),
+             "HardSwish": N("HardSwish", ["h"], ["a"])}[act]
+    if act == "HardSwish" and opset < 14:
+        pytest.skip("HardSwish is opset 14")
+    nodes = [N("MatMul", ["x", "w1"], ["h"]), first, N("Sqrt", ["a"], ["s"]), N("MatMul", ["s", "w2"], ["y"])]
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.float32(0), "zero")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 4])],
+                         [helper.make_tensor_value_info("y", f, ["N", 3])], inits, opset=opset)
+    x = (3 * rng.standard_normal((3, 4))).astype(np.float32)
+    t = np.array([0, 1, 2])
+    am = onnxattr.attribution_model(model)
+    got = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0].run(["attribution"], {"x": x, "target": t})[0]
+    h = x.astype(np.float64) @ w1
+    a, slope = {"Max": (np.maximum(h, 0), (h > 0) * 1.0),
+                "HardSigmoid": (np.clip(0.2 * h + 0.5, 0, 1), ((h > -2.5) & (h < 2.5)) * 0.2),
+                "HardSwish": (h * np.clip(h / 6 + 0.5, 0, 1), np.where(h > 3, 1.0, (h > -3) * (h / 3 + 0.5)))}[act]
+    flat = a == 0
+    assert flat.any(axis=1).all() and (~flat).any()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.where(slope != 0, w2[:, t].T * slope * 0.5 / np.sqrt(a), 0) @ w1.T
+    if opset < 9:  # no Where: inf * 0 = NaN, as the README says
+        assert np.isnan(got).all()
+        return
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["l2_normalised", "layer_norm_decomposed"])
+def test_safe_divisions_and_roots_keep_the_multiplying_masks(head):
+    """A cosine head f / ||f|| and a decomposed LayerNorm's sqrt(var + eps) cannot give an inf
+    gradient with a finite forward: the Relu masks below them stay products (Cast + Where in
+    every mask made a ReLU CNN 25-50% slower)."""
+    f = TensorProto.FLOAT
+    nodes = [N("MatMul", ["x", "w1"], ["h"]), N("Relu", ["h"], ["r"])]
+    if head == "l2_normalised":
+        nodes += [N("ReduceL2", ["r"], ["n"], axes=[1]), N("Div", ["r", "n"], ["u"])]
+    else:
+        nodes += [N("ReduceMean", ["r"], ["mu"], axes=[1]), N("Sub", ["r", "mu"], ["c"]), N("Pow", ["c", "two"], ["c2"]),
+                  N("ReduceMean", ["c2"], ["var"], axes=[1]), N("Add", ["var", "eps"], ["ve"]), N("Sqrt", ["ve"], ["sd"]),
+                  N("Div", ["c", "sd"], ["u"])]
+    nodes.append(N("MatMul", ["u", "w2"], ["y"]))
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.float32(2), "two"), numpy_helper.from_array(np.float32(1e-5), "eps")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 4])],
+                         [helper.make_tensor_value_info("y", f, ["N", 3])], inits, opset=13)
+    am = onnxattr.attribution_model(model)
+    added = am.graph.node[len(nodes):]
+    selecting = [n for n in added if n.op_type == "Cast" and helper.get_attribute_value(n.attribute[0]) == TensorProto.BOOL]
+    assert not selecting, [n.name for n in selecting]  # b.masked's Cast(mask, bool) + Where

@@ -16,12 +16,7 @@ def _times(b, g, d):
 
 
 def _masked(b, g, mask):
-    """[g where the 0/1 `mask` is 1, else 0]: a product, unless g may hold +-inf (below a sqrt,
-    an acos, ...: see backward.may_blow_up); then a selection, so that a masked-out inf gives 0
-    rather than inf * 0 = NaN, as PyTorch's threshold and clamp backward do."""
-    if g in b.unbounded and b.opset >= 9:
-        return [b.op("Where", [b.op("Cast", [mask], to=onnx.TensorProto.BOOL), g, b.scalar(0.0)])]
-    return _times(b, g, mask)
+    return [b.masked(g, mask)]
 
 
 def relu_mask(b, node):
@@ -106,12 +101,12 @@ def _clip_bound_grads(b, node, g, lo, hi) -> list:
         below = b.op("Less", [x, lo])
         if hi is not None:
             below = b.op("And", [below, b.op("Less", [lo, hi])])
-        out[0] = b.unbroadcast(b.op("Mul", [g, b.mask(below)]), lo, y, node)
+        out[0] = b.unbroadcast(b.masked(g, b.mask(below)), lo, y, node)
     if hi is not None and b.needs(hi):
         above = b.op("Greater", [x if lo is None else b.op("Max", [x, lo]), hi])
         if lo is not None:
             above = b.op("Or", [above, b.op("Not", [b.op("Less", [lo, hi])])])
-        out[1] = b.unbroadcast(b.op("Mul", [g, b.mask(above)]), hi, y, node)
+        out[1] = b.unbroadcast(b.masked(g, b.mask(above)), hi, y, node)
     return out[: len(node.input) - 1]
 
 
@@ -197,7 +192,7 @@ def hard_sigmoid(b, node, gys):
     a = attrs(node)
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
     m = _hard_sigmoid_mask(b, node.input[0], alpha, beta)
-    return _times(b, gys[0], b.op("Mul", [m, b.scalar(alpha)]))
+    return [b.op("Mul", [b.masked(gys[0], m), b.scalar(alpha)])]
 
 
 @register("HardSwish")
@@ -205,7 +200,10 @@ def hard_swish(b, node, gys):
     x = node.input[0]
     hs = b.op("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
     m = _hard_sigmoid_mask(b, x, 1.0 / 6, 0.5)
-    return _times(b, gys[0], b.op("Add", [hs, b.op("Mul", [x, b.op("Mul", [m, b.scalar(1.0 / 6)])])]))
+    gx = b.op("Mul", [gys[0], b.op("Add", [hs, b.op("Mul", [x, b.op("Mul", [m, b.scalar(1.0 / 6)])])])])
+    if gys[0] in b.unbounded and b.opset >= 9:  # 0, not inf * 0, where the slope is 0 (x < -3)
+        gx = b.op("Where", [b.op("Greater", [x, b.scalar(-3.0)]), gx, b.scalar(0.0)])
+    return [gx]
 
 
 @register("Elu", "Celu")

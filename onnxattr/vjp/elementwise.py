@@ -71,7 +71,9 @@ def max_min(b, node, gys):
         return [g]
     hits = [b.mask(b.equal(x, z)) for x in node.input]
     share = b.op("Div", [g, b.add_all(hits)])
-    return [b.unbroadcast(b.op("Mul", [share, hit]), x, z, node) if b.needs(x) else None
+    if g in b.unbounded:
+        b.unbounded.add(share)
+    return [b.unbroadcast(b.masked(share, hit), x, z, node) if b.needs(x) else None
             for x, hit in zip(node.input, hits)]
 
 

@@ -250,8 +250,9 @@ def gather_nd(b, node, gys):
             if len({tuple(t) for t in flat}) == len(flat):
                 return [b.op("ScatterND", [b.zeros_like(x), b.ints(rows), gys[0]]), None]
     if b.opset < 16:
-        raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices needs "
-                                    f"opset >= 16 to differentiate (model has {b.opset})")
+        raise UnsupportedModelError(f"{describe(node)}: GatherND with computed or repeated indices (or negative "
+                                    f"ones into a dim of run-time length) needs opset >= 16 to differentiate "
+                                    f"(model has {b.opset})")
     if rows is not None:
         full = b.ints(rows)
     else:
