@@ -124,55 +124,68 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
 
 
 def may_blow_up(b: Builder, node: onnx.NodeProto, producer: dict) -> bool:
-    """Whether a node's gradient may be +-inf where its output is finite: sqrt and acosh at their
-    root, asin and acos at +-1, x**p at 0 for 0 < p < 1. The masks below it then select rather
-    than multiply, so that, as in PyTorch, a masked-out inf gives 0 and not NaN. (Log,
-    Reciprocal, Div and Atanh are infinite where their gradient is: the forward says so.)
-    A Sqrt of a sum of something non-negative and a positive constant (a variance + eps) is
-    safe."""
-    op = node.op_type
-    if op == "Sqrt":
-        return not _positive(b, node.input[0], producer)
-    if op in ("Asin", "Acos", "Acosh"):
-        return True
+    """Whether a node's gradient may be +-inf for finite inputs: sqrt, log, 1/x and x / y at 0,
+    x**p at 0 for p < 1, asin, acos and atanh at +-1, acosh at 1. (An infinite value there may
+    turn finite again further on, through a clamp, a Relu or a sigmoid.) The masks below such a
+    node then select rather than multiply, so that, as in PyTorch, a masked-out inf gives 0 and
+    not NaN. Arguments provably > 0 (a variance + eps, a norm clipped at eps) are safe."""
+    op, ins = node.op_type, node.input
+    if op in ("Sqrt", "Log", "Reciprocal"):
+        return not _positive(b, ins[0], producer)
+    if op == "Div":
+        v = b.value(ins[1])
+        return not (bool(np.all(v != 0)) if v is not None else _positive(b, ins[1], producer))
     if op == "Pow":
-        p = b.value(node.input[1])
-        return p is None or bool(np.any((p > 0) & (p < 1)))
-    return False
+        p = b.value(ins[1])
+        return not ((p is not None and bool(np.all(p >= 1))) or _positive(b, ins[0], producer))
+    return op in ("Asin", "Acos", "Atanh", "Acosh")
 
 
-_NON_NEGATIVE = {"ReduceSumSquare", "ReduceL2", "Abs", "Relu", "Exp", "Sigmoid", "Softmax", "Softplus"}
+_PASS = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity", "Transpose", "Flatten"}
+_NON_NEGATIVE = {"ReduceSumSquare", "ReduceL2", "ReduceL1", "Abs", "Relu", "Exp", "Sigmoid", "Softmax", "Softplus", "Sqrt"}
 
 
-def _positive(b: Builder, t: str, producer: dict, depth: int = 4) -> bool:
-    """Whether `t` is provably > 0: a positive constant, or one added to a non-negative tensor."""
+def _positive(b: Builder, t: str, producer: dict, depth: int = 6) -> bool:
+    """Whether `t` is provably > 0 (as computed in floating point, underflow included)."""
     v = b.value(t)
     if v is not None:
         return bool(np.all(v > 0))
     n = producer.get(t)
-    if n is None or depth == 0 or n.op_type != "Add":
+    if n is None or depth == 0:
         return False
-    a, c = n.input
-    return (_positive(b, a, producer, depth - 1) and _non_negative(b, c, producer, depth - 1)) or (
-        _positive(b, c, producer, depth - 1) and _non_negative(b, a, producer, depth - 1))
+    op, ins, d = n.op_type, n.input, depth - 1
+    if op in _PASS or op == "Sqrt":
+        return _positive(b, ins[0], producer, d)
+    if op == "Add":  # positive + non-negative >= the positive one
+        return any(_positive(b, ins[i], producer, d) and _non_negative(b, ins[1 - i], producer, d) for i in (0, 1))
+    if op == "Max":
+        return any(_positive(b, i, producer, d) for i in ins if i)
+    if op == "Clip":  # a lower bound > 0
+        lo = b.value(ins[1]) if len(ins) > 1 and ins[1] else (n.attribute and next(
+            (np.asarray(a.f) for a in n.attribute if a.name == "min"), None))
+        return lo is not None and bool(np.all(np.asarray(lo) > 0))
+    return False
 
 
-def _non_negative(b: Builder, t: str, producer: dict, depth: int = 4) -> bool:
+def _non_negative(b: Builder, t: str, producer: dict, depth: int = 6) -> bool:
     v = b.value(t)
     if v is not None:
         return bool(np.all(v >= 0))
     n = producer.get(t)
     if n is None or depth == 0:
         return False
-    if n.op_type in _NON_NEGATIVE:
+    op, ins, d = n.op_type, n.input, depth - 1
+    if op in _NON_NEGATIVE or (op == "Mul" and ins[0] == ins[1]):
         return True
-    if n.op_type == "Mul" and n.input[0] == n.input[1]:
-        return True
-    if n.op_type == "Pow":
-        p = b.value(n.input[1])
+    if op == "Pow":
+        p = b.value(ins[1])
         return p is not None and p.size == 1 and float(p) % 2 == 0
-    if n.op_type in ("ReduceMean", "ReduceSum", "Add", "Mul", "Sqrt", "Max"):
-        return all(_non_negative(b, i, producer, depth - 1) for i in n.input[:1 if n.op_type.startswith("Reduce") else 2] if i)
+    if op in _PASS or op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "GlobalAveragePool"):
+        return _non_negative(b, ins[0], producer, d)
+    if op in ("Add", "Mul", "Max"):
+        return all(_non_negative(b, i, producer, d) for i in ins if i)
+    if op == "Div":
+        return _non_negative(b, ins[0], producer, d) and _positive(b, ins[1], producer, d)
     return _positive(b, t, producer, depth)
 
 

@@ -1500,13 +1500,13 @@ def test_other_masks_zero_a_masked_out_infinite_gradient(act, opset):
 
 @pytest.mark.parametrize("head", ["l2_normalised", "layer_norm_decomposed"])
 def test_safe_divisions_and_roots_keep_the_multiplying_masks(head):
-    """A cosine head f / ||f|| and a decomposed LayerNorm's sqrt(var + eps) cannot give an inf
-    gradient with a finite forward: the Relu masks below them stay products (Cast + Where in
-    every mask made a ReLU CNN 25-50% slower)."""
+    """A cosine head f / max(||f||, eps) (F.normalize) and a decomposed LayerNorm's
+    (x - mu) / sqrt(var + eps) divide by what is provably > 0: no inf gradient, so the Relu masks
+    below them stay products (Cast + Where in every mask made a ReLU CNN 25-50% slower)."""
     f = TensorProto.FLOAT
     nodes = [N("MatMul", ["x", "w1"], ["h"]), N("Relu", ["h"], ["r"])]
     if head == "l2_normalised":
-        nodes += [N("ReduceL2", ["r"], ["n"], axes=[1]), N("Div", ["r", "n"], ["u"])]
+        nodes += [N("ReduceL2", ["r"], ["n"], axes=[1]), N("Clip", ["n", "eps"], ["nc"]), N("Div", ["r", "nc"], ["u"])]
     else:
         nodes += [N("ReduceMean", ["r"], ["mu"], axes=[1]), N("Sub", ["r", "mu"], ["c"]), N("Pow", ["c", "two"], ["c2"]),
                   N("ReduceMean", ["c2"], ["var"], axes=[1]), N("Add", ["var", "eps"], ["ve"]), N("Sqrt", ["ve"], ["sd"]),
@@ -1522,3 +1522,35 @@ def test_safe_divisions_and_roots_keep_the_multiplying_masks(head):
     added = am.graph.node[len(nodes):]
     selecting = [n for n in added if n.op_type == "Cast" and helper.get_attribute_value(n.attribute[0]) == TensorProto.BOOL]
     assert not selecting, [n.name for n in selecting]  # b.masked's Cast(mask, bool) + Where
+
+
+@pytest.mark.parametrize("outer", ["log_clamped", "reciprocal_min", "div_clamped", "pow_negative_clamped"])
+def test_an_infinite_value_made_finite_again_masks_to_zero(outer):
+    """clamp(log(relu(h)), -5), min(1 / relu(h), 10), clamp(1 / relu(h)), clamp(relu(h) ** -0.5):
+    log, 1/x and x**-0.5 are infinite at 0 but the clamp makes the forward finite, and PyTorch's
+    gradient is 0 there; masks below them must select (they multiplied: NaN rows)."""
+    f = TensorProto.FLOAT
+    tail = {"log_clamped": [N("Log", ["r"], ["l"]), N("Clip", ["l", "lo"], ["s"])],
+            "reciprocal_min": [N("Reciprocal", ["r"], ["l"]), N("Min", ["l", "hi"], ["s"])],
+            "div_clamped": [N("Div", ["one", "r"], ["l"]), N("Clip", ["l", "", "hi"], ["s"])],
+            "pow_negative_clamped": [N("Pow", ["r", "mhalf"], ["l"]), N("Clip", ["l", "", "hi"], ["s"])]}[outer]
+    nodes = [N("MatMul", ["x", "w1"], ["h"]), N("Relu", ["h"], ["r"])] + tail + [N("MatMul", ["s", "w2"], ["y"])]
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.float32(-5), "lo"),
+             numpy_helper.from_array(np.float32(10), "hi"), numpy_helper.from_array(np.float32(1), "one"),
+             numpy_helper.from_array(np.float32(-0.5), "mhalf")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 4])],
+                         [helper.make_tensor_value_info("y", f, ["N", 3])], inits, opset=13)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    am = onnxattr.attribution_model(model)
+    y, got = onnxattr.runtime.make_session(am.SerializeToString(), "cpu")[0].run(["y", "attribution"], {"x": x, "target": np.array([0, 1, 2])})
+    h = x.astype(np.float64) @ w1
+    assert np.isfinite(y).all() and (h <= 0).any(axis=1).all()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v, d = {"log_clamped": (np.log(h), 1 / h), "reciprocal_min": (1 / h, -1 / h ** 2),
+                "div_clamped": (1 / h, -1 / h ** 2), "pow_negative_clamped": (h ** -0.5, -0.5 * h ** -1.5)}[outer]
+        live = (h > 0) & ((v > -5) if outer == "log_clamped" else (v < 10))
+        want = np.where(live, w2[:, [0, 1, 2]].T * np.where(live, d, 0), 0) @ w1.T
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
