@@ -127,10 +127,10 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
 
 
 def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu") -> Builder:
-    """The Builder of `model`, after inlining (in place) the Ifs whose condition its shape
-    trials find constant (inline.py)."""
+    """The Builder of `model`, after inlining (in place) the Ifs whose condition is known from
+    static dims (inline.py)."""
     b = Builder(model, dtype, tune_for=tune_for)
-    if inline_constant_ifs(model.graph, b.value):
+    if inline_constant_ifs(model.graph, b.static_value):
         b = Builder(model, dtype, tune_for=tune_for)
     return b
 
@@ -249,7 +249,7 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
     policy = get_method(method if method in METHODS else "guided" if method == "guided-gradcam" else "saliency",
                         relu_like=relu_like)
     src = load_model(model)
-    if isinstance(model, onnx.ModelProto):  # the caller's: inlining (in _builder) works on a copy
+    if src is model:  # the caller's own ModelProto: inlining (in _builder) works on a copy
         src = onnx.ModelProto()
         src.CopyFrom(model)
     x = _float_input(src, None)

@@ -62,6 +62,7 @@ class Builder:
                 if "value" in a:
                     self.consts[n.output[0]] = a["value"].t
         self._infer()
+        self._static = set(self.consts)  # values known without the shape trials' sampling
         self._infer_trials()
         self._record_declared()
 
@@ -167,6 +168,11 @@ class Builder:
         if name in self.consts:
             return numpy_helper.to_array(self.consts[name])
         return None
+
+    def static_value(self, name: str) -> np.ndarray | None:
+        """The value of a tensor known for every input: a constant, or one folded from static dims
+        (not from the shape trials, which sample the free dims: W % 8 is 6 at all four sizes)."""
+        return self.value(name) if name in self._static else None
 
     def needs(self, name: str) -> bool:
         """Whether input tensor `name` lies on the differentiable path (rules skip the rest)."""

@@ -2,7 +2,8 @@
 
 TorchScript exports `x.squeeze(d)` on a tensor whose shape it could not follow as
 If(Shape(x)[d] == 1, Squeeze, Identity); the condition is the same in every run when that dim
-is static (the Builder's shape trials prove it and give its value). Such an If is control flow
+is static (the Builder folds it from the inferred static dims; never from its shape trials,
+which only sample the free dims: `W % 8 != 0` is true at all of them). Such an If is control flow
 only in form: inlining its branch leaves ops the backward can differentiate.
 """
 

@@ -214,6 +214,8 @@ def _int_div(a: int, b: int) -> int:
 
 
 _ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b, "Div": _int_div}
+_COMPARE = {"Equal": lambda a, b: a == b, "Less": lambda a, b: a < b, "Greater": lambda a, b: a > b,
+            "And": lambda a, b: bool(a) and bool(b), "Or": lambda a, b: bool(a) or bool(b)}
 
 
 def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
@@ -222,8 +224,28 @@ def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
     if n.op_type in _ARITH:
         f = _ARITH[n.op_type]
         return np.frompyfunc(lambda x, y: None if x is None or y is None else f(x, y), 2, 1)(*ins)
+    if n.op_type in _COMPARE:
+        f = _COMPARE[n.op_type]
+        return np.frompyfunc(lambda x, y: None if x is None or y is None else bool(f(x, y)), 2, 1)(*ins)
+    if n.op_type in ("Max", "Min") and len(ins) > 1:
+        f = max if n.op_type == "Max" else min
+        out = ins[0]
+        for v in ins[1:]:
+            out = np.frompyfunc(lambda x, y: None if x is None or y is None else f(x, y), 2, 1)(out, v)
+        return out
+    if n.op_type == "Not":
+        return np.frompyfunc(lambda x: None if x is None else not x, 1, 1)(ins[0])
     if n.op_type == "Identity" or (n.op_type == "Cast" and a["to"] in _INTS):
         return ins[0]
+    if n.op_type == "Reshape" and None not in ins[1].flat:
+        shape = [ins[0].shape[i] if int(v) == 0 and not a.get("allowzero", 0) else int(v) for i, v in enumerate(ins[1].flat)]
+        return np.reshape(ins[0], shape)
+    if n.op_type == "Transpose":
+        return np.transpose(ins[0], a.get("perm"))
+    if n.op_type == "ConstantOfShape" and None not in ins[0].flat and "value" in a:
+        fill = numpy_helper.to_array(a["value"])
+        if fill.dtype.kind in "iu" and int(np.prod([int(v) for v in ins[0].flat])) <= 64:
+            return np.full([int(v) for v in ins[0].flat], int(fill.reshape(-1)[0]), dtype=object)
     if n.op_type == "Concat":
         return np.concatenate(ins, axis=a["axis"])
     if n.op_type == "Gather" and None not in ins[1].flat:
@@ -233,9 +255,14 @@ def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
         if n.op_type == "Unsqueeze":
             return np.expand_dims(ins[0], [int(i) for i in axes])
         return np.squeeze(ins[0], None if axes is None else tuple(int(i) for i in axes))
-    if n.op_type == "Slice" and len(ins) > 2 and ins[0].ndim == 1 and all(None not in v.flat for v in ins[1:]):
-        step = int(ins[4][0]) if len(ins) > 4 else 1
-        return ins[0][int(ins[1][0]):int(ins[2][0]):step]
+    if n.op_type == "Slice" and len(ins) > 2 and all(None not in v.flat for v in ins[1:]):
+        starts, ends = [int(v) for v in ins[1].flat], [int(v) for v in ins[2].flat]
+        axes = [int(v) % ins[0].ndim for v in ins[3].flat] if len(ins) > 3 else list(range(len(starts)))
+        steps = [int(v) for v in ins[4].flat] if len(ins) > 4 else [1] * len(starts)
+        index = [slice(None)] * ins[0].ndim
+        for ax, b, e, st in zip(axes, starts, ends, steps):  # Python slicing clamps as ONNX does
+            index[ax] = slice(b, None if (st < 0 and e < -ins[0].shape[ax]) else e, st)
+        return ins[0][tuple(index)]
     raise ValueError(f"{n.op_type} is not folded")
 
 

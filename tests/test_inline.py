@@ -119,3 +119,24 @@ def test_torchscript_diagonal_matches_pytorch():
     (want,) = torch.autograd.grad(m.double()(xd)[[0, 1], t].sum(), xd)
     err = np.abs(att - want.numpy()).max() / np.abs(want.numpy()).max()
     assert err < 1e-5, err
+
+
+def test_a_condition_the_trials_only_sample_stays_control_flow():
+    """N % 8 != 0 is True at every shape-trial size (6, 35, 1, 1009): taking the trials' value
+    inlined the then branch, and at N = 8 the exported model's own scores were doubled. Only
+    conditions folded from static dims are inlined."""
+    then = helper.make_graph([helper.make_node("Mul", ["h", "two"], ["t"])], "then", [], [helper.make_tensor_value_info("t", F, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", F, None)])
+    nodes = [helper.make_node("Mul", ["x", "one_f"], ["h"]), helper.make_node("Shape", ["h"], ["s"]),
+             helper.make_node("Gather", ["s", "k"], ["d"]), helper.make_node("Mod", ["d", "eight"], ["r"]),
+             helper.make_node("Equal", ["r", "zero"], ["eq"]), helper.make_node("Not", ["eq"], ["cond"]),
+             helper.make_node("If", ["cond"], ["p"], then_branch=then, else_branch=other, name="padif"),
+             helper.make_node("MatMul", ["p", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.float32(1), "one_f"), numpy_helper.from_array(np.float32(2), "two"),
+             numpy_helper.from_array(np.array(0, np.int64), "k"), numpy_helper.from_array(np.array(8, np.int64), "eight"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.ones((3, 4), np.float32), "w")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3])],
+                          [helper.make_tensor_value_info("y", F, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'padif' \\(control flow\\)"):
+        onnxattr.attribution_model(m)

@@ -75,11 +75,13 @@ def test_control_flow_capturing_the_input_is_refused():
         return helper.make_graph([helper.make_node("MatMul", ["x", w], [name])], name, [],
                                  [helper.make_tensor_value_info(name, f, [1, 3])])
 
+    # the condition depends on the input (a constant one is inlined: tests/test_inline.py)
     nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]),
+             helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0), helper.make_node("Greater", ["total", "zero"], ["cond"]),
              helper.make_node("If", ["cond"], ["b"], then_branch=branch("t", "A"), else_branch=branch("e", "B"), name="branch"),
              helper.make_node("Add", ["a", "b"], ["y"])]
     inits = [numpy_helper.from_array(np.ones((4, 3), np.float32), n) for n in ("W", "A", "B")]
-    inits.append(numpy_helper.from_array(np.array(True), "cond"))
+    inits.append(numpy_helper.from_array(np.float32(0), "zero"))
     m = model(nodes, [1, 4], 3, inits, dtype=f)
     with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'branch' \\(control flow\\)"):
         onnxattr.attribution_model(m)
