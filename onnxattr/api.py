@@ -130,7 +130,9 @@ def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu") -> Build
     """The Builder of `model`, after inlining (in place) the Ifs whose condition is known from
     static dims (inline.py)."""
     b = Builder(model, dtype, tune_for=tune_for)
-    if inline_constant_ifs(model.graph, b.static_value):
+    for _ in range(8):  # an If in a taken branch, or fed by another If, is known one round later
+        if not inline_constant_ifs(model.graph, b.static_value):
+            break
         b = Builder(model, dtype, tune_for=tune_for)
     return b
 

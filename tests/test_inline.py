@@ -140,3 +140,32 @@ def test_a_condition_the_trials_only_sample_stays_control_flow():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'padif' \\(control flow\\)"):
         onnxattr.attribution_model(m)
+
+
+def test_an_if_inside_a_taken_branch_is_inlined_too():
+    """The outer If's then branch holds another If on a static condition: after the first round
+    the inner one is at top level, and is inlined in the next."""
+    inner_then = helper.make_graph([helper.make_node("Mul", ["h", "three"], ["it"])], "it", [],
+                                   [helper.make_tensor_value_info("it", F, None)])
+    inner_else = helper.make_graph([helper.make_node("Identity", ["h"], ["ie"])], "ie", [],
+                                   [helper.make_tensor_value_info("ie", F, None)])
+    then = helper.make_graph([helper.make_node("If", ["cond"], ["t"], then_branch=inner_then, else_branch=inner_else,
+                                               name="inner")], "then", [], [helper.make_tensor_value_info("t", F, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", F, None)])
+    nodes = [helper.make_node("Mul", ["x", "two"], ["h"]), helper.make_node("Shape", ["h"], ["s"]),
+             helper.make_node("Gather", ["s", "k"], ["d"]), helper.make_node("Equal", ["d", "one"], ["cond"]),
+             helper.make_node("If", ["cond"], ["p"], then_branch=then, else_branch=other, name="outer"),
+             helper.make_node("Flatten", ["p"], ["q"]), helper.make_node("MatMul", ["q", "w"], ["y"])]
+    w = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 1, 3])],
+                          [helper.make_tensor_value_info("y", F, ["N", 4])],
+                          [numpy_helper.from_array(np.float32(2), "two"), numpy_helper.from_array(np.float32(3), "three"),
+                           numpy_helper.from_array(np.array(1, np.int64), "k"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+                           numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    am = onnxattr.attribution_model(m)
+    assert "If" not in {n.op_type for n in am.graph.node}
+    x = np.random.default_rng(1).standard_normal((2, 1, 3)).astype(np.float32)
+    y, att = make_session(am.SerializeToString(), "cpu")[0].run(["y", "attribution"], {"x": x, "target": np.array([0, 3])})
+    np.testing.assert_allclose(y, 6 * x[:, 0] @ w, rtol=1e-5)
+    np.testing.assert_allclose(att[:, 0], 6 * w[:, [0, 3]].T, rtol=1e-5)
