@@ -218,12 +218,42 @@ _COMPARE = {"Equal": lambda a, b: a == b, "Less": lambda a, b: a < b, "Greater":
             "And": lambda a, b: bool(a) and bool(b), "Or": lambda a, b: bool(a) or bool(b)}
 
 
+def _wrap(v: int, bits: int = 64) -> int:
+    """An integer as a signed `bits`-bit one wraps (ONNX Runtime's int64 and int32 arithmetic)."""
+    half = 1 << (bits - 1)
+    return (int(v) + half) % (half << 1) - half
+
+
+_INT_ENDS = (2 ** 63 - 1, 2 ** 31 - 1)
+
+
+def _slice(x: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
+    """Slice as the ONNX spec clamps it (starts into [0, d - 1] and ends into [-1, d - 1] for a
+    negative step), and as ONNX Runtime reads an end of INT_MAX with a negative step: to the
+    front."""
+    axes = [a % x.ndim for a in axes] if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index = [np.arange(d) for d in x.shape]
+    for ax, b, e, st in zip(axes, starts, ends, steps):
+        d = x.shape[ax]
+        if st == 0:
+            raise ValueError("slice step 0")
+        to_front = st < 0 and e in _INT_ENDS
+        b, e = b + d if b < 0 else b, (e + d if e < 0 else e)
+        if st > 0:
+            b, e = min(max(b, 0), d), min(max(e, 0), d)
+        else:
+            b, e = min(max(b, 0), d - 1), -1 if to_front else min(max(e, -1), d - 1)
+        index[ax] = np.arange(b, e, st)
+    return x[np.ix_(*index)] if x.ndim else x
+
+
 def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
     """One node on object arrays of ints (None: unknown); ValueError for what is not folded."""
     a = attrs(n)
     if n.op_type in _ARITH:
         f = _ARITH[n.op_type]
-        return np.frompyfunc(lambda x, y: None if x is None or y is None else f(x, y), 2, 1)(*ins)
+        return np.frompyfunc(lambda x, y: None if x is None or y is None else _wrap(f(x, y)), 2, 1)(*ins)
     if n.op_type in _COMPARE:
         f = _COMPARE[n.op_type]
         return np.frompyfunc(lambda x, y: None if x is None or y is None else bool(f(x, y)), 2, 1)(*ins)
@@ -235,8 +265,11 @@ def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
         return out
     if n.op_type == "Not":
         return np.frompyfunc(lambda x: None if x is None else not x, 1, 1)(ins[0])
-    if n.op_type == "Identity" or (n.op_type == "Cast" and a["to"] in _INTS):
+    if n.op_type == "Identity":
         return ins[0]
+    if n.op_type == "Cast" and a["to"] in _INTS:
+        bits = 32 if a["to"] == TensorProto.INT32 else 64
+        return np.frompyfunc(lambda x: None if x is None else _wrap(x, bits), 1, 1)(ins[0])
     if n.op_type == "Reshape" and None not in ins[1].flat:
         shape = [ins[0].shape[i] if int(v) == 0 and not a.get("allowzero", 0) else int(v) for i, v in enumerate(ins[1].flat)]
         return np.reshape(ins[0], shape)
@@ -254,15 +287,10 @@ def _fold_node(n: onnx.NodeProto, ins: list[np.ndarray]) -> np.ndarray:
         axes = a.get("axes", list(ins[1].flat) if len(ins) > 1 else None)
         if n.op_type == "Unsqueeze":
             return np.expand_dims(ins[0], [int(i) for i in axes])
-        return np.squeeze(ins[0], None if axes is None else tuple(int(i) for i in axes))
-    if n.op_type == "Slice" and len(ins) > 2 and all(None not in v.flat for v in ins[1:]):
-        starts, ends = [int(v) for v in ins[1].flat], [int(v) for v in ins[2].flat]
-        axes = [int(v) % ins[0].ndim for v in ins[3].flat] if len(ins) > 3 else list(range(len(starts)))
-        steps = [int(v) for v in ins[4].flat] if len(ins) > 4 else [1] * len(starts)
-        index = [slice(None)] * ins[0].ndim
-        for ax, b, e, st in zip(axes, starts, ends, steps):  # Python slicing clamps as ONNX does
-            index[ax] = slice(b, None if (st < 0 and e < -ins[0].shape[ax]) else e, st)
-        return ins[0][tuple(index)]
+        # no axes, or an empty axes tensor (as ONNX Runtime reads it): every dim of length 1
+        return np.squeeze(ins[0], tuple(int(i) for i in axes) if axes else None)
+    if n.op_type == "Slice" and len(ins) > 2 and all(v is None or None not in v.flat for v in ins[1:]):
+        return _slice(ins[0], *[None if v is None else [int(x) for x in v.flat] for v in (ins + [None, None])[1:5]])
     raise ValueError(f"{n.op_type} is not folded")
 
 
@@ -280,8 +308,9 @@ def fold_ints(g: onnx.GraphProto, shapes: dict, consts: dict) -> dict[str, np.nd
                 a = attrs(n)
                 values[n.output[0]] = np.asarray(dims[a.get("start", 0):a.get("end", len(dims))], dtype=object)
             continue
-        ins = [values.get(i) for i in n.input if i]
-        if ins and all(v is not None for v in ins):
+        ins = [values.get(i) if i else None for i in n.input]  # an omitted input keeps its place (None)
+        given = [v for i, v in zip(n.input, ins) if i]
+        if given and all(v is not None for v in given) and (n.op_type == "Slice" or all(n.input)):
             try:
                 values[n.output[0]] = np.asarray(_fold_node(n, ins), dtype=object)
             except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):
