@@ -1554,3 +1554,22 @@ def test_an_infinite_value_made_finite_again_masks_to_zero(outer):
         want = np.where(live, w2[:, [0, 1, 2]].T * np.where(live, d, 0), 0) @ w1.T
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid"])
+def test_hard_activations_at_their_kinks_follow_pytorch(op):
+    """At x = -3 and 3 exactly the slope is PyTorch's: hardswish' is 0 at -3 and 1 at 3,
+    hardsigmoid' is 0 at both (its slope 1/6 only strictly inside). (Within an ulp of a kink the
+    forwards themselves differ: ONNX Runtime rounds x / 6 + 0.5 to 1 at 3 - ulp, PyTorch does
+    not, and each gradient follows its own forward.)"""
+    torch = pytest.importorskip("torch")
+    edge = [-3.0, 3.0, -2.999, 2.999, -3.001, 3.001, 0.0, -4.0, 4.0]
+    x = np.array(edge, np.float32).reshape(1, -1)
+    attrs = {} if op == "HardSwish" else {"alpha": 1.0 / 6, "beta": 0.5}
+    model = _graph_model([N(op, ["x"], ["y"], **attrs)], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))], [], opset=14)
+    vm, cots, grads = vjp_model(model)
+    got = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0].run([grads["x"]], {"x": x, cots["y"]: np.ones_like(x)})[0]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (torch.nn.functional.hardswish if op == "HardSwish" else torch.nn.functional.hardsigmoid)(xt).sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=0)
