@@ -1573,3 +1573,20 @@ def test_hard_activations_at_their_kinks_follow_pytorch(op):
     xt = torch.from_numpy(x).requires_grad_(True)
     (torch.nn.functional.hardswish if op == "HardSwish" else torch.nn.functional.hardsigmoid)(xt).sum().backward()
     np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=0)
+
+
+def test_slice_to_a_large_end_takes_a_dynamic_axis_whole():
+    """tf2onnx writes x[:, None] as a Slice of every axis to 1e9 (not INT_MAX): with a dynamic batch
+    the batch axis was not seen as taken whole, and a static size was demanded."""
+    f = TensorProto.FLOAT
+    nodes = [N("Slice", ["x", "st", "en", "ax"], ["s"]), N("Unsqueeze", ["s", "one"], ["u"]), N("Flatten", ["u"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([0, 1], np.int64), "st"), numpy_helper.from_array(np.array([10 ** 9] * 2, np.int64), "en"),
+             numpy_helper.from_array(np.array([0, 1], np.int64), "ax"), numpy_helper.from_array(np.array([1], np.int64), "one")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", f, ["N", 4])], [helper.make_tensor_value_info("y", f, None)],
+                         inits, opset=13)
+    vm, cots, grads = vjp_model(model)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    for n in (1, 5):
+        cot = np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)
+        g = sess.run([grads["x"]], {"x": np.zeros((n, 4), np.float32), cots["y"]: cot})[0]
+        np.testing.assert_array_equal(g, np.concatenate([np.zeros((n, 1), np.float32), cot], 1))

@@ -83,8 +83,12 @@ def slice_(b, node, gys):
     x, g = node.input[0], gys[0]
     axes, starts, ends, steps = _slice_params(b, node)
     rank = b.rank(x, node)
-    # An axis taken whole (0 to the end, step 1: tf2onnx lists the batch axis so) needs no size.
-    whole = [(st <= -2 ** 62 or st == 0) and en >= 2 ** 31 - 1 and sp == 1 for st, en, sp in zip(starts, ends, steps)]
+    # An axis taken whole (0 to the end, step 1: tf2onnx lists the batch axis so, ending at
+    # INT_MAX, or at 1e9 for x[:, None]: then the output's length is the input's in every shape
+    # trial) needs no size.
+    y = node.output[0]
+    whole = [(st <= -2 ** 62 or st == 0) and sp == 1 and (en >= 2 ** 31 - 1 or b.same_dim(x, ax % rank, y, ax % rank))
+             for ax, st, en, sp in zip(axes, starts, ends, steps)]
     axes, starts, ends, steps = ([v for v, w in zip(t, whole) if not w] for t in (axes, starts, ends, steps))
     shape = b.static_shape(x, node, dims=axes)
     pads = [0] * (2 * rank)
