@@ -13,7 +13,7 @@ from onnx import TensorProto
 from .errors import UnsupportedModelError
 from .graph import Builder
 from .patterns import fuse
-from .protos import FLOAT_TYPES, describe, reads
+from .protos import FLOAT_TYPES, attrs, describe, reads
 from .vjp import NON_DIFFERENTIABLE
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
@@ -160,9 +160,8 @@ def _positive(b: Builder, t: str, producer: dict, depth: int = 6) -> bool:
         return any(_positive(b, ins[i], producer, d) and _non_negative(b, ins[1 - i], producer, d) for i in (0, 1))
     if op == "Max":
         return any(_positive(b, i, producer, d) for i in ins if i)
-    if op == "Clip":  # a lower bound > 0
-        lo = b.value(ins[1]) if len(ins) > 1 and ins[1] else (n.attribute and next(
-            (np.asarray(a.f) for a in n.attribute if a.name == "min"), None))
+    if op == "Clip":  # a lower bound > 0 (input, or Clip-6's attribute)
+        lo = b.value(ins[1]) if len(ins) > 1 and ins[1] else attrs(n).get("min")
         return lo is not None and bool(np.all(np.asarray(lo) > 0))
     return False
 

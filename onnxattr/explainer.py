@@ -160,9 +160,7 @@ class Explainer:
         `row_names` (the images' file names, say) name the rows in warnings."""
         x = self._check_input(x)
         if self.method == "integrated-gradients" and self._build.get("baseline") is not None:
-            wrt = self._build.get("wrt")
-            check_baseline(np.asarray(self._build["baseline"]), self._path_dims(x),  # against this batch
-                           "the input" if wrt is None else f"the --wrt tensor '{wrt}'")
+            check_baseline(np.asarray(self._build["baseline"]), self._path_dims(x), self._build.get("wrt"))  # this batch
         if isinstance(target, str):
             if target != "argmax":
                 raise TargetError(f"target must be class indices or 'argmax', got {target!r}")

@@ -533,10 +533,10 @@ class Builder:
         """Whether unknown dim i of x and dim j of y are the same size in every run: the same
         dim_param, or equal in both shape trials when the inputs have one free dim only (with
         several, the trials give them all one size, so equal there proves nothing)."""
-        if x in self._origin or y in self._origin:  # tensors of a forward copy (clone_forward)
-            (cx, ox), (cy, oy) = self._origin.get(x, (None, x)), self._origin.get(y, (None, y))
-            # in one copy, dims relate as in the original (its batch is k times the original's)
-            return cx == cy and self.same_dim(ox, i, oy, j)
+        pair = self._originals(x, y)
+        if pair is None:
+            return False
+        x, y = pair
         px, py = self.shape_protos.get(x), self.shape_protos.get(y)
         if px is not None and py is not None:
             a, c = px.dim[i], py.dim[j]
@@ -547,13 +547,19 @@ class Builder:
         pairs = self._trial_dims(x, i, y, j)
         return len(pairs) == len(self._trials) and all(a is not None and a == c for a, c in pairs)
 
+    def _originals(self, x: str, y: str) -> tuple[str, str] | None:
+        """x and y, or the tensors they copy when both lie in one forward copy (clone_forward:
+        there dims relate as in the original, its batch k times the original's); None when they
+        lie in different copies, or one in a copy and one not."""
+        (cx, ox), (cy, oy) = self._origin.get(x, (None, x)), self._origin.get(y, (None, y))
+        return (ox, oy) if cx == cy else None
+
     def _trial_dims(self, x: str, i: int, y: str, j: int) -> list[tuple]:
-        """(dim i of x, dim j of y) in each shape trial that has both (none for a forward copy's
-        tensor with another copy's or an original one)."""
-        if x in self._origin or y in self._origin:
-            (cx, x), (cy, y) = self._origin.get(x, (None, x)), self._origin.get(y, (None, y))
-            if cx != cy:
-                return []
+        """(dim i of x, dim j of y) in each shape trial that has both."""
+        pair = self._originals(x, y)
+        if pair is None:
+            return []
+        x, y = pair
         return [(t[x][i], t[y][j]) for t in self._trials or ()
                 if x in t and y in t and len(t[x]) > i and len(t[y]) > j]
 

@@ -63,13 +63,9 @@ def _branch_nodes(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.Gra
         copy = onnx.NodeProto()
         copy.CopyFrom(n)
         copy.name = f"{prefix}/{n.name}" if n.name else ""
-        del copy.input[:]
-        copy.input.extend(rename.get(i, i) for i in n.input)
+        _rename_reads(copy, rename)
         del copy.output[:]
         copy.output.extend(rename.get(o, o) for o in n.output)
-        for a in copy.attribute:  # a nested graph reads the renamed tensors by their new names
-            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                _rename_reads(g, rename)
         out.append(copy)
     for i, o in enumerate(outs):  # outputs that are outer tensors, initializers, or repeated
         if rename.get(o) != node.output[i]:
@@ -77,11 +73,12 @@ def _branch_nodes(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.Gra
     return out
 
 
-def _rename_reads(graph: onnx.GraphProto, rename: dict) -> None:
-    for n in graph.node:
-        ins = [rename.get(i, i) for i in n.input]
-        del n.input[:]
-        n.input.extend(ins)
-        for a in n.attribute:
-            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                _rename_reads(g, rename)
+def _rename_reads(node: onnx.NodeProto, rename: dict) -> None:
+    """`node`, and the graphs nested in it, read the renamed tensors by their new names."""
+    ins = [rename.get(i, i) for i in node.input]
+    del node.input[:]
+    node.input.extend(ins)
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for inner in g.node:
+                _rename_reads(inner, rename)

@@ -165,11 +165,12 @@ def _per_copy(b: Builder, g: str, copies: int, w: str) -> str:
     return b.op("Reshape", [g, b.op("Concat", [b.ints([copies, -1]), _tail_shape(b, w)], axis=0)])
 
 
-def check_baseline(base: np.ndarray, dims: list, what: str = "the input") -> None:
-    """The baseline must broadcast against the path's tensor (the input, or --wrt's): no more
-    dims, each 1 or that tensor's size."""
+def check_baseline(base: np.ndarray, dims: list, wrt: str | None = None) -> None:
+    """The baseline must broadcast against the path's tensor (the input, or the --wrt tensor
+    `wrt`): no more dims, each 1 or that tensor's size."""
     ok = base.ndim <= len(dims) and all(d == 1 or w is None or d == w for d, w in zip(base.shape[::-1], dims[::-1]))
     if not ok:
+        what = "the input" if wrt is None else f"the --wrt tensor '{wrt}'"
         raise OptionError(f"baseline of shape {list(base.shape)} does not broadcast against {what} "
                           f"{['?' if w is None else w for w in dims]}")
 
@@ -342,8 +343,7 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         alphas, weights = np.append(alphas, 0.0), np.append(weights, 0.0)  # last copy: the baseline
         k = len(alphas)
         rank = b.rank(ctx.w)
-        check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank,
-                       "the input" if ctx.w == ctx.x else f"the --wrt tensor '{ctx.w}'")
+        check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank, None if ctx.w == ctx.x else ctx.w)
         base = b.const(np.asarray(opts.baseline, dtype=b.np_dtype))
         diff = b.op("Sub", [ctx.w, base])
         lifted = b.const(alphas.astype(b.np_dtype).reshape([k] + [1] * rank))

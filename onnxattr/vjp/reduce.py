@@ -11,14 +11,18 @@ from . import register
 from .pool import reduce_axes
 
 
-@register("ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp")
+@register("ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd")
 def reduce_other(b, node, gys):
     x, y, g = node.input[0], node.output[0], gys[0]
     axes, rest = reduce_axes(b, node), [None] * (len(node.input) - 1)
     if axes and not attrs(node).get("keepdims", 1):
         y, g = b.unsqueeze(y, axes), b.unsqueeze(g, axes)
     op = node.op_type
-    if op in ("ReduceMax", "ReduceMin"):
+    if op == "ReduceProd":
+        if not axes:  # noop_with_empty_axes: the identity
+            return [g] + rest
+        d = _product_of_the_others(b, x, axes)
+    elif op in ("ReduceMax", "ReduceMin"):
         # Split evenly among the elements equal to the extremum (PyTorch's amax / amin).
         hit = b.mask(b.equal(x, y))
         d = b.op("Div", [hit, b.reduce("ReduceSum", hit, axes, keepdims=1)]) if axes else hit
@@ -34,24 +38,16 @@ def reduce_other(b, node, gys):
     return [b.op("Mul", [g, d])] + rest
 
 
-@register("ReduceProd")
-def reduce_prod(b, node, gys):
-    # d prod / d x_i = the product of the others: prod / x_i without zeros; at the only zero,
-    # the product of the rest; 0 where there are two zeros or more (PyTorch's prod backward).
-    x, g = node.input[0], gys[0]
-    axes, rest = reduce_axes(b, node), [None] * (len(node.input) - 1)
-    if not axes:
-        return [g] + rest
-    if not attrs(node).get("keepdims", 1):
-        g = b.unsqueeze(g, axes)
+def _product_of_the_others(b, x, axes):
+    """d prod / d x_i: prod / x_i without zeros; at the only zero, the product of the rest; 0 where
+    there are two zeros or more (PyTorch's prod backward)."""
     zero, one = b.scalar(0.0), b.scalar(1.0)
     at_zero = b.equal(x, zero)
     zeros = b.reduce("ReduceSum", b.mask(at_zero), axes, keepdims=1)
     safe = b.where(at_zero, one, x)
     others = b.reduce("ReduceProd", safe, axes, keepdims=1)  # the product of the nonzero entries
-    d = b.where(at_zero, b.where(b.equal(zeros, one), others, zero),
-                b.where(b.equal(zeros, zero), b.op("Div", [others, safe]), zero))
-    return [b.op("Mul", [g, d])] + rest
+    return b.where(at_zero, b.where(b.equal(zeros, one), others, zero),
+                   b.where(b.equal(zeros, zero), b.op("Div", [others, safe]), zero))
 
 
 @register("CumSum")

@@ -191,6 +191,13 @@ def gather(b, node, gys):
     return [b.op("Transpose", [spread], perm=back) if axis != rank - 1 else spread, None]
 
 
+def _wrapped(b, idx: str, size: str) -> str:
+    """int64 indices with the negative ones counted back from `size` (broadcast against idx)."""
+    if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
+        idx = b.op("Cast", [idx], to=TensorProto.INT64)
+    return b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, size]), idx])
+
+
 def _scatter_add_along(b, node, x, idx, g, axis, rank):
     """Gather's VJP for indices of any rank, or not constant: ScatterND with reduction 'add'
     (opset 16) into zeros, with x's `axis` moved to the front and the index dims of g first."""
@@ -203,9 +210,7 @@ def _scatter_add_along(b, node, x, idx, g, axis, rank):
     xt = b.op("Transpose", [x], perm=front) if axis else x
     gt = b.op("Transpose", [g], perm=gperm) if axis and ri else g
     dim = b.op("Gather", [b.shape_of(x), b.ints(axis)])  # a scalar: wrapping keeps the rank of idx
-    if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
-        idx = b.op("Cast", [idx], to=TensorProto.INT64)
-    wrapped = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, dim]), idx])
+    wrapped = _wrapped(b, idx, dim)
     out = b.scatter_add("ScatterND", b.zeros_like(xt), b.unsqueeze(wrapped, [ri]), gt)
     return b.op("Transpose", [out], perm=[int(i) for i in np.argsort(front)]) if axis else out
 
@@ -260,11 +265,8 @@ def gather_nd(b, node, gys):
     if rows is not None:
         full = b.ints(rows)
     else:
-        if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
-            idx = b.op("Cast", [idx], to=TensorProto.INT64)
-        size = b.slice(b.shape_of(x), [bd], [bd + k], [0])
-        full = b.op("Where", [b.op("Less", [idx, b.ints(0)]), b.op("Add", [idx, size]), idx])
-        if bd:
+        full = _wrapped(b, idx, b.slice(b.shape_of(x), [bd], [bd + k], [0]))
+        if bd:  # (positions shaped from idx itself: the wrapped copy has no inferred shape)
             full = b.op("Concat", _batch_positions(b, node, x, idx, bd) + [full], axis=-1)
     return [b.scatter_add("ScatterND", b.zeros_like(x), full, gys[0]), None]
 
