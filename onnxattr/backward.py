@@ -195,6 +195,6 @@ def prune(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
     for node in reversed(nodes):
         if any(o in live for o in node.output):
             kept.append(node)
-            live.update(node.input)
+            live.update(reads(node))  # Scan bodies (recurrent rules) read outer tensors
     kept.reverse()
     return kept

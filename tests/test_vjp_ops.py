@@ -652,6 +652,54 @@ add(
 )
 
 
+# ------------------------------------------------------------------------------ recurrent
+def rnn_case(id, op, opset, T=4, B=2, I=3, H=4, D=1, outputs=("Y", "Yh"), bias=True, h0=False, c0=False,
+             peep=False, layout=0, **attrs):
+    """One LSTM / GRU / RNN node; initial states given as differentiated inputs when asked."""
+    g = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    ins, inits = ["x", "W", "R", "B" if bias else "", ""], {"W": w(D, g * H, I), "R": w(D, g * H, H)}
+    if bias:
+        inits["B"] = w(D, 2 * g * H)
+    state = (B, D, H) if layout else (D, B, H)
+    inputs = {"x": (B, T, I) if layout else (T, B, I)}
+    for name, on in (("h0", h0), ("c0", c0)):
+        ins.append(name if on else "")
+        if on:
+            inputs[name] = state
+    if peep:
+        ins.append("P")
+        inits["P"] = w(D, 3 * H)
+    while ins[-1] == "":
+        ins.pop()
+    no_ort = ""
+    if layout:
+        attrs["layout"] = layout
+        no_ort = "ONNX Runtime's recurrent kernels refuse layout = 1 (batch first)"
+    direction = {1: "forward", 2: "bidirectional"}[D] if "direction" not in attrs else attrs.pop("direction")
+    outs = [o if o in outputs else "" for o in (["Y", "Yh", "Yc"] if op == "LSTM" else ["Y", "Yh"])]
+    while outs[-1] == "":
+        outs.pop()
+    return case(f"{op}/{id}", opset, N(op, ins, outs, hidden_size=H, direction=direction, **attrs), inputs,
+                outputs=outputs, no_ort=no_ort, **inits)
+
+
+add(
+    rnn_case("forward_all_outputs", "LSTM", 13, outputs=("Y", "Yh", "Yc")),
+    rnn_case("bidirectional_states", "LSTM", 13, D=2, h0=True, c0=True, outputs=("Y", "Yh", "Yc")),
+    rnn_case("reverse_peephole_no_bias", "LSTM", 9, bias=False, peep=True, direction="reverse"),
+    rnn_case("bidirectional_peephole_layout1", "LSTM", 14, D=2, peep=True, layout=1, h0=True, c0=True,
+             outputs=("Y", "Yc")),
+    rnn_case("last_state_only_opset18", "LSTM", 18, T=5, outputs=("Yh",)),
+    rnn_case("lbr0", "GRU", 13, h0=True),
+    rnn_case("lbr1_bidirectional", "GRU", 13, D=2, h0=True, linear_before_reset=1),
+    rnn_case("lbr0_reverse_no_bias_opset9", "GRU", 9, bias=False, direction="reverse"),
+    rnn_case("lbr1_layout1_opset18", "GRU", 18, layout=1, h0=True, linear_before_reset=1, outputs=("Yh",)),
+    rnn_case("tanh_states", "RNN", 13, h0=True),
+    rnn_case("sigmoid_bidirectional_layout1", "RNN", 14, D=2, layout=1, activations=["Sigmoid", "Sigmoid"]),
+    rnn_case("sigmoid_tanh_bidirectional", "RNN", 14, D=2, h0=True, activations=["Sigmoid", "Tanh"]),
+    rnn_case("relu_reverse_opset18", "RNN", 18, direction="reverse", activations=["Relu"], outputs=("Y",)),
+)
+
 # ------------------------------------------------------------------------------ small graphs
 add(
     case("Graph/fan_out", 13, [N("Tanh", ["x"], ["t"]), N("Mul", ["t", "x"], ["u"]), N("Add", ["u", "x"], ["y"])],

@@ -27,6 +27,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_rnn import RNN_14 as _UpstreamRNN
+from onnx.reference.ops.op_scan import Scan as _UpstreamScan
 
 from onnxattr.api import vjp_model
 
@@ -341,7 +343,50 @@ class Resize(_Fix):  # upstream: Resize-10 (no coordinate_transformation_mode) i
         return (_upsample_asymmetric(x, np.asarray(args[0], np.float64), self.attr("mode", "nearest")).astype(x.dtype),)
 
 
-REFERENCE_FIXES = [ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
+class Scan(_UpstreamScan):  # upstream: only forward directions (the recurrent rules scan in reverse)
+    op_domain = ""
+
+    def __init__(self, onnx_node, run_params):
+        a = {x.name: list(helper.get_attribute_value(x)) for x in onnx_node.attribute
+             if x.name in ("scan_input_directions", "scan_output_directions")}
+        self._dirs_in, self._dirs_out = a.get("scan_input_directions", []), a.get("scan_output_directions", [])
+        node = onnx.NodeProto()
+        node.CopyFrom(onnx_node)
+        keep = [x for x in node.attribute if x.name not in a]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        super().__init__(node, run_params)
+
+    def _run(self, *args, **kwargs):
+        states = len(args) - self.num_scan_inputs
+        args = [np.flip(v, 0) if k >= states and self._dirs_in[k - states:k - states + 1] == [1] else v
+                for k, v in enumerate(args)]
+        outs = super()._run(*args, **kwargs)
+        return tuple(np.flip(v, 0) if k >= states and self._dirs_out[k - states:k - states + 1] == [1] else v
+                     for k, v in enumerate(outs))
+
+
+class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activation for both directions
+    op_domain = ""
+
+    def _run_forward(self, *args):
+        first, self._calls = self.f1, getattr(self, "_calls", 0) + 1
+        if self.direction == "bidirectional" and self._calls % 2 == 0 and hasattr(self, "f2"):
+            self.f1 = self.f2  # the reverse direction's pass (upstream runs forward, then reverse)
+        try:
+            return super()._run_forward(*args)
+        finally:
+            self.f1 = first
+
+    def choose_act(self, name, alpha, beta):
+        if name == "Relu":
+            return lambda x: np.maximum(x, 0.0)
+        if name == "Sigmoid":
+            return lambda x: 1.0 / (1.0 + np.exp(-x))
+        return super().choose_act(name, alpha, beta)
+
+
+REFERENCE_FIXES = [Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:
