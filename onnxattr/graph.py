@@ -107,10 +107,26 @@ class Builder:
                 self.shapes[name] = dims
             elif len(old) == len(dims):
                 self.shapes[name] = [d if d is not None else e for d, e in zip(old, dims)]
+                self._pin_symbolic(name, old)
         for name, v in values.items():
             if name not in self.consts:
                 self.consts[name] = numpy_helper.from_array(v, name)
                 self.types.setdefault(name, self.consts[name].data_type)
+
+    def _pin_symbolic(self, name: str, old: list) -> None:
+        """Dims the trials found static replace the symbolic ones inference gave: ONNX's Slice-10
+        inference calls x[:, 0:1] of x [N, "T"] [N, "T"], which would make the slice look whole."""
+        proto = self.shape_protos.get(name)
+        dims = self.shapes[name]
+        if proto is None or len(proto.dim) != len(dims):
+            return
+        pinned = onnx.TensorShapeProto()
+        pinned.CopyFrom(proto)
+        for i, (was, now) in enumerate(zip(old, dims)):
+            if was is None and now is not None:
+                pinned.dim[i].Clear()
+                pinned.dim[i].dim_value = now
+        self.shape_protos[name] = pinned
 
     def _record_declared(self) -> None:
         """The model's own value_info and output shapes, only for tensors inference left without

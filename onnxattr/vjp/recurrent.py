@@ -102,10 +102,12 @@ def _check(b, node) -> dict:
     per = len(default)
     if len(acts) != per * len(dirs):
         raise UnsupportedModelError(f"{describe(node)}: {len(acts)} activations for {len(dirs)} direction(s)")
+    if a.get("activation_alpha") or a.get("activation_beta"):
+        raise UnsupportedModelError(f"{describe(node)}: activation_alpha / activation_beta are not supported")
     for d in range(len(dirs)):
         mine = acts[d * per:(d + 1) * per]
         ok = mine[0] in _RNN_ACTIVATIONS if op == "RNN" else mine == default
-        if not ok or a.get("activation_alpha") or a.get("activation_beta"):
+        if not ok:
             raise UnsupportedModelError(f"{describe(node)}: activations {mine} are not supported "
                                         f"(supported: {'Tanh, Relu or Sigmoid' if op == 'RNN' else default})")
     hidden = a.get("hidden_size")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
@@ -90,9 +90,17 @@ def slice_(b, node, gys):
     whole = [(st <= -2 ** 62 or st == 0) and sp == 1 and (en >= 2 ** 31 - 1 or b.same_dim(x, ax % rank, y, ax % rank))
              for ax, st, en, sp in zip(axes, starts, ends, steps)]
     axes, starts, ends, steps = ([v for v, w in zip(t, whole) if not w] for t in (axes, starts, ends, steps))
-    shape = b.static_shape(x, node, dims=axes)
+    # A unit step along an axis whose length is known only at run time (y[:, -1] over a dynamic
+    # sequence axis): the pads come from that length at run time.
+    known = b.shape(x) or [None] * rank
+    runtime = [ax for ax, sp in zip(axes, steps) if sp == 1 and known[ax] is None]
+    shape = b.static_shape(x, node, dims=[ax for ax in axes if ax not in runtime])
     pads = [0] * (2 * rank)
+    dynamic = {}
     for ax, st, en, sp in zip(axes, starts, ends, steps):
+        if ax in runtime:
+            dynamic[ax] = _runtime_pads(b, x, ax, st, en)
+            continue
         dim = shape[ax]
         picked = _slice_indices(dim, st, en, sp)
         if sp == 1:
@@ -102,7 +110,42 @@ def slice_(b, node, gys):
         m = np.zeros((len(picked), dim), dtype=b.np_dtype)
         m[np.arange(len(picked)), list(picked)] = 1.0
         g = b.adjoint_along(g, m, ax, rank)
-    return [b.pad(g, pads)]
+    if not dynamic:
+        return [b.pad(g, pads)]
+    if b.opset >= 11:
+        pieces = [b.ints([p]) for p in pads]
+        for ax, (before, after) in dynamic.items():
+            pieces[ax], pieces[rank + ax] = before, after
+        return [b.op("Pad", [g, b.op("Concat", pieces, axis=0)])]
+    g = b.pad(g, pads)
+    for ax, (before, after) in dynamic.items():  # no Pad with computed pads: Concat zeros
+        sizes = b.op("Shape", [g])
+        lead = [b.slice(sizes, [0], [ax], [0])] if ax > 0 else []
+        rest = [b.slice(sizes, [ax + 1], [rank], [0])] if ax < rank - 1 else []
+        zero = numpy_helper.from_array(np.zeros(1, b.np_dtype))
+        parts = [b.op("ConstantOfShape", [b.op("Concat", lead + [count] + rest, axis=0)], value=zero)
+                 for count in (before, after)]
+        g = b.op("Concat", [parts[0], g, parts[1]], axis=ax)
+    return [g]
+
+
+def _runtime_pads(b, x, ax, start, end):
+    """(before, after) as int64 [1] tensors for x[start:end] along `ax` (step 1), from the axis's
+    length at run time, with ONNX's clamping. Computed in double (exact for any length below
+    2**53): Min and Max take int64 only from opset 12."""
+    dim = b.op("Cast", [b.slice(b.shape_of(x), [ax], [ax + 1], [0])], to=TensorProto.DOUBLE)
+    zero = b.const(np.zeros(1), dtype=np.float64)
+
+    def clamped(v):
+        t = b.const(np.array([float(v)]), dtype=np.float64)
+        if v < 0:
+            t = b.op("Add", [t, dim])
+        return b.op("Min", [b.op("Max", [t, zero]), dim])
+
+    lo = clamped(start)
+    hi = b.op("Max", [clamped(end), lo])  # an empty slice: nothing after its start
+    to_int = lambda t: b.op("Cast", [t], to=TensorProto.INT64)  # noqa: E731
+    return to_int(lo), to_int(b.op("Sub", [dim, hi]))
 
 
 def _pad_matrix(n: int, before: int, after: int, mode: str) -> np.ndarray:
