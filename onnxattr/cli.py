@@ -92,7 +92,7 @@ def method_options(fn):
         click.option("--ig-method", type=click.Choice(IG_METHODS), default="gausslegendre", show_default=True,
                      help="integrated-gradients: quadrature rule (as Captum's)."),
         click.option("--layer", default=None, metavar="NAME",
-                     help="gradcam: the 4-D activation (default: the last one before global pooling)."),
+                     help="gradcam: the activation [N, K, ...] (default: the last one before global pooling)."),
     ]):
         fn = opt(fn)
     return fn

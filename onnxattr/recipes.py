@@ -36,7 +36,7 @@ class Options:
     steps: int = 32              # integrated gradients: points on the path
     baseline: float | np.ndarray = 0.0   # integrated gradients: the path's start
     ig_method: str = "gausslegendre"     # integrated gradients: quadrature (as Captum's `method`)
-    layer: str | None = None     # gradcam: the 4-D activation (default: the last before global pooling)
+    layer: str | None = None     # gradcam: the activation [N, K, ...] (default: the last before global pooling)
     relu_like: bool = False      # deconvnet/guided rules on LeakyRelu/PRelu/ReLU6 too
 
     def __post_init__(self):
@@ -202,20 +202,20 @@ def _perm(node) -> list | None:
     return attrs(node).get("perm") if node.op_type == "Transpose" else None
 
 
-def _nchw_pool_input(b: Builder, node, producer: dict) -> str | None:
-    """The [N, K, h, w] activation a global pooling node reads: its input for the NCHW pools and
-    a Reduce over axes 2, 3; for a Reduce over axes 1, 2 (channels-last, as Keras pools), the
-    NCHW tensor transposed into it; None otherwise."""
+def _nchw_pool_input(b: Builder, node, producer: dict, rank: int) -> str | None:
+    """The [N, K, ...] activation of `rank` a global pooling node reads: its input for the NCHW
+    pools and a Reduce over every axis after the channels; for a 4-D Reduce over axes 1, 2
+    (channels-last, as Keras pools), the NCHW tensor transposed into it; None otherwise."""
     x = node.input[0]
-    if len(b.shapes.get(x) or []) != 4:
+    if len(b.shapes.get(x) or []) != rank:
         return None
     if not node.op_type.startswith("Reduce"):
         return x
     axes = reduce_axes(b, node)
-    if axes == [2, 3]:
+    if axes == list(range(2, rank)):
         return x
     src = producer.get(x)
-    if axes == [1, 2] and src is not None and _perm(src) == _TO_NHWC:
+    if rank == 4 and axes == [1, 2] and src is not None and _perm(src) == _TO_NHWC:
         return src.input[0]
     return None
 
@@ -223,6 +223,25 @@ def _nchw_pool_input(b: Builder, node, producer: dict) -> str | None:
 # ops whose 4-D output is a convolutional activation [N, K, h, w] (not attention's [N, heads, T, d])
 _CNN_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Relu", "LeakyRelu", "PRelu",
             "Clip", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Mish", "MaxPool", "AveragePool"}
+# ops whose output is channels-first whatever its rank (an activation of rank 3 may as well be a
+# sequence's [N, T, d]: there only these, and element-wise ops right after them, count)
+_CHANNEL_FIRST = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool"}
+
+
+def map_rank(b: Builder, x: str) -> int:
+    """The rank of the activations Grad-CAM reads for input `x`: that of the input for a signal
+    [N, C, L] or a volume [N, C, D, H, W], else an image's 4."""
+    rank = len(b.shapes.get(x) or [])
+    return rank if rank in (3, 5) else 4
+
+
+def _convolutional(node, producer: dict, rank: int) -> bool:
+    if rank == 4:
+        return node.op_type in _CNN_OPS
+    if node.op_type in _CHANNEL_FIRST:
+        return True
+    src = producer.get(node.input[0]) if node.input else None
+    return node.op_type in _CNN_OPS and src is not None and src.op_type in _CHANNEL_FIRST
 
 
 def _batch_axis_first(b: Builder, t: str, x: str) -> bool:
@@ -235,30 +254,36 @@ def _batch_axis_first(b: Builder, t: str, x: str) -> bool:
 
 
 def default_layer(ctx: Context) -> str:
-    """The last 4-D activation [N, K, h, w] before the classifier's global pooling; else the last
-    convolutional 4-D activation on the path. Transformer-style models (pooling over tokens) have
-    neither: they are asked for --layer rather than given an attention-internal tensor."""
+    """The last activation [N, K, h, w] before the classifier's global pooling; else the last
+    convolutional one on the path ([N, K, l] for a signal input [N, C, L], [N, K, d, h, w] for a
+    volume). Transformer-style models (pooling over tokens) have neither: they are asked for
+    --layer rather than given an attention-internal tensor."""
     b = ctx.b
+    rank = map_rank(b, ctx.x)
     path, _ = differentiable_path(b, [ctx.x], [ctx.y])
     producer = {o: n for n in path for o in n.output}
     for node in reversed(path):
         if node.op_type in POOLS and (node.op_type not in ("AveragePool", "MaxPool") or _pools_to_one(b, node)):
-            layer = _nchw_pool_input(b, node, producer)
+            layer = _nchw_pool_input(b, node, producer, rank)
             if layer is not None and _batch_axis_first(b, layer, ctx.x):
                 return layer
     for node in reversed(path):
-        if node.op_type in _CNN_OPS:
+        if _convolutional(node, producer, rank):
             for o in node.output:
-                if len(b.shapes.get(o) or []) == 4 and b.is_float(o) and _batch_axis_first(b, o, ctx.x):
+                if len(b.shapes.get(o) or []) == rank and b.is_float(o) and _batch_axis_first(b, o, ctx.x):
                     return o
-    raise UnsupportedModelError("no convolutional 4-D activation [N, K, h, w] on the path to the scores "
+    raise UnsupportedModelError(f"no convolutional activation {_dims_of(rank)} on the path to the scores "
                                 "(a transformer pools over tokens); name one with --layer")
 
 
+def _dims_of(rank: int) -> str:
+    return {3: "[N, K, l]", 4: "[N, K, h, w]", 5: "[N, K, d, h, w]"}[rank]
+
+
 def _pools_to_one(b: Builder, node) -> bool:
-    """Whether a windowed pool is global in effect: its output is [N, K, 1, 1]."""
+    """Whether a windowed pool is global in effect: its output is [N, K, 1, ...]."""
     shape = b.shapes.get(node.output[0]) or []
-    return len(shape) == 4 and shape[2:] == [1, 1]
+    return len(shape) >= 3 and all(d == 1 for d in shape[2:])
 
 
 def input_is_nhwc(b: Builder, x: str) -> bool:
@@ -272,15 +297,19 @@ def input_is_nhwc(b: Builder, x: str) -> bool:
 
 def _upsample(ctx: Context, cam: str, layer: str) -> str:
     """cam [N, 1, h, w] (h, w those of `layer`) resized (bilinear, half-pixel) to the input's
-    spatial size, laid out like the input (channels first or last). Before opset 11 ONNX's linear
-    Upsample/Resize is the only one there is: asymmetric coordinates, so the map shifts slightly."""
+    spatial size, laid out like the input (channels first or last); likewise [N, 1, l] (linear)
+    for a signal and [N, 1, d, h, w] (trilinear) for a volume, channels first. Before opset 11
+    ONNX's linear Upsample/Resize is the only one there is: asymmetric coordinates, so the map
+    shifts slightly."""
     b = ctx.b
     xs = b.shapes.get(ctx.x) or []
-    if len(xs) != 4:
-        raise UnsupportedModelError(f"gradcam resizes its map to the input's height and width, but the input '{ctx.x}' "
-                                    f"has rank {len(xs)}, not that of an image [N, C, H, W] or [N, H, W, C]")
-    nhwc = input_is_nhwc(b, ctx.x)
-    spatial = [1, 2] if nhwc else [2, 3]
+    if len(xs) not in (3, 4, 5):
+        raise UnsupportedModelError(f"gradcam resizes its map to the input's spatial size, but the input '{ctx.x}' "
+                                    f"has rank {len(xs)}, not that of a signal [N, C, L], an image [N, C, H, W] or "
+                                    "[N, H, W, C], or a volume [N, C, D, H, W]")
+    rank = len(xs)
+    nhwc = rank == 4 and input_is_nhwc(b, ctx.x)
+    spatial = [1, 2] if nhwc else list(range(2, rank))
     if b.opset >= 11:
         sizes = b.op("Concat", [b.slice(b.shape_of(cam), [0], [2], [0]),
                                 b.op("Gather", [b.shape_of(ctx.x), b.ints(spatial)])], axis=0)
@@ -289,8 +318,8 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
                   coordinate_transformation_mode="half_pixel")
     else:
         size = b.static_shape(ctx.x, None, dims=spatial)
-        hw = b.static_shape(layer, None, dims=[2, 3])
-        scales = np.array([1, 1, size[spatial[0]] / hw[2], size[spatial[1]] / hw[3]], np.float32)
+        hw = b.static_shape(layer, None, dims=list(range(2, rank)))
+        scales = np.array([1, 1] + [size[a] / hw[2 + i] for i, a in enumerate(spatial)], np.float32)
         if b.opset >= 10:
             up = b.op("Resize", [cam, b.const(scales, dtype=np.float32)], mode="linear")
         elif b.opset >= 9:
@@ -302,19 +331,20 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
 
 # ------------------------------------------------------------------------------------------ recipes
 def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
-    """(layer name, cam [N, 1, h, w], cam resized to the input)."""
+    """(layer name, cam [N, 1, h, w] (or [N, 1, l], [N, 1, d, h, w]), cam resized to the input)."""
     b = ctx.b
     layer = opts.layer or default_layer(ctx)
+    rank = map_rank(b, ctx.x)
     if layer not in b.types:
         raise UnsupportedModelError(f"--layer '{layer}' is not a tensor of the model")
-    if len(b.shapes.get(layer) or []) != 4 or not b.is_float(layer):
-        raise UnsupportedModelError(f"--layer '{layer}' is not a 4-D float activation [N, K, h, w]")
+    if len(b.shapes.get(layer) or []) != rank or not b.is_float(layer):
+        raise UnsupportedModelError(f"--layer '{layer}' is not a {rank}-D float activation {_dims_of(rank)}")
     if not _batch_axis_first(b, layer, ctx.x):
         dims = ", ".join("?" if d is None else str(d) for d in b.shapes[layer])
         raise NotAClassifierError(f"--layer '{layer}' [{dims}]: its first axis is not the input's batch axis "
                                   "(row n of the map must explain row n of the scores)")
     g = ctx.gradient(get_method("saliency"), at=layer)
-    alpha = b.reduce("ReduceMean", g, [2, 3], keepdims=1)
+    alpha = b.reduce("ReduceMean", g, list(range(2, rank)), keepdims=1)
     cam = b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [1], keepdims=1)])
     return layer, cam, _upsample(ctx, cam, layer)
 
