@@ -216,8 +216,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         wdims = [batch] + (b.shapes.get(w) or [None])[1:]
     shapes = {ATTRIBUTION: wdims, "completeness_gap": [batch]}
     if method == "gradcam":
-        nhwc = len(xdims) == 4 and input_is_nhwc(b, x.name)
-        shapes[ATTRIBUTION] = [batch] + ([xdims[1], xdims[2], 1] if nhwc else [1] + xdims[2:])
+        nhwc = input_is_nhwc(b, x.name)
+        shapes[ATTRIBUTION] = [batch] + (xdims[1:-1] + [1] if nhwc else [1] + xdims[2:])
     if layer is not None:
         shapes["cam"] = [batch, 1] + (b.shapes.get(layer) or [None] * 4)[2:]
     outputs = dict(results)

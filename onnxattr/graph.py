@@ -545,16 +545,17 @@ class Builder:
             terms = [t for t in terms if t not in used] + [self.pad(joined, pads)]
         return terms
 
-    def same_dim(self, x: str, i: int, y: str, j: int) -> bool:
+    def same_dim(self, x: str, i: int, y: str, j: int, names: bool = True) -> bool:
         """Whether unknown dim i of x and dim j of y are the same size in every run: the same
-        dim_param, or equal in both shape trials when the inputs have one free dim only (with
-        several, the trials give them all one size, so equal there proves nothing)."""
+        dim_param (unless `names` is False), or equal in both shape trials when the inputs have
+        one free dim only (with several, the trials give them all one size, so equal there
+        proves nothing)."""
         pair = self._originals(x, y)
         if pair is None:
             return False
         x, y = pair
         px, py = self.shape_protos.get(x), self.shape_protos.get(y)
-        if px is not None and py is not None:
+        if names and px is not None and py is not None:
             a, c = px.dim[i], py.dim[j]
             if a.dim_param and a.dim_param == c.dim_param:
                 return True

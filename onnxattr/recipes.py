@@ -195,7 +195,12 @@ def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return alphas[method], np.full(n, 1.0 / n)
 
 
-_TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+def _to_last(rank: int) -> list[int]:  # channels first -> last: [0, 2, 3, 1] for an image
+    return [0] + list(range(2, rank)) + [1]
+
+
+def _to_first(rank: int) -> list[int]:  # channels last -> first: [0, 3, 1, 2] for an image
+    return [0, rank - 1] + list(range(1, rank - 1))
 
 
 def _perm(node) -> list | None:
@@ -204,8 +209,8 @@ def _perm(node) -> list | None:
 
 def _nchw_pool_input(b: Builder, node, producer: dict, rank: int) -> str | None:
     """The [N, K, ...] activation of `rank` a global pooling node reads: its input for the NCHW
-    pools and a Reduce over every axis after the channels; for a 4-D Reduce over axes 1, 2
-    (channels-last, as Keras pools), the NCHW tensor transposed into it; None otherwise."""
+    pools and a Reduce over every axis after the channels; for a Reduce over axes 1 .. rank - 2
+    (channels-last, as Keras pools), the channels-first tensor transposed into it; None otherwise."""
     x = node.input[0]
     if len(b.shapes.get(x) or []) != rank:
         return None
@@ -215,7 +220,7 @@ def _nchw_pool_input(b: Builder, node, producer: dict, rank: int) -> str | None:
     if axes == list(range(2, rank)):
         return x
     src = producer.get(x)
-    if rank == 4 and axes == [1, 2] and src is not None and _perm(src) == _TO_NHWC:
+    if axes == list(range(1, rank - 1)) and src is not None and _perm(src) == _to_last(rank):
         return src.input[0]
     return None
 
@@ -287,18 +292,19 @@ def _pools_to_one(b: Builder, node) -> bool:
 
 
 def input_is_nhwc(b: Builder, x: str) -> bool:
-    """Whether the 4-D input is channels-last: the model transposes it to NCHW first, or (no such
-    Transpose) its last dim is 1 or 3 and its second is not."""
-    if any(x in n.input and _perm(n) == _TO_NCHW for n in b.model.graph.node):
-        return True
+    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: the model
+    transposes it to channels-first first, or (an image without such a Transpose) its last dim
+    is 1 or 3 and its second is not."""
     xs = b.shapes.get(x) or []
+    if any(x in n.input and _perm(n) == _to_first(len(xs)) for n in b.model.graph.node):
+        return True
     return len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
 
 
 def _upsample(ctx: Context, cam: str, layer: str) -> str:
     """cam [N, 1, h, w] (h, w those of `layer`) resized (bilinear, half-pixel) to the input's
     spatial size, laid out like the input (channels first or last); likewise [N, 1, l] (linear)
-    for a signal and [N, 1, d, h, w] (trilinear) for a volume, channels first. Before opset 11
+    for a signal and [N, 1, d, h, w] (trilinear) for a volume. Before opset 11
     ONNX's linear Upsample/Resize is the only one there is: asymmetric coordinates, so the map
     shifts slightly."""
     b = ctx.b
@@ -308,8 +314,8 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
                                     f"has rank {len(xs)}, not that of a signal [N, C, L], an image [N, C, H, W] or "
                                     "[N, H, W, C], or a volume [N, C, D, H, W]")
     rank = len(xs)
-    nhwc = rank == 4 and input_is_nhwc(b, ctx.x)
-    spatial = [1, 2] if nhwc else list(range(2, rank))
+    nhwc = input_is_nhwc(b, ctx.x)
+    spatial = list(range(1, rank - 1)) if nhwc else list(range(2, rank))
     if b.opset >= 11:
         sizes = b.op("Concat", [b.slice(b.shape_of(cam), [0], [2], [0]),
                                 b.op("Gather", [b.shape_of(ctx.x), b.ints(spatial)])], axis=0)
@@ -326,7 +332,7 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
             up = b.op("Upsample", [cam, b.const(scales, dtype=np.float32)], mode="linear")
         else:
             raise UnsupportedModelError(f"gradcam needs opset >= 9 to resize the map (model has {b.opset})")
-    return b.op("Transpose", [up], perm=[0, 2, 3, 1]) if nhwc else up
+    return b.op("Transpose", [up], perm=_to_last(rank)) if nhwc else up
 
 
 # ------------------------------------------------------------------------------------------ recipes

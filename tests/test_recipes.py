@@ -194,13 +194,21 @@ def _torch_gradcam(model, layer, x, t, mode):
     return cam.detach().numpy(), up.detach().numpy()
 
 
+class ToChannelsFirst(torch.nn.Module):
+    def forward(self, x):  # (x.movedim(-1, 1) exports a Transpose with perm [0, -1, 1])
+        return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dims", [1, 3])
-def test_gradcam_on_signals_and_volumes(dims):
+def test_gradcam_on_signals_and_volumes(dims, channels_last):
     """A 1-D CNN on signals [N, C, L] and a 3-D CNN on volumes [N, C, D, H, W] (Captum's
     LayerGradCam takes any [N, K, ...] layer): the default layer is the last activation before
     global pooling, the map is resized linearly / trilinearly (half-pixel) to the input, against
     the same computation in float64 PyTorch. They were refused: "no convolutional 4-D activation".
-    Measured (1-D / 3-D): cam 2.1e-7 / 2.8e-7, resized 2.3e-7 / 2.0e-7."""
+    Channels-last inputs ([N, L, C], [N, D, H, W, C], moved to channels-first inside, as Keras
+    layouts are) get the map laid out [N, L, 1] / [N, D, H, W, 1] (it was resized along the wrong
+    axes). Measured (1-D / 3-D): cam 2.1e-7 / 2.8e-7, resized 2.3e-7 / 2.0e-7."""
     conv, pool, bn = {1: (torch.nn.Conv1d, torch.nn.MaxPool1d, torch.nn.BatchNorm1d),
                       3: (torch.nn.Conv3d, torch.nn.MaxPool3d, torch.nn.BatchNorm3d)}[dims]
     torch.manual_seed(dims)
@@ -211,10 +219,13 @@ def test_gradcam_on_signals_and_volumes(dims):
     shape = (3, 2, 30) if dims == 1 else (3, 2, 6, 10, 8)
     x = np.random.default_rng(dims).normal(size=shape).astype(np.float32)
     t = [0, 3, 1]
+    cam, up = _torch_gradcam(m, m[5], x, t, "linear" if dims == 1 else "trilinear")
+    if channels_last:
+        m = torch.nn.Sequential(ToChannelsFirst(), m).eval()
+        x, up = np.moveaxis(x, 1, -1).copy(), np.moveaxis(up, 1, -1)
     model = export(m, x)
     out = explain("gradcam", x, t, model=model)
-    cam, up = _torch_gradcam(m, m[5], x, t, "linear" if dims == 1 else "trilinear")
-    assert out["cam"].shape == cam.shape and out["attribution"].shape == up.shape == (3, 1) + shape[2:]
+    assert out["cam"].shape == cam.shape and out["attribution"].shape == up.shape
     for got, want in ((out["cam"], cam), (out["attribution"], up)):
         err = np.linalg.norm(got - want) / np.linalg.norm(want)
         assert err < 2e-6, err

@@ -1641,12 +1641,14 @@ def test_slice_to_a_large_end_takes_a_dynamic_axis_whole():
 
 
 @pytest.mark.parametrize("opset", [9, 10, 11, 13])
-@pytest.mark.parametrize("start, end", [(-1, BIG), (0, 1), (1, -1), (-9, 2), (3, 100), (2, 1)])
+@pytest.mark.parametrize("start, end", [(-1, BIG), (0, 1), (0, -1), (1, -1), (-9, 2), (3, 100), (2, 1)])
 def test_slice_along_a_dynamic_axis(opset, start, end):
     """x [2, "T", 3] sliced along T with constant bounds (tf2onnx and TorchScript read the last
     step of a dynamic sequence as x[:, -1:]): the pads come from T at run time, with ONNX's
     clamping (start or end beyond the length, an empty slice). Checked against numpy at several
-    lengths, in both tunings. It was refused: "needs a static shape"."""
+    lengths, in both tunings. It was refused: "needs a static shape". At opset 10, ONNX's Slice-10
+    inference names x[:, :-1] [2, "T", 3]: that slice was taken as the whole axis, its gradient
+    left unpadded, silently."""
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "T", 3])
     if opset < 10:
         node = helper.make_node("Slice", ["x"], ["y"], starts=[start], ends=[end], axes=[1])
@@ -1689,3 +1691,16 @@ def test_opset10_slice_of_a_dynamic_axis_is_not_taken_whole():
     want = c.copy()
     want[:, 0] += c.sum(axis=1)
     np.testing.assert_allclose(gx, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_slice_along_a_dynamic_axis_before_opset_9_is_refused(opset):
+    """No ConstantOfShape before opset 9 to pad with zeros of a run-time length: refused by name
+    (it gave a model the checker and ONNX Runtime reject)."""
+    node = helper.make_node("Slice", ["x"], ["y"], starts=[-1], ends=[BIG], axes=[1], name="s")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "T", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Slice node 's' needs a static shape"):
+        vjp_model(model)

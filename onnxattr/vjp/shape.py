@@ -86,14 +86,17 @@ def slice_(b, node, gys):
     # An axis taken whole (0 to the end, step 1: tf2onnx lists the batch axis so, ending at
     # INT_MAX, or at 1e9 for x[:, None]: then the output's length is the input's in every shape
     # trial) needs no size.
-    y = node.output[0]
-    whole = [(st <= -2 ** 62 or st == 0) and sp == 1 and (en >= 2 ** 31 - 1 or b.same_dim(x, ax % rank, y, ax % rank))
+    # ONNX's Slice-10 shape inference names every output length along a symbolic axis after the
+    # input's (x[:, :-1] of [N, "T"] is [N, "T"]): at opset 10 only the trials can tell.
+    y, names = node.output[0], b.opset != 10
+    whole = [(st <= -2 ** 62 or st == 0) and sp == 1
+             and (en >= 2 ** 31 - 1 or b.same_dim(x, ax % rank, y, ax % rank, names=names))
              for ax, st, en, sp in zip(axes, starts, ends, steps)]
     axes, starts, ends, steps = ([v for v, w in zip(t, whole) if not w] for t in (axes, starts, ends, steps))
     # A unit step along an axis whose length is known only at run time (y[:, -1] over a dynamic
-    # sequence axis): the pads come from that length at run time.
+    # sequence axis): the pads come from that length at run time (from opset 9: ConstantOfShape).
     known = b.shape(x) or [None] * rank
-    runtime = [ax for ax, sp in zip(axes, steps) if sp == 1 and known[ax] is None]
+    runtime = [ax for ax, sp in zip(axes, steps) if sp == 1 and known[ax] is None and b.opset >= 9]
     shape = b.static_shape(x, node, dims=[ax for ax in axes if ax not in runtime])
     pads = [0] * (2 * rank)
     dynamic = {}
