@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxattr
@@ -1704,3 +1705,57 @@ def test_slice_along_a_dynamic_axis_before_opset_9_is_refused(opset):
     model.ir_version = 3
     with pytest.raises(onnxattr.UnsupportedModelError, match="Slice node 's' needs a static shape"):
         vjp_model(model)
+
+
+def _spatial_model(node, dims, inits=(), opset=17):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None, None, None])], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("op, attrs, w_shape", [
+    ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), (8, 4, 3, 3)),
+    ("Conv", dict(kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3]), (8, 4, 7, 7)),
+    ("Conv", dict(kernel_shape=[1, 1], strides=[2, 3]), (8, 4, 1, 1)),
+    ("Conv", dict(kernel_shape=[3, 2], strides=[3, 2], pads=[0, 1, 2, 0], dilations=[2, 1]), (8, 4, 3, 2)),
+    ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=4), (4, 1, 3, 3)),  # depthwise
+    ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID", group=2), (6, 2, 3, 3)),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), None),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), None),
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2]), None),
+    ("MaxPool", dict(kernel_shape=[2, 3], strides=[1, 2], dilations=[2, 1]), None),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2]), None),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1), None),
+    ("AveragePool", dict(kernel_shape=[3, 2], strides=[1, 2]), None),
+])
+def test_strided_windows_over_a_dynamic_image_size(op, attrs, w_shape):
+    """Conv, MaxPool and AveragePool over x [2, 4, "H", "W"] (a classifier exported with a dynamic
+    image size): the input gradient needs the input's size, known only at run time. Checked
+    against the same op with the size fixed (the static path, itself checked against float64
+    differences above) at odd and even sizes, where the strides leave different remainders.
+    Strided Convs, MaxPools and AveragePools were refused: "needs a static shape"."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(w(*w_shape).astype(np.float32), "W")] if w_shape else []
+    node = N(op, ["x", "W"] if w_shape else ["x"], ["y"], **attrs)
+    dynamic = _spatial_model(node, [2, 4, "H", "W"], inits)
+    for tune in ("cpu", "cuda"):
+        vm, cots, grads = vjp_model(dynamic, tune_for=tune)
+        onnx.checker.check_model(vm, full_check=True)
+        sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+        for h, wd in ((9, 12), (10, 11), (13, 13)):
+            fixed = _spatial_model(node, [2, 4, h, wd], inits)
+            svm, scots, sgrads = vjp_model(fixed, tune_for=tune)
+            ssess = onnxattr.runtime.make_session(svm.SerializeToString(), "cpu")[0]
+            x = distinct_values(rng, (2, 4, h, wd))
+            y = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            c = rng.standard_normal(y.shape).astype(np.float32)
+            (got,) = sess.run([grads["x"]], {"x": x, cots["y"]: c})
+            (want,) = ssess.run([sgrads["x"]], {"x": x, scots["y"]: c})
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{tune} {h}x{wd}")
+
+
+def distinct_values(rng, shape) -> np.ndarray:
+    """Values 0.02 apart, shuffled: no ties within a pooling window."""
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.02 - 1.0).astype(np.float32)

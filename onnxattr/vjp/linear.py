@@ -72,6 +72,9 @@ def conv(b, node, gys):
             return [_flipped_conv(b, g, w, group, kernel, dil, begin + end)]
     # Strided: ConvTranspose. A phase-split (sub-pixel) Conv + DepthToSpace was measured too: it
     # won only for 7x7 kernels and lost 1.2-2.7x for 1x1, 3x3 and depthwise ones in ONNX Runtime.
+    known = (b.shape(x) or [None] * (2 + n))[2:]
+    if None in known and attrs(node).get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and b.opset >= 10:
+        return [_strided_dynamic(b, node, g, x, w, strides, dil, pads, group, kernel)]
     size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
     out = b.static_shape(node.output[0], node, dims=range(2, 2 + n))[2:]
     if group > 1 and ws[0] == group and ws[1] == 1 and b.blocked(x):
@@ -88,6 +91,19 @@ def conv(b, node, gys):
     gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group,
               kernel_shape=kernel, output_padding=extra if any(extra) else None)
     return [b.channel_affine(gx, 1.0, like=x)]
+
+
+def _strided_dynamic(b, node, g, x, w, strides, dil, pads, group, kernel):
+    """A strided Conv's input gradient where the input's spatial size is known only at run time.
+    Of the lengths a Conv maps to the same output length, the input's exceeds the shortest by the
+    remainder r in [0, stride) of (length + pads - effective kernel) / stride, which a
+    ConvTranspose needs as output_padding: take the largest, stride - 1, then keep the first
+    `length` positions (those past it are the gradient of inputs the longer input would have)."""
+    n = len(kernel)
+    gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group, kernel_shape=kernel,
+              output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None)
+    ends = b.slice(b.shape_of(x), [2], [2 + n], [0])
+    return b.op("Slice", [gx, b.ints([0] * n), ends, b.ints(list(range(2, 2 + n)))])
 
 
 def _flipped_conv(b, g, w, group, kernel, dil, pads):

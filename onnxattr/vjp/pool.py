@@ -107,8 +107,12 @@ def max_pool(b, node, gys):
     a = attrs(node)
     if a.get("storage_order", 0):
         raise UnsupportedModelError(f"{describe(node)}: storage_order=1 is not supported")
+    g, known = gys[0], (b.shape(node.input[0]) or [None, None])[2:]
+    if b.opset >= 16 and (None in known or not known) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"):
+        # a spatial size known only at run time: the scatter-add below reads none
+        return [_scatter_switches(b, node, g)]
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
-    n, g = len(kernel), gys[0]
+    n = len(kernel)
     if b.opset < 8:
         return [_max_pool_by_value(b, node, g, kernel, strides, dil, pads, channels, size, out)]
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [node.input[0]], 2)[1]
@@ -116,11 +120,8 @@ def max_pool(b, node, gys):
     if unpool_pads is not None:
         return [b.op("MaxUnpool", [g, idx, b.shape_of(node.input[0])], kernel_shape=kernel, strides=strides,
                      pads=unpool_pads)]
-    if b.opset >= 16:  # scatter-add at the flat indices: overlapping windows add up
-        flat = b.op("Reshape", [b.zeros_like(node.input[0]), b.ints([-1])])
-        spread = b.scatter_add("ScatterElements", flat, b.op("Reshape", [idx, b.ints([-1])]),
-                               b.op("Reshape", [g, b.ints([-1])]), axis=0)
-        return [b.reshape_like(spread, node.input[0])]
+    if b.opset >= 16:
+        return [_scatter_switches(b, node, g, idx)]
     # Indices are flat over [N, C, *size]: decode the coordinates of each chosen element.
     _, rem = _divmod(b, idx, int(np.prod(size)))
     local = None
@@ -142,6 +143,18 @@ def max_pool(b, node, gys):
     routed = b.op("Reshape", [routed, b.ints([0, channels * k] + list(out))])
     bank = np.eye(k, dtype=b.np_dtype).reshape([k, 1] + kernel)
     return [_spread(b, routed, bank, channels, kernel, strides, dil, pads, size, out)]
+
+
+def _scatter_switches(b, node, g, idx=None):
+    """MaxPool's gradient as a scatter-add at the flat Indices (opset 16: ScatterElements with
+    reduction): overlapping windows add up."""
+    x = node.input[0]
+    if idx is None:
+        idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [x], 2)[1]
+    flat = b.op("Reshape", [b.zeros_like(x), b.ints([-1])])
+    spread = b.scatter_add("ScatterElements", flat, b.op("Reshape", [idx, b.ints([-1])]),
+                           b.op("Reshape", [g, b.ints([-1])]), axis=0)
+    return b.reshape_like(spread, x)
 
 
 def _max_pool_by_value(b, node, g, kernel, strides, dil, pads, channels, size, out):
@@ -182,6 +195,9 @@ def _window_counts(o_len, k, s, d, pb, pe, size, include_pad):
 
 @register("AveragePool")
 def average_pool(b, node, gys):
+    dynamic = _average_pool_dynamic(b, node, gys[0])
+    if dynamic is not None:
+        return [dynamic]
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n = len(kernel)
     if attrs(node).get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
@@ -202,6 +218,32 @@ def average_pool(b, node, gys):
         scaled = b.op("Mul", [gys[0], b.const((1.0 / div).astype(b.np_dtype))])
     bank = np.ones([1, 1] + kernel, dtype=b.np_dtype)
     return [_spread(b, scaled, bank, channels, kernel, strides, dil, pads, size, out)]
+
+
+def _average_pool_dynamic(b, node, g):
+    """AveragePool's gradient where the input's spatial size is known only at run time, when every
+    window counts the same elements (no ceil_mode; zero pads, or pads counted): g / count spread
+    by a depthwise ConvTranspose whose output_padding, stride - 1, covers the input's trailing
+    elements that no window reads (at most stride - 1 of them), then cropped to the input. None
+    where the size is known or these conditions do not hold (the static path decides)."""
+    a, x = attrs(node), node.input[0]
+    shape = b.shape(x) or []
+    kernel = list(a["kernel_shape"])
+    n = len(kernel)
+    if len(shape) != n + 2 or None not in shape[2:] or shape[1] is None:
+        return None
+    if b.opset < 10 or b.np_dtype != np.float32 or a.get("ceil_mode", 0) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    strides, dil, pads = window(b, node, x, kernel)
+    if any(pads) and not a.get("count_include_pad", 0):
+        return None
+    channels = shape[1]
+    scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
+    w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])
+    full = b.op("ConvTranspose", [scaled, w], strides=strides, dilations=dil, group=channels, kernel_shape=kernel,
+                output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None)
+    ends = b.op("Add", [b.ints(pads[:n]), b.slice(b.shape_of(x), [2], [2 + n], [0])])
+    return b.op("Slice", [full, b.ints(pads[:n]), ends, b.ints(list(range(2, 2 + n)))])
 
 
 @register("GlobalAveragePool")
