@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import dims
+from .dims import symbolic_dims
 from .errors import UnsupportedModelError
 from .protos import FLOAT_TYPES, default_opset, describe
 from .shapes import FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, skeleton, trial_shapes
@@ -65,6 +67,7 @@ class Builder:
         self._static = set(self.consts)  # values known without the shape trials' sampling
         self._infer_trials()
         self._record_declared()
+        self._sym = symbolic_dims(model, self.shapes)
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
@@ -547,9 +550,9 @@ class Builder:
 
     def same_dim(self, x: str, i: int, y: str, j: int, names: bool = True) -> bool:
         """Whether unknown dim i of x and dim j of y are the same size in every run: the same
-        dim_param (unless `names` is False), or equal in both shape trials when the inputs have
-        one free dim only (with several, the trials give them all one size, so equal there
-        proves nothing)."""
+        dim_param (unless `names` is False), the same expression of the inputs' dims (dims.py),
+        or equal in both shape trials when the inputs have one free dim only (with several, the
+        trials give them all one size, so equal there proves nothing)."""
         pair = self._originals(x, y)
         if pair is None:
             return False
@@ -559,6 +562,8 @@ class Builder:
             a, c = px.dim[i], py.dim[j]
             if a.dim_param and a.dim_param == c.dim_param:
                 return True
+        if dims.same(self._sym, x, i, y, j):
+            return True
         if not self._one_free_dim or self._trials is None:
             return False
         pairs = self._trial_dims(x, i, y, j)

@@ -350,6 +350,7 @@ def test_torch_model(name, exporter, opset, tol, relu_like, expect):
 @pytest.mark.parametrize("name, opset", [
     ("resnet18", 17),  # strided Convs, MaxPool with pads, residual Adds
     ("mobilenet_v2", 13),  # strided depthwise Convs, ReLU6
+    ("mobilenet_v2", 11),  # residual Adds with ReduceSum axes as attributes: their lengths proven equal
     pytest.param("densenet121", 17, marks=slow),  # AveragePool in the transitions
     pytest.param("efficientnet_b0", 17, marks=slow),  # SiLU, squeeze-excitation
 ])

@@ -60,3 +60,94 @@ def test_entries_of_an_unknown_dim_stay_unknown():
                            for k, v in {"b": [-1], "e": [-(2 ** 63)], "a": [0], "p": [-1]}.items()])
     got = fold_ints(g, {"X": [None, 4]}, {t.name: t for t in g.initializer})["y"]
     assert list(got) == [4, None]
+
+
+# ------------------------------------------------------------------------------ dims.py
+def _random_window_graph(rng, nodes_count: int = 10):
+    """x [1, 4, "H", "W"] through random Convs, pools, activations and broadcasting Adds of any two
+    earlier tensors of the same rank (the Adds that would fail at run time are left out by the
+    caller's size range: it only keeps graphs ONNX Runtime runs at every size)."""
+    nodes, inits, tensors = [], [], ["x"]
+    for k in range(nodes_count):
+        kind = rng.choice(["Conv", "MaxPool", "AveragePool", "Relu", "Add", "GlobalAveragePool"], p=[.35, .15, .1, .15, .2, .05])
+        src = str(rng.choice(tensors))
+        out = f"t{k}"
+        if kind in ("Conv", "MaxPool", "AveragePool"):
+            kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+            sh, sw = (int(v) for v in rng.integers(1, 3, 2))
+            pads = [int(v) for v in rng.integers(0, 2, 4)]
+            pads = [min(p, kk - 1) for p, kk in zip(pads, [kh, kw, kh, kw])]
+            a = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=pads)
+            if kind == "Conv":
+                w = f"w{k}"
+                inits.append(numpy_helper.from_array(rng.standard_normal((4, 4, kh, kw)).astype(np.float32), w))
+                nodes.append(helper.make_node("Conv", [src, w], [out], **a))
+            else:
+                nodes.append(helper.make_node(kind, [src], [out], **a))
+        elif kind == "Add":
+            nodes.append(helper.make_node("Add", [src, str(rng.choice(tensors))], [out]))
+        else:
+            nodes.append(helper.make_node(kind, [src], [out]))
+        tensors.append(out)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "H", "W"])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors[1:]], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, tensors
+
+
+def test_symbolic_dims_claim_only_true_equalities():
+    """dims.same claims two unknown lengths equal only where they are equal at every size: random
+    graphs of Convs, pools and Adds over a dynamic image size, run by ONNX Runtime at 12 sizes.
+    It must also find the equalities a residual block needs (checked on a ResNet-style block)."""
+    from onnxattr.dims import same, symbolic_dims
+    from onnxattr.graph import Builder
+
+    rng = np.random.default_rng(0)
+    claims = checked = 0
+    for _ in range(60):
+        model, tensors = _random_window_graph(rng)
+        try:
+            sess = make_session(model.SerializeToString(), "cpu")[0]
+            runs = [sess.run(tensors[1:], {"x": np.zeros((1, 4, h, w), np.float32)})
+                    for h, w in ((9, 9), (10, 13), (11, 8), (12, 12), (13, 10), (14, 17), (15, 15), (16, 9),
+                                 (17, 12), (18, 19), (19, 11), (20, 20))]
+        except Exception:  # an Add of tensors that do not broadcast at some size, a window past the input
+            continue
+        checked += 1
+        shapes = Builder(model, TensorProto.FLOAT).shapes
+        sym = symbolic_dims(model, shapes)
+        actual = {t: [np.shape(r[k]) for r in runs] for k, t in enumerate(tensors[1:])}
+        actual["x"] = [(1, 4, h, w) for h, w in ((9, 9), (10, 13), (11, 8), (12, 12), (13, 10), (14, 17), (15, 15),
+                                                  (16, 9), (17, 12), (18, 19), (19, 11), (20, 20))]
+        for a in tensors:
+            for b in tensors:
+                for i in (2, 3):
+                    for j in (2, 3):
+                        if same(sym, a, i, b, j):
+                            claims += 1
+                            assert all(sa[i] == sb[j] for sa, sb in zip(actual[a], actual[b])), (a, i, b, j)
+    assert checked >= 20 and claims >= 100, (checked, claims)
+
+
+def test_symbolic_dims_see_a_residual_block():
+    """x -> Conv 3x3 s2 p1 -> Relu -> Conv 3x3 p1, plus x -> Conv 1x1 s2: the two branches of a
+    ResNet downsampling block have one length, floor((H - 1) / 2) + 1, though inference names
+    them apart; a 3x3 Conv without padding does not."""
+    from onnxattr.dims import same, symbolic_dims
+
+    rng = np.random.default_rng(1)
+    w = lambda name, k: numpy_helper.from_array(rng.standard_normal((4, 4, k, k)).astype(np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["b"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w3"], ["s"], kernel_shape=[1, 1], strides=[2, 2]),
+             helper.make_node("Add", ["b", "s"], ["y"]),
+             helper.make_node("Conv", ["y", "w2"], ["v"], kernel_shape=[3, 3])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "H", "W"])],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+                              [w("w1", 3), w("w2", 3), w("w3", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sym = symbolic_dims(model, {})
+    assert same(sym, "b", 2, "s", 2) and same(sym, "y", 3, "a", 3) and same(sym, "r", 2, "y", 2)
+    assert not same(sym, "x", 2, "a", 2) and not same(sym, "v", 2, "y", 2) and not same(sym, "b", 2, "b", 3)

@@ -5,6 +5,8 @@ One table, `CASES`: each entry is a tiny graph (see tests/vjp_check.py for what 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import onnx
@@ -1759,3 +1761,17 @@ def test_strided_windows_over_a_dynamic_image_size(op, attrs, w_shape):
 def distinct_values(rng, shape) -> np.ndarray:
     """Values 0.02 apart, shuffled: no ties within a pooling window."""
     return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.02 - 1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("op, attrs, opset, words", [
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2]), 13, "needs ScatterElements with reduction (opset 16"),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), 17, "no ceil_mode"),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 17, "count_include_pad=1"),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), 17, "auto_pad SAME_UPPER"),
+])
+def test_windows_over_a_dynamic_image_size_refused_by_cause(op, attrs, opset, words):
+    """What a dynamic image size does not support is refused naming the node and the cause (it read
+    "needs a static shape" for all of them)."""
+    dynamic = _spatial_model(N(op, ["x"], ["y"], name="pool", **attrs), [2, 4, "H", "W"], opset=opset)
+    with pytest.raises(onnxattr.UnsupportedModelError, match=f"{op} node 'pool': .*{re.escape(words)}"):
+        vjp_model(dynamic)

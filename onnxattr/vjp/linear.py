@@ -16,6 +16,10 @@ def window(b, node, x: str, kernel: list[int]):
     dil = list(a.get("dilations", [1] * n))
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
+        known = (b.shape(x) or [None] * (2 + n))[2:]
+        if None in known:
+            raise UnsupportedModelError(f"{describe(node)}: auto_pad {auto} over a size known only at run time is not "
+                                        "supported (the padding depends on it): export with a fixed size")
         size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
         begin, end = [], []
         for i in range(n):

@@ -21,9 +21,9 @@ def _geometry(b, node):
     kernel = list(a["kernel_shape"])
     n = len(kernel)
     x, y = node.input[0], node.output[0]
+    strides, dil, pads = window(b, node, x, kernel)
     xs = b.static_shape(x, node, dims=range(1, 2 + n))
     ys = b.static_shape(y, node, dims=range(1, 2 + n))
-    strides, dil, pads = window(b, node, x, kernel)
     return kernel, strides, dil, pads, xs[1], xs[2:], ys[2:]
 
 
@@ -108,8 +108,12 @@ def max_pool(b, node, gys):
     if a.get("storage_order", 0):
         raise UnsupportedModelError(f"{describe(node)}: storage_order=1 is not supported")
     g, known = gys[0], (b.shape(node.input[0]) or [None, None])[2:]
-    if b.opset >= 16 and (None in known or not known) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"):
+    if (None in known or not known) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"):
         # a spatial size known only at run time: the scatter-add below reads none
+        if b.opset < 16:
+            raise UnsupportedModelError(f"{describe(node)}: its input's size is known only at run time, where the "
+                                        "gradient needs ScatterElements with reduction (opset 16; the model has "
+                                        f"{b.opset}): export at opset 16 or later, or with a fixed size")
         return [_scatter_switches(b, node, g)]
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n = len(kernel)
@@ -232,11 +236,13 @@ def _average_pool_dynamic(b, node, g):
     n = len(kernel)
     if len(shape) != n + 2 or None not in shape[2:] or shape[1] is None:
         return None
-    if b.opset < 10 or b.np_dtype != np.float32 or a.get("ceil_mode", 0) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+    if b.opset < 10 or b.np_dtype != np.float32 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
     strides, dil, pads = window(b, node, x, kernel)
-    if any(pads) and not a.get("count_include_pad", 0):
-        return None
+    if a.get("ceil_mode", 0) or (any(pads) and not a.get("count_include_pad", 0)):
+        raise UnsupportedModelError(f"{describe(node)}: its input's size is known only at run time, where only "
+                                    "windows that all count the same elements are supported (no ceil_mode; no pads, "
+                                    "or count_include_pad=1): export with a fixed size")
     channels = shape[1]
     scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
     w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])

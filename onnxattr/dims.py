@@ -1,0 +1,134 @@
+"""Which unknown lengths are provably equal: each dim as an expression of the inputs' dims.
+
+ONNX shape inference names every unknown length it cannot relate by a fresh symbol: a residual
+block's Conv output and its skip input, both [N, C, unk_a, unk_b] with a dynamic image size, look
+unrelated, and the backward would have to check at run time whether one broadcasts. Here every
+dim of a tensor the graph computes from its inputs through element-wise ops, Convs, pools and
+axis permutations becomes an expression over the inputs' dims: an int, or (base, offset) meaning
+base + offset, where base is an input dim ("in", input, axis) or a division
+("div", expression, stride) of one (floor division; conv and pool lengths are
+floor((length + pads - window) / stride) + 1). Two dims with equal expressions are equal in every
+run. Anything else (Reshape, Slice, Resize, ceil_mode pools, ...) gets None: unknown, never
+guessed.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .protos import attrs
+
+# outputs[0] has the shape of inputs[0]
+_SAME = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
+    "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Sin", "Cos", "Identity",
+    "Cast", "Clip", "Dropout", "BatchNormalization", "InstanceNormalization", "LRN", "LayerNormalization",
+    "Softmax", "LogSoftmax", "ThresholdedRelu", "Shrink", "Floor", "Ceil", "Round", "Sign",
+}
+# multidirectional broadcasting of every input
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Greater", "Less",
+              "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor"}
+_WINDOWED = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+_GLOBAL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+
+
+def _plus(e, k: int):
+    if e is None or isinstance(e, int):
+        return None if e is None else e + k
+    return (e[0], e[1] + k)
+
+
+def _floordiv(e, s: int):
+    if e is None:
+        return None
+    if isinstance(e, int):
+        return e // s
+    return e if s == 1 else (("div", e, s), 0)
+
+
+def _broadcast(dims: list):
+    """The broadcast length of `dims` (one per input, None where the input lacks the axis)."""
+    real = [d for d in dims if d != 1 and d is not ...]
+    if any(d is None for d in real):
+        return None
+    if not real:
+        return 1
+    return real[0] if all(d == real[0] for d in real) else None
+
+
+def _window(node, x: list, w_shape: list | None) -> list | None:
+    a = attrs(node)
+    n = len(x) - 2
+    if a.get("ceil_mode", 0):
+        return None
+    kernel = list(a.get("kernel_shape") or (w_shape[2:] if w_shape and None not in w_shape[2:] else []))
+    if len(kernel) != n:
+        return None
+    strides = list(a.get("strides", [1] * n))
+    dil = list(a.get("dilations", [1] * n))
+    auto = a.get("auto_pad", "NOTSET")
+    out = [x[0], (w_shape[0] if w_shape else x[1]) if node.op_type == "Conv" else x[1]]
+    for i in range(n):
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            out.append(None)  # ceil(length / stride): not kept as an expression
+            continue
+        pads = [0] * (2 * n) if auto == "VALID" else list(a.get("pads", [0] * (2 * n)))
+        reach = (kernel[i] - 1) * dil[i] + 1
+        out.append(_plus(_floordiv(_plus(x[2 + i], pads[i] + pads[n + i] - reach), strides[i]), 1))
+    return out
+
+
+def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
+    """{tensor: [expression per axis]} for the graph's inputs and what follows from them."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    sym: dict[str, list] = {}
+    for vi in g.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        sym[vi.name] = [d.dim_value if d.HasField("dim_value") else (("in", vi.name, i), 0)
+                        for i, d in enumerate(vi.type.tensor_type.shape.dim)]
+
+    def dims(t: str) -> list | None:
+        if t in sym:
+            return sym[t]
+        s = shapes.get(t)
+        if s is not None and None not in s:
+            return list(s)
+        return None
+
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx") or not node.output or not node.output[0]:
+            continue
+        op, out = node.op_type, None
+        ins = [dims(i) if i else None for i in node.input]
+        if op in _SAME and ins and ins[0] is not None:
+            out = list(ins[0])
+        elif op in _BROADCAST and ins and all(d is not None for d in ins):
+            rank = max(len(d) for d in ins)
+            padded = [[...] * (rank - len(d)) + list(d) for d in ins]
+            out = [_broadcast([d[i] for d in padded]) for i in range(rank)]
+        elif op in _WINDOWED and ins and ins[0] is not None and len(ins[0]) >= 3:
+            w_shape = shapes.get(node.input[1]) if op == "Conv" and len(node.input) > 1 else None
+            out = _window(node, ins[0], w_shape)
+        elif op in _GLOBAL and ins and ins[0] is not None:
+            out = list(ins[0][:2]) + [1] * (len(ins[0]) - 2)
+        elif op == "Transpose" and ins and ins[0] is not None:
+            perm = attrs(node).get("perm", list(range(len(ins[0])))[::-1])
+            if sorted(perm) == list(range(len(ins[0]))):
+                out = [ins[0][p] for p in perm]
+        if out is not None:
+            # a static length known otherwise wins (and keeps the expressions honest)
+            known = shapes.get(node.output[0])
+            if known is not None and len(known) == len(out):
+                out = [k if k is not None else e for k, e in zip(known, out)]
+            sym[node.output[0]] = out
+    return sym
+
+
+def same(sym: dict, x: str, i: int, y: str, j: int) -> bool:
+    """Whether dim i of x and dim j of y have one expression (so one length in every run)."""
+    a, b = sym.get(x), sym.get(y)
+    if a is None or b is None or not (0 <= i < len(a)) or not (0 <= j < len(b)):
+        return False
+    return a[i] is not None and not isinstance(a[i], int) and a[i] == b[j]
