@@ -67,7 +67,8 @@ def _window(node, x: list, w_shape: list | None) -> list | None:
     strides = list(a.get("strides", [1] * n))
     dil = list(a.get("dilations", [1] * n))
     auto = a.get("auto_pad", "NOTSET")
-    out = [x[0], (w_shape[0] if w_shape else x[1]) if node.op_type == "Conv" else x[1]]
+    channels = x[1] if node.op_type != "Conv" else w_shape[0] if w_shape else None
+    out = [x[0], channels]
     for i in range(n):
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             out.append(None)  # ceil(length / stride): not kept as an expression

@@ -151,3 +151,16 @@ def test_symbolic_dims_see_a_residual_block():
     sym = symbolic_dims(model, {})
     assert same(sym, "b", 2, "s", 2) and same(sym, "y", 3, "a", 3) and same(sym, "r", 2, "y", 2)
     assert not same(sym, "x", 2, "a", 2) and not same(sym, "v", 2, "y", 2) and not same(sym, "b", 2, "b", 3)
+
+
+def test_symbolic_dims_do_not_carry_channels_through_a_conv_of_unknown_weights():
+    """A Conv's output channels are its weight's first dim: with that unknown, nothing is claimed
+    (the input's symbolic channel count was carried over, claiming M = C)."""
+    from onnxattr.dims import same, symbolic_dims
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "C", 5, 5]),
+                                            helper.make_tensor_value_info("w", TensorProto.FLOAT, ["M", "C", 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    sym = symbolic_dims(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {})
+    assert not same(sym, "y", 1, "x", 1) and sym["y"][2:] == [5, 5]
