@@ -160,8 +160,9 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     `output`). With target="input" the model takes an int64 input `target` [N]; with
     target="argmax" it explains the predicted class and outputs it as `target`.
     integrated-gradients also outputs `completeness_gap` [N]; gradcam and guided-gradcam output
-    `cam` [N, 1, h, w] ([N, 1, l] for a signal input [N, C, L], [N, 1, d, h, w] for a volume). `options` are the fields of `recipes.Options` (samples, noise, seed,
-    steps, baseline, ig_method, layer). The input model is not changed; weights are shared.
+    `cam` [N, 1, h, w] ([N, 1, l] for a signal input [N, C, L], [N, 1, d, h, w] for a volume).
+    `options` are the fields of `recipes.Options` (samples, noise, seed, steps, baseline,
+    ig_method, layer). The input model is not changed; weights are shared.
     `tune_for` ("cpu" or "cuda") picks, among exact formulations of the same backward, the one
     that runs faster on that ONNX Runtime provider; either runs anywhere with equal results.
     """

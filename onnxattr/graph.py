@@ -117,8 +117,9 @@ class Builder:
                 self.types.setdefault(name, self.consts[name].data_type)
 
     def _pin_symbolic(self, name: str, old: list) -> None:
-        """Dims the trials found static replace the symbolic ones inference gave: ONNX's Slice-10
-        inference calls x[:, 0:1] of x [N, "T"] [N, "T"], which would make the slice look whole."""
+        """Dims the trials found static replace the symbolic ones inference gave, so that no rule
+        (nor a declared gradient shape) takes them for the input's: ONNX's Slice-10 inference
+        calls x[:, 0:1] of x [N, "T"] [N, "T"]."""
         proto = self.shape_protos.get(name)
         dims = self.shapes[name]
         if proto is None or len(proto.dim) != len(dims):
@@ -365,10 +366,13 @@ class Builder:
         wide = [self.op("Cast", [t], to=TensorProto.FLOAT) for t in (data, updates)]
         return self.op("Cast", [self.op(op_type, [wide[0], indices, wide[1]], reduction="add", **attrs)], to=self.dtype)
 
+    def zeros(self, shape: str) -> str:
+        """Zeros of the model's float type, of the int64 shape tensor `shape` (opset 9)."""
+        return self.op("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype)))
+
     def zeros_like(self, x: str) -> str:
-        zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype))
         if self.opset >= 9:
-            return self.op("ConstantOfShape", [self.shape_of(x)], value=zero)
+            return self.zeros(self.shape_of(x))
         if self.opset >= 8:
             return self.op("Expand", [self.const(np.zeros((), self.np_dtype)), self.shape_of(x)])
         # No Expand before opset 8: a constant when the shape is static, else 0 * x (x is finite

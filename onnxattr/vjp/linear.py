@@ -78,7 +78,7 @@ def conv(b, node, gys):
     # won only for 7x7 kernels and lost 1.2-2.7x for 1x1, 3x3 and depthwise ones in ONNX Runtime.
     known = (b.shape(x) or [None] * (2 + n))[2:]
     if None in known and attrs(node).get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and b.opset >= 10:
-        return [_strided_dynamic(b, node, g, x, w, strides, dil, pads, group, kernel)]
+        return [transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel)]
     size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
     out = b.static_shape(node.output[0], node, dims=range(2, 2 + n))[2:]
     if group > 1 and ws[0] == group and ws[1] == 1 and b.blocked(x):
@@ -97,12 +97,13 @@ def conv(b, node, gys):
     return [b.channel_affine(gx, 1.0, like=x)]
 
 
-def _strided_dynamic(b, node, g, x, w, strides, dil, pads, group, kernel):
-    """A strided Conv's input gradient where the input's spatial size is known only at run time.
-    Of the lengths a Conv maps to the same output length, the input's exceeds the shortest by the
-    remainder r in [0, stride) of (length + pads - effective kernel) / stride, which a
-    ConvTranspose needs as output_padding: take the largest, stride - 1, then keep the first
-    `length` positions (those past it are the gradient of inputs the longer input would have)."""
+def transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel):
+    """ConvTranspose(g, w) sized to x [N, C, *length] where the length is known only at run time
+    (a strided Conv's input gradient; AveragePool's, with a bank of ones). Of the lengths a
+    window maps to the same output length, the input's exceeds the shortest by the remainder r
+    in [0, stride) of (length + pads - effective kernel) / stride, which a ConvTranspose needs as
+    output_padding: take the largest, stride - 1, then keep the first `length` positions (those
+    past it are the gradient of inputs the longer input would have)."""
     n = len(kernel)
     gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group, kernel_shape=kernel,
               output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None)

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
 from . import register
-from .linear import window
+from .linear import transposed_to_input, window
 
 
 def _geometry(b, node):
@@ -227,9 +227,8 @@ def average_pool(b, node, gys):
 def _average_pool_dynamic(b, node, g):
     """AveragePool's gradient where the input's spatial size is known only at run time, when every
     window counts the same elements (no ceil_mode; zero pads, or pads counted): g / count spread
-    by a depthwise ConvTranspose whose output_padding, stride - 1, covers the input's trailing
-    elements that no window reads (at most stride - 1 of them), then cropped to the input. None
-    where the size is known or these conditions do not hold (the static path decides)."""
+    by a depthwise ConvTranspose with a bank of ones, sized to the input at run time. None where
+    the size is known (the static path decides)."""
     a, x = attrs(node), node.input[0]
     shape = b.shape(x) or []
     kernel = list(a["kernel_shape"])
@@ -246,10 +245,7 @@ def _average_pool_dynamic(b, node, g):
     channels = shape[1]
     scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
     w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])
-    full = b.op("ConvTranspose", [scaled, w], strides=strides, dilations=dil, group=channels, kernel_shape=kernel,
-                output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None)
-    ends = b.op("Add", [b.ints(pads[:n]), b.slice(b.shape_of(x), [2], [2 + n], [0])])
-    return b.op("Slice", [full, b.ints(pads[:n]), ends, b.ints(list(range(2, 2 + n)))])
+    return transposed_to_input(b, scaled, w, x, strides, dil, pads, channels, kernel)
 
 
 @register("GlobalAveragePool")

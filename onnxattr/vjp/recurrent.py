@@ -19,7 +19,7 @@ gradients with respect to the weights.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
@@ -94,8 +94,7 @@ def _check(b, node) -> dict:
         raise UnsupportedModelError(f"{describe(node)}: input_forget = 1 (coupled input and forget gates) is not supported")
     if b.opset < 9:
         raise UnsupportedModelError(f"{describe(node)}: the gradient of {op} needs Scan-9 (model has opset {b.opset})")
-    direction = a.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
+    direction = a.get("direction", "forward")
     dirs = [1] if direction == "reverse" else [0, 1] if direction == "bidirectional" else [0]
     default = _DEFAULTS[op]
     acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", default * len(dirs))]
@@ -126,10 +125,9 @@ def _pick(b, t: str, d: int, axis: int = 0) -> str:
 
 
 def _zeros_state(b, x: str, hidden: int) -> str:
-    """Zeros [B, hidden] for x [T, B, I]."""
+    """Zeros [B, hidden] for x [T, B, I]: every state and state gradient not given."""
     batch = b.slice(b.op("Shape", [x]), [1], [2], [0])
-    shape = b.op("Concat", [batch, b.ints([hidden])], axis=0)
-    return b.op("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, dtype=b.np_dtype)))
+    return b.zeros(b.op("Concat", [batch, b.ints([hidden])], axis=0))
 
 
 @register("LSTM", "GRU", "RNN")
@@ -145,9 +143,10 @@ def recurrent(b, node, gys):
         gy = gy and b.op("Transpose", [gy], perm=[1, 2, 0, 3])
         gy_h, gy_c, h0, c0 = (t and b.op("Transpose", [t], perm=[1, 0, 2]) for t in (gy_h, gy_c, h0, c0))
     gx, gh0, gc0 = [], [], []
+    zero = _zeros_state(b, x, H)  # (pruned when every state and state gradient is given)
     for d, rev in enumerate(dirs):
         acts = cfg["acts"][d * cfg["per"]:(d + 1) * cfg["per"]]
-        out = _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts,
+        out = _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero,
                          h0=h0 and _pick(b, h0, d), c0=c0 and _pick(b, c0, d),
                          gy=gy and _pick(b, gy, d, axis=1), gy_h=gy_h and _pick(b, gy_h, d),
                          gy_c=gy_c and _pick(b, gy_c, d))
@@ -165,8 +164,9 @@ def recurrent(b, node, gys):
     return grads
 
 
-def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, h0, c0, gy, gy_h, gy_c):
-    """Gradients (of x [T, B, I], of the initial h, of the initial c) through direction d."""
+def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, h0, c0, gy, gy_h, gy_c):
+    """Gradients (of x [T, B, I], of the initial h, of the initial c) through direction d;
+    `zero` [B, H] stands for the states and state gradients not given."""
     H, G = cfg["H"], _GATES[op]
     w_d, r_d = _pick(b, w, d), _pick(b, r, d)  # [G H, I], [G H, H]
     r_t = b.op("Transpose", [r_d], perm=[1, 0])
@@ -179,8 +179,7 @@ def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, h0, c0, gy, gy_h, 
         else:
             xw = b.op("Add", [xw, b.op("Add", [wb, rb])])
             rb = None
-    h0 = h0 or _zeros_state(b, x, H)
-    states = [h0] + ([c0 or _zeros_state(b, x, H)] if op == "LSTM" else [])
+    states = [h0 or zero] + ([c0 or zero] if op == "LSTM" else [])
     pi = po = pf = None
     if peep:
         pi, po, pf = b.split(_pick(b, peep, d), [H, H, H], 0)
@@ -190,7 +189,7 @@ def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, h0, c0, gy, gy_h, 
                 scan_input_directions=[rev], scan_output_directions=[rev] * n_saved)
     cache = outs[len(states):]
     bwd, has_gy = _backward_body(b, op, cfg, r_d, acts, (pi, po, pf), saved, gy is not None)
-    d_states = [gy_h or b.zeros_like(h0)] + ([gy_c or b.zeros_like(states[1])] if op == "LSTM" else [])
+    d_states = [gy_h or zero] + ([gy_c or zero] if op == "LSTM" else [])
     scan_in = ([gy] if has_gy else []) + cache
     back = b.op("Scan", d_states + scan_in, outputs=len(d_states) + 1, body=bwd, num_scan_inputs=len(scan_in),
                 scan_input_directions=[1 - rev] * len(scan_in), scan_output_directions=[1 - rev])

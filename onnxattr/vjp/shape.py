@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
@@ -125,9 +125,7 @@ def slice_(b, node, gys):
         sizes = b.op("Shape", [g])
         lead = [b.slice(sizes, [0], [ax], [0])] if ax > 0 else []
         rest = [b.slice(sizes, [ax + 1], [rank], [0])] if ax < rank - 1 else []
-        zero = numpy_helper.from_array(np.zeros(1, b.np_dtype))
-        parts = [b.op("ConstantOfShape", [b.op("Concat", lead + [count] + rest, axis=0)], value=zero)
-                 for count in (before, after)]
+        parts = [b.zeros(b.op("Concat", lead + [count] + rest, axis=0)) for count in (before, after)]
         g = b.op("Concat", [parts[0], g, parts[1]], axis=ax)
     return [g]
 
