@@ -70,8 +70,8 @@ def _window(node, x: list, w_shape: list | None) -> list | None:
     channels = x[1] if node.op_type != "Conv" else w_shape[0] if w_shape else None
     out = [x[0], channels]
     for i in range(n):
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            out.append(None)  # ceil(length / stride): not kept as an expression
+        if auto in ("SAME_UPPER", "SAME_LOWER"):  # ceil(length / stride) = floor((length + stride - 1) / stride)
+            out.append(_floordiv(_plus(x[2 + i], strides[i] - 1), strides[i]))
             continue
         pads = [0] * (2 * n) if auto == "VALID" else list(a.get("pads", [0] * (2 * n)))
         reach = (kernel[i] - 1) * dil[i] + 1

@@ -64,7 +64,7 @@ def test_entries_of_an_unknown_dim_stay_unknown():
 
 # ------------------------------------------------------------------------------ dims.py
 def _random_window_graph(rng, nodes_count: int = 10):
-    """x [1, 4, "H", "W"] through random Convs, pools, activations and broadcasting Adds of any two
+    """x [1, 4, "H", "W"] through random Convs, pools (explicit pads or auto_pad SAME), activations and broadcasting Adds of any two
     earlier tensors of the same rank (the Adds that would fail at run time are left out by the
     caller's size range: it only keeps graphs ONNX Runtime runs at every size)."""
     nodes, inits, tensors = [], [], ["x"]
@@ -78,6 +78,8 @@ def _random_window_graph(rng, nodes_count: int = 10):
             pads = [int(v) for v in rng.integers(0, 2, 4)]
             pads = [min(p, kk - 1) for p, kk in zip(pads, [kh, kw, kh, kw])]
             a = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=pads)
+            if rng.random() < 0.3:  # Keras' padding="same" through tf2onnx: length ceil(length / stride)
+                a = dict(kernel_shape=[kh, kw], strides=[sh, sw], auto_pad=str(rng.choice(["SAME_UPPER", "SAME_LOWER"])))
             if kind == "Conv":
                 w = f"w{k}"
                 inits.append(numpy_helper.from_array(rng.standard_normal((4, 4, kh, kw)).astype(np.float32), w))
@@ -96,6 +98,18 @@ def _random_window_graph(rng, nodes_count: int = 10):
     return model, tensors
 
 
+def _evaluate(e, x_shape) -> int:
+    """The length a dims.py expression stands for when the input "x" has x_shape. The division
+    truncates as ONNX Runtime's does: a window past the input and its pads, (1 + 1 - 3) / 2 + 1,
+    is 1 there (equal expressions stay equal lengths under either rounding)."""
+    if isinstance(e, int):
+        return e
+    base, offset = e
+    if base[0] == "in":
+        return x_shape[base[2]] + offset
+    return int(_evaluate(base[1], x_shape) / base[2]) + offset
+
+
 def test_symbolic_dims_claim_only_true_equalities():
     """dims.same claims two unknown lengths equal only where they are equal at every size: random
     graphs of Convs, pools and Adds over a dynamic image size, run by ONNX Runtime at 12 sizes.
@@ -104,8 +118,8 @@ def test_symbolic_dims_claim_only_true_equalities():
     from onnxattr.graph import Builder
 
     rng = np.random.default_rng(0)
-    claims = checked = 0
-    for _ in range(60):
+    claims = checked = same_pads = evaluated = 0
+    for _ in range(120):
         model, tensors = _random_window_graph(rng)
         try:
             sess = make_session(model.SerializeToString(), "cpu")[0]
@@ -115,19 +129,27 @@ def test_symbolic_dims_claim_only_true_equalities():
         except Exception:  # an Add of tensors that do not broadcast at some size, a window past the input
             continue
         checked += 1
+        padded_same = {n.output[0] for n in model.graph.node
+                       if any(at.name == "auto_pad" and at.s.startswith(b"SAME") for at in n.attribute)}
         shapes = Builder(model, TensorProto.FLOAT).shapes
         sym = symbolic_dims(model, shapes)
         actual = {t: [np.shape(r[k]) for r in runs] for k, t in enumerate(tensors[1:])}
         actual["x"] = [(1, 4, h, w) for h, w in ((9, 9), (10, 13), (11, 8), (12, 12), (13, 10), (14, 17), (15, 15),
                                                   (16, 9), (17, 12), (18, 19), (19, 11), (20, 20))]
+        for t in tensors:  # every expression gives the length ONNX Runtime computed, at every size
+            for i, e in enumerate(sym.get(t) or []):
+                if e is not None:
+                    evaluated += 1
+                    assert all(_evaluate(e, xs) == sa[i] for sa, xs in zip(actual[t], actual["x"])), (t, i, e)
         for a in tensors:
             for b in tensors:
                 for i in (2, 3):
                     for j in (2, 3):
                         if same(sym, a, i, b, j):
                             claims += 1
+                            same_pads += a in padded_same or b in padded_same
                             assert all(sa[i] == sb[j] for sa, sb in zip(actual[a], actual[b])), (a, i, b, j)
-    assert checked >= 20 and claims >= 100, (checked, claims)
+    assert checked >= 25 and claims >= 150 and same_pads >= 20 and evaluated >= 500, (checked, claims, same_pads, evaluated)
 
 
 def test_symbolic_dims_see_a_residual_block():

@@ -1724,6 +1724,13 @@ def _spatial_model(node, dims, inits=(), opset=17):
     ("Conv", dict(kernel_shape=[3, 2], strides=[3, 2], pads=[0, 1, 2, 0], dilations=[2, 1]), (8, 4, 3, 2)),
     ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=4), (4, 1, 3, 3)),  # depthwise
     ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID", group=2), (6, 2, 3, 3)),
+    # auto_pad SAME (Keras' padding="same" through tf2onnx): pads from the run-time size
+    ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), (8, 4, 3, 3)),
+    ("Conv", dict(kernel_shape=[4, 3], strides=[2, 3], auto_pad="SAME_LOWER"), (8, 4, 4, 3)),
+    ("Conv", dict(kernel_shape=[1, 1], strides=[3, 2], auto_pad="SAME_UPPER"), (8, 4, 1, 1)),  # total pad < 0
+    ("Conv", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER", group=4), (4, 1, 3, 3)),
+    ("Conv", dict(kernel_shape=[4, 2], strides=[1, 2], auto_pad="SAME_UPPER"), (8, 4, 4, 2)),
+    ("Conv", dict(kernel_shape=[4, 3], auto_pad="SAME_LOWER"), (8, 4, 4, 3)),  # stride 1: pads not size-dependent
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), None),
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), None),
     ("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2]), None),

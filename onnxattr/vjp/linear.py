@@ -17,14 +17,16 @@ def window(b, node, x: str, kernel: list[int]):
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         known = (b.shape(x) or [None] * (2 + n))[2:]
-        if None in known:
-            raise UnsupportedModelError(f"{describe(node)}: auto_pad {auto} over a size known only at run time is not "
-                                        "supported (the padding depends on it): export with a fixed size")
-        size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
+        if any(k is None and s > 1 for k, s in zip(known, strides)):
+            raise UnsupportedModelError(f"{describe(node)}: auto_pad {auto} with a stride over a size known only at "
+                                        "run time is not supported (the padding depends on it): export with a fixed "
+                                        "size")
         begin, end = [], []
         for i in range(n):
-            out = -(-size[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size[i])
+            # out = ceil(size / stride): at stride 1 the total pad is the window's reach - 1, whatever the size
+            size = known[i] if known[i] is not None else 1
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
             small, big = total // 2, total - total // 2
             begin.append(small if auto == "SAME_UPPER" else big)
             end.append(big if auto == "SAME_UPPER" else small)
@@ -67,8 +69,13 @@ def conv(b, node, gys):
     ws = b.static_shape(w, node)
     spatial, kernel = len(ws) - 2, ws[2:]
     group = attrs(node).get("group", 1)
-    strides, dil, pads = window(b, node, x, kernel)
     n = spatial
+    known = (b.shape(x) or [None] * (2 + n))[2:]
+    if None in known and attrs(node).get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and b.opset >= 10:
+        same = _same_to_input(b, node, g, w, x, kernel, group)
+        if same is not None:
+            return [same]
+    strides, dil, pads = window(b, node, x, kernel)
     begin = [(kernel[i] - 1) * dil[i] - pads[i] for i in range(n)]
     if all(s == 1 for s in strides):
         end = [(kernel[i] - 1) * dil[i] - pads[n + i] for i in range(n)]
@@ -76,7 +83,6 @@ def conv(b, node, gys):
             return [_flipped_conv(b, g, w, group, kernel, dil, begin + end)]
     # Strided: ConvTranspose. A phase-split (sub-pixel) Conv + DepthToSpace was measured too: it
     # won only for 7x7 kernels and lost 1.2-2.7x for 1x1, 3x3 and depthwise ones in ONNX Runtime.
-    known = (b.shape(x) or [None] * (2 + n))[2:]
     if None in known and attrs(node).get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and b.opset >= 10:
         return [transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel)]
     size = b.static_shape(x, node, dims=range(2, 2 + n))[2:]
@@ -109,6 +115,32 @@ def transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel):
               output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None)
     ends = b.slice(b.shape_of(x), [2], [2 + n], [0])
     return b.op("Slice", [gx, b.ints([0] * n), ends, b.ints(list(range(2, 2 + n)))])
+
+
+def _same_to_input(b, node, g, w, x, kernel, group):
+    """A strided Conv with auto_pad SAME over a length known only at run time (Keras' padding="same"
+    through tf2onnx): ONNX pads the window's reach past ceil(length / stride) strides by
+    total = max(0, (ceil(length / stride) - 1) * stride + reach - length), total // 2 in front for
+    SAME_UPPER (the rest for SAME_LOWER). The unpadded ConvTranspose with output_padding stride - 1
+    is at least begin + length long; its input positions are [begin, begin + length), taken by a
+    Slice whose start is computed from the run-time length. None at stride 1 everywhere (the pads
+    do not depend on the length there: `window` gives them)."""
+    a, n = attrs(node), len(kernel)
+    strides, dil = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+    if all(s == 1 for s in strides):
+        return None
+    gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, group=group, kernel_shape=kernel,
+              output_padding=[s - 1 for s in strides])
+    size = b.slice(b.shape_of(x), [2], [2 + n], [0])
+    stride = b.ints(strides)
+    out = b.op("Div", [b.op("Add", [size, b.ints([s - 1 for s in strides])]), stride])
+    reach = b.ints([(k - 1) * d + 1 for k, d in zip(kernel, dil)])
+    total = b.op("Sub", [b.op("Add", [b.op("Mul", [b.op("Sub", [out, b.ints([1] * n)]), stride]), reach]), size])
+    zeros = b.ints([0] * n)
+    total = b.op("Where", [b.op("Greater", [total, zeros]), total, zeros])
+    half = b.op("Div", [total, b.ints([2] * n)])
+    begin = half if a["auto_pad"] == "SAME_UPPER" else b.op("Sub", [total, half])
+    return b.op("Slice", [gx, begin, b.op("Add", [begin, size]), b.ints(list(range(2, 2 + n)))])
 
 
 def _flipped_conv(b, g, w, group, kernel, dil, pads):
