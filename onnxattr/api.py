@@ -18,7 +18,7 @@ from .protos import FLOAT_TYPES, describe
 from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import METHODS, get_method
-from .recipes import ALL_METHODS, Context, Options, build, input_is_nhwc
+from .recipes import ALL_METHODS, Context, Options, batch_axis, build, input_is_nhwc
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
@@ -195,11 +195,15 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     if method != "gradcam":  # (gradcam differentiates from its layer on: checked once that is chosen)
         refuse_missing_rules(differentiable_path(b, [w], [y])[0], get_method("saliency"))  # before needing shapes
     classes = b.static_shape(y, None, dims=[1])[1]
-    if b.shapes.get(w) == [] or b.differ(w, 0, y, 0):
+    wa = batch_axis(b, w, y)
+    if b.shapes.get(w) == [] or (b.differ(w, 0, y, 0) and wa is None):
         raise NotAClassifierError(
             f"'{w}' {_dims_text(b, w)} has no batch axis: its first axis is not that of the scores '{y}' "
-            f"{_dims_text(b, y)} (row n of the attribution explains row n of the scores)")
-    batch = x.type.tensor_type.shape.dim[0] if x.type.tensor_type.shape.dim else None
+            f"{_dims_text(b, y)}, nor is another one singled out (row n of the attribution explains row n of the "
+            "scores)")
+    # the input's batch axis: its first unless another one is shown to be the scores' (time-major [T, N, F])
+    xdims = list(x.type.tensor_type.shape.dim)
+    batch = xdims[batch_axis(b, x.name, y) or 0] if xdims else None
     if target == "input":
         t = TARGET
         out.graph.input.append(_value_info(TARGET, TensorProto.INT64, [batch]))
@@ -210,11 +214,11 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     ctx = Context(b, inputs, x.name, w, y, t, classes)
     results = build(method, ctx, opts)
     layer = results.pop("_layer", None)
-    xdims = list(x.type.tensor_type.shape.dim)
     if w == x.name:
         wdims = xdims
     else:
-        wdims = [batch] + (b.shapes.get(w) or [None])[1:]
+        wdims = list(b.shapes.get(w) or [None])
+        wdims[wa or 0] = batch
     shapes = {ATTRIBUTION: wdims, "completeness_gap": [batch]}
     if method == "gradcam":
         nhwc = input_is_nhwc(b, x.name)

@@ -2,7 +2,8 @@
 gradient x input, SmoothGrad, integrated gradients, Grad-CAM and guided Grad-CAM.
 
 SmoothGrad and integrated gradients run the forward on batched copies of the input: a copy of
-the forward nodes (sharing the weights) reads S stacked copies, and one backward pass serves all.
+the forward nodes (sharing the weights) reads S copies stacked along the input's batch axis (the
+scores' axis 0: axis 1 of a time-major [T, N, F] input), and one backward pass serves all.
 """
 
 from __future__ import annotations
@@ -140,29 +141,96 @@ def _tail_shape(b: Builder, w: str) -> str:
     return b.slice(b.shape_of(w), [1], [np.iinfo(np.int64).max], [0])
 
 
-def _batched(ctx: Context, stacked: str, copies: int) -> tuple[str, dict[str, str], str]:
-    """Run the forward on `stacked` [copies, N, ...] in place of w: returns (the flat batch fed in
-    place of w, the copy's tensor names, targets repeated per copy)."""
+def _shape_with(b: Builder, w: str, axis: int, middle: list, lead: list = ()) -> str:
+    """Shape(w) with its dim `axis` replaced by the ints `middle`, after the ints `lead`."""
+    if axis == 0:
+        return b.op("Concat", [b.ints([*lead, *middle]), _tail_shape(b, w)], axis=0)
+    shape = b.shape_of(w)
+    parts = [b.slice(shape, [0], [axis], [0]), b.ints(list(middle)),
+             b.slice(shape, [axis + 1], [np.iinfo(np.int64).max], [0])]
+    return b.op("Concat", ([b.ints(list(lead))] if lead else []) + parts, axis=0)
+
+
+def batch_axis(b: Builder, t: str, y: str) -> int | None:
+    """The axis of `t` that is the scores' batch axis (axis 0 of `y`): the one axis proven the
+    same size (equal static sizes, the same symbolic dim or expression of the inputs' dims; a
+    time-major [T, N, F] input has it on axis 1), else axis 0 unless proven to differ, else the
+    one axis not proven to differ; None when that singles out no axis. Where the guess of axis 0
+    is wrong (a time-major input with unnamed dims) the batched methods' seed Reshape fails at run
+    time rather than mixing copies."""
+    dims, n = b.shapes.get(t) or [], (b.shapes.get(y) or [None])[0]
+
+    def same(i):
+        return dims[i] == n if dims[i] is not None or n is not None else b.same_dim(t, i, y, 0)
+
+    proven = [i for i in range(len(dims)) if same(i)]
+    if proven:
+        return proven[0] if len(proven) == 1 else None
+    if dims and not b.differ(t, 0, y, 0):
+        return 0  # as before: a batch-first input whose unknown dims nothing relates ([?, ?, F] unnamed)
+    possible = [i for i in range(len(dims)) if not b.differ(t, i, y, 0)]
+    return possible[0] if len(possible) == 1 else None
+
+
+def _dims_text(b: Builder, t: str) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in b.shapes.get(t) or []) + "]"
+
+
+def _stacking_axis(ctx: Context, t: str) -> int:
+    """The batch axis of `t` (the input, or the --wrt tensor), along which the batched methods
+    stack their copies: it must be dynamic and known."""
     b = ctx.b
-    batch = (b.shapes.get(ctx.x) or [None])[0]
+    axis = batch_axis(b, t, ctx.y)
+    batch = (b.shapes.get(ctx.y) or [None])[0]
+    if batch is None and axis is not None:
+        batch = b.shapes[t][axis]
     if batch is not None:
+        where = f" (axis {axis})" if axis else ""
         raise UnsupportedModelError(
-            f"the input '{ctx.x}' has a fixed batch of {batch}: this method runs its copies of the input as "
+            f"the input '{ctx.x}' has a fixed batch of {batch}{where}: this method runs its copies of the input as "
             "one batch (sizes fixed at export would mix or refuse them); export the model with a dynamic batch axis")
-    flat = b.op("Reshape", [stacked, b.op("Concat", [b.ints([-1]), _tail_shape(b, ctx.w)], axis=0)])
+    if axis is None:
+        raise UnsupportedModelError(
+            f"cannot tell which axis of '{t}' {_dims_text(b, t)} is the batch axis of the scores '{ctx.y}' "
+            f"{_dims_text(b, ctx.y)}, along which this method stacks its copies; give the input's batch axis and "
+            "the scores' axis 0 one symbolic name at export")
+    return axis
+
+
+def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, dict[str, str], str]:
+    """Run the forward on `stacked` (w with a copies axis inserted before its batch axis `axis`:
+    [copies, N, ...] for a batch-first w) in place of w: returns (the batch fed in place of w,
+    copy after copy along its batch axis, the copy's tensor names, targets repeated per copy)."""
+    b = ctx.b
+    xa = axis if ctx.x == ctx.w else _stacking_axis(ctx, ctx.x)
+    flat = b.op("Reshape", [stacked, _shape_with(b, ctx.w, axis, [-1])])
     feeds = {}
     for name in ctx.inputs:  # other inputs with the same batch axis go along, copied; the rest as they are
-        if name != ctx.w and len(b.shapes.get(name) or []) >= 1 and b.same_dim(name, 0, ctx.x, 0):
-            rank = b.rank(name)
-            feeds[name] = b.op("Tile", [name, b.ints([copies] + [1] * (rank - 1))])
+        if name == ctx.w:
+            continue
+        rank = len(b.shapes.get(name) or [])
+        along = [i for i in range(rank) if b.same_dim(name, i, ctx.x, xa)]
+        if len(along) > 1:
+            raise UnsupportedModelError(f"the input '{name}' {_dims_text(b, name)} has the batch axis of '{ctx.x}' "
+                                        f"on axes {along}: cannot tell along which to copy it")
+        if along:
+            feeds[name] = b.op("Tile", [name, b.ints([copies if i == along[0] else 1 for i in range(rank)])])
     rename = b.clone_forward(feeds, {ctx.w: flat})
     if ctx.y not in rename:
         raise UnsupportedModelError(f"the scores '{ctx.y}' do not depend on '{ctx.w}'")
     return flat, rename, b.op("Tile", [ctx.t, b.ints([copies])])
 
 
-def _per_copy(b: Builder, g: str, copies: int, w: str) -> str:
-    return b.op("Reshape", [g, b.op("Concat", [b.ints([copies, -1]), _tail_shape(b, w)], axis=0)])
+def _seed_like(b: Builder, seed: str, scores: str) -> str:
+    """The copies' seed [copies * N, classes] reshaped to the copies' scores: the same shape, unless
+    the copies were stacked along an axis that is not the batch's (then it fails at run time
+    instead of broadcasting one row's seed over the copies)."""
+    return b.op("Reshape", [seed, b.shape_of(scores)])
+
+
+def _per_copy(b: Builder, g: str, copies: int, w: str, axis: int) -> str:
+    """g (shaped like the batch `_batched` feeds) with the copies on their own axis `axis`."""
+    return b.op("Reshape", [g, _shape_with(b, w, axis, [copies, -1])])
 
 
 def check_baseline(base: np.ndarray, dims: list, wrt: str | None = None) -> None:
@@ -339,6 +407,10 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
 def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
     """(layer name, cam [N, 1, h, w] (or [N, 1, l], [N, 1, d, h, w]), cam resized to the input)."""
     b = ctx.b
+    axis = batch_axis(b, ctx.x, ctx.y)
+    if axis not in (0, None):  # the map is laid out [N, 1, ...] and resized along the input's axes after the batch
+        raise UnsupportedModelError(f"gradcam needs the input's batch on its first axis, but '{ctx.x}' "
+                                    f"{_dims_text(b, ctx.x)} has it on axis {axis} (that of the scores '{ctx.y}')")
     layer = opts.layer or default_layer(ctx)
     rank = map_rank(b, ctx.x)
     if layer not in b.types:
@@ -364,39 +436,47 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         return {"attribution": b.op("Mul", [ctx.gradient(get_method("saliency")), ctx.w])}
     if method == "smoothgrad":
         s = opts.samples
+        wa = _stacking_axis(ctx, ctx.w)
         rank = b.rank(ctx.w)
-        axes = list(range(1, rank))
+        axes = [a for a in range(rank) if a != wa]
         span = b.op("Sub", [b.reduce("ReduceMax", ctx.w, axes), b.reduce("ReduceMin", ctx.w, axes)])
         # one draw per sample and element of a row, the same for every row: a row's result does
-        # not depend on the batch it comes in nor on its place there
-        shape = b.op("Concat", [b.ints([s, 1]), _tail_shape(b, ctx.w)], axis=0)
-        noise = b.op("Mul", [_graph_noise(b, shape, opts.seed), b.op("Mul", [span, b.scalar(opts.noise)])])
-        flat, rename, t = _batched(ctx, b.op("Add", [b.unsqueeze(ctx.w, [0]), noise]), s)
-        g = ctx.gradient(get_method("saliency"), at=flat, seeds={rename[ctx.y]: ctx.onehot(t)})
-        return {"attribution": b.reduce("ReduceMean", _per_copy(b, g, s, ctx.w), [0], keepdims=0)}
+        # not depend on the batch it comes in nor on its place there. Drawn [s, row with a 1 at
+        # the batch axis], then the samples moved next to the batch axis
+        z = _graph_noise(b, _shape_with(b, ctx.w, wa, [1], lead=[s]), opts.seed)
+        if wa:
+            z = b.op("Transpose", [z], perm=list(range(1, wa + 1)) + [0] + list(range(wa + 1, rank + 1)))
+        noise = b.op("Mul", [z, b.op("Mul", [span, b.scalar(opts.noise)])])
+        flat, rename, t = _batched(ctx, b.op("Add", [b.unsqueeze(ctx.w, [wa]), noise]), s, wa)
+        g = ctx.gradient(get_method("saliency"), at=flat, seeds={rename[ctx.y]: _seed_like(b, ctx.onehot(t), rename[ctx.y])})
+        return {"attribution": b.reduce("ReduceMean", _per_copy(b, g, s, ctx.w, wa), [wa], keepdims=0)}
     if method == "integrated-gradients":
         alphas, weights = ig_points(opts.steps, opts.ig_method)
         alphas, weights = np.append(alphas, 0.0), np.append(weights, 0.0)  # last copy: the baseline
         k = len(alphas)
         rank = b.rank(ctx.w)
         check_baseline(np.asarray(opts.baseline), b.shapes.get(ctx.w) or [None] * rank, None if ctx.w == ctx.x else ctx.w)
-        base = b.const(np.asarray(opts.baseline, dtype=b.np_dtype))
+        wa = _stacking_axis(ctx, ctx.w)
+        base_value = np.asarray(opts.baseline, dtype=b.np_dtype)
+        base = b.const(base_value)
         diff = b.op("Sub", [ctx.w, base])
-        lifted = b.const(alphas.astype(b.np_dtype).reshape([k] + [1] * rank))
-        points = b.op("Add", [b.op("Mul", [lifted, b.unsqueeze(diff, [0])]), base])
-        flat, rename, t = _batched(ctx, points, k)
+        lifted = b.const(alphas.astype(b.np_dtype).reshape([1] * wa + [k] + [1] * (rank - wa)))
+        if base_value.ndim > rank - wa:  # it reaches the axes before the copies' axis: give it that axis too
+            base = b.const(np.expand_dims(base_value.reshape((1,) * (rank - base_value.ndim) + base_value.shape), wa))
+        points = b.op("Add", [b.op("Mul", [lifted, b.unsqueeze(diff, [wa])]), base])
+        flat, rename, t = _batched(ctx, points, k, wa)
         yc = rename[ctx.y]
         scale = b.const(weights.astype(b.np_dtype).reshape(k, 1, 1))
         seed = b.op("Reshape", [b.op("Mul", [b.op("Reshape", [ctx.onehot(t), b.ints([k, -1, ctx.classes])]), scale]),
                                 b.ints([-1, ctx.classes])])
-        g = ctx.gradient(get_method("saliency"), at=flat, seeds={yc: seed})
-        att = b.op("Mul", [b.reduce("ReduceSum", _per_copy(b, g, k, ctx.w), [0], keepdims=0), diff])
+        g = ctx.gradient(get_method("saliency"), at=flat, seeds={yc: _seed_like(b, seed, yc)})
+        att = b.op("Mul", [b.reduce("ReduceSum", _per_copy(b, g, k, ctx.w, wa), [wa], keepdims=0), diff])
         picked = ctx.onehot()
         y_x = b.reduce("ReduceSum", b.op("Mul", [ctx.y, picked]), [1], keepdims=0)
         y_all = b.op("Reshape", [yc, b.ints([k, -1, ctx.classes])])
         y_base = b.op("Gather", [y_all, b.ints(k - 1)], axis=0)
         y_b = b.reduce("ReduceSum", b.op("Mul", [y_base, picked]), [1], keepdims=0)
-        total = b.reduce("ReduceSum", att, list(range(1, rank)), keepdims=0)
+        total = b.reduce("ReduceSum", att, [a for a in range(rank) if a != wa], keepdims=0)
         gap = b.op("Sub", [total, b.op("Sub", [y_x, y_b])])
         return {"attribution": att, "completeness_gap": gap}
     if method in ("gradcam", "guided-gradcam"):
