@@ -7,9 +7,9 @@ dim of a tensor the graph computes from its inputs through element-wise ops, Con
 axis permutations becomes an expression over the inputs' dims: an int, or (base, offset) meaning
 base + offset, where base is an input dim ("in", input, axis) or a division
 ("div", expression, stride) of one (floor division; conv and pool lengths are
-floor((length + pads - window) / stride) + 1). Two dims with equal expressions are equal in every
-run. Anything else (Reshape, Slice, Resize, ceil_mode pools, ...) gets None: unknown, never
-guessed.
+floor((length + pads - window) / stride) + 1; with ceil_mode, stride - 1 more). Two dims with
+equal expressions are equal in every run. Anything else (Reshape, Slice, Resize, ceil_mode pools
+whose last window may start in the end pad, ...) gets None: unknown, never guessed.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _broadcast(dims: list):
 def _window(node, x: list, w_shape: list | None) -> list | None:
     a = attrs(node)
     n = len(x) - 2
-    if a.get("ceil_mode", 0):
+    ceil = a.get("ceil_mode", 0)
+    if ceil and a.get("auto_pad", "NOTSET") != "NOTSET":
         return None
     kernel = list(a.get("kernel_shape") or (w_shape[2:] if w_shape and None not in w_shape[2:] else []))
     if len(kernel) != n:
@@ -75,7 +76,15 @@ def _window(node, x: list, w_shape: list | None) -> list | None:
             continue
         pads = [0] * (2 * n) if auto == "VALID" else list(a.get("pads", [0] * (2 * n)))
         reach = (kernel[i] - 1) * dil[i] + 1
-        out.append(_plus(_floordiv(_plus(x[2 + i], pads[i] + pads[n + i] - reach), strides[i]), 1))
+        room = pads[i] + pads[n + i] - reach
+        if ceil:  # ceil((length + room) / stride) = floor((length + room + stride - 1) / stride), but a
+            # window that would start in the end pad is left out: at some lengths, unless the end
+            # pad plus a stride fits in the window's reach
+            if pads[n + i] + strides[i] > reach:
+                out.append(None)
+                continue
+            room += strides[i] - 1
+        out.append(_plus(_floordiv(_plus(x[2 + i], room), strides[i]), 1))
     return out
 
 

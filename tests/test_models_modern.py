@@ -214,6 +214,7 @@ MODELS = {
     "resnet18d": (_timm("resnet18d"), 64),
     "resnet50d": (_timm("resnet50d"), 64),
     "inception_v3": (_timm("inception_v3"), 75),  # the smallest input its stem and pools allow
+    "poolformer_s12": (_timm("poolformer_s12"), 64),
     "mvitv2_tiny": (_timm("mvitv2_tiny", img_size=64), 64),
 }
 
@@ -353,16 +354,22 @@ def test_torch_model(name, exporter, opset, tol, relu_like, expect):
     ("mobilenet_v2", 11),  # residual Adds with ReduceSum axes as attributes: their lengths proven equal
     pytest.param("densenet121", 17, marks=slow),  # AveragePool in the transitions
     pytest.param("efficientnet_b0", 17, marks=slow),  # SiLU, squeeze-excitation
+    # timm (MODELS): AveragePool whose windows count different numbers of elements
+    ("resnet18d", 17),  # shortcut AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+    pytest.param("resnet50d", 17, marks=slow),
+    ("poolformer_s12", 17),  # AvgPool2d(3, 1, 1, count_include_pad=False)
 ])
 def test_dynamic_image_size(name, opset):
-    """torchvision classifiers exported with the image's height and width dynamic (as tutorials
-    export them), run at even and odd sizes: every method against float64 autograd, masks pinned
-    at float32 near-ties (ResNet-18 at 67 x 71 has one). They were refused ("needs a static
-    shape"). Measured: 7.6e-7 at most (EfficientNet-B0), 6.1e-7 for ResNet-18."""
+    """torchvision classifiers (timm ones where MODELS has them) exported with the image's height
+    and width dynamic (as tutorials export them), run at even and odd sizes: every method against
+    float64 autograd, masks pinned at float32 near-ties (ResNet-18 at 67 x 71 has one). They were
+    refused ("needs a static shape"; ResNet-D and PoolFormer: "only windows that all count the
+    same elements"). Measured: 7.6e-7 at most (EfficientNet-B0), 6.1e-7 for ResNet-18, 3.5e-7
+    ResNet-18-D, 4.7e-7 ResNet-50-D, 6.5e-7 PoolFormer-S12."""
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    model = build_torch(name) if name in MODELS else getattr(torchvision.models, name)(num_classes=10).eval()
     xt = torch.randn(1, 3, 64, 64)
     buf = io.BytesIO()
     with warnings.catch_warnings():

@@ -5,6 +5,7 @@ One table, `CASES`: each entry is a tiny graph (see tests/vjp_check.py for what 
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -17,7 +18,7 @@ import onnxattr
 from onnxattr.api import vjp_model
 from onnxattr.vjp import RULES
 
-from vjp_check import In, N, case, check_case, check_case_float64_ort
+from vjp_check import EPS, F32_RTOL, FD_RTOL, In, N, case, check_case, check_case_float64_ort, reference, to_float64
 
 R = np.random.default_rng(1234)  # weights and random attribute draws (fixed: ids stay stable)
 BIG = np.iinfo(np.int64).max
@@ -1711,7 +1712,8 @@ def test_slice_along_a_dynamic_axis_before_opset_9_is_refused(opset):
 
 def _spatial_model(node, dims, inits=(), opset=17):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, None, None, None])], list(inits))
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2] + [None] * (len(dims) - 1))],
+                              list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
@@ -1765,6 +1767,103 @@ def test_strided_windows_over_a_dynamic_image_size(op, attrs, w_shape):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{tune} {h}x{wd}")
 
 
+@pytest.mark.parametrize("attrs, dims, sizes, opset", [
+    # ResNet-D's shortcut, AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False): an odd length
+    # ends in a window of one element
+    (dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), ["H", "W"], [(7, 9), (8, 6), (9, 8)], 17),
+    # Inception's and PoolFormer's 3x3 stride 1 with pads not counted: 4 or 6 elements at the edges
+    (dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]), ["H", "W"], [(5, 6), (8, 7)], 17),
+    # strides 3 and 2 with end pads: a partial last window, except where it would start in the end
+    # pad (H 7, 8, 10; even W), which ONNX Runtime leaves out
+    (dict(kernel_shape=[3, 2], strides=[3, 2], pads=[1, 0, 2, 1], ceil_mode=1), ["H", "W"],
+     [(7, 7), (8, 6), (9, 9), (10, 8)], 17),
+    # pads counted with ceil_mode: the last window counts the input and its end pad, no further
+    (dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), ["H", "W"],
+     [(6, 7), (9, 8)], 17),
+    (dict(kernel_shape=[3], strides=[3], pads=[1, 2], ceil_mode=1), ["L"], [(7,), (8,), (9,), (10,)], 17),
+    (dict(kernel_shape=[3], strides=[3], pads=[1, 2], ceil_mode=1, count_include_pad=1), ["L"],
+     [(7,), (8,), (9,), (10,)], 17),
+    (dict(kernel_shape=[2], strides=[1], pads=[1, 1]), ["L"], [(4,), (5,)], 17),
+    # auto_pad SAME at stride 1 (Keras' padding="same"): pads reach - 1 whatever the length
+    (dict(kernel_shape=[3, 2], auto_pad="SAME_UPPER"), ["H", "W"], [(5, 6), (8, 7)], 17),
+    (dict(kernel_shape=[4], auto_pad="SAME_LOWER", count_include_pad=1, ceil_mode=1), ["L"], [(5,), (6,)], 17),
+    # dilations (AveragePool-19), the height static
+    (dict(kernel_shape=[2, 3], strides=[3, 2], dilations=[2, 2], pads=[1, 0, 1, 2], ceil_mode=1), [6, "W"],
+     [(6, 7), (6, 8), (6, 11)], 19),
+])
+def test_average_pool_uneven_windows_over_a_dynamic_size(attrs, dims, sizes, opset):
+    """AveragePool whose windows count different numbers of elements (ceil_mode, pads not counted)
+    over a length known only at run time: ResNet-D, Inception and PoolFormer exported with a
+    dynamic image size. At each size the backward graph, turned into float64, matches central
+    differences of the float64 forward (onnx.reference, its AveragePool written from ONNX Runtime's
+    rule), and ONNX Runtime's float32 run (forward and gradient) matches it. They were refused
+    ("only windows that all count the same elements")."""
+    node = N("AveragePool", ["x"], ["y"], **attrs)
+    dynamic = _spatial_model(node, [2, 3, *dims], opset=opset)
+    rng = np.random.default_rng(0)
+    for tune in ("cpu", "cuda"):
+        vm, cots, grads = vjp_model(dynamic, tune_for=tune)
+        onnx.checker.check_model(vm, full_check=True)
+        sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+        backward64 = reference(to_float64(vm))
+        for size in sizes:
+            forward64 = reference(to_float64(_spatial_model(node, [2, 3, *size], opset=opset)))
+            x = rng.standard_normal((2, 3, *size))
+            y = forward64.run(None, {"x": x})[0]
+            t, c = rng.standard_normal(x.shape), rng.standard_normal(y.shape)
+            jt = (forward64.run(None, {"x": x + EPS * t})[0] - forward64.run(None, {"x": x - EPS * t})[0]) / (2 * EPS)
+            (g,) = backward64.run([grads["x"]], {"x": x, cots["y"]: c})
+            lhs, rhs = float(np.sum(jt * c)), float(np.sum(t * g))
+            err = abs(lhs - rhs) / float(np.sum(np.abs(jt * c)) + np.sum(np.abs(t * g)))
+            assert err <= FD_RTOL, f"{tune} {size}: <J t, c> = {lhs!r} but <t, VJP(c)> = {rhs!r} ({err:.2e})"
+            got = sess.run(["y", grads["x"]], {"x": x.astype(np.float32), cots["y"]: c.astype(np.float32)})
+            for name, a, want in zip(("forward", "gradient"), got, (y, g)):
+                assert a.shape == want.shape, (tune, size, name, a.shape, want.shape)
+                err = float(np.max(np.abs(a - want)) / np.max(np.abs(want)))
+                assert err <= F32_RTOL, f"{tune} {size}: float32 {name} off by {err:.2e} of its largest value"
+
+
+def test_ceil_mode_pool_lengths_as_expressions():
+    """dims.py writes a ceil_mode pool's length, ceil((length + pads - reach) / stride) + 1, as an
+    expression where ONNX Runtime never leaves out a last window that would start in the end pad
+    (end pad + stride <= reach), checked against its lengths; elsewhere (it leaves one out at some
+    lengths) None. So ResNet-D's shortcut, AvgPool2d(2, 2, ceil_mode=True), is as long as its
+    main branch's 3x3 stride-2 Conv: the residual Adds after it were checked at run time
+    (ResNet-18-D at opset 17: 380 -> 265 nodes) and refused below opset 13 ("cannot tell whether
+    ... broadcasts")."""
+    from onnxattr.dims import same, symbolic_dims
+
+    def length(e, size):
+        base, offset = e
+        return (size if base[0] == "in" else length(base[1], size) // base[2]) + offset
+
+    expressions = 0
+    for op, k, s, d, pb, pe in itertools.product(("MaxPool", "AveragePool"), (1, 2, 3), (1, 2, 3), (1, 2), (0, 1, 2),
+                                                 (0, 1, 2)):
+        if max(pb, pe) >= k:
+            continue
+        node = N(op, ["x"], ["y"], kernel_shape=[k], strides=[s], dilations=[d], pads=[pb, pe], ceil_mode=1)
+        model = _spatial_model(node, [2, 1, "L"], opset=19)
+        (e,) = (symbolic_dims(model, {}).get("y") or [None] * 3)[2:]
+        sess = onnxattr.runtime.make_session(model.SerializeToString(), "cpu")[0]
+        reach = (k - 1) * d + 1
+        sizes = range(max(1, reach - pb - pe), reach + 4 * s)
+        got = [sess.run(None, {"x": np.zeros((2, 1, size), np.float32)})[0].shape[2] for size in sizes]
+        ceil = [-(-(size + pb + pe - reach) // s) + 1 for size in sizes]
+        assert (e is None) == (got != ceil) == (pe + s > reach), (op, k, s, d, pb, pe, e)
+        if e is not None:
+            expressions += 1
+            assert [length(e, size) for size in sizes] == got, (op, k, s, d, pb, pe, e)
+    assert expressions == 126, expressions
+    nodes = [N("Conv", ["x", "w"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             N("AveragePool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, count_include_pad=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "H", "W"])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")])
+    sym = symbolic_dims(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {})
+    assert same(sym, "a", 2, "p", 2) and same(sym, "a", 3, "p", 3) and not same(sym, "a", 2, "x", 2)
+
+
 def distinct_values(rng, shape) -> np.ndarray:
     """Values 0.02 apart, shuffled: no ties within a pooling window."""
     return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.02 - 1.0).astype(np.float32)
@@ -1772,8 +1871,8 @@ def distinct_values(rng, shape) -> np.ndarray:
 
 @pytest.mark.parametrize("op, attrs, opset, words", [
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2]), 13, "needs ScatterElements with reduction (opset 16"),
-    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), 17, "no ceil_mode"),
-    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 17, "count_include_pad=1"),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), 9, "needs opset 10 (Slice"),
+    ("AveragePool", dict(kernel_shape=[2, 2], dilations=[2, 1], auto_pad="SAME_LOWER"), 19, "undilated kernel"),
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), 17, "auto_pad SAME_UPPER"),
 ])
 def test_windows_over_a_dynamic_image_size_refused_by_cause(op, attrs, opset, words):

@@ -96,16 +96,27 @@ def build(c: Case, out_shapes: dict | None = None) -> onnx.ModelProto:
 
 def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same model with every float64 tensor, type and Cast target turned into float32."""
+    return _retyped(model, TensorProto.DOUBLE, TensorProto.FLOAT)
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with every float32 tensor, type and Cast target turned into float64 (for a
+    graph with no input that must stay float32, such as Resize scales)."""
+    return _retyped(model, TensorProto.FLOAT, TensorProto.DOUBLE)
+
+
+def _retyped(model: onnx.ModelProto, old: int, new: int) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+        if vi.type.tensor_type.elem_type == old:
+            vi.type.tensor_type.elem_type = new
 
     def fix_tensor(t):
-        if t.data_type == TensorProto.DOUBLE:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+        if t.data_type == old:
+            value = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(new))
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
 
     for t in g.initializer:
         fix_tensor(t)
@@ -113,8 +124,8 @@ def to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 fix_tensor(a.t)
-            elif a.name == "to" and n.op_type == "Cast" and a.i == TensorProto.DOUBLE:
-                a.i = TensorProto.FLOAT
+            elif a.name == "to" and n.op_type == "Cast" and a.i == old:
+                a.i = new
     return m
 
 
@@ -222,24 +233,51 @@ class GlobalMaxPool(_Fix):  # upstream: wrong axes unless there are exactly 2 sp
         return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
 
 
+def _pool_windows(op: _Fix, size) -> tuple:
+    """(kernel, strides, dilations, begin pads, end pads, output lengths) of a pool node as ONNX
+    Runtime reads them: with ceil_mode, no window starts in the end padding."""
+    k = op.attr("kernel_shape")
+    n = len(k)
+    s, d, auto = op.attr("strides", [1] * n), op.attr("dilations", [1] * n), op.attr("auto_pad", "NOTSET")
+    span = [(k[i] - 1) * d[i] + 1 for i in range(n)]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-size[i] // s[i]) for i in range(n)]
+        total = [max(0, (out[i] - 1) * s[i] + span[i] - size[i]) for i in range(n)]
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        return k, s, d, begin, [t - b for t, b in zip(total, begin)], out
+    pads = [0] * (2 * n) if auto == "VALID" else op.attr("pads", [0] * (2 * n))
+    out = []
+    for i in range(n):
+        room = size[i] + pads[i] + pads[n + i] - span[i]
+        o = (-(-room // s[i]) if op.attr("ceil_mode", 0) else room // s[i]) + 1
+        out.append(o - 1 if (o - 1) * s[i] >= size[i] + pads[i] else o)  # no window starts in the end pad
+    return k, s, d, pads[:n], pads[n:], out
+
+
+class AveragePool(_Fix):  # upstream: ceil_mode at stride 3 averages the wrong elements ([1..7] -> 1.5, 4, 6)
+    def _run(self, x, **_):
+        size = x.shape[2:]
+        k, s, d, begin, end, out = _pool_windows(self, size)
+        n, counted = len(k), self.attr("count_include_pad", 0)
+        y = np.zeros(x.shape[:2] + tuple(out), x.dtype)
+        for o in np.ndindex(*out):
+            total, count = 0.0, 0
+            for kk in np.ndindex(*k):
+                pos = [o[i] * s[i] - begin[i] + kk[i] * d[i] for i in range(n)]
+                if all(0 <= pos[i] < size[i] for i in range(n)):
+                    total, count = total + x[(Ellipsis, *pos)], count + 1
+                elif counted and all(-begin[i] <= pos[i] < size[i] + end[i] for i in range(n)):
+                    count += 1
+            y[(Ellipsis, *o)] = total / count
+        return (y,)
+
+
 class MaxPool(_Fix):  # upstream: wrong Indices when windows overlap
     def _run(self, x, **_):
         assert not self.attr("storage_order", 0)
-        k = self.attr("kernel_shape")
-        n, size = len(k), x.shape[2:]
-        s, d, auto = self.attr("strides", [1] * n), self.attr("dilations", [1] * n), self.attr("auto_pad", "NOTSET")
-        span = [(k[i] - 1) * d[i] + 1 for i in range(n)]
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            out = [-(-size[i] // s[i]) for i in range(n)]
-            total = [max(0, (out[i] - 1) * s[i] + span[i] - size[i]) for i in range(n)]
-            begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
-        else:
-            pads = [0] * (2 * n) if auto == "VALID" else self.attr("pads", [0] * (2 * n))
-            begin, out = pads[:n], []
-            for i in range(n):
-                room = size[i] + pads[i] + pads[n + i] - span[i]
-                o = (-(-room // s[i]) if self.attr("ceil_mode", 0) else room // s[i]) + 1
-                out.append(o - 1 if (o - 1) * s[i] >= size[i] + pads[i] else o)  # no window starts in the end pad
+        size = x.shape[2:]
+        k, s, d, begin, _, out = _pool_windows(self, size)
+        n = len(k)
         lead = x.shape[:2]
         y = np.full(lead + tuple(out), -np.inf)
         idx = np.zeros(lead + tuple(out), np.int64)
@@ -386,7 +424,8 @@ class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activa
         return super().choose_act(name, alpha, beta)
 
 
-REFERENCE_FIXES = [Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
+REFERENCE_FIXES = [Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
+                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:

@@ -225,27 +225,57 @@ def average_pool(b, node, gys):
 
 
 def _average_pool_dynamic(b, node, g):
-    """AveragePool's gradient where the input's spatial size is known only at run time, when every
-    window counts the same elements (no ceil_mode; zero pads, or pads counted): g / count spread
-    by a depthwise ConvTranspose with a bank of ones, sized to the input at run time. None where
-    the size is known (the static path decides)."""
+    """AveragePool's gradient where the input's spatial size is known only at run time: g / count
+    spread by a depthwise ConvTranspose with a bank of ones, sized to the input at run time. Where
+    every window counts the same elements (no ceil_mode; zero pads, or pads counted) the count is
+    the kernel's size, else `_run_time_counts`. auto_pad SAME only at stride 1 without dilations
+    (its pads do not depend on the size there). None where the size is known (the static path
+    decides)."""
     a, x = attrs(node), node.input[0]
     shape = b.shape(x) or []
     kernel = list(a["kernel_shape"])
     n = len(kernel)
     if len(shape) != n + 2 or None not in shape[2:] or shape[1] is None:
         return None
-    if b.opset < 10 or b.np_dtype != np.float32 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return None
-    strides, dil, pads = window(b, node, x, kernel)
-    if a.get("ceil_mode", 0) or (any(pads) and not a.get("count_include_pad", 0)):
-        raise UnsupportedModelError(f"{describe(node)}: its input's size is known only at run time, where only "
-                                    "windows that all count the same elements are supported (no ceil_mode; no pads, "
-                                    "or count_include_pad=1): export with a fixed size")
-    channels = shape[1]
-    scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
+    if b.opset < 10 or b.np_dtype != np.float32:
+        need = (f"opset 10 (Slice with run-time ends; the model has {b.opset})" if b.opset < 10 else
+                f"float32 (its ConvTranspose; the model is {np.dtype(b.np_dtype).name})")
+        raise UnsupportedModelError(f"{describe(node)}: its input's size is known only at run time, where the "
+                                    f"gradient needs {need}: export with a fixed size")
+    if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and any(d > 1 for d in a.get("dilations", [])):
+        raise UnsupportedModelError(f"{describe(node)}: auto_pad {a['auto_pad']} with dilations over a size known only "
+                                    "at run time is not supported (ONNX Runtime pads by the undilated kernel)")
+    strides, dil, pads = window(b, node, x, kernel)  # auto_pad SAME with a stride: refused
+    channels, include, ceil = shape[1], a.get("count_include_pad", 0), a.get("ceil_mode", 0)
+    if not ceil and (include or not any(pads)):
+        scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
+    else:
+        counts = _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil)
+        scaled = b.op("Div", [g, counts])
     w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])
     return transposed_to_input(b, scaled, w, x, strides, dil, pads, channels, kernel)
+
+
+def _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil):
+    """[1, 1, *out]: the number of elements each window averages, as `_window_counts` counts them
+    (ONNX Runtime's rule), from the input's run-time size: a Conv with a kernel of ones, with the
+    pool's geometry, over ones as long as what is counted (the input; with count_include_pad the
+    input and its pads). With ceil_mode, stride - 1 more zeros at the end give the last, partial
+    window; ONNX Runtime leaves out a window that would start in the end padding, so the counts
+    are cut to the pool's run-time output length (the ConvTranspose then reads as many windows)."""
+    n = len(kernel)
+    size = b.slice(b.shape_of(node.input[0]), [2], [2 + n], [0])
+    if include:
+        size = b.op("Add", [size, b.ints([pads[i] + pads[n + i] for i in range(n)])])
+        pads = [0] * (2 * n)
+    ones = b.op("Expand", [b.scalar(1.0), b.op("Concat", [b.ints([1, 1]), size], axis=0)])
+    ends = [pads[n + i] + (strides[i] - 1 if ceil else 0) for i in range(n)]
+    counts = b.op("Conv", [ones, b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
+                  strides=strides, dilations=dil, pads=pads[:n] + ends)
+    if ceil:
+        out = b.slice(b.shape_of(node.output[0]), [2], [2 + n], [0])
+        counts = b.op("Slice", [counts, b.ints([0] * n), out, b.ints(list(range(2, 2 + n)))])
+    return counts
 
 
 @register("GlobalAveragePool")
