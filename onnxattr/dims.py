@@ -72,7 +72,8 @@ def _window(node, x: list, w_shape: list | None) -> list | None:
     out = [x[0], channels]
     for i in range(n):
         if auto in ("SAME_UPPER", "SAME_LOWER"):  # ceil(length / stride) = floor((length + stride - 1) / stride)
-            out.append(_floordiv(_plus(x[2 + i], strides[i] - 1), strides[i]))
+            # (with dilations ONNX Runtime pads pools by the undilated kernel, to other lengths)
+            out.append(_floordiv(_plus(x[2 + i], strides[i] - 1), strides[i]) if dil[i] == 1 else None)
             continue
         pads = [0] * (2 * n) if auto == "VALID" else list(a.get("pads", [0] * (2 * n)))
         reach = (kernel[i] - 1) * dil[i] + 1

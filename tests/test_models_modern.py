@@ -492,16 +492,19 @@ def test_keras_tf2onnx(opset):
 
 def _keras_dynamic_model(tf, dtype: str, relu):
     """An NHWC CNN over any image size, Input((None, None, 3)): padding="same" everywhere, which
-    tf2onnx writes as auto_pad SAME_UPPER: strided 3x3 Conv2D, strided DepthwiseConv2D, a stride-1
-    Conv2D and a residual Add, a 1x1 stride-2 Conv2D, a 3x2 Conv2D of stride 3x2, then global
-    average pooling."""
+    tf2onnx writes as auto_pad SAME_UPPER: strided 3x3 Conv2D, strided DepthwiseConv2D, a 3x3
+    stride-2 MaxPooling2D, a stride-1 Conv2D and a residual Add, a 1x1 stride-2 Conv2D, a 3x3
+    stride-2 AveragePooling2D (pads not counted), a 3x2 Conv2D of stride 3x2, then global average
+    pooling."""
     L = tf.keras.layers
     inp = tf.keras.Input((None, None, 3), name="image", dtype=dtype)
     x = L.Activation(relu, dtype=dtype)(L.Conv2D(8, 3, strides=2, padding="same", dtype=dtype)(inp))
     x = L.Activation(relu, dtype=dtype)(L.DepthwiseConv2D(3, strides=2, padding="same", dtype=dtype)(x))
+    x = L.MaxPooling2D(3, strides=2, padding="same", dtype=dtype)(x)
     r = L.Conv2D(8, 3, padding="same", dtype=dtype)(x)
     x = L.Activation(relu, dtype=dtype)(L.Add(dtype=dtype)([x, r]))
     x = L.Activation(relu, dtype=dtype)(L.Conv2D(6, 1, strides=2, padding="same", dtype=dtype)(x))
+    x = L.AveragePooling2D(3, strides=2, padding="same", dtype=dtype)(x)
     x = L.Conv2D(6, (3, 2), strides=(3, 2), padding="same", dtype=dtype)(x)
     x = L.GlobalAveragePooling2D(dtype=dtype)(x)
     out = L.Dense(5, dtype=dtype)(x)
@@ -509,10 +512,10 @@ def _keras_dynamic_model(tf, dtype: str, relu):
 
 
 def test_keras_tf2onnx_dynamic_image_size():
-    """Keras CNNs over a dynamic image size were refused at their first strided padding="same"
-    layer (auto_pad SAME_UPPER: the pads depend on the run-time size); now the gradient takes its
-    crop from the run-time size. One export, checked at three sizes (odd, even, mixed: different
-    pads) against float64 GradientTape for every method. Measured: 7.0e-8 to 1.3e-7."""
+    """Keras CNNs over a dynamic image size were refused at their first padding="same" layer
+    (auto_pad SAME_UPPER: the pads depend on the run-time size); now the gradient takes its crop
+    (and an average's counts) from the run-time size. One export, checked at three sizes (odd, even, mixed: different
+    pads) against float64 GradientTape for every method. Measured: 8.0e-8 to 1.2e-7."""
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
     model32 = _keras_dynamic_model(tf, "float32", "relu")
@@ -523,12 +526,12 @@ def test_keras_tf2onnx_dynamic_image_size():
     spec = [tf.TensorSpec((None, None, None, 3), tf.float32, name="image")]
     proto, _ = tf2onnx.convert.from_keras(model32, input_signature=spec, opset=17)
     same = [n for n in proto.graph.node if any(a.name == "auto_pad" and a.s == b"SAME_UPPER" for a in n.attribute)]
-    assert len(same) == 5, [n.op_type for n in same]  # tf2onnx writes the 1x1 one as VALID (the same lengths)
+    assert len(same) == 7, [n.op_type for n in same]  # tf2onnx writes the 1x1 one as VALID (the same lengths)
     name, target = proto.graph.input[0].name, np.array([1, 3])
     for method in METHODS:
         model64 = _keras_dynamic_model(tf, "float64", _tf_rule_relu(tf, method))
         model64.set_weights([w.astype(np.float64) for w in weights])
-        for h, w in ((23, 17), (16, 16), (9, 30)):
+        for h, w in ((45, 37), (32, 32), (19, 50)):
             x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
             xt = tf.constant(x.astype(np.float64))
             with tf.GradientTape() as tape:

@@ -72,7 +72,7 @@ def conv(b, node, gys):
     n = spatial
     known = (b.shape(x) or [None] * (2 + n))[2:]
     if None in known and attrs(node).get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and b.opset >= 10:
-        same = _same_to_input(b, node, g, w, x, kernel, group)
+        same = same_to_input(b, node, g, w, x, kernel, group)
         if same is not None:
             return [same]
     strides, dil, pads = window(b, node, x, kernel)
@@ -117,9 +117,9 @@ def transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel):
     return b.op("Slice", [gx, b.ints([0] * n), ends, b.ints(list(range(2, 2 + n)))])
 
 
-def _same_to_input(b, node, g, w, x, kernel, group):
-    """A strided Conv with auto_pad SAME over a length known only at run time (Keras' padding="same"
-    through tf2onnx): ONNX pads the window's reach past ceil(length / stride) strides by
+def same_to_input(b, node, g, w, x, kernel, group):
+    """ConvTranspose(g, w) sized to x for a strided Conv (or AveragePool) with auto_pad SAME over a
+    length known only at run time (Keras' padding="same" through tf2onnx): ONNX pads by
     total = max(0, (ceil(length / stride) - 1) * stride + reach - length), total // 2 in front for
     SAME_UPPER (the rest for SAME_LOWER). The unpadded ConvTranspose with output_padding stride - 1
     is at least begin + length long; its input positions are [begin, begin + length), taken by a

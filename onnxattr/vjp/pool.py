@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
 from . import register
-from .linear import transposed_to_input, window
+from .linear import same_to_input, transposed_to_input, window
 
 
 def _geometry(b, node):
@@ -108,8 +108,8 @@ def max_pool(b, node, gys):
     if a.get("storage_order", 0):
         raise UnsupportedModelError(f"{describe(node)}: storage_order=1 is not supported")
     g, known = gys[0], (b.shape(node.input[0]) or [None, None])[2:]
-    if (None in known or not known) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"):
-        # a spatial size known only at run time: the scatter-add below reads none
+    if None in known or not known:
+        # a spatial size known only at run time (pads too, with auto_pad SAME): the scatter-add reads none
         if b.opset < 16:
             raise UnsupportedModelError(f"{describe(node)}: its input's size is known only at run time, where the "
                                         "gradient needs ScatterElements with reduction (opset 16; the model has "
@@ -228,9 +228,8 @@ def _average_pool_dynamic(b, node, g):
     """AveragePool's gradient where the input's spatial size is known only at run time: g / count
     spread by a depthwise ConvTranspose with a bank of ones, sized to the input at run time. Where
     every window counts the same elements (no ceil_mode; zero pads, or pads counted) the count is
-    the kernel's size, else `_run_time_counts`. auto_pad SAME only at stride 1 without dilations
-    (its pads do not depend on the size there). None where the size is known (the static path
-    decides)."""
+    the kernel's size, else `_run_time_counts`; auto_pad SAME (without dilations) from a Conv of
+    ones with that auto_pad. None where the size is known (the static path decides)."""
     a, x = attrs(node), node.input[0]
     shape = b.shape(x) or []
     kernel = list(a["kernel_shape"])
@@ -245,15 +244,30 @@ def _average_pool_dynamic(b, node, g):
     if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and any(d > 1 for d in a.get("dilations", [])):
         raise UnsupportedModelError(f"{describe(node)}: auto_pad {a['auto_pad']} with dilations over a size known only "
                                     "at run time is not supported (ONNX Runtime pads by the undilated kernel)")
-    strides, dil, pads = window(b, node, x, kernel)  # auto_pad SAME with a stride: refused
     channels, include, ceil = shape[1], a.get("count_include_pad", 0), a.get("ceil_mode", 0)
+    w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])
+    if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and any(s > 1 for s in a.get("strides", [])):
+        # pads from the run-time size (Keras' padding="same"): every window lies within the input
+        # and its pads, so a counted pad gives the kernel's size; else a Conv of ones with the
+        # pool's auto_pad counts the input's elements each window reads
+        if include:
+            counts = b.scalar(float(np.prod(kernel)))
+        else:
+            counts = b.op("Conv", [_ones(b, b.slice(b.shape_of(x), [2], [2 + n], [0])), b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
+                          strides=list(a["strides"]), auto_pad=a["auto_pad"])
+        return same_to_input(b, node, b.op("Div", [g, counts]), w, x, kernel, channels)
+    strides, dil, pads = window(b, node, x, kernel)
     if not ceil and (include or not any(pads)):
         scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
     else:
         counts = _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil)
         scaled = b.op("Div", [g, counts])
-    w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])
     return transposed_to_input(b, scaled, w, x, strides, dil, pads, channels, kernel)
+
+
+def _ones(b, size: str) -> str:
+    """Ones [1, 1, *size] for a run-time size (a Conv of them with a kernel of ones counts windows)."""
+    return b.op("Expand", [b.scalar(1.0), b.op("Concat", [b.ints([1, 1]), size], axis=0)])
 
 
 def _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil):
@@ -268,7 +282,7 @@ def _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil):
     if include:
         size = b.op("Add", [size, b.ints([pads[i] + pads[n + i] for i in range(n)])])
         pads = [0] * (2 * n)
-    ones = b.op("Expand", [b.scalar(1.0), b.op("Concat", [b.ints([1, 1]), size], axis=0)])
+    ones = _ones(b, size)
     ends = [pads[n + i] + (strides[i] - 1 if ceil else 0) for i in range(n)]
     counts = b.op("Conv", [ones, b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
                   strides=strides, dilations=dil, pads=pads[:n] + ends)
