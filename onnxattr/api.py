@@ -22,6 +22,7 @@ from .recipes import ALL_METHODS, Context, Options, batch_axis, build, input_is_
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
+BATCH_AXIS, WRT_BATCH_AXIS = "onnxattr.batch_axis", "onnxattr.wrt_batch_axis"  # metadata, where not 0
 
 
 def load_model(model) -> onnx.ModelProto:
@@ -203,7 +204,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
             "scores)")
     # the input's batch axis: its first unless another one is shown to be the scores' (time-major [T, N, F])
     xdims = list(x.type.tensor_type.shape.dim)
-    batch = xdims[batch_axis(b, x.name, y) or 0] if xdims else None
+    xa = (batch_axis(b, x.name, y) or 0) if xdims else 0
+    batch = xdims[xa] if xdims else None
     if target == "input":
         t = TARGET
         out.graph.input.append(_value_info(TARGET, TensorProto.INT64, [batch]))
@@ -239,7 +241,14 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     meta = {"onnxattr.method": method, "onnxattr.scores": y, "onnxattr.wrt": w, "onnxattr.tuned_for": tune_for}
     if layer is not None:
         meta["onnxattr.layer"] = layer
-    kept = [p for p in out.metadata_props if p.key not in meta]  # an earlier export's keys are replaced
+    # the batch axes where not 0 (so a batch-first export is as before): the input's, which
+    # `target` and the rows follow, and with --wrt the attribution's
+    if xa:
+        meta[BATCH_AXIS] = str(xa)
+    if w != x.name and wa:
+        meta[WRT_BATCH_AXIS] = str(wa)
+    # an earlier export's keys are replaced, also those this one does not write (a stale batch axis)
+    kept = [p for p in out.metadata_props if not p.key.startswith("onnxattr.")]
     del out.metadata_props[:]
     out.metadata_props.extend(kept)
     for k, v in meta.items():

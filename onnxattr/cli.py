@@ -267,7 +267,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     if "completeness_gap" in result:
         click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(result['completeness_gap'], 5).tolist()}")
     path = save_array(result[api.ATTRIBUTION], out, model, input_path, *data)
-    shown = result.get(api.TARGET, np.broadcast_to(np.asarray(_parse_target(target)), (x.shape[0],)))
+    shown = result.get(api.TARGET, np.broadcast_to(np.asarray(_parse_target(target)), (x.shape[ex.batch_axis],)))
     click.echo(f"wrote {method} attribution {list(result[api.ATTRIBUTION].shape)} for classes "
                f"{np.asarray(shown).tolist()} to {path}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .api import ATTRIBUTION, TARGET, _float_input, _one_line, attribution_model, load_model
+from .api import ATTRIBUTION, BATCH_AXIS, TARGET, WRT_BATCH_AXIS, _float_input, _one_line, attribution_model, load_model
 from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError,
                      UnsupportedModelError)
 from .recipes import check_baseline
@@ -43,6 +43,10 @@ class Explainer:
 
     One Explainer may serve calls from several threads at once (ONNX Runtime's `run` is
     thread-safe; the lazily built "argmax" session is created under a lock).
+
+    `batch_axis` is the input's batch axis, the one `target` and the rows follow (1 for a
+    time-major [T, N, F] input), `attribution_batch_axis` the attribution's (that of the --wrt
+    tensor), as the exported model's metadata says (`onnxattr.batch_axis`, `onnxattr.wrt_batch_axis`).
     """
 
     def __init__(self, model, method: str = "saliency", provider: str = "auto", output: str | None = None,
@@ -69,6 +73,8 @@ class Explainer:
                 f"the model has inputs besides '{self.input_name}' ({', '.join(others)}) that the Explainer cannot feed; "
                 "export it (onnxattr export) and run it with them")
         self.scores_name = meta["onnxattr.scores"]
+        self.batch_axis = int(meta.get(BATCH_AXIS, 0))
+        self.attribution_batch_axis = int(meta.get(WRT_BATCH_AXIS, 0)) if wrt is not None else self.batch_axis
         self._input_meta = next(i for i in sess.get_inputs() if i.name == self.input_name)
         scores = next((o for o in self.model.graph.output if o.name == self.scores_name), None)
         self.layer = meta.get("onnxattr.layer")
@@ -84,7 +90,8 @@ class Explainer:
             return list(x.shape)
         att = next(o for o in self.model.graph.output if o.name == ATTRIBUTION)
         dims = [d.dim_value if d.HasField("dim_value") else None for d in att.type.tensor_type.shape.dim]
-        return [x.shape[0]] + dims[1:]
+        dims[self.attribution_batch_axis] = x.shape[self.batch_axis]
+        return dims
 
     def _model(self, mode: str) -> onnx.ModelProto:
         return attribution_model(self.source, target=mode, tune_for=self.tune_for, **self._build)
@@ -134,11 +141,12 @@ class Explainer:
         if x.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, x.shape)):
             raise InputError(f"input shape {list(x.shape)} does not match the model's input "
                              f"'{self.input_name}' {list(shape)}")
-        if x.shape[0] == 0:
-            raise InputError("input batch is empty")
+        if x.shape[self.batch_axis] == 0:
+            where = f" (axis {self.batch_axis} of {list(x.shape)})" if self.batch_axis else ""
+            raise InputError(f"input batch is empty{where}")
         if self.nonfinite == "raise" and not np.isfinite(x).all():
             bad = ~np.isfinite(x)
-            raise InputError(f"input has {int(bad.sum())} NaN/Inf values (rows {_rows(bad)})")
+            raise InputError(f"input has {int(bad.sum())} NaN/Inf values (rows {_rows(bad, self.batch_axis)})")
         return x
 
     def _check_target(self, target, n: int) -> np.ndarray:
@@ -169,7 +177,7 @@ class Explainer:
             t = None
         else:
             sess = self._sessions["input"]
-            t = self._check_target(target, x.shape[0])
+            t = self._check_target(target, x.shape[self.batch_axis])
             feeds = {self.input_name: x, TARGET: t}
         names = [o.name for o in sess.get_outputs()]
         try:
@@ -210,8 +218,9 @@ def _check_range(t: np.ndarray, classes: int) -> None:
         raise TargetError(f"target {t.tolist()} is out of range for {classes} classes")
 
 
-def _rows(bad: np.ndarray) -> list[int]:
-    return np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()
+def _rows(bad: np.ndarray, axis: int = 0) -> list[int]:
+    """The rows (indices along the batch axis `axis`) that hold a True."""
+    return np.flatnonzero(np.moveaxis(bad, axis, 0).reshape(bad.shape[axis], -1).any(axis=1)).tolist()
 
 
 def describe_nonfinite(counts: dict[str, int]) -> str:

@@ -63,6 +63,8 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     explainers = {m: Explainer(model, method=m, **explainer_kw) for m in methods}
     first = next(iter(explainers.values()))
     shape = first._input_meta.shape
+    if first.batch_axis:  # the images are stacked along axis 0
+        raise InputError(f"the model's input {shape} has its batch on axis {first.batch_axis}: images need it first")
     layout, channels, (h, w) = input_geometry(shape)
     size = size or (h, w)
     if size[0] is None or size[1] is None:
@@ -122,7 +124,7 @@ def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, 
                 name = labels[k] if labels and k < len(labels) and labels[k] else f"class {k}"
                 predictions.append((name, float(probs[row, k])))
         for row, path in enumerate(chunk):
-            att = out[ATTRIBUTION][row]
+            att = np.take(out[ATTRIBUTION], row, axis=ex.attribution_batch_axis)
             final = outdir / f"{path.stem}.{m}.npy"
             files.append((save_array(att, _staged(final)), final))
             kind = display_kind(m)

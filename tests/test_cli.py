@@ -186,3 +186,38 @@ def test_per_row_baseline_of_another_batch_is_an_option_error(tmp_path):
             "--baseline", tmp_path / "base.npy", "--provider", "cpu", "-o", tmp_path / "a.npy")
     assert r.exit_code == 1 and "OptionError: baseline of shape [2, 3, 64, 64] does not broadcast against the input [4, 3, 64, 64]" in r.output
     assert not (tmp_path / "a.npy").exists()
+
+
+def test_explain_images_wrt_a_tensor_with_its_batch_second(tmp_path):
+    """Images attributed (--wrt) at a sequence-first tensor [L, N, K] (a CNN's feature map as
+    L = h * w tokens, as nn.MultiheadAttention(batch_first=False) takes them): each image's
+    <name>.<method>.npy is its column [:, n] of the attribution, [L, K]. It was row n, [N, K]:
+    token n's attribution for all images."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxattr import Explainer
+    from onnxattr.images import load_images
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["f"]), helper.make_node("Reshape", ["f", "s"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["tokens"], perm=[2, 0, 1]),  # [36, N, 4]
+             helper.make_node("Relu", ["tokens"], ["a"]), helper.make_node("ReduceMean", ["a"], ["m"], axes=[0], keepdims=0),
+             helper.make_node("MatMul", ["m", "V"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([0, 4, -1], np.int64), "s"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "V")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "m.onnx")
+    out = tmp_path / "maps"
+    r = run("explain", tmp_path / "m.onnx", FIX / "images", "--wrt", "tokens", "--target", "1,0,2,1", "--size", "8",
+            "--provider", "cpu", "-o", out)
+    assert r.exit_code == 0, r.output
+    paths = sorted((FIX / "images").glob("*.png"))
+    x, _ = load_images(paths, (8, 8), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "NCHW")
+    ex = Explainer(tmp_path / "m.onnx", wrt="tokens", provider="cpu")
+    att = ex(x, [1, 0, 2, 1])
+    assert ex.attribution_batch_axis == 1 and att.shape == (36, 4, 4)
+    for n, p in enumerate(paths):
+        np.testing.assert_array_equal(np.load(out / f"{p.stem}.saliency.npy"), att[:, n])
+    assert np.abs(att[:, 0] - att[:, 3]).max() > 1e-3 and np.abs(att[:, 0] - att[0, 0]).max() > 1e-3  # columns, tokens differ

@@ -914,14 +914,19 @@ def test_stale_declared_shapes_do_not_size_the_backward(tmp_path):
 
 def test_metadata_keys_are_replaced_not_repeated():
     """A source whose metadata already has onnxattr.method (say, from a pipeline that strips an
-    earlier export) got the key twice: onnx's full check refused the export."""
+    earlier export) got the key twice: onnx's full check refused the export. An earlier export's
+    key this one does not write (the batch axis of a time-major model, written only where not 0)
+    is dropped, not kept: the Explainer would take the image's channels for its batch."""
     src = onnx.load(MODEL)
     src.metadata_props.add(key="onnxattr.method", value="guided")
     src.metadata_props.add(key="author", value="someone")
+    src.metadata_props.add(key="onnxattr.batch_axis", value="1")
     am = onnxattr.attribution_model(src, method="saliency")
     onnx.checker.check_model(am, full_check=True)
     meta = [(p.key, p.value) for p in am.metadata_props]
     assert len(meta) == len(dict(meta)) and dict(meta)["onnxattr.method"] == "saliency" and dict(meta)["author"] == "someone"
+    assert "onnxattr.batch_axis" not in dict(meta)
+    assert onnxattr.Explainer(src, provider="cpu")(np.load(FIX / "default_input.npy"), [0, 1, 2, 3]).shape == (4, 3, 64, 64)
 
 
 def test_sparse_initializer_model():

@@ -22,7 +22,10 @@ recurrence backwards in Scan nodes), float32 on ONNX Runtime (CPU) against float
 * a time-major input [T, N, F] (nn.LSTM(batch_first=False) fed the model's input as it is):
   SmoothGrad and integrated gradients stack their copies along the batch axis, axis 1, against
   float64 autograd and Captum at other T and N than the export's; a fixed-size export; with
-  unnamed dims axis 0 is taken (a wrong guess fails at run time); Grad-CAM refused;
+  unnamed dims axis 0 is taken (a wrong guess fails at run time); Grad-CAM refused; the Explainer
+  and `onnxattr explain` take the batch axis from the export's metadata (`onnxattr.batch_axis`)
+  for targets, NaN rows and an empty batch, and with --wrt at a sequence-first LSTM's X the
+  attribution's (`onnxattr.wrt_batch_axis`) for the baseline's check;
 * a text classifier (Embedding -> LSTM -> Linear, int64 token ids) attributed at the embedding
   output (`wrt`), against autograd there, and integrated gradients against Captum's;
 * Keras via tf2onnx: LSTM layers become LSTM nodes, checked against tf.GradientTape in float64;
@@ -742,6 +745,96 @@ def test_time_major_gradcam_is_refused():
         with pytest.raises(onnxattr.UnsupportedModelError, match=re.escape("has it on axis 1")):
             onnxattr.attribution_model(proto, method=method, layer=layer)
 
+
+@pytest.mark.parametrize("method", ["saliency", "smoothgrad"])
+def test_time_major_explainer_equals_the_bare_session(method):
+    """The Explainer took the input's axis 0, the time axis, as the batch: at T = 7, N = 3 a target
+    of 3 classes was refused ('3 entries for a batch of 7'), one class broadcast to 7 rows failed in
+    ONNX Runtime. It reads the batch axis from the exported model's metadata (onnxattr.batch_axis,
+    written only where it is not 0) and gives the bare session's attribution for per-row, one and
+    argmax targets."""
+    _, proto = time_major_case()
+    kw = dict(samples=5, noise=0.2, seed=4) if method == "smoothgrad" else {}
+    ex = onnxattr.Explainer(proto, method=method, provider="cpu", **kw)
+    assert ex.batch_axis == ex.attribution_batch_axis == 1
+    assert {p.key: p.value for p in ex.model.metadata_props}["onnxattr.batch_axis"] == "1"
+    sess = attribution_session(proto, method, **kw)
+    x = np.random.default_rng(18).standard_normal((7, 3, F_IN)).astype(np.float32)
+    scores = sess.run(["y"], {"x": x, "target": np.zeros(3, np.int64)})[0]
+    for target in ([2, 0, 1], 1, "argmax"):
+        t = np.argmax(scores, 1) if target == "argmax" else np.broadcast_to(np.asarray(target, np.int64), (3,))
+        want = sess.run(["attribution"], {"x": x, "target": t})[0]
+        got = ex.run(x, target)
+        assert got["attribution"].shape == (7, 3, F_IN)
+        np.testing.assert_allclose(got["attribution"], want, rtol=1e-6, atol=1e-7, err_msg=str(target))
+        assert np.abs(want).max() > 0.01
+        if target == "argmax":
+            np.testing.assert_array_equal(got["target"], t)
+
+
+def test_time_major_explainer_checks_name_the_batch(tmp_path):
+    """On x [T = 7, N = 3, F] the checks follow the batch axis (1): a target of T classes is
+    refused naming the batch of 3, NaN/Inf rows are counted along N, an empty batch [7, 0, F] is
+    refused before running; `onnxattr explain` likewise (and prints the classes per row)."""
+    from click.testing import CliRunner
+    from onnxattr.cli import main
+
+    _, proto = time_major_case()
+    ex = onnxattr.Explainer(proto, provider="cpu", nonfinite="raise")
+    x = np.random.default_rng(19).standard_normal((7, 3, F_IN)).astype(np.float32)
+    for target, words in (([0, 1, 2, 0, 1, 2, 0], "7 entries for a batch of 3"), ([0, 1], "2 entries for a batch of 3")):
+        with pytest.raises(onnxattr.TargetError, match=words):
+            ex(x, target)
+    bad = x.copy()
+    bad[4, 2, 1] = np.nan  # time step 4, row 2
+    with pytest.raises(onnxattr.InputError, match=re.escape("1 NaN/Inf values (rows [2])")):
+        ex(bad, 0)
+    with pytest.raises(onnxattr.InputError, match=re.escape("input batch is empty (axis 1 of [7, 0, 4])")):
+        ex(np.zeros((7, 0, F_IN), np.float32), [])
+
+    onnx.save(proto, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    run = [str(a) for a in ("explain", tmp_path / "m.onnx", "--input", tmp_path / "x.npy", "--provider", "cpu",
+                            "-o", tmp_path / "a.npy")]
+    r = CliRunner().invoke(main, run + ["--target", "0,1"])
+    assert r.exit_code == 1 and "TargetError: target has 2 entries for a batch of 3" in r.stderr, r.output
+    r = CliRunner().invoke(main, run + ["--target", "2"])
+    assert r.exit_code == 0, r.output
+    assert "wrote saliency attribution [7, 3, 4] for classes [2, 2, 2]" in r.output
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), ex(x, 2), rtol=1e-6, atol=1e-7)
+
+
+def test_wrt_tensor_with_its_batch_on_another_axis_than_the_input():
+    """A batch-first input x [N, T, F] transposed inside to a sequence-first LSTM's X [T, N, F],
+    attributed there (--wrt): the input's batch is axis 0, the attribution's axis 1 (metadata
+    onnxattr.wrt_batch_axis). The Explainer checked an integrated-gradients baseline against
+    [N, ?, F] (the batch size put on axis 0): a per-step baseline [T, 1, F] was refused ('does not
+    broadcast against [3, ?, 4]') and one of the wrong batch [1, 4, F] reached ONNX Runtime. It is
+    checked against [?, N, F] now, and the result is the bare session's."""
+    torch.manual_seed(3)
+    model = randomize(RecurrentNet(batch_first=False, readout="mean"), 3)
+    proto = export_torch(model, np.zeros((2, 5, F_IN), np.float32), 17)
+    (lstm,) = recurrent_nodes(proto)
+    wrt = lstm.input[0]
+    assert next(n for n in proto.graph.node if wrt in n.output).op_type == "Transpose"
+    x = np.random.default_rng(20).standard_normal((3, 7, F_IN)).astype(np.float32)
+    target = np.array([0, 2, 1])
+    base = np.random.default_rng(21).uniform(-0.5, 0.5, (7, 1, F_IN)).astype(np.float32)
+    kw = dict(wrt=wrt, baseline=base, steps=8)
+    ex = onnxattr.Explainer(proto, method="integrated-gradients", provider="cpu", **kw)
+    assert (ex.batch_axis, ex.attribution_batch_axis) == (0, 1)
+    meta = {p.key: p.value for p in ex.model.metadata_props}
+    assert meta["onnxattr.wrt_batch_axis"] == "1" and "onnxattr.batch_axis" not in meta
+    got = ex.run(x, target)
+    want = attribution_session(proto, "integrated-gradients", **kw).run(
+        ["attribution", "completeness_gap"], {"x": x, "target": target})
+    assert got["attribution"].shape == (7, 3, F_IN) and np.abs(want[0]).max() > 0.01
+    np.testing.assert_allclose(got["attribution"], want[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["completeness_gap"], want[1], rtol=1e-6, atol=1e-7)
+    bad = onnxattr.Explainer(proto, method="integrated-gradients", provider="cpu", wrt=wrt,
+                             baseline=np.zeros((1, 4, F_IN), np.float32))
+    with pytest.raises(onnxattr.OptionError, match=re.escape("the --wrt tensor") + ".*" + re.escape("['?', 3, 4]")):
+        bad(x, target)
 
 # ---------------------------------------------------------------- a text classifier at its embedding
 VOCAB, EMB = 30, 6
