@@ -1,11 +1,14 @@
-"""Recurrent layers (LSTM, GRU, RNN): backpropagation through time with two Scan nodes.
+"""Recurrent layers (LSTM, GRU, RNN): backpropagation through time with Scan nodes.
 
 The recurrent node keeps computing the forward outputs. Its rule adds, per direction:
 * the input projection of every step at once, X W^T (+ biases), one MatMul;
-* a Scan in the node's direction that recomputes the gates the node does not output (its
-  body: H R^T, the gate nonlinearities, the new state), stacking them in time order;
+* the gates the node does not output, recomputed from the hidden states it does output (Y, or
+  a copy of the node that outputs it): every step's H R^T is one MatMul, the nonlinearities
+  element-wise over all steps; only an LSTM's cell state needs a Scan (c = f c + i g). With
+  peepholes the gates read the cell state: one Scan recomputes all (H R^T in its body);
 * a Scan in the opposite direction carrying the state gradients (dH, dC), which stacks the
-  gradients of the gate pre-activations; the input gradient is then one MatMul by W.
+  gradients of the gate pre-activations (an LSTM's per-step factors computed beforehand for all
+  steps); the input gradient is then one MatMul by W.
 Scans take any sequence length, so a dynamic time axis stays dynamic. The gate derivatives are
 read from the gate values (sigmoid' = s (1 - s), tanh' = 1 - t^2, relu' = 1[y > 0]), exact to
 float rounding as every other rule. ONNX gate orders: LSTM i, o, f, c; GRU z, r, h; the
@@ -30,24 +33,15 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _RNN_ACTIVATIONS = ("Tanh", "Relu", "Sigmoid")
 
 
-class _Body:
-    """The nodes of one Scan body; tensor and node names come from the Builder, so they are
-    unique in the whole model (a body may read outer tensors: weights, constants)."""
+class _Ops:
+    """Products, sums and activation slopes, emitted by `op`: into the main graph (over every
+    step at once) here, into a Scan body in `_Body`."""
 
     def __init__(self, b):
         self.b = b
-        self.nodes = []
-        self.inputs = []
-
-    def input(self, hint: str, width: int) -> str:
-        name = self.b.fresh(hint)
-        self.inputs.append(helper.make_tensor_value_info(name, self.b.dtype, [None, width]))
-        return name
 
     def op(self, op_type: str, inputs, outputs: int = 1, **kwargs):
-        outs = [self.b.fresh(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.b.fresh(op_type), **kwargs))
-        return outs[0] if outputs == 1 else outs
+        return self.b.op(op_type, inputs, outputs=outputs, **kwargs)
 
     def mul(self, *terms: str) -> str:
         out = terms[0]
@@ -61,6 +55,35 @@ class _Body:
             out = self.op("Add", [out, t])
         return out
 
+    # derivatives from the activation's output y
+    def slope(self, fn: str, y: str) -> str:
+        one = self.b.scalar(1.0)
+        if fn == "Sigmoid":
+            return self.op("Mul", [y, self.op("Sub", [one, y])])
+        if fn == "Tanh":
+            return self.op("Sub", [one, self.op("Mul", [y, y])])
+        return self.op("Cast", [self.op("Greater", [y, self.b.scalar(0.0)])], to=self.b.dtype)  # Relu
+
+
+class _Body(_Ops):
+    """The nodes of one Scan body; tensor and node names come from the Builder, so they are
+    unique in the whole model (a body may read outer tensors: weights, constants)."""
+
+    def __init__(self, b):
+        super().__init__(b)
+        self.nodes = []
+        self.inputs = []
+
+    def input(self, hint: str, width: int) -> str:
+        name = self.b.fresh(hint)
+        self.inputs.append(helper.make_tensor_value_info(name, self.b.dtype, [None, width]))
+        return name
+
+    def op(self, op_type: str, inputs, outputs: int = 1, **kwargs):
+        outs = [self.b.fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.b.fresh(op_type), **kwargs))
+        return outs[0] if outputs == 1 else outs
+
     def split(self, x: str, parts: int) -> list[str]:
         if parts == 1:
             return [x]
@@ -70,15 +93,6 @@ class _Body:
     def graph(self, outputs: list[str], widths: list[int]) -> object:
         outs = [helper.make_tensor_value_info(o, self.b.dtype, [None, w]) for o, w in zip(outputs, widths)]
         return helper.make_graph(self.nodes, self.b.fresh("scan_body"), self.inputs, outs)
-
-    # derivatives from the activation's output y
-    def slope(self, fn: str, y: str) -> str:
-        one = self.b.scalar(1.0)
-        if fn == "Sigmoid":
-            return self.op("Mul", [y, self.op("Sub", [one, y])])
-        if fn == "Tanh":
-            return self.op("Sub", [one, self.op("Mul", [y, y])])
-        return self.op("Cast", [self.op("Greater", [y, self.b.scalar(0.0)])], to=self.b.dtype)  # Relu
 
 
 def _check(b, node) -> dict:
@@ -144,9 +158,13 @@ def recurrent(b, node, gys):
         gy_h, gy_c, h0, c0 = (t and b.op("Transpose", [t], perm=[1, 0, 2]) for t in (gy_h, gy_c, h0, c0))
     gx, gh0, gc0 = [], [], []
     zero = _zeros_state(b, x, H)  # (pruned when every state and state gradient is given)
+    y = None
+    if not peep:  # the hidden states every step read: the node's Y, [T, D, B, H]
+        y = node.output[0] if node.output and node.output[0] else b.op_like(node, node.input, 1)[0]
+        y = b.op("Transpose", [y], perm=[1, 2, 0, 3]) if layout else y
     for d, rev in enumerate(dirs):
         acts = cfg["acts"][d * cfg["per"]:(d + 1) * cfg["per"]]
-        out = _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero,
+        out = _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, y and _pick(b, y, d, axis=1),
                          h0=h0 and _pick(b, h0, d), c0=c0 and _pick(b, c0, d),
                          gy=gy and _pick(b, gy, d, axis=1), gy_h=gy_h and _pick(b, gy_h, d),
                          gy_c=gy_c and _pick(b, gy_c, d))
@@ -164,9 +182,10 @@ def recurrent(b, node, gys):
     return grads
 
 
-def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, h0, c0, gy, gy_h, gy_c):
+def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, y_d, h0, c0, gy, gy_h, gy_c):
     """Gradients (of x [T, B, I], of the initial h, of the initial c) through direction d;
-    `zero` [B, H] stands for the states and state gradients not given."""
+    `zero` [B, H] stands for the states and state gradients not given; y_d [T, B, H] is the
+    direction's hidden states (None with peepholes: then a Scan recomputes them)."""
     H, G = cfg["H"], _GATES[op]
     w_d, r_d = _pick(b, w, d), _pick(b, r, d)  # [G H, I], [G H, H]
     r_t = b.op("Transpose", [r_d], perm=[1, 0])
@@ -183,12 +202,18 @@ def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, h0, c0, gy, 
     pi = po = pf = None
     if peep:
         pi, po, pf = b.split(_pick(b, peep, d), [H, H, H], 0)
-    fwd, saved = _forward_body(b, op, cfg, r_t, rb, acts, (pi, po, pf))
-    n_saved = len(saved)
-    outs = b.op("Scan", states + [xw], outputs=len(states) + n_saved, body=fwd, num_scan_inputs=1,
-                scan_input_directions=[rev], scan_output_directions=[rev] * n_saved)
-    cache = outs[len(states):]
-    bwd, has_gy = _backward_body(b, op, cfg, r_d, acts, (pi, po, pf), saved, gy is not None)
+    if y_d is not None:
+        cache = _gates_from_states(b, op, cfg, xw, r_t, rb, y_d, states, rev)
+    else:
+        fwd, saved = _forward_body(b, op, cfg, r_t, rb, acts, (pi, po, pf))
+        outs = b.op("Scan", states + [xw], outputs=len(states) + len(saved), body=fwd, num_scan_inputs=1,
+                    scan_input_directions=[rev], scan_output_directions=[rev] * len(saved))
+        cache = outs[len(states):]
+    if op == "LSTM":  # every step's factors at once: the reverse Scan keeps only what recurs
+        cache = _lstm_factors(b, cache, (pi, po, pf))
+        bwd, has_gy = _lstm_backward_body(b, cfg, r_d, gy is not None)
+    else:
+        bwd, has_gy = _backward_body(b, op, cfg, r_d, acts, (pi, po, pf), cache, gy is not None)
     d_states = [gy_h or zero] + ([gy_c or zero] if op == "LSTM" else [])
     scan_in = ([gy] if has_gy else []) + cache
     back = b.op("Scan", d_states + scan_in, outputs=len(d_states) + 1, body=bwd, num_scan_inputs=len(scan_in),
@@ -196,6 +221,49 @@ def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, h0, c0, gy, 
     g_pre = back[len(d_states)]  # [T, B, G H]: gradients of the gate pre-activations (X W^T part)
     gx = b.op("MatMul", [g_pre, w_d])
     return gx, back[0], back[1] if op == "LSTM" else None
+
+
+def _previous(b, y_d: str, h_first: str, rev: int) -> str:
+    """[T, B, H]: the hidden state each step reads, h_first then y_d shifted by one step in the
+    direction's order."""
+    first = b.unsqueeze(h_first, [0])
+    if rev:
+        return b.op("Concat", [b.slice(y_d, [1], [np.iinfo(np.int64).max], [0]), first], axis=0)
+    return b.op("Concat", [first, b.slice(y_d, [0], [-1], [0])], axis=0)
+
+
+def _gates_from_states(b, op, cfg, xw, r_t, rb, y_d, states, rev) -> list[str]:
+    """What the backward Scan reads per step (as `_forward_body` stacks it), from the hidden
+    states y_d [T, B, H] the node output: every step's H R^T is one MatMul, the gates
+    element-wise over all steps; only an LSTM's cell state needs a Scan (element-wise:
+    c = f c + i g)."""
+    H = cfg["H"]
+    if op == "RNN":
+        return [y_d]
+    h_prev = _previous(b, y_d, states[0], rev)
+    if op == "LSTM":
+        ai, ao, af, ac = b.split(b.op("Add", [xw, b.op("MatMul", [h_prev, r_t])]), [H] * 4, 2)
+        i, o, f, g = (b.op(fn, [a]) for fn, a in (("Sigmoid", ai), ("Sigmoid", ao), ("Sigmoid", af), ("Tanh", ac)))
+        s = _Body(b)
+        c, f_t, ig_t = s.input("c", H), s.input("f", H), s.input("ig", H)
+        c_new = s.add(s.mul(f_t, c), ig_t)
+        body = s.graph([c_new, s.op("Identity", [c]), s.op("Identity", [c_new])], [H] * 3)
+        _, c_prev, c_all = b.op("Scan", [states[1], f, b.op("Mul", [i, g])], outputs=3, body=body, num_scan_inputs=2,
+                                scan_input_directions=[rev] * 2, scan_output_directions=[rev] * 2)
+        return [i, o, f, g, c_prev, b.op("Tanh", [c_all])]
+    xz, xr, xh = b.split(xw, [H] * 3, 2)
+    if cfg["lbr"]:
+        hr = b.op("MatMul", [h_prev, r_t])
+        hz, hrr, n = b.split(b.op("Add", [hr, rb]) if rb else hr, [H] * 3, 2)
+    else:
+        r_zr, r_h = b.split(r_t, [2 * H, H], 1)
+        hz, hrr = b.split(b.op("MatMul", [h_prev, r_zr]), [H, H], 2)
+    z, rr = b.op("Sigmoid", [b.op("Add", [xz, hz])]), b.op("Sigmoid", [b.op("Add", [xr, hrr])])
+    if cfg["lbr"]:
+        pre, extra = b.op("Add", [xh, b.op("Mul", [rr, n])]), [n]
+    else:
+        pre, extra = b.op("Add", [xh, b.op("MatMul", [b.op("Mul", [rr, h_prev]), r_h])]), []
+    return [z, rr, b.op("Tanh", [pre]), h_prev] + extra
 
 
 def _forward_body(b, op, cfg, r_t, rb, acts, peeps):
@@ -246,6 +314,38 @@ def _forward_body(b, op, cfg, r_t, rb, acts, peeps):
     return s.graph([h_new] + saved, [H, H]), saved
 
 
+def _lstm_factors(b, saved, peeps) -> list[str]:
+    """An LSTM's backward step, dh and dc in (dh with the step's output gradient added), is
+    dc' = dc + dh a_c; gate pre-activation gradients [dc', dh, dc', dc'] * a; dc_prev = dc' keep,
+    dh_prev = (those gradients) R. The factors a [T, B, 4 H], a_c and keep [T, B, H] depend on
+    the forward values only: computed here for every step at once."""
+    u = _Ops(b)
+    i, o, f, g, c_prev, tc = saved
+    pi, po, pf = peeps
+    a_o = u.mul(tc, u.slope("Sigmoid", o))
+    a_i, a_f, a_g = u.mul(g, u.slope("Sigmoid", i)), u.mul(c_prev, u.slope("Sigmoid", f)), u.mul(i, u.slope("Tanh", g))
+    a_c = u.mul(o, u.slope("Tanh", tc))
+    keep = f
+    if po:  # the output gate reads the new cell state: d_o po flows into dc
+        a_c = u.add(a_c, u.mul(a_o, po))
+    if pi:  # the input and forget gates read the previous one
+        keep = u.add(f, u.mul(a_i, pi), u.mul(a_f, pf))
+    return [b.op("Concat", [a_i, a_o, a_f, a_g], axis=2), a_c, keep]
+
+
+def _lstm_backward_body(b, cfg, r_d, with_gy):
+    H = cfg["H"]
+    s = _Body(b)
+    dh, dc = s.input("dh", H), s.input("dc", H)
+    gy = s.input("gy", H) if with_gy else None
+    a, a_c, keep = s.input("a", 4 * H), s.input("a_c", H), s.input("keep", H)
+    if gy:
+        dh = s.add(dh, gy)
+    dc = s.add(dc, s.mul(dh, a_c))
+    d_pre = s.mul(s.op("Concat", [dc, dh, dc, dc], axis=1), a)
+    return s.graph([s.op("MatMul", [d_pre, r_d]), s.mul(dc, keep), d_pre], [H, H, 4 * H]), with_gy
+
+
 def _backward_body(b, op, cfg, r_d, acts, peeps, saved, with_gy):
     """The reverse Scan's body: state gradients in, gradients of the gate pre-activations out."""
     H, G = cfg["H"], _GATES[op]
@@ -257,22 +357,6 @@ def _backward_body(b, op, cfg, r_d, acts, peeps, saved, with_gy):
     vals = [s.input("saved", H) for _ in saved]
     if gy:
         dh = s.add(dh, gy)
-    if op == "LSTM":
-        pi, po, pf = peeps
-        i, o, f, g, c_prev, tc = vals
-        d_o = s.mul(dh, tc, s.slope("Sigmoid", o))
-        dc = s.add(dc, s.mul(dh, o, s.slope("Tanh", tc)))
-        if po:
-            dc = s.add(dc, s.mul(d_o, po))
-        d_i = s.mul(dc, g, s.slope("Sigmoid", i))
-        d_f = s.mul(dc, c_prev, s.slope("Sigmoid", f))
-        d_g = s.mul(dc, i, s.slope("Tanh", g))
-        d_pre = s.op("Concat", [d_i, d_o, d_f, d_g], axis=1)
-        dh_prev = s.op("MatMul", [d_pre, r_d])
-        dc_prev = s.mul(dc, f)
-        if pi:
-            dc_prev = s.add(dc_prev, s.mul(d_i, pi), s.mul(d_f, pf))
-        return s.graph([dh_prev, dc_prev, d_pre], [H, H, G * H]), with_gy
     if op == "GRU":
         z, rr, hh, h_prev = vals[:4]
         d_z = s.mul(dh, s.op("Sub", [h_prev, hh]), s.slope("Sigmoid", z))
