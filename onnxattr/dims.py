@@ -3,8 +3,9 @@
 ONNX shape inference names every unknown length it cannot relate by a fresh symbol: a residual
 block's Conv output and its skip input, both [N, C, unk_a, unk_b] with a dynamic image size, look
 unrelated, and the backward would have to check at run time whether one broadcasts. Here every
-dim of a tensor the graph computes from its inputs through element-wise ops, Convs, pools and
-axis permutations becomes an expression over the inputs' dims: an int, or (base, offset) meaning
+dim of a tensor the graph computes from its inputs through element-wise ops, Convs, pools,
+constant Pads and axis permutations becomes an expression over the inputs' dims: an int, or
+(base, offset) meaning
 base + offset, where base is an input dim ("in", input, axis) or a division
 ("div", expression, stride) of one (floor division; conv and pool lengths are
 floor((length + pads - window) / stride) + 1; with ceil_mode, stride - 1 more). Two dims with
@@ -15,6 +16,7 @@ whose last window may start in the end pad, ...) gets None: unknown, never guess
 from __future__ import annotations
 
 import onnx
+from onnx import numpy_helper
 
 from .protos import attrs
 
@@ -89,10 +91,46 @@ def _window(node, x: list, w_shape: list | None) -> list | None:
     return out
 
 
+def _pad(node, x: list, consts: dict) -> list | None:
+    """Pad by constant pads (an attribute before opset 11, else a constant input, with optional
+    constant axes): each length grows by its two pads, whatever the mode."""
+    a = attrs(node)
+    pads = a.get("pads")
+    if pads is None:
+        pads = consts.get(node.input[1]) if len(node.input) > 1 else None
+    if pads is None:
+        return None
+    pads, rank = [int(p) for p in pads], len(x)
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        axes = consts.get(node.input[3])
+        if axes is None:
+            return None
+        axes = [int(i) % rank for i in axes]
+    if len(pads) != 2 * len(axes):
+        return None
+    out = list(x)
+    for k, i in enumerate(axes):
+        out[i] = _plus(out[i], pads[k] + pads[len(axes) + k])
+    return out
+
+
+def _constants(g) -> dict:
+    """Values of the graph's initializers and Constant nodes that are lists of ints."""
+    out = {}
+    tensors = [(t.name, t) for t in g.initializer]
+    tensors += [(n.output[0], a.t) for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for name, t in tensors:
+        if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and len(t.dims) <= 1:
+            out[name] = numpy_helper.to_array(t).reshape(-1).tolist()
+    return out
+
+
 def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     """{tensor: [expression per axis]} for the graph's inputs and what follows from them."""
     g = model.graph
     inits = {i.name for i in g.initializer}
+    consts = _constants(g)
     sym: dict[str, list] = {}
     for vi in g.input:
         if vi.name in inits or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
@@ -124,6 +162,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = _window(node, ins[0], w_shape)
         elif op in _GLOBAL and ins and ins[0] is not None:
             out = list(ins[0][:2]) + [1] * (len(ins[0]) - 2)
+        elif op == "Pad" and ins and ins[0] is not None:
+            out = _pad(node, ins[0], consts)
         elif op == "Transpose" and ins and ins[0] is not None:
             perm = attrs(node).get("perm", list(range(len(ins[0])))[::-1])
             if sorted(perm) == list(range(len(ins[0]))):

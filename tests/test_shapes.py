@@ -64,12 +64,13 @@ def test_entries_of_an_unknown_dim_stay_unknown():
 
 # ------------------------------------------------------------------------------ dims.py
 def _random_window_graph(rng, nodes_count: int = 10):
-    """x [1, 4, "H", "W"] through random Convs, pools (explicit pads or auto_pad SAME), activations and broadcasting Adds of any two
+    """x [1, 4, "H", "W"] through random Convs, pools (explicit pads or auto_pad SAME), Pads, activations and broadcasting Adds of any two
     earlier tensors of the same rank (the Adds that would fail at run time are left out by the
     caller's size range: it only keeps graphs ONNX Runtime runs at every size)."""
     nodes, inits, tensors = [], [], ["x"]
     for k in range(nodes_count):
-        kind = rng.choice(["Conv", "MaxPool", "AveragePool", "Relu", "Add", "GlobalAveragePool"], p=[.35, .15, .1, .15, .2, .05])
+        kind = rng.choice(["Conv", "MaxPool", "AveragePool", "Relu", "Add", "GlobalAveragePool", "Pad"],
+                          p=[.32, .14, .1, .14, .2, .04, .06])
         src = str(rng.choice(tensors))
         out = f"t{k}"
         if kind in ("Conv", "MaxPool", "AveragePool"):
@@ -86,6 +87,10 @@ def _random_window_graph(rng, nodes_count: int = 10):
                 nodes.append(helper.make_node("Conv", [src, w], [out], **a))
             else:
                 nodes.append(helper.make_node(kind, [src], [out], **a))
+        elif kind == "Pad":  # constant pads, some negative (a crop): Keras' ZeroPadding2D, Cropping2D
+            pads = [0, 0] + [int(v) for v in rng.integers(-1, 3, 2)] + [0, 0] + [int(v) for v in rng.integers(-1, 3, 2)]
+            inits.append(numpy_helper.from_array(np.array(pads, np.int64), f"pads{k}"))
+            nodes.append(helper.make_node("Pad", [src, f"pads{k}"], [out]))
         elif kind == "Add":
             nodes.append(helper.make_node("Add", [src, str(rng.choice(tensors))], [out]))
         else:
@@ -118,7 +123,7 @@ def test_symbolic_dims_claim_only_true_equalities():
     from onnxattr.graph import Builder
 
     rng = np.random.default_rng(0)
-    claims = checked = same_pads = evaluated = 0
+    claims = checked = same_pads = evaluated = evaluated_pads = 0
     for _ in range(120):
         model, tensors = _random_window_graph(rng)
         try:
@@ -129,6 +134,7 @@ def test_symbolic_dims_claim_only_true_equalities():
         except Exception:  # an Add of tensors that do not broadcast at some size, a window past the input
             continue
         checked += 1
+        pad_outputs = {n.output[0] for n in model.graph.node if n.op_type == "Pad"}
         padded_same = {n.output[0] for n in model.graph.node
                        if any(at.name == "auto_pad" and at.s.startswith(b"SAME") for at in n.attribute)}
         shapes = Builder(model, TensorProto.FLOAT).shapes
@@ -140,6 +146,7 @@ def test_symbolic_dims_claim_only_true_equalities():
             for i, e in enumerate(sym.get(t) or []):
                 if e is not None:
                     evaluated += 1
+                    evaluated_pads += t in pad_outputs
                     assert all(_evaluate(e, xs) == sa[i] for sa, xs in zip(actual[t], actual["x"])), (t, i, e)
         for a in tensors:
             for b in tensors:
@@ -149,7 +156,8 @@ def test_symbolic_dims_claim_only_true_equalities():
                             claims += 1
                             same_pads += a in padded_same or b in padded_same
                             assert all(sa[i] == sb[j] for sa, sb in zip(actual[a], actual[b])), (a, i, b, j)
-    assert checked >= 25 and claims >= 150 and same_pads >= 20 and evaluated >= 500, (checked, claims, same_pads, evaluated)
+    assert checked >= 25 and claims >= 150 and same_pads >= 20 and evaluated >= 500 and evaluated_pads >= 20, (
+        checked, claims, same_pads, evaluated, evaluated_pads)
 
 
 def test_symbolic_dims_see_a_residual_block():
