@@ -4,12 +4,12 @@ ONNX shape inference names every unknown length it cannot relate by a fresh symb
 block's Conv output and its skip input, both [N, C, unk_a, unk_b] with a dynamic image size, look
 unrelated, and the backward would have to check at run time whether one broadcasts. Here every
 dim of a tensor the graph computes from its inputs through element-wise ops, Convs, pools,
-constant Pads and axis permutations becomes an expression over the inputs' dims: an int, or
-(base, offset) meaning
-base + offset, where base is an input dim ("in", input, axis) or a division
-("div", expression, stride) of one (floor division; conv and pool lengths are
+constant Pads, axis permutations and Reshapes to the Shape of a tensor becomes an expression
+over the inputs' dims: an int, or (base, offset) meaning base + offset, where base is an input
+dim ("in", input, axis) or a division ("div", expression, stride) of one (floor division; conv
+and pool lengths are
 floor((length + pads - window) / stride) + 1; with ceil_mode, stride - 1 more). Two dims with
-equal expressions are equal in every run. Anything else (Reshape, Slice, Resize, ceil_mode pools
+equal expressions are equal in every run. Anything else (other Reshapes, Slice, Resize, ceil_mode pools
 whose last window may start in the end pad, ...) gets None: unknown, never guessed.
 """
 
@@ -131,6 +131,9 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     g = model.graph
     inits = {i.name for i in g.initializer}
     consts = _constants(g)
+    # Shape(t) whole: a Reshape to it gives t's dims (PyTorch's GroupNorm: x -> [N, G, -1] -> back)
+    shape_of = {n.output[0]: n.input[0] for n in g.node
+                if n.op_type == "Shape" and not any(a.name in ("start", "end") for a in n.attribute)}
     sym: dict[str, list] = {}
     for vi in g.input:
         if vi.name in inits or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
@@ -162,6 +165,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = _window(node, ins[0], w_shape)
         elif op in _GLOBAL and ins and ins[0] is not None:
             out = list(ins[0][:2]) + [1] * (len(ins[0]) - 2)
+        elif op == "Reshape" and len(node.input) > 1 and node.input[1] in shape_of:
+            out = dims(shape_of[node.input[1]])
         elif op == "Pad" and ins and ins[0] is not None:
             out = _pad(node, ins[0], consts)
         elif op == "Transpose" and ins and ins[0] is not None:

@@ -69,8 +69,8 @@ def _random_window_graph(rng, nodes_count: int = 10):
     caller's size range: it only keeps graphs ONNX Runtime runs at every size)."""
     nodes, inits, tensors = [], [], ["x"]
     for k in range(nodes_count):
-        kind = rng.choice(["Conv", "MaxPool", "AveragePool", "Relu", "Add", "GlobalAveragePool", "Pad"],
-                          p=[.32, .14, .1, .14, .2, .04, .06])
+        kind = rng.choice(["Conv", "MaxPool", "AveragePool", "Relu", "Add", "GlobalAveragePool", "Pad", "GroupNorm"],
+                          p=[.3, .13, .1, .13, .2, .04, .06, .04])
         src = str(rng.choice(tensors))
         out = f"t{k}"
         if kind in ("Conv", "MaxPool", "AveragePool"):
@@ -91,6 +91,14 @@ def _random_window_graph(rng, nodes_count: int = 10):
             pads = [0, 0] + [int(v) for v in rng.integers(-1, 3, 2)] + [0, 0] + [int(v) for v in rng.integers(-1, 3, 2)]
             inits.append(numpy_helper.from_array(np.array(pads, np.int64), f"pads{k}"))
             nodes.append(helper.make_node("Pad", [src, f"pads{k}"], [out]))
+        elif kind == "GroupNorm":  # as PyTorch exports it: [N, G, -1], InstanceNormalization, back to Shape(x)
+            inits += [numpy_helper.from_array(np.array([0, 2, -1], np.int64), f"groups{k}"),
+                      numpy_helper.from_array(np.ones(2, np.float32), f"one{k}"),
+                      numpy_helper.from_array(np.zeros(2, np.float32), f"zero{k}")]
+            nodes += [helper.make_node("Reshape", [src, f"groups{k}"], [f"{out}_g"]),
+                      helper.make_node("InstanceNormalization", [f"{out}_g", f"one{k}", f"zero{k}"], [f"{out}_n"]),
+                      helper.make_node("Shape", [src], [f"{out}_s"]),
+                      helper.make_node("Reshape", [f"{out}_n", f"{out}_s"], [out])]
         elif kind == "Add":
             nodes.append(helper.make_node("Add", [src, str(rng.choice(tensors))], [out]))
         else:
@@ -134,7 +142,7 @@ def test_symbolic_dims_claim_only_true_equalities():
         except Exception:  # an Add of tensors that do not broadcast at some size, a window past the input
             continue
         checked += 1
-        pad_outputs = {n.output[0] for n in model.graph.node if n.op_type == "Pad"}
+        pad_outputs = {n.output[0] for n in model.graph.node if n.op_type in ("Pad", "Reshape")}
         padded_same = {n.output[0] for n in model.graph.node
                        if any(at.name == "auto_pad" and at.s.startswith(b"SAME") for at in n.attribute)}
         shapes = Builder(model, TensorProto.FLOAT).shapes
