@@ -253,7 +253,8 @@ def _average_pool_dynamic(b, node, g):
         if include:
             counts = b.scalar(float(np.prod(kernel)))
         else:
-            counts = b.op("Conv", [_ones(b, b.slice(b.shape_of(x), [2], [2 + n], [0])), b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
+            ones = _ones(b, b.slice(b.shape_of(x), [2], [2 + n], [0]))
+            counts = b.op("Conv", [ones, b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
                           strides=list(a["strides"]), auto_pad=a["auto_pad"])
         return same_to_input(b, node, b.op("Div", [g, counts]), w, x, kernel, channels)
     strides, dil, pads = window(b, node, x, kernel)
