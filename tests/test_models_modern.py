@@ -215,6 +215,7 @@ MODELS = {
     "resnet50d": (_timm("resnet50d"), 64),
     "inception_v3": (_timm("inception_v3"), 75),  # the smallest input its stem and pools allow
     "poolformer_s12": (_timm("poolformer_s12"), 64),
+    "tf_mobilenetv3_small_100": (_timm("tf_mobilenetv3_small_100"), 64),  # TensorFlow's "same" padding by F.pad
     "mvitv2_tiny": (_timm("mvitv2_tiny", img_size=64), 64),
 }
 
@@ -358,14 +359,16 @@ def test_torch_model(name, exporter, opset, tol, relu_like, expect):
     ("resnet18d", 17),  # shortcut AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
     pytest.param("resnet50d", 17, marks=slow),
     ("poolformer_s12", 17),  # AvgPool2d(3, 1, 1, count_include_pad=False)
+    ("tf_mobilenetv3_small_100", 17),  # Pads whose amounts are computed from the size at run time
 ])
 def test_dynamic_image_size(name, opset):
     """torchvision classifiers (timm ones where MODELS has them) exported with the image's height
     and width dynamic (as tutorials export them), run at even and odd sizes: every method against
     float64 autograd, masks pinned at float32 near-ties (ResNet-18 at 67 x 71 has one). They were
     refused ("needs a static shape"; ResNet-D and PoolFormer: "only windows that all count the
-    same elements"). Measured: 7.6e-7 at most (EfficientNet-B0), 6.1e-7 for ResNet-18, 3.5e-7
-    ResNet-18-D, 4.7e-7 ResNet-50-D, 6.5e-7 PoolFormer-S12."""
+    same elements"; timm's TensorFlow ports, whose Pads are computed from the size: "pads must be
+    a constant"). Measured: 7.6e-7 at most (EfficientNet-B0), 6.1e-7 for ResNet-18, 3.5e-7
+    ResNet-18-D, 4.7e-7 ResNet-50-D, 6.5e-7 PoolFormer-S12, 1.7e-6 tf_mobilenetv3_small_100."""
     import torchvision
 
     torch.manual_seed(0)

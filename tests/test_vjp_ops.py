@@ -898,7 +898,7 @@ def test_erf_gelu_chain_with_higher_rank_constants_is_not_fused():
     nodes, consts = erf_gelu("torch")
     inits = [helper.make_tensor(k, TensorProto.FLOAT, [1, 1, 1], [float(v)]) for k, v in dict(consts, one=ONE, half=HALF).items()]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * rank)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     vm, _, grads = vjp_model(model)
@@ -1872,6 +1872,45 @@ def test_ceil_mode_pool_lengths_as_expressions():
                               [numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")])
     sym = symbolic_dims(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {})
     assert same(sym, "a", 2, "p", 2) and same(sym, "a", 3, "p", 3) and not same(sym, "a", 2, "x", 2)
+
+
+@pytest.mark.parametrize("opset, axes", [(11, None), (13, None), (18, [1, -1])])
+def test_pad_by_pads_known_only_at_run_time(opset, axes):
+    """Pad by pads computed at run time (timm's "same" padding of TensorFlow-ported models at a
+    dynamic image size: tf_efficientnet_b0 was refused, "pads must be a constant"): the pads are
+    fed as a graph input here, positive, zero and negative (a crop), and the gradient is checked
+    against the numpy adjoint of the same Pad (x's part of the cotangent, zeros where x was
+    cropped) for several pad vectors on one session. Reflect padding stays refused by name."""
+    rank = 3
+    n_pads = 2 * (len(axes) if axes else rank)
+    ins = ["x", "p"] + (["", "ax"] if axes else [])
+    inits = [numpy_helper.from_array(np.array(axes, np.int64), "ax")] if axes else []
+    graph = helper.make_graph([N("Pad", ins, ["y"], name="pad")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "H", "W"]),
+                               helper.make_tensor_value_info("p", TensorProto.INT64, [n_pads])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * rank)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    onnx.checker.check_model(vm, full_check=True)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    rng = np.random.default_rng(0)
+    for pads in ([0, 1, 2, 0, 2, 1], [0, -1, 2, 0, 1, -2], [0, 0, 0, 0, 0, 0], [0, -2, -1, 0, -1, 0]):
+        if axes:  # the same pads given for axes 1 and 2 only
+            pads = [pads[1], pads[2], pads[4], pads[5]]
+        full = [0] * (2 * rank)
+        for j, ax in enumerate([a % rank for a in axes] if axes else range(rank)):
+            full[ax], full[rank + ax] = pads[j], pads[n_pads // 2 + j]
+        x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+        out = [x.shape[i] + full[i] + full[rank + i] for i in range(rank)]
+        c = rng.standard_normal(out).astype(np.float32)
+        (got,) = sess.run([grads["x"]], {"x": x, "p": np.array(pads, np.int64), cots["y"]: c})
+        want = np.pad(c, [(max(-full[i], 0), max(-full[rank + i], 0)) for i in range(rank)])
+        want = want[tuple(slice(max(full[i], 0), max(full[i], 0) + x.shape[i]) for i in range(rank))]
+        np.testing.assert_array_equal(got, want, err_msg=str(pads))
+    graph.node[0].attribute.extend([helper.make_attribute("mode", "reflect")])
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Pad node 'pad': reflect padding by pads computed at run"):
+        vjp_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 def distinct_values(rng, shape) -> np.ndarray:

@@ -165,6 +165,8 @@ def pad(b, node, gys):
     rank = b.rank(x, node)
     if b.opset < 11:
         pads = list(a.get("pads", a.get("paddings", [])))
+    elif b.value(node.input[1]) is None:
+        return [_pad_by_run_time_pads(b, node, gys[0], mode, rank)] + [None] * (len(node.input) - 1)
     else:
         pads = [int(p) for p in _const(b, node, node.input[1], "pads")]
         if len(node.input) > 3 and node.input[3]:
@@ -195,6 +197,29 @@ def pad(b, node, gys):
         summed = b.reduce("ReduceSum", outside, total, keepdims=0) if outside else b.scalar(0.0)
         rest[1] = b.reshape_like(summed, node.input[2])
     return [b.pad(inside, [max(-p, 0) for p in pads])] + rest
+
+
+def _pad_by_run_time_pads(b, node, g, mode, rank):
+    """Constant-mode Pad by pads computed at run time (timm's "same" padding of TensorFlow-ported
+    models, F.pad by amounts that follow from the image size): x's part of g, that is g padded by
+    the negative pads (zeros where the Pad cropped x), then x's length from max(pad, 0) on."""
+    if mode != "constant":
+        raise UnsupportedModelError(f"{describe(node)}: {mode} padding by pads computed at run time is not "
+                                    "supported (the border's gradients add up by the pads): export with a fixed size")
+    if len(node.input) > 2 and b.needs(node.input[2]):
+        raise UnsupportedModelError(f"{describe(node)}: the gradient of a fill value is not supported with pads "
+                                    "computed at run time")
+    pads = node.input[1]
+    if len(node.input) > 3 and node.input[3]:  # pads for some axes: spread into [begin_0..begin_r, end_0..end_r]
+        axes = [int(v) % rank for v in _const(b, node, node.input[3], "axes")]
+        pads = b.op("ScatterElements", [b.ints([0] * (2 * rank)), b.ints(axes + [rank + ax for ax in axes]), pads],
+                    axis=0)
+    zero = b.ints([0])
+    negative = b.op("Less", [pads, zero])
+    widened = b.op("Pad", [g, b.op("Where", [negative, b.op("Neg", [pads]), zero])])
+    starts = b.slice(b.op("Where", [negative, zero, pads]), [0], [rank], [0])
+    ends = b.op("Add", [starts, b.shape_of(node.input[0])])
+    return b.op("Slice", [widened, starts, ends, b.ints(list(range(rank)))])
 
 
 @register("Gather")
