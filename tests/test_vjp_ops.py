@@ -1913,6 +1913,52 @@ def test_pad_by_pads_known_only_at_run_time(opset, axes):
         vjp_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
+@pytest.mark.parametrize("scales, attrs", [
+    ([1, 1, 2, 2], dict(coordinate_transformation_mode="asymmetric", nearest_mode="floor")),  # PyTorch's nearest
+    ([1, 1, 3, 2], dict(coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor")),
+    ([1, 1, 1, 4], dict(coordinate_transformation_mode="pytorch_half_pixel", nearest_mode="round_prefer_ceil")),
+    ([1, 1, 2], dict(coordinate_transformation_mode="asymmetric", nearest_mode="floor")),
+    ([1, 1, 2, 1, 3], dict(coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor")),
+])
+def test_nearest_upsampling_over_a_dynamic_size(scales, attrs):
+    """Nearest Resize by integer scales that copies each element into a block (HRNet's upsampling
+    at a dynamic image size: refused, "needs a static shape"): its gradient sums each block.
+    Checked against the same op at fixed sizes (the interpolation-matrix path, itself checked
+    against float64 differences above), odd and even lengths."""
+    rank = len(scales)
+    dims = [2, 3] + ["H", "W", "D"][: rank - 2]
+    node = N("Resize", ["x", "", "s"], ["y"], mode="nearest", **attrs)
+    inits = [numpy_helper.from_array(np.array(scales, np.float32), "s")]
+    dynamic = _spatial_model(node, dims, inits)
+    rng = np.random.default_rng(0)
+    for tune in ("cpu", "cuda"):
+        vm, cots, grads = vjp_model(dynamic, tune_for=tune)
+        onnx.checker.check_model(vm, full_check=True)
+        sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+        for size in ((5, 4, 3), (6, 7, 2), (1, 3, 4)):
+            shape = (2, 3) + size[: rank - 2]
+            fixed = _spatial_model(node, list(shape), inits)
+            svm, scots, sgrads = vjp_model(fixed, tune_for=tune)
+            ssess = onnxattr.runtime.make_session(svm.SerializeToString(), "cpu")[0]
+            x = rng.standard_normal(shape).astype(np.float32)
+            c = rng.standard_normal([n * int(k) for n, k in zip(shape, scales)]).astype(np.float32)
+            (got,) = sess.run([grads["x"]], {"x": x, cots["y"]: c})
+            (want,) = ssess.run([sgrads["x"]], {"x": x, scots["y"]: c})
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f"{tune} {shape}")
+
+
+@pytest.mark.parametrize("attrs, k", [
+    # x = y / 3 rounded: element 2 of each block of 3 reads the next input element
+    (dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="round_prefer_floor"), 3),
+    (dict(mode="linear", coordinate_transformation_mode="half_pixel"), 2),
+])
+def test_resize_over_a_dynamic_size_that_is_not_a_block_copy_is_refused(attrs, k):
+    node = N("Resize", ["x", "", "s"], ["y"], name="up", **attrs)
+    dynamic = _spatial_model(node, [2, 3, "H", "W"], [numpy_helper.from_array(np.array([1, 1, k, k], np.float32), "s")])
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Resize node 'up' needs a static shape"):
+        vjp_model(dynamic)
+
+
 def distinct_values(rng, shape) -> np.ndarray:
     """Values 0.02 apart, shuffled: no ties within a pooling window."""
     return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.02 - 1.0).astype(np.float32)

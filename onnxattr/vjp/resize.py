@@ -161,6 +161,10 @@ def resize(b, node, gys):
         moved = list(axes)
     else:
         moved = [ax for ax in axes if not (sx[ax] is None and sy[ax] is None)]
+    if scales is not None and any(sx[ax] is None or sy[ax] is None for ax in moved):
+        block = _block_sum(b, node, gys[0], x, dict(zip(axes, scales.tolist())), moved, spec, full_roi, rank)
+        if block is not None:
+            return [block] + [None] * (len(node.input) - 1)
     shape_in = b.static_shape(x, node, dims=moved)
     shape_out = b.static_shape(y, node, dims=moved)
     full_scale = {ax: 1.0 for ax in range(rank)}
@@ -192,3 +196,25 @@ def resize(b, node, gys):
             continue
         g = b.adjoint_along(g, m.astype(b.np_dtype), ax, rank)
     return [g] + [None] * (len(node.input) - 1)
+
+
+def _block_sum(b, node, g, x, scales: dict, moved: list, spec: dict, roi: dict, rank: int):
+    """Where lengths are known only at run time (a dynamic image size) and the resize copies each
+    input element into a block (nearest, integer scales k: PyTorch's asymmetric + floor, or
+    half_pixel with rounding; HRNet's upsampling), its gradient sums each block: a depthwise Conv
+    with a kernel of ones and strides k. The block form is checked on the axis matrices of
+    lengths 1 to 8 (the same function as at any length). None where it does not apply."""
+    ks = {ax: scales.get(ax, 1.0) for ax in range(rank)}
+    channels = (b.shapes.get(x) or [None] * rank)[1] if rank > 1 else None
+    if rank < 3 or rank > 5 or 0 in moved or 1 in moved or channels is None or b.np_dtype == np.float64:
+        return None
+    if any(ks[ax] != int(ks[ax]) or ks[ax] < 1 or roi[ax] != (0.0, 1.0) for ax in moved):
+        return None
+    for ax in moved:
+        k = int(ks[ax])
+        for n in range(1, 9):
+            if not np.array_equal(axis_matrix(n, n * k, float(k), spec), np.kron(np.eye(n), np.ones((k, 1)))):
+                return None
+    kernel = [int(ks[ax]) for ax in range(2, rank)]
+    ones = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (rank - 1))])
+    return b.op("Conv", [g, ones], kernel_shape=kernel, strides=kernel, group=channels)
