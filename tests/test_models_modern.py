@@ -217,6 +217,7 @@ MODELS = {
     "poolformer_s12": (_timm("poolformer_s12"), 64),
     "tf_mobilenetv3_small_100": (_timm("tf_mobilenetv3_small_100"), 64),  # TensorFlow's "same" padding by F.pad
     "hrnet_w18_small": (_timm("hrnet_w18_small"), 64),  # nearest upsampling in its fuse layers
+    "tiny_vit_5m_224": (_timm("tiny_vit_5m_224"), 64),  # attention windows padded, then cropped by Slice
     "mvitv2_tiny": (_timm("mvitv2_tiny", img_size=64), 64),
 }
 
@@ -361,6 +362,7 @@ def test_torch_model(name, exporter, opset, tol, relu_like, expect):
     pytest.param("resnet50d", 17, marks=slow),
     ("poolformer_s12", 17),  # AvgPool2d(3, 1, 1, count_include_pad=False)
     ("tf_mobilenetv3_small_100", 17),  # Pads whose amounts are computed from the size at run time
+    ("tiny_vit_5m_224", 17),  # Slices whose ends are computed from the size at run time
 ])
 def test_dynamic_image_size(name, opset):
     """torchvision classifiers (timm ones where MODELS has them) exported with the image's height
@@ -368,8 +370,9 @@ def test_dynamic_image_size(name, opset):
     float64 autograd, masks pinned at float32 near-ties (ResNet-18 at 67 x 71 has one). They were
     refused ("needs a static shape"; ResNet-D and PoolFormer: "only windows that all count the
     same elements"; timm's TensorFlow ports, whose Pads are computed from the size: "pads must be
-    a constant"). Measured: 7.6e-7 at most (EfficientNet-B0), 6.1e-7 for ResNet-18, 3.5e-7
-    ResNet-18-D, 4.7e-7 ResNet-50-D, 6.5e-7 PoolFormer-S12, 1.7e-6 tf_mobilenetv3_small_100."""
+    a constant"; TinyViT, whose Slices are: "ends must be a constant"). Measured: 7.6e-7 at most
+    (EfficientNet-B0), 6.1e-7 for ResNet-18, 3.5e-7 ResNet-18-D, 4.7e-7 ResNet-50-D, 6.5e-7
+    PoolFormer-S12, 1.7e-6 tf_mobilenetv3_small_100, 7.5e-7 TinyViT-5M."""
     import torchvision
 
     torch.manual_seed(0)

@@ -1969,6 +1969,51 @@ def test_resize_over_a_dynamic_size_that_is_not_a_block_copy_is_refused(attrs, k
         vjp_model(dynamic)
 
 
+@pytest.mark.parametrize("axes", [None, [2, -1], [-1]])
+def test_slice_by_bounds_known_only_at_run_time(axes):
+    """Slice by starts and ends computed at run time (TinyViT crops its padded attention windows
+    back to the image, x[:, :H, :W] at a dynamic size: refused, "ends must be a constant"), fed as
+    graph inputs here: in range, negative, past the ends (clamped), empty; the gradient is
+    checked against the numpy adjoint (the cotangent put back where the slice took it, zeros
+    elsewhere) for several bounds on one session. Non-unit steps stay refused by name."""
+    rank, n = 4, len(axes) if axes else 4
+    ins = ["x", "st", "en"] + (["ax"] if axes else [])
+    inits = [numpy_helper.from_array(np.array(axes, np.int64), "ax")] if axes else []
+    graph = helper.make_graph([N("Slice", ins, ["y"], name="crop")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, "H", "W"]),
+                               helper.make_tensor_value_info("st", TensorProto.INT64, [n]),
+                               helper.make_tensor_value_info("en", TensorProto.INT64, [n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * rank)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    onnx.checker.check_model(vm, full_check=True)
+    sess = onnxattr.runtime.make_session(vm.SerializeToString(), "cpu")[0]
+    rng = np.random.default_rng(0)
+    big = np.iinfo(np.int64).max
+    bounds = [([0, 1, 1, 2], [2, 3, 4, 5]), ([0, 0, -3, -2], [big, 2, -1, big]), ([1, 0, 5, -9], [2, 9, 99, 3]),
+              ([0, 0, 3, 2], [2, 3, 1, 2])]  # the last: empty along H and W
+    for starts, ends in bounds:
+        if axes:
+            starts, ends = [starts[a % rank] for a in axes], [ends[a % rank] for a in axes]
+        x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+        picked = [slice(None)] * rank
+        for a, st, en in zip([a % rank for a in axes] if axes else range(rank), starts, ends):
+            picked[a] = slice(*slice(st, min(en, 2 ** 62)).indices(x.shape[a])[:2])
+        c = rng.standard_normal(x[tuple(picked)].shape).astype(np.float32)
+        (got,) = sess.run([grads["x"]], {"x": x, "st": np.array(starts, np.int64), "en": np.array(ends, np.int64),
+                                         cots["y"]: c})
+        want = np.zeros_like(x)
+        want[tuple(picked)] = c
+        np.testing.assert_array_equal(got, want, err_msg=f"{starts} {ends}")
+    graph.input.append(helper.make_tensor_value_info("sp", TensorProto.INT64, [n]))
+    graph.node[0].input[:] = ["x", "st", "en", "ax" if axes else "", "sp"]
+    graph.initializer.append(numpy_helper.from_array(np.full(n, 2, np.int64), "sp"))
+    del graph.input[-1]
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Slice node 'crop': starts or ends computed at run time"):
+        vjp_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
 def distinct_values(rng, shape) -> np.ndarray:
     """Values 0.02 apart, shuffled: no ties within a pooling window."""
     return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.02 - 1.0).astype(np.float32)

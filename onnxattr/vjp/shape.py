@@ -81,6 +81,9 @@ def slice_(b, node, gys):
     # Unit steps: zero padding back to the input's size; other steps: the transpose of the
     # selection matrix along that axis.
     x, g = node.input[0], gys[0]
+    ins = list(node.input) + [""] * 5
+    if b.opset >= 11 and (b.value(ins[1]) is None or b.value(ins[2]) is None):
+        return [_slice_by_run_time_bounds(b, node, g)]
     axes, starts, ends, steps = _slice_params(b, node)
     rank = b.rank(x, node)
     # An axis taken whole (0 to the end, step 1: tf2onnx lists the batch axis so, ending at
@@ -128,6 +131,35 @@ def slice_(b, node, gys):
         parts = [b.zeros(b.op("Concat", lead + [count] + rest, axis=0)) for count in (before, after)]
         g = b.op("Concat", [parts[0], g, parts[1]], axis=ax)
     return [g]
+
+
+def _slice_by_run_time_bounds(b, node, g):
+    """Slice by starts or ends computed at run time (a window-attention model cropping its padded
+    windows back to the image, x[:, :H, :W] at a dynamic size), unit steps: zero padding back to
+    x's size by pads from the bounds, clamped as ONNX clamps them (in double, as
+    `_runtime_pads`)."""
+    x, ins = node.input[0], list(node.input) + [""] * 5
+    rank = b.rank(x, node)
+    n = len(b.value(ins[3])) if ins[3] and b.value(ins[3]) is not None else (b.shape(ins[1]) or [None])[0]
+    axes = [int(a) % rank for a in _const(b, node, ins[3], "axes")] if ins[3] else list(range(n or 0))
+    steps = [int(v) for v in _const(b, node, ins[4], "steps")] if ins[4] else [1] * len(axes)
+    if not axes or any(v != 1 for v in steps):
+        raise UnsupportedModelError(f"{describe(node)}: starts or ends computed at run time need unit steps and a "
+                                    "known number of axes to differentiate it")
+    double = lambda t: b.op("Cast", [t], to=TensorProto.DOUBLE)  # noqa: E731
+    dim = double(b.op("Gather", [b.shape_of(x), b.ints(axes)], axis=0))
+    zero = b.const(np.zeros(1), dtype=np.float64)
+
+    def clamped(t):
+        t = double(t)
+        t = b.op("Where", [b.op("Less", [t, zero]), b.op("Add", [t, dim]), t])
+        return b.op("Min", [b.op("Max", [t, zero]), dim])
+
+    lo = clamped(ins[1])
+    hi = b.op("Max", [clamped(ins[2]), lo])  # an empty slice: nothing after its start
+    pads = b.op("Cast", [b.op("Concat", [lo, b.op("Sub", [dim, hi])], axis=0)], to=TensorProto.INT64)
+    full = b.op("ScatterElements", [b.ints([0] * (2 * rank)), b.ints(axes + [rank + a for a in axes]), pads], axis=0)
+    return b.op("Pad", [g, full])
 
 
 def _runtime_pads(b, x, ax, start, end):
