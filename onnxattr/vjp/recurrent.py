@@ -205,7 +205,7 @@ def _direction(b, op, cfg, x, w, r, bias, peep, d, rev, acts, zero, y_d, h0, c0,
     if y_d is not None:
         cache = _gates_from_states(b, op, cfg, xw, r_t, rb, y_d, states, rev)
     else:
-        fwd, saved = _forward_body(b, op, cfg, r_t, rb, acts, (pi, po, pf))
+        fwd, saved = _peephole_body(b, cfg, r_t, (pi, po, pf))
         outs = b.op("Scan", states + [xw], outputs=len(states) + len(saved), body=fwd, num_scan_inputs=1,
                     scan_input_directions=[rev], scan_output_directions=[rev] * len(saved))
         cache = outs[len(states):]
@@ -266,52 +266,21 @@ def _gates_from_states(b, op, cfg, xw, r_t, rb, y_d, states, rev) -> list[str]:
     return [z, rr, b.op("Tanh", [pre]), h_prev] + extra
 
 
-def _forward_body(b, op, cfg, r_t, rb, acts, peeps):
-    """The recomputing Scan's body and the widths of what it stacks per step."""
+def _peephole_body(b, cfg, r_t, peeps):
+    """An LSTM with peepholes (its gates read the cell state): the Scan body that recomputes the
+    recurrence step by step, and what it stacks per step (as `_gates_from_states` does)."""
     H = cfg["H"]
     s = _Body(b)
-    h = s.input("h", H)
-    c = s.input("c", H) if op == "LSTM" else None
-    xw = s.input("xw", _GATES[op] * H)
-    hr = s.op("MatMul", [h, r_t])
-    if op == "LSTM":
-        pi, po, pf = peeps
-        ai, ao, af, ac = s.split(s.add(xw, hr), 4)
-        if pi:
-            ai, af = s.add(ai, s.mul(c, pi)), s.add(af, s.mul(c, pf))
-        i, f, g = s.op("Sigmoid", [ai]), s.op("Sigmoid", [af]), s.op("Tanh", [ac])
-        c_new = s.add(s.mul(f, c), s.mul(i, g))
-        if po:
-            ao = s.add(ao, s.mul(c_new, po))
-        o, tc = s.op("Sigmoid", [ao]), s.op("Tanh", [c_new])
-        h_new = s.mul(o, tc)
-        saved = [i, o, f, g, s.op("Identity", [c]), tc]
-        return s.graph([h_new, c_new] + saved, [H] * 8), saved
-    if op == "GRU":
-        xz, xr, xh = s.split(xw, 3)
-        if cfg["lbr"]:
-            if rb:
-                hr = s.add(hr, rb)
-            hz, hrr, n = s.split(hr, 3)
-        else:
-            hz, hrr, _ = s.split(hr, 3)
-        z, rr = s.op("Sigmoid", [s.add(xz, hz)]), s.op("Sigmoid", [s.add(xr, hrr)])
-        if cfg["lbr"]:
-            pre = s.add(xh, s.mul(rr, n))
-            saved_n = [n]
-        else:
-            rh = s.mul(rr, h)
-            _, _, r_h = b.split(r_t, [H, H, H], 1)  # outer: the h gate's columns of R^T
-            pre = s.add(xh, s.op("MatMul", [rh, r_h]))
-            saved_n = []
-        hh = s.op("Tanh", [pre])
-        one = b.scalar(1.0)
-        h_new = s.add(s.mul(s.op("Sub", [one, z]), hh), s.mul(z, h))
-        saved = [z, rr, hh, s.op("Identity", [h])] + saved_n
-        return s.graph([h_new] + saved, [H] * (1 + len(saved))), saved
-    h_new = s.op(acts[0], [s.add(xw, hr)])
-    saved = [s.op("Identity", [h_new])]
-    return s.graph([h_new] + saved, [H, H]), saved
+    h, c, xw = s.input("h", H), s.input("c", H), s.input("xw", 4 * H)
+    pi, po, pf = peeps
+    ai, ao, af, ac = s.split(s.add(xw, s.op("MatMul", [h, r_t])), 4)
+    ai, af = s.add(ai, s.mul(c, pi)), s.add(af, s.mul(c, pf))
+    i, f, g = s.op("Sigmoid", [ai]), s.op("Sigmoid", [af]), s.op("Tanh", [ac])
+    c_new = s.add(s.mul(f, c), s.mul(i, g))
+    o, tc = s.op("Sigmoid", [s.add(ao, s.mul(c_new, po))]), s.op("Tanh", [c_new])
+    h_new = s.mul(o, tc)
+    saved = [i, o, f, g, s.op("Identity", [c]), tc]
+    return s.graph([h_new, c_new] + saved, [H] * 8), saved
 
 
 def _lstm_factors(b, saved, peeps) -> list[str]:
