@@ -471,6 +471,15 @@ def _keras_model(tf, dtype: str, relu):
     return tf.keras.Model(inp, out)
 
 
+def _tf_gradient(tf, model64, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """d sum_n model64(x)[n, target[n]] / d x in float64, by tf.GradientTape."""
+    xt = tf.constant(x.astype(np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        picked = tf.reduce_sum(tf.gather(model64(xt), target, axis=1, batch_dims=1))
+    return tape.gradient(picked, xt).numpy()
+
+
 def _tf_rule_relu(tf, method):
     @tf.custom_gradient
     def relu(z):
@@ -510,11 +519,7 @@ def test_keras_tf2onnx(opset):
     for method in METHODS:
         model64 = _keras_model(tf, "float64", _tf_rule_relu(tf, method))
         model64.set_weights([w.astype(np.float64) for w in weights])
-        xt = tf.constant(x.astype(np.float64))
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            picked = tf.reduce_sum(tf.gather(model64(xt), target, axis=1, batch_dims=1))
-        ref = tape.gradient(picked, xt).numpy()
+        ref = _tf_gradient(tf, model64, x, target)
         err = rel_err(attribution(proto, {name: x}, method, target=target), ref)
         assert err < 2e-6, f"{method}: relative error {err:.2e}"
 
@@ -543,8 +548,9 @@ def _keras_dynamic_model(tf, dtype: str, relu):
 def test_keras_tf2onnx_dynamic_image_size():
     """Keras CNNs over a dynamic image size were refused at their first padding="same" layer
     (auto_pad SAME_UPPER: the pads depend on the run-time size); now the gradient takes its crop
-    (and an average's counts) from the run-time size. One export, checked at three sizes (odd, even, mixed: different
-    pads) against float64 GradientTape for every method. Measured: 8.0e-8 to 1.2e-7."""
+    (and an average's counts) from the run-time size. One export, checked at three sizes (odd,
+    even, mixed: different pads) against float64 GradientTape for every method. Measured: 8.0e-8
+    to 1.2e-7."""
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
     model32 = _keras_dynamic_model(tf, "float32", "relu")
@@ -562,11 +568,7 @@ def test_keras_tf2onnx_dynamic_image_size():
         model64.set_weights([w.astype(np.float64) for w in weights])
         for h, w in ((45, 37), (32, 32), (19, 50)):
             x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
-            xt = tf.constant(x.astype(np.float64))
-            with tf.GradientTape() as tape:
-                tape.watch(xt)
-                picked = tf.reduce_sum(tf.gather(model64(xt), target, axis=1, batch_dims=1))
-            ref = tape.gradient(picked, xt).numpy()
+            ref = _tf_gradient(tf, model64, x, target)
             err = rel_err(attribution(proto, {name: x}, method, target=target), ref)
             assert err < 1e-6, f"{method} {h}x{w}: relative error {err:.2e}"
 
@@ -605,11 +607,7 @@ def test_keras_applications_dynamic_image_size(app):
     name, target = proto.graph.input[0].name, np.array([3])
     for h, w in ((97, 113), (80, 80)):
         x = rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
-        xt = tf.constant(x.astype(np.float64))
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            picked = tf.reduce_sum(model64(xt)[:, 3])
-        ref = tape.gradient(picked, xt).numpy()
+        ref = _tf_gradient(tf, model64, x, target)
         err = rel_err(attribution(proto, {name: x}, "saliency", target=target), ref)
         assert err < 5e-6, f"{app} {h}x{w}: relative error {err:.2e}"
 

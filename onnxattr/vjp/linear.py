@@ -103,18 +103,20 @@ def conv(b, node, gys):
     return [b.channel_affine(gx, 1.0, like=x)]
 
 
-def transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel):
+def transposed_to_input(b, g, w, x, strides, dil, pads, group, kernel, begin: str | None = None):
     """ConvTranspose(g, w) sized to x [N, C, *length] where the length is known only at run time
     (a strided Conv's input gradient; AveragePool's, with a bank of ones). Of the lengths a
     window maps to the same output length, the input's exceeds the shortest by the remainder r
     in [0, stride) of (length + pads - effective kernel) / stride, which a ConvTranspose needs as
     output_padding: take the largest, stride - 1, then keep the first `length` positions (those
-    past it are the gradient of inputs the longer input would have)."""
+    past it are the gradient of inputs the longer input would have), from `begin` (a run-time
+    int64 [n]: pads known only at run time, left out of `pads`) where given."""
     n = len(kernel)
     gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, pads=pads, group=group, kernel_shape=kernel,
               output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None)
-    ends = b.slice(b.shape_of(x), [2], [2 + n], [0])
-    return b.op("Slice", [gx, b.ints([0] * n), ends, b.ints(list(range(2, 2 + n)))])
+    size = b.slice(b.shape_of(x), [2], [2 + n], [0])
+    starts, ends = (b.ints([0] * n), size) if begin is None else (begin, b.op("Add", [begin, size]))
+    return b.op("Slice", [gx, starts, ends, b.ints(list(range(2, 2 + n)))])
 
 
 def same_to_input(b, node, g, w, x, kernel, group):
@@ -122,15 +124,13 @@ def same_to_input(b, node, g, w, x, kernel, group):
     length known only at run time (Keras' padding="same" through tf2onnx): ONNX pads by
     total = max(0, (ceil(length / stride) - 1) * stride + reach - length), total // 2 in front for
     SAME_UPPER (the rest for SAME_LOWER). The unpadded ConvTranspose with output_padding stride - 1
-    is at least begin + length long; its input positions are [begin, begin + length), taken by a
-    Slice whose start is computed from the run-time length. None at stride 1 everywhere (the pads
-    do not depend on the length there: `window` gives them)."""
+    is at least begin + length long; its input positions are [begin, begin + length), with begin
+    computed from the run-time length. None at stride 1 everywhere (the pads do not depend on the
+    length there: `window` gives them)."""
     a, n = attrs(node), len(kernel)
     strides, dil = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
     if all(s == 1 for s in strides):
         return None
-    gx = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, group=group, kernel_shape=kernel,
-              output_padding=[s - 1 for s in strides])
     size = b.slice(b.shape_of(x), [2], [2 + n], [0])
     stride = b.ints(strides)
     out = b.op("Div", [b.op("Add", [size, b.ints([s - 1 for s in strides])]), stride])
@@ -140,7 +140,7 @@ def same_to_input(b, node, g, w, x, kernel, group):
     total = b.op("Where", [b.op("Greater", [total, zeros]), total, zeros])
     half = b.op("Div", [total, b.ints([2] * n)])
     begin = half if a["auto_pad"] == "SAME_UPPER" else b.op("Sub", [total, half])
-    return b.op("Slice", [gx, begin, b.op("Add", [begin, size]), b.ints(list(range(2, 2 + n)))])
+    return transposed_to_input(b, g, w, x, strides, dil, [0] * (2 * n), group, kernel, begin=begin)
 
 
 def _flipped_conv(b, g, w, group, kernel, dil, pads):

@@ -27,13 +27,19 @@ def _geometry(b, node):
     return kernel, strides, dil, pads, xs[1], xs[2:], ys[2:]
 
 
+def channel_bank(b, bank: np.ndarray, channels: int) -> str:
+    """A depthwise kernel bank [channels * K, 1, *kernel] from one channel's [K, 1, *kernel]:
+    tiled in the graph, so the file holds it once."""
+    return b.op("Tile", [b.const(bank.astype(b.np_dtype)), b.ints([channels] + [1] * (bank.ndim - 1))])
+
+
 def _spread(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out):
     """Depthwise ConvTranspose of `g` [N, C*K or C, *out] with a per-channel bank of kernels,
     cropped to the input's coordinates [pads_begin, pads_begin + size)."""
     n = len(kernel)
     if b.np_dtype == np.float64:  # ONNX Runtime has no double ConvTranspose
         return _spread_by_offsets(b, g, kernel_bank, channels, kernel, strides, dil, pads, size, out)
-    w = b.op("Tile", [b.const(kernel_bank), b.ints([channels] + [1] * (n + 1))])
+    w = channel_bank(b, kernel_bank, channels)
     full = b.op("ConvTranspose", [g, w], strides=strides, dilations=dil, group=channels, kernel_shape=kernel)
     lengths = [(out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(n)]
     return b.crop(full, pads[:n], size, lengths)
@@ -245,7 +251,7 @@ def _average_pool_dynamic(b, node, g):
         raise UnsupportedModelError(f"{describe(node)}: auto_pad {a['auto_pad']} with dilations over a size known only "
                                     "at run time is not supported (ONNX Runtime pads by the undilated kernel)")
     channels, include, ceil = shape[1], a.get("count_include_pad", 0), a.get("ceil_mode", 0)
-    w = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (n + 1))])
+    w = channel_bank(b, np.ones([1, 1] + kernel), channels)
     if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and any(s > 1 for s in a.get("strides", [])):
         # pads from the run-time size (Keras' padding="same"): every window lies within the input
         # and its pads, so a counted pad gives the kernel's size; else a Conv of ones with the
@@ -253,9 +259,8 @@ def _average_pool_dynamic(b, node, g):
         if include:
             counts = b.scalar(float(np.prod(kernel)))
         else:
-            ones = _ones(b, b.slice(b.shape_of(x), [2], [2 + n], [0]))
-            counts = b.op("Conv", [ones, b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
-                          strides=list(a["strides"]), auto_pad=a["auto_pad"])
+            counts = _count_ones(b, b.slice(b.shape_of(x), [2], [2 + n], [0]), kernel, strides=list(a["strides"]),
+                                 auto_pad=a["auto_pad"])
         return same_to_input(b, node, b.op("Div", [g, counts]), w, x, kernel, channels)
     strides, dil, pads = window(b, node, x, kernel)
     if not ceil and (include or not any(pads)):
@@ -266,9 +271,11 @@ def _average_pool_dynamic(b, node, g):
     return transposed_to_input(b, scaled, w, x, strides, dil, pads, channels, kernel)
 
 
-def _ones(b, size: str) -> str:
-    """Ones [1, 1, *size] for a run-time size (a Conv of them with a kernel of ones counts windows)."""
-    return b.op("Expand", [b.scalar(1.0), b.op("Concat", [b.ints([1, 1]), size], axis=0)])
+def _count_ones(b, size: str, kernel: list[int], **geometry) -> str:
+    """[1, 1, *out]: how many of the ones [1, 1, *size] (a run-time size) each window of a pool's
+    `geometry` (strides, pads or auto_pad, dilations) reads: a Conv with a kernel of ones."""
+    ones = b.op("Expand", [b.scalar(1.0), b.op("Concat", [b.ints([1, 1]), size], axis=0)])
+    return b.op("Conv", [ones, b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel, **geometry)
 
 
 def _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil):
@@ -283,10 +290,8 @@ def _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil):
     if include:
         size = b.op("Add", [size, b.ints([pads[i] + pads[n + i] for i in range(n)])])
         pads = [0] * (2 * n)
-    ones = _ones(b, size)
     ends = [pads[n + i] + (strides[i] - 1 if ceil else 0) for i in range(n)]
-    counts = b.op("Conv", [ones, b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype))], kernel_shape=kernel,
-                  strides=strides, dilations=dil, pads=pads[:n] + ends)
+    counts = _count_ones(b, size, kernel, strides=strides, dilations=dil, pads=pads[:n] + ends)
     if ceil:
         out = b.slice(b.shape_of(node.output[0]), [2], [2 + n], [0])
         counts = b.op("Slice", [counts, b.ints([0] * n), out, b.ints(list(range(2, 2 + n)))])

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
 from . import register
+from .pool import channel_bank
 
 
 def _source_coords(out_len, in_len, scale, coord, roi):
@@ -216,5 +217,5 @@ def _block_sum(b, node, g, x, scales: dict, moved: list, spec: dict, roi: dict, 
             if not np.array_equal(axis_matrix(n, n * k, float(k), spec), np.kron(np.eye(n), np.ones((k, 1)))):
                 return None
     kernel = [int(ks[ax]) for ax in range(2, rank)]
-    ones = b.op("Tile", [b.const(np.ones([1, 1] + kernel, dtype=b.np_dtype)), b.ints([channels] + [1] * (rank - 1))])
-    return b.op("Conv", [g, ones], kernel_shape=kernel, strides=kernel, group=channels)
+    return b.op("Conv", [g, channel_bank(b, np.ones([1, 1] + kernel), channels)], kernel_shape=kernel, strides=kernel,
+                group=channels)

@@ -105,7 +105,8 @@ def slice_(b, node, gys):
     dynamic = {}
     for ax, st, en, sp in zip(axes, starts, ends, steps):
         if ax in runtime:
-            dynamic[ax] = _runtime_pads(b, x, ax, st, en)
+            length = b.op("Cast", [b.slice(b.shape_of(x), [ax], [ax + 1], [0])], to=TensorProto.DOUBLE)
+            dynamic[ax] = _unit_step_pads(b, length, st, en)
             continue
         dim = shape[ax]
         picked = _slice_indices(dim, st, en, sp)
@@ -136,8 +137,7 @@ def slice_(b, node, gys):
 def _slice_by_run_time_bounds(b, node, g):
     """Slice by starts or ends computed at run time (a window-attention model cropping its padded
     windows back to the image, x[:, :H, :W] at a dynamic size), unit steps: zero padding back to
-    x's size by pads from the bounds, clamped as ONNX clamps them (in double, as
-    `_runtime_pads`)."""
+    x's size by pads from the bounds, clamped as ONNX clamps them."""
     x, ins = node.input[0], list(node.input) + [""] * 5
     rank = b.rank(x, node)
     n = len(b.value(ins[3])) if ins[3] and b.value(ins[3]) is not None else (b.shape(ins[1]) or [None])[0]
@@ -146,33 +146,31 @@ def _slice_by_run_time_bounds(b, node, g):
     if not axes or any(v != 1 for v in steps):
         raise UnsupportedModelError(f"{describe(node)}: starts or ends computed at run time need unit steps and a "
                                     "known number of axes to differentiate it")
-    double = lambda t: b.op("Cast", [t], to=TensorProto.DOUBLE)  # noqa: E731
-    dim = double(b.op("Gather", [b.shape_of(x), b.ints(axes)], axis=0))
-    zero = b.const(np.zeros(1), dtype=np.float64)
-
-    def clamped(t):
-        t = double(t)
-        t = b.op("Where", [b.op("Less", [t, zero]), b.op("Add", [t, dim]), t])
-        return b.op("Min", [b.op("Max", [t, zero]), dim])
-
-    lo = clamped(ins[1])
-    hi = b.op("Max", [clamped(ins[2]), lo])  # an empty slice: nothing after its start
-    pads = b.op("Cast", [b.op("Concat", [lo, b.op("Sub", [dim, hi])], axis=0)], to=TensorProto.INT64)
-    full = b.op("ScatterElements", [b.ints([0] * (2 * rank)), b.ints(axes + [rank + a for a in axes]), pads], axis=0)
-    return b.op("Pad", [g, full])
+    dim = b.op("Cast", [b.op("Gather", [b.shape_of(x), b.ints(axes)], axis=0)], to=TensorProto.DOUBLE)
+    before, after = _unit_step_pads(b, dim, ins[1], ins[2])
+    return b.op("Pad", [g, _pads_over_axes(b, b.op("Concat", [before, after], axis=0), axes, rank)])
 
 
-def _runtime_pads(b, x, ax, start, end):
-    """(before, after) as int64 [1] tensors for x[start:end] along `ax` (step 1), from the axis's
-    length at run time, with ONNX's clamping. Computed in double (exact for any length below
-    2**53): Min and Max take int64 only from opset 12."""
-    dim = b.op("Cast", [b.slice(b.shape_of(x), [ax], [ax + 1], [0])], to=TensorProto.DOUBLE)
+def _pads_over_axes(b, pads: str, axes: list[int], rank: int) -> str:
+    """Pads [begins, ends] given for `axes` spread into ONNX's [begin_0..begin_r, end_0..end_r]."""
+    return b.op("ScatterElements", [b.ints([0] * (2 * rank)), b.ints(axes + [rank + a for a in axes]), pads], axis=0)
+
+
+def _unit_step_pads(b, dim: str, start, end) -> tuple[str, str]:
+    """(before, after), int64, for x[start:end] with a unit step along axes of run-time lengths
+    `dim` (double), with ONNX's clamping; start and end are ints or tensors (computed at run
+    time). In double (exact for any length below 2**53): Min and Max take int64 only from
+    opset 12."""
     zero = b.const(np.zeros(1), dtype=np.float64)
 
     def clamped(v):
-        t = b.const(np.array([float(v)]), dtype=np.float64)
-        if v < 0:
-            t = b.op("Add", [t, dim])
+        if isinstance(v, str):  # a tensor: counted back from the end where negative
+            t = b.op("Cast", [v], to=TensorProto.DOUBLE)
+            t = b.op("Where", [b.op("Less", [t, zero]), b.op("Add", [t, dim]), t])
+        else:
+            t = b.const(np.array([float(v)]), dtype=np.float64)
+            if v < 0:
+                t = b.op("Add", [t, dim])
         return b.op("Min", [b.op("Max", [t, zero]), dim])
 
     lo = clamped(start)
@@ -244,8 +242,7 @@ def _pad_by_run_time_pads(b, node, g, mode, rank):
     pads = node.input[1]
     if len(node.input) > 3 and node.input[3]:  # pads for some axes: spread into [begin_0..begin_r, end_0..end_r]
         axes = [int(v) % rank for v in _const(b, node, node.input[3], "axes")]
-        pads = b.op("ScatterElements", [b.ints([0] * (2 * rank)), b.ints(axes + [rank + ax for ax in axes]), pads],
-                    axis=0)
+        pads = _pads_over_axes(b, pads, axes, rank)
     zero = b.ints([0])
     negative = b.op("Less", [pads, zero])
     widened = b.op("Pad", [g, b.op("Where", [negative, b.op("Neg", [pads]), zero])])
