@@ -418,6 +418,14 @@ def tile(b, node, gys):
     return [b.reduce("ReduceSum", g, summed, keepdims=0), None]
 
 
+@register("ReverseSequence")
+def reverse_sequence(b, node, gys):
+    # Reverses each row's first sequence_lens[n] steps: a permutation that is its own inverse.
+    a = attrs(node)
+    return [b.op("ReverseSequence", [gys[0], node.input[1]], batch_axis=a.get("batch_axis", 1), time_axis=a.get("time_axis", 0)),
+            None]
+
+
 @register("SpaceToDepth")
 def space_to_depth(b, node, gys):
     return [b.op("DepthToSpace", [gys[0]], blocksize=attrs(node)["blocksize"], mode="DCR" if b.opset >= 11 else None)]
