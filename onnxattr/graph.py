@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from . import dims
 from .dims import symbolic_dims
 from .errors import UnsupportedModelError
-from .protos import FLOAT_TYPES, default_opset, describe
-from .shapes import FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, skeleton, trial_shapes
+from .protos import FLOAT_TYPES, default_opset, describe, reads, rename_reads
+from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, skeleton,
+                     trial_shapes)
 
 TUNE_FOR = ("cpu", "cuda")  # the ONNX Runtime provider whose kernels an exported graph's formulation suits
 
@@ -71,7 +72,7 @@ class Builder:
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
-        skel, fed = skeleton(self.model), False
+        skel, fed, whole_slices = skeleton(self.model), False, set()
         while True:
             try:
                 inferred = onnx.shape_inference.infer_shapes(skel, data_prop=True)
@@ -81,6 +82,9 @@ class Builder:
                 inferred = self.model
             self._record(inferred.graph)
             if fix_pool_shapes(skel, self.shapes, self.types, self.shape_conflicts):
+                fed = True
+                continue
+            if keep_whole_slice_dims(skel, self.shape_protos, self.types, self.consts, whole_slices):
                 fed = True
                 continue
             # ONNX data propagation stops at Div, so `x.size(1) // 2` (ShuffleNet's chunk and
@@ -220,7 +224,7 @@ class Builder:
             if orig in self.shapes and self.shapes[orig]:
                 self.shapes.setdefault(new, [None] + self.shapes[orig][1:])
         for node in list(self.model.graph.node):
-            if not any(i in rename for i in node.input if i):
+            if not any(i in rename for i in reads(node) if i):  # (a Loop body may read the input)
                 continue
             outs = []
             for o in node.output:
@@ -237,8 +241,7 @@ class Builder:
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             copy.name = self.fresh(node.op_type)
-            del copy.input[:]
-            copy.input.extend(rename.get(i, i) for i in node.input)
+            rename_reads(copy, rename)
             del copy.output[:]
             copy.output.extend(outs)
             self.nodes.append(copy)

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .protos import rename_reads
+
 
 def inline_constant_ifs(graph: onnx.GraphProto, value: Callable[[str], np.ndarray | None]) -> int:
     """Replace, in place, each top-level If of `graph` whose condition `value` knows by the nodes
@@ -63,7 +65,7 @@ def _branch_nodes(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.Gra
         copy = onnx.NodeProto()
         copy.CopyFrom(n)
         copy.name = f"{prefix}/{n.name}" if n.name else ""
-        _rename_reads(copy, rename)
+        rename_reads(copy, rename)
         del copy.output[:]
         copy.output.extend(rename.get(o, o) for o in n.output)
         out.append(copy)
@@ -71,14 +73,3 @@ def _branch_nodes(branch: onnx.GraphProto, node: onnx.NodeProto, graph: onnx.Gra
         if rename.get(o) != node.output[i]:
             out.append(helper.make_node("Identity", [rename.get(o, o)], [node.output[i]], name=f"{prefix}/output_{i}"))
     return out
-
-
-def _rename_reads(node: onnx.NodeProto, rename: dict) -> None:
-    """`node`, and the graphs nested in it, read the renamed tensors by their new names."""
-    ins = [rename.get(i, i) for i in node.input]
-    del node.input[:]
-    node.input.extend(ins)
-    for a in node.attribute:
-        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-            for inner in g.node:
-                _rename_reads(inner, rename)

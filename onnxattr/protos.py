@@ -47,3 +47,16 @@ def reads(node: onnx.NodeProto) -> list[str]:
             names.extend(i for n in g.node for i in reads(n) if i and i not in inner)
             names.extend(o.name for o in g.output if o.name not in inner)
     return names
+
+
+def rename_reads(node: onnx.NodeProto, rename: dict) -> None:
+    """`node`, and the graphs nested in it, read the renamed tensors by their new names."""
+    ins = [rename.get(i, i) for i in node.input]
+    del node.input[:]
+    node.input.extend(ins)
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for inner in g.node:
+                rename_reads(inner, rename)
+            for o in g.output:  # a body output that is an outer tensor, read as is
+                o.name = rename.get(o.name, o.name)

@@ -388,3 +388,57 @@ def fix_pool_shapes(skel: onnx.ModelProto, shapes: dict, types: dict, conflicts:
             skel.graph.value_info.append(helper.make_tensor_value_info(o, elem, dims))
         fixed += 1
     return fixed
+
+
+WHOLE_END = 2 ** 31 - 1  # an end at least this clamps to the length (a dim can not hold 2**31 elements)
+
+
+def keep_whole_slice_dims(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: dict, done: set) -> int:
+    """ONNX shape inference gives a Slice's output a fresh symbol on every sliced axis of unknown
+    length, even where the slice takes the whole axis (start 0, or one at most -2**31; end at
+    least 2**31 - 1; step 1: tf2onnx writes x[:, a:b] of a TensorFlow strided slice so): the
+    tensors after it then look unrelated to the rest (a Keras GRU cell's gates against its state).
+    Declare the input's symbol there in `skel`'s value_info, for the next inference pass; returns
+    how many outputs were declared (each at most once: their names are kept in `done`)."""
+    fixed = 0
+    for n in skel.graph.node:
+        if n.op_type != "Slice" or n.domain not in ("", "ai.onnx") or not n.output[0] or n.output[0] in done:
+            continue
+        xs, ys = shape_protos.get(n.input[0]), shape_protos.get(n.output[0])
+        if xs is None or ys is None or len(xs.dim) != len(ys.dim):
+            continue
+        a = attrs(n)
+        if "starts" in a:  # Slice-1: attributes, no steps
+            starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+        else:
+            vals = [consts.get(i) if i else None for i in list(n.input[1:5]) + [""] * (5 - len(n.input))]
+            if vals[0] is None or vals[1] is None or any(i and v is None for i, v in zip(n.input[3:5], vals[2:4])):
+                continue
+            starts, ends = (numpy_helper.to_array(v).tolist() for v in vals[:2])
+            axes = numpy_helper.to_array(vals[2]).tolist() if vals[2] is not None else None
+            steps = numpy_helper.to_array(vals[3]).tolist() if vals[3] is not None else None
+        rank = len(xs.dim)
+        axes = list(range(len(starts))) if axes is None else [int(i) % rank for i in axes]
+        steps = steps or [1] * len(axes)
+        dims = [onnx.TensorShapeProto.Dimension() for _ in range(rank)]
+        changed = False
+        for i in range(rank):
+            dims[i].CopyFrom(ys.dim[i])
+            if i not in axes or ys.dim[i].dim_param == xs.dim[i].dim_param or not xs.dim[i].dim_param:
+                continue
+            k = axes.index(i)
+            if steps[k] == 1 and (starts[k] == 0 or starts[k] <= -WHOLE_END - 1) and ends[k] >= WHOLE_END:
+                dims[i].Clear()
+                dims[i].dim_param = xs.dim[i].dim_param
+                changed = True
+        if not changed:
+            continue
+        keep = [vi for vi in skel.graph.value_info if vi.name != n.output[0]]
+        del skel.graph.value_info[:]
+        skel.graph.value_info.extend(keep)
+        vi = helper.make_tensor_value_info(n.output[0], types.get(n.input[0], TensorProto.FLOAT), None)
+        vi.type.tensor_type.shape.dim.extend(dims)
+        skel.graph.value_info.append(vi)
+        done.add(n.output[0])
+        fixed += 1
+    return fixed

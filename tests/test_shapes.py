@@ -202,3 +202,29 @@ def test_symbolic_dims_do_not_carry_channels_through_a_conv_of_unknown_weights()
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     sym = symbolic_dims(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {})
     assert not same(sym, "y", 1, "x", 1) and sym["y"][2:] == [5, 5]
+
+
+@pytest.mark.parametrize("start, end, step, whole", [
+    (0, 2 ** 31 - 1, 1, True), (0, 2 ** 63 - 1, 1, True), (-(2 ** 63), 2 ** 63 - 1, 1, True), (-(2 ** 31), 2 ** 31 - 1, 1, True),
+    (1, 2 ** 31 - 1, 1, False), (0, 2 ** 31 - 2, 1, False), (0, 2 ** 31 - 1, 2, False), (-1, 2 ** 31 - 1, 1, False),
+])
+def test_a_whole_axis_slice_keeps_its_length_symbol(start, end, step, whole):
+    """tf2onnx's x[:, a:b] slices axis 0 from 0 to INT32_MAX: the output's unknown length is the
+    input's (the Builder declares the input's symbol there), so an Add with a tensor of that
+    length needs no run-time broadcast check. A slice that may drop elements keeps ONNX's fresh
+    symbol. The claim is checked against ONNX Runtime at three lengths."""
+    from onnxattr.graph import Builder
+
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+             dict(s=[start, 2], e=[end, 6], a=[0, 1], st=[step, 1]).items()]
+    nodes = [helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"]), helper.make_node("Relu", ["y"], ["r"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    b = Builder(model, TensorProto.FLOAT)
+    assert b.shapes["r"][1] == 4
+    assert (b.shape_protos["r"].dim[0].dim_param == "N") == whole  # (0 .. 2**31 - 2 might drop elements: not claimed)
+    sess = make_session(model.SerializeToString(), "cpu")[0]
+    lengths = [sess.run(None, {"x": np.zeros((n, 8), np.float32)})[0].shape[0] for n in (1, 5, 12)]
+    assert lengths == [1, 5, 12] or not whole
