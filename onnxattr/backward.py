@@ -67,7 +67,7 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
         if node.domain not in ("", "ai.onnx"):
             kind = "domain" if node.domain == "ai.onnx.ml" else "custom domain"
             missing.append(f"{describe(node)} ({kind} '{node.domain}')")
-        elif node.op_type in CONTROL_FLOW:
+        elif node.op_type in CONTROL_FLOW and policy.rule(node.op_type) is None:
             missing.append(f"{describe(node)} (control flow)")
         elif policy.rule(node.op_type) is None:
             missing.append(describe(node))
@@ -79,11 +79,14 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
         )
 
 
-def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) -> dict[str, str]:
+def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy, unreached_ok: bool = False) -> dict[str, str]:
     """Emit the backward graph into `b`: returns {wrt name: gradient tensor name}.
 
-    `seeds` maps forward tensors to the names of their incoming gradients (cotangents).
+    `seeds` maps forward tensors to the names of their incoming gradients (cotangents). A `wrt`
+    tensor that no gradient reaches is an error, or left out of the result with `unreached_ok`
+    (a Loop body's carried value that the seeded outputs do not read).
     """
+    b.policy = policy  # for rules that differentiate a subgraph (Loop)
     path, b.needed = differentiable_path(b, wrt, list(seeds))
     path = fuse(b, path)
     check_path(b, path, policy)
@@ -101,14 +104,19 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
                 b.annotate(g, like=o)
         if all(g is None for g in gys):
             continue
-        gxs = list(policy.rule(node.op_type)(b, node, gys))
-        gxs += [None] * (len(node.input) - len(gxs))
+        gxs = policy.rule(node.op_type)(b, node, gys)
+        if isinstance(gxs, dict):  # control flow: by name, for its inputs and the outer tensors its body reads
+            pairs = [(name, gxs.get(name)) for name in dict.fromkeys(i for i in reads(node) if i)]
+        else:
+            gxs = list(gxs) + [None] * (len(node.input) - len(gxs))
+            pairs = list(zip(node.input, gxs))
         if may_blow_up(b, node, producer) or any(g in b.unbounded for g in gys if g is not None):
-            b.unbounded.update(g for g in gxs if g is not None)
-        for k, (name, g) in enumerate(zip(node.input, gxs)):
+            b.unbounded.update(g for _, g in pairs if g is not None)
+        for k, (name, g) in enumerate(pairs):
             if g is None and b.needs(name) and b.is_float(name):
                 # never a silently dropped term: this operand depends on the explained input
-                raise UnsupportedModelError(f"{describe(node)}: its input {k} ('{name}') depends on the input being "
+                which = f"its input {k} ('{name}')" if k < len(node.input) else f"the tensor '{name}' its body reads"
+                raise UnsupportedModelError(f"{describe(node)}: {which} depends on the input being "
                                             f"explained, and {node.op_type}'s gradient with respect to it is not supported")
             if g is not None:
                 b.annotate(g, like=name)
@@ -116,6 +124,8 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy) ->
                 partials.setdefault(name, []).append(g)
     grads = {}
     for x in wrt:
+        if x not in partials and unreached_ok:
+            continue
         if x not in partials:
             raise UnsupportedModelError(f"no gradient reaches input '{x}': the output does not depend on it through "
                                         "float operations")

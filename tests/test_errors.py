@@ -299,7 +299,9 @@ def test_control_flow_off_the_path_is_fine():
     np.testing.assert_allclose(got, plain, rtol=1e-6)
 
 
-def test_control_flow_loop_is_refused_naming_the_node():
+def test_loop_reading_an_outer_tensor_whole_is_differentiated():
+    """Loop nodes have a rule now (tests/test_loop.py): y = r + 3 r, r read whole at each step,
+    gets 4 times the plain model's attribution."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "r"], ["acc_out"])],
         "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
@@ -308,8 +310,11 @@ def test_control_flow_loop_is_refused_naming_the_node():
     mid = [helper.make_node("Loop", ["trips", "", "r"], ["y"], body=body, name="repeat")]
     m = tiny(mid=mid)
     m.graph.initializer.append(numpy_helper.from_array(np.array(3, np.int64), "trips"))
-    with pytest.raises(onnxattr.UnsupportedModelError, match="Loop node 'repeat' \\(control flow\\)"):
-        onnxattr.attribution_model(m)
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = onnxattr.Explainer(m, provider="cpu")(x, [0, 2])
+    plain = onnxattr.Explainer(tiny(), provider="cpu")(x, [0, 2])
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(got, 4 * plain, rtol=1e-6)
 
 
 def test_control_flow_scan_is_refused_naming_the_node():

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_rnn import RNN_14 as _UpstreamRNN
+from onnx.reference.ops.op_loop import Loop as _UpstreamLoop
 from onnx.reference.ops.op_scan import Scan as _UpstreamScan
 
 from onnxattr.api import vjp_model
@@ -108,7 +109,12 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 def _retyped(model: onnx.ModelProto, old: int, new: int) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
+    _retype_graph(m.graph, old, new)
+    return m
+
+
+def _retype_graph(g: onnx.GraphProto, old: int, new: int) -> None:
+    """In place, subgraphs (Loop bodies) included."""
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         if vi.type.tensor_type.elem_type == old:
             vi.type.tensor_type.elem_type = new
@@ -124,9 +130,10 @@ def _retyped(model: onnx.ModelProto, old: int, new: int) -> onnx.ModelProto:
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 fix_tensor(a.t)
+            elif a.type == onnx.AttributeProto.GRAPH:
+                _retype_graph(a.g, old, new)
             elif a.name == "to" and n.op_type == "Cast" and a.i == old:
                 a.i = new
-    return m
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -404,6 +411,32 @@ class Scan(_UpstreamScan):  # upstream: only forward directions (the recurrent r
                      for k, v in enumerate(outs))
 
 
+class Loop(_UpstreamLoop):
+    """Upstream takes an omitted condition for false (the spec: run M times) and joins the
+    stacked outputs with vstack (a [N, H] step output then gives [T * N, H], not [T, N, H])."""
+
+    op_domain = ""
+
+    def _run(self, M, cond, *carried, context=None, body=None, attributes=None, bindings=None):  # noqa: ARG002
+        names, outs = self.body.input_names, self.body.output_names
+        state = dict(zip(names[2:], carried))
+        state.update(context or {})
+        go = True if cond is None else bool(cond)
+        it, stacked = 0, [[] for _ in range(len(outs) - 1 - len(carried))]
+        values = list(carried)
+        while go and (M is None or it < int(M)):
+            state[names[0]] = np.array(it, dtype=np.int64)
+            state[names[1]] = np.array(go)
+            res = dict(zip(outs, self._run_body(state, attributes=attributes, bindings=bindings)))
+            go = bool(res[outs[0]])
+            values = [res[o] for o in outs[1:1 + len(carried)]]
+            state.update(zip(names[2:], values))
+            for k, o in enumerate(outs[1 + len(carried):]):
+                stacked[k].append(res[o])
+            it += 1
+        return tuple(values) + tuple(np.stack(s) if s else np.zeros((0,)) for s in stacked)
+
+
 class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activation for both directions
     op_domain = ""
 
@@ -424,7 +457,7 @@ class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activa
         return super().choose_act(name, alpha, beta)
 
 
-REFERENCE_FIXES = [Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
+REFERENCE_FIXES = [Loop, Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
                    MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
 
 

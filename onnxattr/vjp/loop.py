@@ -1,0 +1,335 @@
+"""Loop: backpropagation through the steps of an ONNX Loop, with standard ops.
+
+tf2onnx writes Keras' GRU, SimpleRNN and masked recurrent layers (TensorFlow while loops) as a
+Loop whose body reads one step of the sequence from an outer tensor (a Gather at the step's
+index), carries the state, passes the weights through unchanged and stacks each step's output.
+The forward Loop keeps computing the model's outputs; the rule adds
+* a copy of the Loop whose body also stacks, per step, the carried values it starts from (not
+  those it passes through unchanged, such as weights);
+* a Loop over the steps in reverse: its body recomputes the forward body from that step's
+  stacked state, then runs the body's own backward graph (this same driver on the body as a
+  model, so every rule and every method's override applies inside), seeded with the carried
+  state's gradient and that step's slice of each stacked output's gradient. It carries the
+  state gradients and stacks, per step, the gradient of each slice the body read;
+* the gradient of an outer tensor read one slice per step (a Gather along axis 0 at a scalar
+  index), scattered from those stacks at the indices the steps read (ScatterND: with additions
+  from opset 16; before that only for indices that provably differ from step to step, the
+  iteration number or a counter incremented by 1). An outer tensor read otherwise has its whole
+  gradient summed over the steps in a carried value of the backward Loop.
+
+Refused, naming the node: control flow nested in the body, indices that may repeat before
+opset 16, and a body that returns an outer tensor depending on the explained input as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import UnsupportedModelError
+from ..protos import FLOAT_TYPES, attrs, describe, reads, rename_reads
+from . import NON_DIFFERENTIABLE, register
+
+
+def _vi(name: str, elem: int, dims=None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def _declare(b, vi: onnx.ValueInfoProto, outer: str) -> None:
+    """Give `vi` the shape known for the model's tensor `outer` (symbolic dims kept), if any."""
+    if outer in b.shape_protos:
+        vi.type.tensor_type.shape.CopyFrom(b.shape_protos[outer])
+    elif b.shapes.get(outer) is not None:  # (a forward copy's, for SmoothGrad's stacked inputs)
+        vi.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(0, b.shapes[outer]).tensor_type.shape)
+
+
+class _Body:
+    """Nodes of a graph being written, named through the Builder (unique in the whole model)."""
+
+    def __init__(self, b):
+        self.b = b
+        self.nodes: list[onnx.NodeProto] = []
+
+    def op(self, op_type: str, inputs, out: str | None = None, **kwargs) -> str:
+        out = out or self.b.fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.b.fresh(op_type), **kwargs))
+        return out
+
+
+def _source(name: str, producer: dict) -> str:
+    """`name` with Identity and Cast nodes of the body looked through."""
+    n = producer.get(name)
+    while n is not None and n.op_type in ("Identity", "Cast"):
+        name = n.input[0]
+        n = producer.get(name)
+    return name
+
+
+def _constant(b, body: onnx.GraphProto, name: str, producer: dict):
+    """The value of a body tensor that is an initializer or Constant of the body or the model."""
+    for t in body.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    n = producer.get(name)
+    if n is not None and n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+        return numpy_helper.to_array(n.attribute[0].t)
+    return b.value(name)
+
+
+def _distinct_per_step(b, body, index: str, producer: dict) -> bool:
+    """Whether a body's Gather index differs from step to step: the iteration number, or a
+    carried integer that the body increments by 1."""
+    src = _source(index, producer)
+    ins, outs = [i.name for i in body.input], [o.name for o in body.output]
+    if src == ins[0]:
+        return True
+    if src not in ins[2:]:
+        return False
+    nxt = producer.get(_source(outs[ins.index(src) - 1], producer))
+    if nxt is None or nxt.op_type != "Add" or src not in nxt.input:
+        return False
+    other = nxt.input[1 - list(nxt.input).index(src)]
+    v = _constant(b, body, other, producer)
+    return v is not None and v.size == 1 and float(v) == 1.0
+
+
+def _passthrough(k: int, ins: list, outs: list, producer: dict) -> bool:
+    """Whether the body returns carried value k as it came (weights passed along, a constant)."""
+    name, n = outs[1 + k], producer.get(outs[1 + k])
+    while n is not None and n.op_type == "Identity":
+        name = n.input[0]
+        n = producer.get(name)
+    return name == ins[2 + k]
+
+
+def _refuse(node, why: str):
+    raise UnsupportedModelError(f"{describe(node)}: {why}")
+
+
+def _live_carried(b, node, body, ins, outs, live_in: set) -> tuple[list[int], set]:
+    """The float carried values whose gradient is needed (a fixpoint over the body: an initial
+    value that depends on the explained input, or an update that reads such a value), and the
+    body tensors that depend on them or on `live_in`."""
+    K = len(node.input) - 2
+    floats = {k for k in range(K) if body.input[2 + k].type.tensor_type.elem_type in FLOAT_TYPES}
+    carry = {k for k in floats if b.needs(node.input[2 + k])}
+    while True:
+        live = {ins[2 + k] for k in carry} | live_in
+        for n in body.node:
+            if n.op_type not in NON_DIFFERENTIABLE and any(i in live for i in n.input if i):
+                live.update(o for o in n.output if o)
+        grown = carry | {k for k in floats if outs[1 + k] in live}
+        if grown == carry:
+            return sorted(carry), live
+        carry = grown
+
+
+def _body_builder(b, node, body, captured):
+    """The body as a model of its own (outer tensors as inputs or, where constant, initializers),
+    in a Builder whose names stay unique in the whole model. Carried values are declared with
+    the shapes of their initial values, whose symbolic dims relate them to the outer tensors
+    (so the rules know which dims are equal), where the body's outputs keep those shapes;
+    else as the body declares them."""
+    for outer_first in (True, False):
+        inner = _body_model(b, node, body, captured, outer_first)
+        ins, outs = [i.name for i in body.input], [o.name for o in body.output]
+        if not outer_first or all(_same_dims(inner.shape_protos.get(ins[2 + k]), inner.shape_protos.get(outs[1 + k]))
+                                  for k in range(len(node.input) - 2)):
+            break
+    b._used |= inner._used
+    inner._used, inner._counter = b._used, b._counter
+    return inner
+
+
+def _same_dims(a, c) -> bool:
+    if a is None or c is None or len(a.dim) != len(c.dim):
+        return a is None and c is None
+    return all((d.HasField("dim_value") and d.dim_value == e.dim_value) or (bool(d.dim_param) and d.dim_param == e.dim_param)
+               for d, e in zip(a.dim, c.dim))
+
+
+def _body_model(b, node, body, captured, outer_first: bool):
+    from ..graph import Builder
+
+    ins = [i.name for i in body.input]
+    inputs = [_vi(ins[0], TensorProto.INT64, []), _vi(ins[1], TensorProto.BOOL, [])]
+    for k in range(len(node.input) - 2):
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(body.input[2 + k])
+        if outer_first or not vi.type.tensor_type.HasField("shape"):
+            _declare(b, vi, node.input[2 + k])
+        inputs.append(vi)
+    inits = list(body.initializer)
+    for c in captured:
+        if b.consts.get(c) is not None:
+            inits.append(b.consts[c])
+            continue
+        vi = _vi(c, b.types.get(c, TensorProto.FLOAT))
+        _declare(b, vi, c)
+        inputs.append(vi)
+    declared = {vi.name: vi for vi in inputs}  # an output that is an input as it came: declared like it
+    outputs = [declared.get(o.name, o) for o in body.output]
+    graph = helper.make_graph(list(body.node), f"{node.name or 'loop'}_body", inputs, outputs, inits)
+    return Builder(helper.make_model(graph, opset_imports=list(b.model.opset_import), ir_version=b.model.ir_version),
+                   b.dtype, b.tune_for)
+
+
+_NOT_HOISTED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _hoist(b, nodes: list, invariant: set, outputs: set) -> list:
+    """The nodes of a Loop body minus those that compute the same at every step (all inputs
+    outer tensors, or computed from them only: the weights' transposes of the MatMul gradients,
+    a bias split), which move before the Loop, renamed (a body's names may not reappear
+    outside it; the body's `outputs` stay). ONNX Runtime then folds them once, and its MatMuls
+    get constant weights."""
+    invariant, rename, kept = set(invariant), {}, []
+    for n in nodes:
+        ins = [rename.get(i, i) for i in n.input]
+        if n.op_type in _NOT_HOISTED or any(o in outputs for o in n.output) or n.attribute and any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                              for a in n.attribute) or not all(i in invariant for i in ins if i):
+            kept.append(n)
+            continue
+        outs = []
+        for o in n.output:
+            rename[o] = b.fresh(o.split("/")[-1].split(":")[0] or "hoisted") if o else ""
+            invariant.add(rename[o])
+            outs.append(rename[o])
+        b.nodes.append(helper.make_node(n.op_type, ins, outs, name=b.fresh(n.op_type), domain=n.domain or None))
+        b.nodes[-1].attribute.extend(n.attribute)
+    for n in kept:
+        rename_reads(n, rename)
+    return kept
+
+
+def _record(b, node, body, stacked: list[int]) -> dict:
+    """A copy of the Loop whose body also stacks the carried values each step starts from
+    (key -1: the iteration number, which counts the steps run): {k: [steps, ...] tensor}."""
+    ins = [i.name for i in body.input]
+    rec = onnx.GraphProto()
+    rec.CopyFrom(body)
+    rec.name = b.fresh("loop_record")
+    stacks = {}
+    for k in [-1] + stacked:
+        out = b.fresh("loop_stacked")
+        rec.node.append(helper.make_node("Identity", [ins[0] if k < 0 else ins[2 + k]], [out], name=b.fresh("Identity")))
+        rec.output.append(_vi(out, TensorProto.INT64 if k < 0 else body.input[2 + k].type.tensor_type.elem_type))
+        stacks[k] = b.fresh("loop_states")
+    copies = [b.fresh("loop_copy") for _ in range(len(node.output))]
+    b.nodes.append(helper.make_node("Loop", list(node.input), copies + list(stacks.values()), name=b.fresh("Loop"), body=rec))
+    return stacks
+
+
+@register("Loop")
+def loop(b, node, gys):
+    from ..backward import build_backward, prune
+
+    body = attrs(node)["body"]
+    K = len(node.input) - 2
+    ins, outs = [i.name for i in body.input], [o.name for o in body.output]
+    S = len(outs) - 1 - K
+    for n in body.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            _refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
+    producer = {o: n for n in body.node for o in n.output if o}
+    defined = set(ins) | {t.name for t in body.initializer} | set(producer)
+    captured = list(dict.fromkeys(i for n in body.node for i in reads(n) if i and i not in defined))
+    live_outer = [c for c in captured if b.needs(c) and b.is_float(c)]
+    if any(o in live_outer for o in outs):
+        _refuse(node, f"its body outputs '{next(o for o in outs if o in live_outer)}', an outer tensor that depends "
+                      "on the input being explained, as is")
+    inner = _body_builder(b, node, body, captured)
+
+    # An outer tensor read only one step at a time (Gather along axis 0 at a scalar index, as
+    # TensorArray reads are exported) gets each step's slice gradient, scattered afterwards;
+    # one read otherwise gets its whole gradient accumulated over the steps.
+    readers = {c: [(n, k) for n in body.node for k, i in enumerate(n.input) if i == c] for c in live_outer}
+    sliced = {c for c, rs in readers.items()
+              if all(n.op_type == "Gather" and k == 0 and attrs(n).get("axis", 0) == 0 and inner.shapes.get(n.input[1]) == []
+                     for n, k in rs)}
+    slices = [n for c in live_outer if c in sliced for n, _ in readers[c]]
+    whole = [c for c in live_outer if c not in sliced]
+    carry, live = _live_carried(b, node, body, ins, outs, {n.output[0] for n in slices} | set(whole))
+    seeded_steps = [s for s in range(S) if gys[K + s] is not None and outs[1 + K + s] in live]
+    if not any(gys[k] is not None for k in carry) and not seeded_steps:
+        return {}
+
+    # the body's backward, seeded with the state gradients (inputs of the backward body) and
+    # this step's slice of each stacked output's gradient
+    w = _Body(b)
+    state_grads = {k: b.fresh("loop_state_grad") for k in carry}
+    step_grads = {s: b.fresh("loop_output_grad") for s in seeded_steps}
+    seeds: dict[str, str] = {}
+    for name, g in [(outs[1 + k], state_grads[k]) for k in carry] + [(outs[1 + K + s], step_grads[s]) for s in seeded_steps]:
+        seeds[name] = w.op("Add", [seeds[name], g]) if name in seeds else g  # a body output listed twice
+    summed = list(w.nodes)
+    try:
+        grads = build_backward(inner, seeds, [ins[2 + k] for k in carry] + [n.output[0] for n in slices] + whole,
+                               b.policy, unreached_ok=True)
+    except UnsupportedModelError as e:
+        _refuse(node, f"in its body: {e}")
+
+    stacks = _record(b, node, body, [k for k in range(K) if not _passthrough(k, ins, outs, producer)])
+    steps = b.op("Reshape", [b.shape_of(stacks[-1]), b.ints([])])
+    last = b.op("Sub", [steps, b.const(np.int64(1), dtype=np.int64)])
+
+    # the backward Loop, at step t = last - i: the forward body recomputed from the stacked
+    # state, then its backward
+    w.nodes = []
+    i, cond = b.fresh("loop_i"), b.fresh("loop_cond")
+    accs = {c: b.fresh("loop_sum_grad") for c in whole}
+    t = w.op("Sub", [last, i])
+    w.op("Identity", [t], out=ins[0])
+    w.op("Identity", [cond], out=ins[1])
+    for k in range(K):
+        w.op("Gather", [stacks[k], t], out=ins[2 + k]) if k in stacks else w.op("Identity", [node.input[2 + k]], out=ins[2 + k])
+    for n in body.node:  # copies: the hoisting renames what they read
+        w.nodes.append(onnx.NodeProto())
+        w.nodes[-1].CopyFrom(n)
+    for s in seeded_steps:
+        w.op("Gather", [gys[K + s], t], out=step_grads[s])
+    w.nodes.extend(summed + inner.nodes)
+    zero = numpy_helper.from_array(np.zeros(1, b.np_dtype))
+    results = [w.op("Identity", [cond])]
+    for k in carry:
+        results.append(w.op("Identity", [grads.get(ins[2 + k]) or w.op("ConstantOfShape", [w.op("Shape", [ins[2 + k]])], value=zero)]))
+    for c in whole:
+        results.append(w.op("Add", [accs[c], grads[c]]) if c in grads else w.op("Identity", [accs[c]]))
+    for n in slices:
+        g = grads.get(n.output[0])
+        results.append(w.op("Identity", [g]) if g else w.op("ConstantOfShape", [w.op("Shape", [n.output[0]])], value=zero))
+    results += [w.op("Cast", [n.input[1]], to=TensorProto.INT64) for n in slices]
+    types = [TensorProto.BOOL] + [b.dtype] * (len(results) - 1 - len(slices)) + [TensorProto.INT64] * len(slices)
+    w.nodes = _hoist(b, prune(w.nodes, set(results)), set(captured) | {node.input[2 + k] for k in range(K) if k not in stacks},
+                     set(results))
+    back = helper.make_graph(
+        w.nodes, b.fresh("loop_backward"),
+        [_vi(i, TensorProto.INT64, []), _vi(cond, TensorProto.BOOL, [])] + [_vi(g, b.dtype) for g in [*state_grads.values(), *accs.values()]],
+        [_vi(r, ty) for r, ty in zip(results, types)], list(body.initializer))
+    init = [gys[k] if gys[k] is not None else b.zeros_like(node.output[k]) for k in carry] + [b.zeros_like(c) for c in whole]
+    res = b.op("Loop", [steps, "", *init], outputs=len(results) - 1, body=back)
+    res = res if isinstance(res, list) else [res]
+
+    out: dict[str, str] = {}
+
+    def add(name: str, g: str) -> None:  # a tensor both carried in and read, or carried in twice
+        out[name] = b.op("Add", [out[name], g]) if name in out else g
+
+    for j, k in enumerate(carry):
+        if b.needs(node.input[2 + k]):
+            add(node.input[2 + k], res[j])
+    for j, c in enumerate(whole):
+        add(c, res[len(carry) + j])
+    for j, n in enumerate(slices):
+        c, base = n.input[0], len(carry) + len(whole)
+        upd, idx = res[base + j], b.unsqueeze(res[base + len(slices) + j], [1])
+        if b.opset >= 16:
+            g = b.op("ScatterND", [b.zeros_like(c), idx, upd], reduction="add")
+        elif b.opset >= 11 and _distinct_per_step(b, body, n.input[1], producer):
+            g = b.op("ScatterND", [b.zeros_like(c), idx, upd])
+        else:
+            _refuse(node, f"its body reads '{c}' at indices that may repeat across steps ({describe(n)}); adding "
+                          "their gradients needs ScatterND with reduction, from opset 16")
+        add(c, g)
+    return out
