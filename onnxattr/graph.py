@@ -242,6 +242,7 @@ class Builder:
             copy.CopyFrom(node)
             copy.name = self.fresh(node.op_type)
             rename_reads(copy, rename)
+            _forget_symbols(copy)
             del copy.output[:]
             copy.output.extend(outs)
             self.nodes.append(copy)
@@ -644,3 +645,17 @@ class Builder:
         if axes:
             chosen = self.op("Concat", [self.ints(axes), chosen], axis=0)
         return self.op("ReduceSum", [g, chosen], keepdims=1, noop_with_empty_axes=1)
+
+
+def _forget_symbols(node: onnx.NodeProto) -> None:
+    """Unknown lengths in place of the symbols a node's subgraphs declare (a Loop body's state
+    [unk__1, 256], where unk__1 may be the model's batch): a copy runs on SmoothGrad's and
+    integrated gradients' stacked rows, another length."""
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for vi in itertools.chain(g.input, g.output, g.value_info):
+                for d in vi.type.tensor_type.shape.dim:
+                    if d.HasField("dim_param"):
+                        d.Clear()
+            for n in g.node:
+                _forget_symbols(n)

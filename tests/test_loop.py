@@ -216,8 +216,11 @@ def test_smoothgrad_noise_reaches_the_body():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 5, F_IN)).astype(np.float32)
     target = np.array([1, 2])
-    sg = ort.InferenceSession(onnxattr.attribution_model(m, method="smoothgrad", samples=4, noise=0.2, seed=7)
-                              .SerializeToString(), providers=["CPUExecutionProvider"])
+    sg_model = onnxattr.attribution_model(m, method="smoothgrad", samples=4, noise=0.2, seed=7)
+    # the copies run on 4 x N rows: their bodies keep no symbol of the model's (the state's "rows")
+    symbols = [n.name for n in sg_model.graph.node if n.op_type == "Loop" and "rows" in str(n.attribute[0].g)]
+    assert symbols == ["rnn"]
+    sg = ort.InferenceSession(sg_model.SerializeToString(), providers=["CPUExecutionProvider"])
     sal = ort.InferenceSession(onnxattr.attribution_model(m).SerializeToString(), providers=["CPUExecutionProvider"])
     noise = gaussian_noise((4, 1, 5, F_IN), 7)
     span = x.max(axis=(1, 2), keepdims=True) - x.min(axis=(1, 2), keepdims=True)
