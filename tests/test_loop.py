@@ -40,7 +40,7 @@ def vi(name, elem=D, dims=None):
     return helper.make_tensor_value_info(name, elem, dims)
 
 
-def rnn_body(index="i", act="Tanh", counter=False, carry_w=False, stop_at=None, whole=None):
+def rnn_body(index="i", act="Tanh", counter=False, carry_w=False, stop_at=None, whole=None, prefix=False):
     """h' = act(xs[index] W + h U (+ mean(whole))): inputs (i, cond, h[, c][, w]), outputs
     (cond, h'[, c + 1][, w], h'). `counter`: the index is a carried int64 counter; `carry_w`: W
     is passed through as a carried value (as tf2onnx passes weights); `stop_at`: the condition
@@ -50,7 +50,12 @@ def rnn_body(index="i", act="Tanh", counter=False, carry_w=False, stop_at=None, 
     nodes = [N("Gather", ["xs", "c" if counter else index], ["xt"]),
              N("MatMul", ["xt", "w_in" if carry_w else "W"], ["a1"]), N("MatMul", ["h", "U"], ["a2"]), N("Add", ["a1", "a2"], ["a"])]
     if whole:
-        nodes += [N("ReduceMean", [whole], ["ctx"], keepdims=0, axes=[0]), N("Add", ["a", "ctx"], ["a_ctx"])]
+        read = whole
+        if prefix:  # whole[:c + 1]: a length that changes from step to step
+            nodes += [N("Add", ["c", "one"], ["c_plus"]), N("Unsqueeze", ["c_plus", "zero_1d"], ["c_end"]),
+                      N("Slice", [whole, "zero_1d", "c_end"], ["seen"])]
+            read = "seen"
+        nodes += [N("ReduceMean", [read], ["ctx"], keepdims=0, axes=[0]), N("Add", ["a", "ctx"], ["a_ctx"])]
     nodes += [N(act, ["a_ctx" if whole else "a"], ["h_next"]), N("Identity", ["h_next"], ["h_step"])]
     if counter:
         ins.append(vi("c", TensorProto.INT64, []))
@@ -80,6 +85,8 @@ def loop_case(id, opset=13, trips=T_STEPS, h0="h0", outputs=("h_last", "hs"), **
         inits.update(one=np.array(1, np.int64), c0=np.array(0, np.int64))
     if kw.get("stop_at") is not None:
         inits["stop"] = np.array(kw["stop_at"], np.int64)
+    if kw.get("prefix"):
+        inits["zero_1d"] = np.array([0], np.int64)
     if h0 == "h0":
         inputs["h0"] = In((BATCH, HID))
     else:
@@ -97,6 +104,7 @@ CASES = [
     loop_case("final_state_only", outputs=("h_last",), counter=True),
     loop_case("outer_tensor_read_whole", whole="ctx_in"),
     loop_case("initial_state_also_read_whole", whole="h0"),
+    loop_case("prefix_read_recomputed", whole="ctx_in", prefix=True, counter=True),
     loop_case("opset16_counter", opset=16, counter=True),
 ]
 
@@ -259,9 +267,8 @@ def test_step_invariant_nodes_leave_the_backward_body():
     tensors from outside them."""
     att = onnxattr.attribution_model(classifier(act="Tanh"))
     added = [n for n in att.graph.node if n.op_type == "Loop" and n.name.startswith("onnxattr/")]
-    assert len(added) == 2  # the state-recording copy and the backward Loop
-    back = next(n.attribute[0].g for n in added if any(m.op_type == "MatMul" and m.name.startswith("onnxattr/")
-                                                       for m in n.attribute[0].g.node))
+    assert len(added) == 1  # the backward Loop (the forward one stacks what it needs)
+    back = added[0].attribute[0].g
     inside = {i.name for i in back.input} | {o for m in back.node for o in m.output}
     assert not [m.name for m in back.node if not any(i in inside for i in m.input if i)]
     assert not [m for m in back.node if m.op_type == "Transpose"]
@@ -275,3 +282,40 @@ def test_an_op_without_a_rule_in_the_body_is_refused_naming_both():
     with pytest.raises(onnxattr.UnsupportedModelError,
                        match=r"Loop node 'rnn': in its body: no gradient rule for 1 node\(s\) on the differentiable path: LpNormalization"):
         onnxattr.attribution_model(m)
+
+
+def _backward_body(c):
+    from vjp_check import build, sample_inputs, _run_ref
+
+    x = sample_inputs(c, np.random.default_rng(0))
+    model = build(c, {o: list(y.shape) for o, y in zip(c.outputs, _run_ref(build(c), x))})
+    vm = onnxattr.api.vjp_model(model)[0]
+    return next(n.attribute[0].g for n in vm.graph.node
+                if n.op_type == "Loop" and any(m.op_type == "Sub" and m.input[1].startswith("onnxattr/loop_i")
+                                               for m in n.attribute[0].g.node))
+
+
+def test_the_backward_reads_stacked_forward_tensors_or_recomputes_them():
+    """What the backward reads of a step (here the Tanh's output) is stacked by the recording
+    copy where its shape holds at every step, so the backward body does not run the forward
+    body again; where a length changes from step to step (whole[:c + 1]) ONNX cannot stack it,
+    and the body is recomputed from the stacked state."""
+    stacked = _backward_body(next(c for c in CASES if c.id == "iteration_index"))
+    assert not [m for m in stacked.node if m.op_type in ("Tanh", "MatMul") and not m.name.startswith("onnxattr/")]
+    recomputed = _backward_body(next(c for c in CASES if c.id == "prefix_read_recomputed"))
+    assert {"Tanh", "Slice"} <= {m.op_type for m in recomputed.node if not m.name.startswith("onnxattr/")}
+
+
+def test_the_forward_loop_stacks_for_the_backward_and_keeps_its_outputs():
+    """No second forward Loop: the model's own Loop gets new stacked outputs (its state at each
+    step, what the backward reads), its other outputs and the scores unchanged."""
+    m = classifier(act="Relu")
+    att = onnxattr.attribution_model(m, method="saliency")
+    loops = [n for n in att.graph.node if n.op_type == "Loop"]
+    fwd = next(n for n in loops if n.name == "rnn")
+    assert list(fwd.output[:4]) == ["h_last", "c_last", "w_last", "hs"] and len(fwd.output) > 4
+    assert len(loops) == 2
+    x = np.random.default_rng(8).standard_normal((2, 6, F_IN)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(att.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x, "target": np.array([0, 1])})[0]
+    np.testing.assert_array_equal(got, want)

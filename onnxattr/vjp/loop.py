@@ -3,14 +3,16 @@
 tf2onnx writes Keras' GRU, SimpleRNN and masked recurrent layers (TensorFlow while loops) as a
 Loop whose body reads one step of the sequence from an outer tensor (a Gather at the step's
 index), carries the state, passes the weights through unchanged and stacks each step's output.
-The forward Loop keeps computing the model's outputs; the rule adds
-* a copy of the Loop whose body also stacks, per step, the carried values it starts from (not
-  those it passes through unchanged, such as weights);
-* a Loop over the steps in reverse: its body recomputes the forward body from that step's
-  stacked state, then runs the body's own backward graph (this same driver on the body as a
-  model, so every rule and every method's override applies inside), seeded with the carried
-  state's gradient and that step's slice of each stacked output's gradient. It carries the
-  state gradients and stacks, per step, the gradient of each slice the body read;
+The forward Loop keeps computing the model's outputs, and also stacks, per step, the carried
+values it starts from (not those it passes through unchanged, such as weights) and the body's
+tensors that the backward reads, where their shapes hold at every step. The rule adds
+* a Loop over the steps in reverse: its body gathers that step's tensors from the stacks (or,
+  where one could not be stacked, recomputes the forward body from the stacked state), then
+  runs the body's own backward graph (this same driver on the body as a model, so every rule
+  and every method's override applies inside), seeded with the carried state's gradient and
+  that step's slice of each stacked output's gradient. It carries the state gradients and
+  stacks, per step, the gradient of each slice the body read; what is the same at every step
+  (the weights' transposes) is computed once before it;
 * the gradient of an outer tensor read one slice per step (a Gather along axis 0 at a scalar
   index), scattered from those stacks at the indices the steps read (ScatterND: with additions
   from opset 16; before that only for indices that provably differ from step to step, the
@@ -127,10 +129,11 @@ def _live_carried(b, node, body, ins, outs, live_in: set) -> tuple[list[int], se
 
 def _body_builder(b, node, body, captured):
     """The body as a model of its own (outer tensors as inputs or, where constant, initializers),
-    in a Builder whose names stay unique in the whole model. Carried values are declared with
-    the shapes of their initial values, whose symbolic dims relate them to the outer tensors
-    (so the rules know which dims are equal), where the body's outputs keep those shapes;
-    else as the body declares them."""
+    in a Builder whose names stay unique in the whole model, and whether its inputs' shapes hold
+    at every step. Carried values are declared with the shapes of their initial values, whose
+    symbolic dims relate them to the outer tensors (so the rules know which dims are equal),
+    where the body's outputs keep those shapes (so every step's do); else as the body declares
+    them."""
     for outer_first in (True, False):
         inner = _body_model(b, node, body, captured, outer_first)
         ins, outs = [i.name for i in body.input], [o.name for o in body.output]
@@ -139,7 +142,7 @@ def _body_builder(b, node, body, captured):
             break
     b._used |= inner._used
     inner._used, inner._counter = b._used, b._counter
-    return inner
+    return inner, outer_first
 
 
 def _same_dims(a, c) -> bool:
@@ -203,22 +206,32 @@ def _hoist(b, nodes: list, invariant: set, outputs: set) -> list:
     return kept
 
 
-def _record(b, node, body, stacked: list[int]) -> dict:
-    """A copy of the Loop whose body also stacks the carried values each step starts from
-    (key -1: the iteration number, which counts the steps run): {k: [steps, ...] tensor}."""
+def _step_invariant(shape, symbols: set) -> bool:
+    """Whether a body tensor's inferred shape is the same at every step: static lengths, or
+    symbols of the body's inputs (whose shapes hold at every step)."""
+    return shape is not None and all(d.HasField("dim_value") or d.dim_param in symbols for d in shape.dim)
+
+
+def _record(b, node, stacked: list[int], saved: dict) -> dict:
+    """The Loop itself also stacks the carried values each step starts from (key -1: the
+    iteration number, which counts the steps run) and the body tensors in `saved` ({name:
+    element type}), as new outputs of its body (added once each, should a node be differentiated
+    twice; its other outputs are unchanged): {k or name: [steps, ...] tensor}."""
+    body = next(a for a in node.attribute if a.name == "body").g
     ins = [i.name for i in body.input]
-    rec = onnx.GraphProto()
-    rec.CopyFrom(body)
-    rec.name = b.fresh("loop_record")
-    stacks = {}
-    for k in [-1] + stacked:
+    known = b.__dict__.setdefault("_loop_stacks", {}).setdefault(id(node), {})
+    kept = [(k, ins[0] if k < 0 else ins[2 + k], TensorProto.INT64 if k < 0 else body.input[2 + k].type.tensor_type.elem_type)
+            for k in [-1] + stacked] + [(name, name, elem) for name, elem in saved.items()]
+    for key, src, elem in kept:
+        if key in known:
+            continue
         out = b.fresh("loop_stacked")
-        rec.node.append(helper.make_node("Identity", [ins[0] if k < 0 else ins[2 + k]], [out], name=b.fresh("Identity")))
-        rec.output.append(_vi(out, TensorProto.INT64 if k < 0 else body.input[2 + k].type.tensor_type.elem_type))
-        stacks[k] = b.fresh("loop_states")
-    copies = [b.fresh("loop_copy") for _ in range(len(node.output))]
-    b.nodes.append(helper.make_node("Loop", list(node.input), copies + list(stacks.values()), name=b.fresh("Loop"), body=rec))
-    return stacks
+        body.node.append(helper.make_node("Identity", [src], [out], name=b.fresh("Identity")))
+        body.output.append(_vi(out, elem))
+        known[key] = b.fresh("loop_states")
+        node.output.append(known[key])
+        b.types[known[key]] = elem
+    return {key: known[key] for key, _, _ in kept}
 
 
 @register("Loop")
@@ -239,7 +252,7 @@ def loop(b, node, gys):
     if any(o in live_outer for o in outs):
         _refuse(node, f"its body outputs '{next(o for o in outs if o in live_outer)}', an outer tensor that depends "
                       "on the input being explained, as is")
-    inner = _body_builder(b, node, body, captured)
+    inner, steady = _body_builder(b, node, body, captured)
 
     # An outer tensor read only one step at a time (Gather along axis 0 at a scalar index, as
     # TensorArray reads are exported) gets each step's slice gradient, scattered afterwards;
@@ -270,12 +283,21 @@ def loop(b, node, gys):
     except UnsupportedModelError as e:
         _refuse(node, f"in its body: {e}")
 
-    stacks = _record(b, node, body, [k for k in range(K) if not _passthrough(k, ins, outs, producer)])
+    # The forward body's tensors that the backward reads: stacked by the recording copy where
+    # their shapes hold at every step (ONNX stacks equal shapes only), else recomputed from the
+    # stacked state (the whole body then runs again in the backward Loop)
+    wanted = {i for n in summed + inner.nodes for i in reads(n)} | {n.input[1] for n in slices}
+    wanted |= {n.output[0] for n in slices if n.output[0] not in grads} | {ins[2 + k] for k in carry if ins[2 + k] not in grads}
+    symbols = {d.dim_param for vi in inner.model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    saved = {t: inner.types.get(t, b.dtype) for t in sorted(wanted & set(producer))}
+    if not steady or not all(_step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
+        saved = {}
+    stacks = _record(b, node, [k for k in range(K) if not _passthrough(k, ins, outs, producer)], saved)
     steps = b.op("Reshape", [b.shape_of(stacks[-1]), b.ints([])])
     last = b.op("Sub", [steps, b.const(np.int64(1), dtype=np.int64)])
 
-    # the backward Loop, at step t = last - i: the forward body recomputed from the stacked
-    # state, then its backward
+    # the backward Loop, at step t = last - i: the forward body's tensors gathered from their
+    # stacks (or recomputed from the stacked state), then the body's backward
     w.nodes = []
     i, cond = b.fresh("loop_i"), b.fresh("loop_cond")
     accs = {c: b.fresh("loop_sum_grad") for c in whole}
@@ -284,7 +306,9 @@ def loop(b, node, gys):
     w.op("Identity", [cond], out=ins[1])
     for k in range(K):
         w.op("Gather", [stacks[k], t], out=ins[2 + k]) if k in stacks else w.op("Identity", [node.input[2 + k]], out=ins[2 + k])
-    for n in body.node:  # copies: the hoisting renames what they read
+    for name in saved:
+        w.op("Gather", [stacks[name], t], out=name)
+    for n in [] if saved else body.node:  # copies: the hoisting renames what they read
         w.nodes.append(onnx.NodeProto())
         w.nodes[-1].CopyFrom(n)
     for s in seeded_steps:
