@@ -263,6 +263,10 @@ def loop(b, node, gys):
                      for n, k in rs)}
     slices = [n for c in live_outer if c in sliced for n, _ in readers[c]]
     whole = [c for c in live_outer if c not in sliced]
+    for n in slices:  # the slices' gradients add up with ScatterND: with reduction from opset 16
+        if b.opset < 16 and not (b.opset >= 11 and _distinct_per_step(b, body, n.input[1], producer)):
+            _refuse(node, f"its body reads '{n.input[0]}' at indices that may repeat across steps ({describe(n)}); "
+                          "adding their gradients needs ScatterND with reduction, from opset 16")
     carry, live = _live_carried(b, node, body, ins, outs, {n.output[0] for n in slices} | set(whole))
     seeded_steps = [s for s in range(S) if gys[K + s] is not None and outs[1 + K + s] in live]
     if not any(gys[k] is not None for k in carry) and not seeded_steps:
@@ -283,7 +287,7 @@ def loop(b, node, gys):
     except UnsupportedModelError as e:
         _refuse(node, f"in its body: {e}")
 
-    # The forward body's tensors that the backward reads: stacked by the recording copy where
+    # The forward body's tensors that the backward reads: stacked by the forward Loop where
     # their shapes hold at every step (ONNX stacks equal shapes only), else recomputed from the
     # stacked state (the whole body then runs again in the backward Loop)
     wanted = {i for n in summed + inner.nodes for i in reads(n)} | {n.input[1] for n in slices}
@@ -348,12 +352,5 @@ def loop(b, node, gys):
     for j, n in enumerate(slices):
         c, base = n.input[0], len(carry) + len(whole)
         upd, idx = res[base + j], b.unsqueeze(res[base + len(slices) + j], [1])
-        if b.opset >= 16:
-            g = b.op("ScatterND", [b.zeros_like(c), idx, upd], reduction="add")
-        elif b.opset >= 11 and _distinct_per_step(b, body, n.input[1], producer):
-            g = b.op("ScatterND", [b.zeros_like(c), idx, upd])
-        else:
-            _refuse(node, f"its body reads '{c}' at indices that may repeat across steps ({describe(n)}); adding "
-                          "their gradients needs ScatterND with reduction, from opset 16")
-        add(c, g)
+        add(c, b.op("ScatterND", [b.zeros_like(c), idx, upd], reduction="add" if b.opset >= 16 else None))
     return out
