@@ -190,8 +190,8 @@ def _hoist(b, nodes: list, invariant: set, outputs: set) -> list:
     invariant, rename, kept = set(invariant), {}, []
     for n in nodes:
         ins = [rename.get(i, i) for i in n.input]
-        if n.op_type in _NOT_HOISTED or any(o in outputs for o in n.output) or n.attribute and any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                              for a in n.attribute) or not all(i in invariant for i in ins if i):
+        nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+        if n.op_type in _NOT_HOISTED or nested or any(o in outputs for o in n.output) or not all(i in invariant for i in ins if i):
             kept.append(n)
             continue
         outs = []
@@ -318,23 +318,22 @@ def loop(b, node, gys):
     for s in seeded_steps:
         w.op("Gather", [gys[K + s], t], out=step_grads[s])
     w.nodes.extend(summed + inner.nodes)
-    zero = numpy_helper.from_array(np.zeros(1, b.np_dtype))
-    results = [w.op("Identity", [cond])]
-    for k in carry:
-        results.append(w.op("Identity", [grads.get(ins[2 + k]) or w.op("ConstantOfShape", [w.op("Shape", [ins[2 + k]])], value=zero)]))
-    for c in whole:
-        results.append(w.op("Add", [accs[c], grads[c]]) if c in grads else w.op("Identity", [accs[c]]))
-    for n in slices:
-        g = grads.get(n.output[0])
-        results.append(w.op("Identity", [g]) if g else w.op("ConstantOfShape", [w.op("Shape", [n.output[0]])], value=zero))
+    def grad_or_zeros(x: str) -> str:  # (an Identity: a body output may not be one of its inputs)
+        if x in grads:
+            return w.op("Identity", [grads[x]])
+        return w.op("ConstantOfShape", [w.op("Shape", [x])], value=numpy_helper.from_array(np.zeros(1, b.np_dtype)))
+
+    results = [w.op("Identity", [cond])] + [grad_or_zeros(ins[2 + k]) for k in carry]
+    results += [w.op("Add", [accs[c], grads[c]]) if c in grads else w.op("Identity", [accs[c]]) for c in whole]
+    results += [grad_or_zeros(n.output[0]) for n in slices]
     results += [w.op("Cast", [n.input[1]], to=TensorProto.INT64) for n in slices]
     types = [TensorProto.BOOL] + [b.dtype] * (len(results) - 1 - len(slices)) + [TensorProto.INT64] * len(slices)
-    w.nodes = _hoist(b, prune(w.nodes, set(results)), set(captured) | {node.input[2 + k] for k in range(K) if k not in stacks},
-                     set(results))
-    back = helper.make_graph(
-        w.nodes, b.fresh("loop_backward"),
-        [_vi(i, TensorProto.INT64, []), _vi(cond, TensorProto.BOOL, [])] + [_vi(g, b.dtype) for g in [*state_grads.values(), *accs.values()]],
-        [_vi(r, ty) for r, ty in zip(results, types)], list(body.initializer))
+    outer = set(captured) | {node.input[2 + k] for k in range(K) if k not in stacks}
+    w.nodes = _hoist(b, prune(w.nodes, set(results)), outer, set(results))
+    carried_in = [_vi(g, b.dtype) for g in [*state_grads.values(), *accs.values()]]
+    back = helper.make_graph(w.nodes, b.fresh("loop_backward"),
+                             [_vi(i, TensorProto.INT64, []), _vi(cond, TensorProto.BOOL, [])] + carried_in,
+                             [_vi(r, ty) for r, ty in zip(results, types)], list(body.initializer))
     init = [gys[k] if gys[k] is not None else b.zeros_like(node.output[k]) for k in carry] + [b.zeros_like(c) for c in whole]
     res = b.op("Loop", [steps, "", *init], outputs=len(results) - 1, body=back)
     res = res if isinstance(res, list) else [res]
