@@ -145,10 +145,6 @@ def _check_opset(b: Builder) -> None:
             "none of its older Mul, Add, Sub); convert the model first (onnx.version_converter)")
 
 
-def _dims_text(b: Builder, name: str) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in b.shapes.get(name) or []) + "]"
-
-
 def attribution_model(model, method: str = "saliency", output: str | None = None, input: str | None = None,
                       target: str = "input", relu_like: bool = False, wrt: str | None = None,
                       tune_for: str = "cpu", **options) -> onnx.ModelProto:
@@ -199,8 +195,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     wa = batch_axis(b, w, y)
     if b.shapes.get(w) == [] or (b.differ(w, 0, y, 0) and wa is None):
         raise NotAClassifierError(
-            f"'{w}' {_dims_text(b, w)} has no batch axis: its first axis is not that of the scores '{y}' "
-            f"{_dims_text(b, y)}, nor is another one singled out (row n of the attribution explains row n of the "
+            f"'{w}' {b.dims_text(w)} has no batch axis: its first axis is not that of the scores '{y}' "
+            f"{b.dims_text(y)}, nor is another one singled out (row n of the attribution explains row n of the "
             "scores)")
     # the input's batch axis: its first unless another one is shown to be the scores' (time-major [T, N, F])
     xdims = list(x.type.tensor_type.shape.dim)

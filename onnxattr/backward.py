@@ -112,10 +112,11 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy, un
             pairs = list(zip(node.input, gxs))
         if may_blow_up(b, node, producer) or any(g in b.unbounded for g in gys if g is not None):
             b.unbounded.update(g for _, g in pairs if g is not None)
-        for k, (name, g) in enumerate(pairs):
+        for name, g in pairs:
             if g is None and b.needs(name) and b.is_float(name):
                 # never a silently dropped term: this operand depends on the explained input
-                which = f"its input {k} ('{name}')" if k < len(node.input) else f"the tensor '{name}' its body reads"
+                which = (f"its input {list(node.input).index(name)} ('{name}')" if name in node.input
+                         else f"the tensor '{name}' its body reads")
                 raise UnsupportedModelError(f"{describe(node)}: {which} depends on the input being "
                                             f"explained, and {node.op_type}'s gradient with respect to it is not supported")
             if g is not None:

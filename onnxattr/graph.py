@@ -169,6 +169,10 @@ class Builder:
     def shape(self, name: str) -> list | None:
         return self.shapes.get(name)
 
+    def dims_text(self, name: str) -> str:
+        """A tensor's dims for messages: [?, 3, 224, 224]."""
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shapes.get(name) or []) + "]"
+
     def rank(self, name: str, node: onnx.NodeProto | None = None) -> int:
         s = self.shapes.get(name)
         if s is None:
@@ -645,6 +649,21 @@ class Builder:
         if axes:
             chosen = self.op("Concat", [self.ints(axes), chosen], axis=0)
         return self.op("ReduceSum", [g, chosen], keepdims=1, noop_with_empty_axes=1)
+
+
+class Subgraph:
+    """The nodes of a subgraph being written (a Scan or Loop body); tensor and node names come
+    from the Builder, so they are unique in the whole model (a body may read outer tensors)."""
+
+    def __init__(self, b: Builder):
+        self.b = b
+        self.nodes: list[onnx.NodeProto] = []
+
+    def op(self, op_type: str, inputs, outputs: int = 1, out: str | None = None, **kwargs):
+        """Append a node; returns its output name (`out` if given), or the list of names."""
+        outs = [out] if out else [self.b.fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.b.fresh(op_type), **kwargs))
+        return outs[0] if len(outs) == 1 else outs
 
 
 def _forget_symbols(node: onnx.NodeProto) -> None:

@@ -172,10 +172,6 @@ def batch_axis(b: Builder, t: str, y: str) -> int | None:
     return possible[0] if len(possible) == 1 else None
 
 
-def _dims_text(b: Builder, t: str) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in b.shapes.get(t) or []) + "]"
-
-
 def _stacking_axis(ctx: Context, t: str) -> int:
     """The batch axis of `t` (the input, or the --wrt tensor), along which the batched methods
     stack their copies: it must be dynamic and known."""
@@ -191,8 +187,8 @@ def _stacking_axis(ctx: Context, t: str) -> int:
             "one batch (sizes fixed at export would mix or refuse them); export the model with a dynamic batch axis")
     if axis is None:
         raise UnsupportedModelError(
-            f"cannot tell which axis of '{t}' {_dims_text(b, t)} is the batch axis of the scores '{ctx.y}' "
-            f"{_dims_text(b, ctx.y)}, along which this method stacks its copies; give the input's batch axis and "
+            f"cannot tell which axis of '{t}' {b.dims_text(t)} is the batch axis of the scores '{ctx.y}' "
+            f"{b.dims_text(ctx.y)}, along which this method stacks its copies; give the input's batch axis and "
             "the scores' axis 0 one symbolic name at export")
     return axis
 
@@ -211,7 +207,7 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
         rank = len(b.shapes.get(name) or [])
         along = [i for i in range(rank) if b.same_dim(name, i, ctx.x, xa)]
         if len(along) > 1:
-            raise UnsupportedModelError(f"the input '{name}' {_dims_text(b, name)} has the batch axis of '{ctx.x}' "
+            raise UnsupportedModelError(f"the input '{name}' {b.dims_text(name)} has the batch axis of '{ctx.x}' "
                                         f"on axes {along}: cannot tell along which to copy it")
         if along:
             feeds[name] = b.op("Tile", [name, b.ints([copies if i == along[0] else 1 for i in range(rank)])])
@@ -410,7 +406,7 @@ def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
     axis = batch_axis(b, ctx.x, ctx.y)
     if axis not in (0, None):  # the map is laid out [N, 1, ...] and resized along the input's axes after the batch
         raise UnsupportedModelError(f"gradcam needs the input's batch on its first axis, but '{ctx.x}' "
-                                    f"{_dims_text(b, ctx.x)} has it on axis {axis} (that of the scores '{ctx.y}')")
+                                    f"{b.dims_text(ctx.x)} has it on axis {axis} (that of the scores '{ctx.y}')")
     layer = opts.layer or default_layer(ctx)
     rank = map_rank(b, ctx.x)
     if layer not in b.types:

@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
+from ..graph import Subgraph
 from ..protos import FLOAT_TYPES, attrs, describe, reads, rename_reads
 from . import NON_DIFFERENTIABLE, register
 
@@ -46,23 +47,10 @@ def _declare(b, vi: onnx.ValueInfoProto, outer: str) -> None:
         vi.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(0, b.shapes[outer]).tensor_type.shape)
 
 
-class _Body:
-    """Nodes of a graph being written, named through the Builder (unique in the whole model)."""
-
-    def __init__(self, b):
-        self.b = b
-        self.nodes: list[onnx.NodeProto] = []
-
-    def op(self, op_type: str, inputs, out: str | None = None, **kwargs) -> str:
-        out = out or self.b.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.b.fresh(op_type), **kwargs))
-        return out
-
-
-def _source(name: str, producer: dict) -> str:
-    """`name` with Identity and Cast nodes of the body looked through."""
+def _source(name: str, producer: dict, through=("Identity", "Cast")) -> str:
+    """`name` with the body's nodes of the types `through` looked through."""
     n = producer.get(name)
-    while n is not None and n.op_type in ("Identity", "Cast"):
+    while n is not None and n.op_type in through:
         name = n.input[0]
         n = producer.get(name)
     return name
@@ -98,11 +86,7 @@ def _distinct_per_step(b, body, index: str, producer: dict) -> bool:
 
 def _passthrough(k: int, ins: list, outs: list, producer: dict) -> bool:
     """Whether the body returns carried value k as it came (weights passed along, a constant)."""
-    name, n = outs[1 + k], producer.get(outs[1 + k])
-    while n is not None and n.op_type == "Identity":
-        name = n.input[0]
-        n = producer.get(name)
-    return name == ins[2 + k]
+    return _source(outs[1 + k], producer, ("Identity",)) == ins[2 + k]
 
 
 def _refuse(node, why: str):
@@ -274,7 +258,7 @@ def loop(b, node, gys):
 
     # the body's backward, seeded with the state gradients (inputs of the backward body) and
     # this step's slice of each stacked output's gradient
-    w = _Body(b)
+    w = Subgraph(b)
     state_grads = {k: b.fresh("loop_state_grad") for k in carry}
     step_grads = {s: b.fresh("loop_output_grad") for s in seeded_steps}
     seeds: dict[str, str] = {}

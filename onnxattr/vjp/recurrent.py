@@ -25,6 +25,7 @@ import numpy as np
 from onnx import helper
 
 from ..errors import UnsupportedModelError
+from ..graph import Subgraph
 from ..protos import attrs, describe
 from . import register
 
@@ -65,24 +66,17 @@ class _Ops:
         return self.op("Cast", [self.op("Greater", [y, self.b.scalar(0.0)])], to=self.b.dtype)  # Relu
 
 
-class _Body(_Ops):
-    """The nodes of one Scan body; tensor and node names come from the Builder, so they are
-    unique in the whole model (a body may read outer tensors: weights, constants)."""
+class _Body(Subgraph, _Ops):
+    """The nodes of one Scan body (Subgraph's `op`, _Ops' products and slopes over them)."""
 
     def __init__(self, b):
         super().__init__(b)
-        self.nodes = []
         self.inputs = []
 
     def input(self, hint: str, width: int) -> str:
         name = self.b.fresh(hint)
         self.inputs.append(helper.make_tensor_value_info(name, self.b.dtype, [None, width]))
         return name
-
-    def op(self, op_type: str, inputs, outputs: int = 1, **kwargs):
-        outs = [self.b.fresh(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.b.fresh(op_type), **kwargs))
-        return outs[0] if outputs == 1 else outs
 
     def split(self, x: str, parts: int) -> list[str]:
         if parts == 1:
