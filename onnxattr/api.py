@@ -10,7 +10,7 @@ import onnx
 import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper
 
-from .backward import build_backward, differentiable_path, prune, refuse_missing_rules
+from .backward import build_backward, differentiable_path, inside, prune, refuse_missing_rules
 from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
 from .inline import inline_constant_ifs
@@ -255,7 +255,9 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
 def coverage(model, method: str = "saliency", relu_like: bool = False, output: str | None = None) -> list[dict]:
     """Per op type: count, nodes on the differentiable path (to `output`, else to the first
     rank-2 float output, else to all outputs), gradient rule, method override. The composed
-    methods use the rules of the base method they differentiate with."""
+    methods use the rules of the base method they differentiate with. Counts include the nodes
+    of subgraphs (Loop bodies, If branches); a subgraph's node on the path is named
+    '<its node>/<node>'."""
     if method not in ALL_METHODS:
         raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     policy = get_method(method if method in METHODS else "guided" if method == "guided-gradcam" else "saliency",
@@ -273,20 +275,34 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
             ys = [_scores(b, None)]
         except NotAClassifierError:
             ys = [o.name for o in src.graph.output]
-    path, _ = differentiable_path(b, [x.name], ys)
-    on_path = Counter(n.op_type for n in path)
+    path, live = differentiable_path(b, [x.name], ys)
+    path += [(n, inner) for n in path for inner in inside(n, live)]  # (a body's nodes, named within its node)
+    named = [(n.name or n.output[0], n) if isinstance(n, onnx.NodeProto) else
+             (f"{n[0].name or n[0].output[0]}/{n[1].name or n[1].output[0]}", n[1]) for n in path]
+    on_path = Counter(n.op_type for _, n in named)
     missing_nodes = {}
-    for n in path:
+    for name, n in named:
         if policy.rule(n.op_type) is None or n.domain not in ("", "ai.onnx"):
-            missing_nodes.setdefault(n.op_type, []).append(n.name or n.output[0])
+            missing_nodes.setdefault(n.op_type, []).append(name)
     rows = []
-    for op, count in sorted(Counter(n.op_type for n in src.graph.node).items()):
+    for op, count in sorted(Counter(n.op_type for n in _all_nodes(src.graph)).items()):
         rows.append({
             "op_type": op, "count": count, "on_path": on_path.get(op, 0),
             "has_rule": policy.rule(op) is not None, "overridden": op in policy.overrides,
             "missing_nodes": missing_nodes.get(op, []),
         })
     return rows
+
+
+def _all_nodes(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """A graph's nodes and those of its subgraphs, nested ones too."""
+    out = []
+    for n in g.node:
+        out.append(n)
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                out += _all_nodes(sub)
+    return out
 
 
 def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, method: str = "saliency",

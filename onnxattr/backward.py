@@ -43,6 +43,24 @@ def differentiable_path(b: Builder, wrt: list[str], ys: list[str]) -> tuple[list
     return path, (needed & live) | set(wrt)
 
 
+def inside(node: onnx.NodeProto, live: set[str]) -> list[onnx.NodeProto]:
+    """The nodes of a control-flow node's subgraphs (nested ones too) that read, directly or
+    through the subgraph's own nodes, a tensor in `live` or a value a Loop carries or a Scan
+    scans: a superset of what the backward differentiates inside (for `onnxattr coverage`)."""
+    found = []
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            carried = {"Loop": [i.name for i in g.input[2:]], "Scan": [i.name for i in g.input]}.get(node.op_type, [])
+            inner = set(live) | set(carried)
+            for n in g.node:
+                if n.op_type in NON_DIFFERENTIABLE or not any(i in inner for i in reads(n) if i):
+                    continue
+                found.append(n)
+                inner.update(o for o in n.output if o)
+                found += inside(n, inner)
+    return found
+
+
 def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
     """Fail before any work when a node on the path has no rule (listing all such nodes), has a
     shape conflict, or leaves the model's float type."""

@@ -276,9 +276,27 @@ def _if_model(capture: bool, constant: bool = False):
     return m
 
 
-def test_control_flow_if_is_refused_naming_the_node():
-    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'choose' \\(control flow\\)"):
-        onnxattr.attribution_model(_if_model(capture=True))
+def test_if_on_the_path_is_differentiated():
+    """cond = sum(r) > 0 at run time (r = relu(...) >= 0: true unless all of r is 0), so the then
+    branch r @ 2I is taken: 3 times the plain gradient. (Refused by name before vjp/branch.py.)"""
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = onnxattr.Explainer(_if_model(capture=True), provider="cpu")(x, [0, 2])
+    plain = onnxattr.Explainer(tiny(mid=[helper.make_node("Identity", ["r"], ["y"])]), provider="cpu")(x, [0, 2])
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(got, 3 * plain, rtol=1e-6)
+
+
+def test_control_flow_without_a_rule_is_refused_naming_the_node():
+    """A Scan on the path (written by hand here: y = r + the running sum of r's columns)."""
+    body = helper.make_graph([helper.make_node("Add", ["acc", "col"], ["acc2"]), helper.make_node("Identity", ["acc2"], ["out"])],
+                             "body", [helper.make_tensor_value_info(n, F, [None]) for n in ("acc", "col")],
+                             [helper.make_tensor_value_info(n, F, [None]) for n in ("acc2", "out")])
+    mid = [helper.make_node("Transpose", ["r"], ["cols"], perm=[1, 0]),
+           helper.make_node("ReduceSum", ["r"], ["acc0"], axes=[1], keepdims=0),
+           helper.make_node("Scan", ["acc0", "cols"], ["total", "sums"], body=body, num_scan_inputs=1, name="running"),
+           helper.make_node("Transpose", ["sums"], ["sums_t"], perm=[1, 0]), helper.make_node("Add", ["r", "sums_t"], ["y"])]
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Scan node 'running' \\(control flow\\)"):
+        onnxattr.attribution_model(tiny(mid=mid))
 
 
 def test_if_with_a_constant_condition_is_inlined():

@@ -1,5 +1,5 @@
 """If nodes with a condition the shape trials find constant are inlined (onnxattr/inline.py);
-the others stay refused as control flow."""
+the others stay Ifs, differentiated at run time (onnxattr/vjp/branch.py)."""
 
 from __future__ import annotations
 
@@ -52,10 +52,20 @@ def test_if_on_a_static_dim_is_inlined():
     assert [n.op_type for n in m.graph.node].count("If") == 1  # the caller's model is not changed
 
 
-def test_if_on_the_batch_stays_control_flow():
-    """Shape(h)[0] == 1 depends on the batch: no branch is taken in every run."""
-    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'maybe_squeeze' \\(control flow\\)"):
-        onnxattr.attribution_model(_squeeze_if(axis=0))
+def test_if_on_the_batch_stays_an_if():
+    """Shape(h)[0] == 1 depends on the batch: no branch is taken in every run, so the If stays
+    (refused as control flow before vjp/branch.py); batch 1 squeezes, batch 2 reshapes."""
+    m = _squeeze_if(axis=0)
+    am = onnxattr.attribution_model(m)
+    assert [n.op_type for n in am.graph.node].count("If") == 2  # the model's, and its backward
+    w = numpy_helper.to_array(m.graph.initializer[-1])
+    sess = make_session(am.SerializeToString(), "cpu")[0]
+    for n in (1, 2):
+        x = np.random.default_rng(n).standard_normal((n, 1, 3)).astype(np.float32)
+        target = np.array([0, 3][:n])
+        y, att = sess.run(["y", "attribution"], {"x": x, "target": target})
+        np.testing.assert_allclose(y, 2 * x[:, 0] @ w, rtol=1e-6)
+        np.testing.assert_allclose(att[:, 0], 2 * w[:, target].T, rtol=1e-6)
 
 
 def test_coverage_sees_the_inlined_branch():
@@ -63,7 +73,8 @@ def test_coverage_sees_the_inlined_branch():
     assert "If" not in rows and rows["Squeeze"]["on_path"] == 1 and "Reshape" not in rows  # axis 1 is 1
     assert not any(r["missing_nodes"] for r in rows.values())
     rows = {r["op_type"]: r for r in onnxattr.coverage(_squeeze_if(axis=0))}
-    assert rows["If"]["missing_nodes"] == ["maybe_squeeze"]
+    assert rows["If"]["on_path"] == rows["Squeeze"]["on_path"] == rows["Reshape"]["on_path"] == 1
+    assert not any(r["missing_nodes"] for r in rows.values())
 
 
 def _check_torchscript_export(torch, m, x):
@@ -114,10 +125,11 @@ def test_torchscript_diagonal_matches_pytorch():
     _check_torchscript_export(torch, m, x)
 
 
-def test_a_condition_the_trials_only_sample_stays_control_flow():
+def test_a_condition_the_trials_only_sample_stays_an_if():
     """N % 8 != 0 is True at every shape-trial size (6, 35, 1, 1009): taking the trials' value
     inlined the then branch, and at N = 8 the exported model's own scores were doubled. Only
-    conditions folded from static dims are inlined."""
+    conditions folded from static dims are inlined; this one stays an If (at N = 8 the scores
+    and the attribution are not doubled, at N = 6 they are)."""
     then = helper.make_graph([helper.make_node("Mul", ["h", "two"], ["t"])], "then", [], [helper.make_tensor_value_info("t", F, None)])
     other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [], [helper.make_tensor_value_info("e", F, None)])
     nodes = [helper.make_node("Mul", ["x", "one_f"], ["h"]), helper.make_node("Shape", ["h"], ["s"]),
@@ -131,8 +143,14 @@ def test_a_condition_the_trials_only_sample_stays_control_flow():
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 3])],
                           [helper.make_tensor_value_info("y", F, ["N", 4])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'padif' \\(control flow\\)"):
-        onnxattr.attribution_model(m)
+    am = onnxattr.attribution_model(m)
+    assert "If" in {n.op_type for n in am.graph.node}
+    sess = make_session(am.SerializeToString(), "cpu")[0]
+    for n, factor in ((8, 1), (6, 2)):
+        x = np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)
+        y, att = sess.run(["y", "attribution"], {"x": x, "target": np.zeros(n, np.int64)})
+        np.testing.assert_allclose(y, factor * x @ np.ones((3, 4)), rtol=1e-6)
+        np.testing.assert_array_equal(att, np.full((n, 3), factor, np.float32))
 
 
 def test_an_if_inside_a_taken_branch_is_inlined_too():

@@ -282,6 +282,9 @@ def test_an_op_without_a_rule_in_the_body_is_refused_naming_both():
     with pytest.raises(onnxattr.UnsupportedModelError,
                        match=r"Loop node 'rnn': in its body: no gradient rule for 1 node\(s\) on the differentiable path: LpNormalization"):
         onnxattr.attribution_model(m)
+    rows = {r["op_type"]: r for r in onnxattr.coverage(m)}  # coverage looks inside the body (it missed it)
+    assert rows["LpNormalization"]["missing_nodes"] == ["rnn/h_next"] and rows["Loop"]["missing_nodes"] == []
+    assert rows["MatMul"]["on_path"] == 3  # the body's two and the scores'
 
 
 def _backward_body(c):

@@ -63,12 +63,12 @@ def test_ceil_mode_pool_where_they_agree_is_exact(op):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Bad-input tests, control flow: an If/Loop/Scan body that reads the input (or anything computed
-# from it) by name from the outer scope has no such input in `node.input`, so the differentiable
-# path left it out: with y = x @ W + If(c, x @ A, x @ B), the attribution silently dropped the
-# branch (1 instead of 2 per element below). Fix (backward.py `reads`): a node also reads the
-# outer-scope names its subgraphs capture, so control flow on the path is refused by name.
-def test_control_flow_capturing_the_input_is_refused():
+# Control flow: an If/Loop/Scan body that reads the input (or anything computed from it) by
+# name from the outer scope has no such input in `node.input`, so the differentiable path left
+# it out: with y = x @ W + If(c, x @ A, x @ B), the attribution silently dropped the branch (1
+# instead of 1 + 2 or 1 + 3 per element below). Fix (backward.py `reads`): a node also reads the
+# outer-scope names its subgraphs capture (refused by name until If had a rule, vjp/branch.py).
+def test_control_flow_capturing_the_input_is_differentiated():
     f = TensorProto.FLOAT
 
     def branch(name, w):
@@ -80,10 +80,12 @@ def test_control_flow_capturing_the_input_is_refused():
              helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0), helper.make_node("Greater", ["total", "zero"], ["cond"]),
              helper.make_node("If", ["cond"], ["b"], then_branch=branch("t", "A"), else_branch=branch("e", "B"), name="branch"),
              helper.make_node("Add", ["a", "b"], ["y"])]
-    inits = [numpy_helper.from_array(np.ones((4, 3), np.float32), n) for n in ("W", "A", "B")]
+    inits = [numpy_helper.from_array(np.full((4, 3), v, np.float32), n) for n, v in (("W", 1), ("A", 2), ("B", 3))]
     inits.append(numpy_helper.from_array(np.float32(0), "zero"))
     m = model(nodes, [1, 4], 3, inits, dtype=f)
-    with pytest.raises(onnxattr.UnsupportedModelError, match="If node 'branch' \\(control flow\\)"):
-        onnxattr.attribution_model(m)
+    explain = onnxattr.Explainer(m, provider="cpu")
+    for sign, per_element in ((1, 3), (-1, 4)):
+        x = sign * np.abs(np.random.default_rng(0).standard_normal((1, 4))).astype(np.float32)
+        np.testing.assert_array_equal(explain(x, [1]), np.full((1, 4), per_element, np.float32))
     rows = {r["op_type"]: r for r in onnxattr.coverage(m)}
-    assert rows["If"]["on_path"] == 1 and rows["If"]["missing_nodes"] == ["branch"]
+    assert rows["If"]["on_path"] == 1 and rows["If"]["missing_nodes"] == [] and rows["MatMul"]["on_path"] == 3

@@ -998,9 +998,10 @@ def test_case_ids_unique():
 
 
 def test_every_rule_is_covered():
-    from test_loop import CASES as LOOP_CASES  # the Loop rule's cases, in the same style
+    from test_if import CASES as IF_CASES  # the If and Loop rules' cases, in the same style
+    from test_loop import CASES as LOOP_CASES
 
-    covered = {n.op_type for c in CASES + LOOP_CASES for n in c.nodes}
+    covered = {n.op_type for c in CASES + LOOP_CASES + IF_CASES for n in c.nodes}
     missing = sorted(set(RULES) - covered)
     assert not missing, f"gradient rules with no case in CASES: {missing}"
 

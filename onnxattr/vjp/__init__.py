@@ -40,4 +40,4 @@ def lookup(op_type: str):
     return RULES.get(op_type)
 
 
-from . import activation, elementwise, linear, loop, norm, pool, recurrent, reduce, resize, scatter, shape  # noqa: E402,F401  (fill RULES)
+from . import activation, branch, elementwise, linear, loop, norm, pool, recurrent, reduce, resize, scatter, shape  # noqa: E402,F401  (fill RULES)

@@ -31,20 +31,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..graph import Subgraph
-from ..protos import FLOAT_TYPES, attrs, describe, reads, rename_reads
+from ..protos import FLOAT_TYPES, attrs, describe, reads
 from . import NON_DIFFERENTIABLE, register
-
-
-def _vi(name: str, elem: int, dims=None) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem, dims)
-
-
-def _declare(b, vi: onnx.ValueInfoProto, outer: str) -> None:
-    """Give `vi` the shape known for the model's tensor `outer` (symbolic dims kept), if any."""
-    if outer in b.shape_protos:
-        vi.type.tensor_type.shape.CopyFrom(b.shape_protos[outer])
-    elif b.shapes.get(outer) is not None:  # (a forward copy's, for SmoothGrad's stacked inputs)
-        vi.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(0, b.shapes[outer]).tensor_type.shape)
+from .subgraphs import adopt, as_model, captured, declare, hoist
+from .subgraphs import vi as _vi
 
 
 def _source(name: str, producer: dict, through=("Identity", "Cast")) -> str:
@@ -111,21 +101,26 @@ def _live_carried(b, node, body, ins, outs, live_in: set) -> tuple[list[int], se
         carry = grown
 
 
-def _body_builder(b, node, body, captured):
-    """The body as a model of its own (outer tensors as inputs or, where constant, initializers),
-    in a Builder whose names stay unique in the whole model, and whether its inputs' shapes hold
+def _body_builder(b, node, body, outer):
+    """The body as a model of its own (subgraphs.as_model), and whether its inputs' shapes hold
     at every step. Carried values are declared with the shapes of their initial values, whose
     symbolic dims relate them to the outer tensors (so the rules know which dims are equal),
     where the body's outputs keep those shapes (so every step's do); else as the body declares
     them."""
+    ins, outs = [i.name for i in body.input], [o.name for o in body.output]
     for outer_first in (True, False):
-        inner = _body_model(b, node, body, captured, outer_first)
-        ins, outs = [i.name for i in body.input], [o.name for o in body.output]
+        inputs = [_vi(ins[0], TensorProto.INT64, []), _vi(ins[1], TensorProto.BOOL, [])]
+        for k in range(len(node.input) - 2):
+            info = onnx.ValueInfoProto()
+            info.CopyFrom(body.input[2 + k])
+            if outer_first or not info.type.tensor_type.HasField("shape"):
+                declare(b, info, node.input[2 + k])
+            inputs.append(info)
+        inner = as_model(b, body, f"{node.name or 'loop'}_body", inputs, outer)
         if not outer_first or all(_same_dims(inner.shape_protos.get(ins[2 + k]), inner.shape_protos.get(outs[1 + k]))
                                   for k in range(len(node.input) - 2)):
             break
-    b._used |= inner._used
-    inner._used, inner._counter = b._used, b._counter
+    adopt(b, inner)
     return inner, outer_first
 
 
@@ -134,60 +129,6 @@ def _same_dims(a, c) -> bool:
         return a is None and c is None
     return all((d.HasField("dim_value") and d.dim_value == e.dim_value) or (bool(d.dim_param) and d.dim_param == e.dim_param)
                for d, e in zip(a.dim, c.dim))
-
-
-def _body_model(b, node, body, captured, outer_first: bool):
-    from ..graph import Builder
-
-    ins = [i.name for i in body.input]
-    inputs = [_vi(ins[0], TensorProto.INT64, []), _vi(ins[1], TensorProto.BOOL, [])]
-    for k in range(len(node.input) - 2):
-        vi = onnx.ValueInfoProto()
-        vi.CopyFrom(body.input[2 + k])
-        if outer_first or not vi.type.tensor_type.HasField("shape"):
-            _declare(b, vi, node.input[2 + k])
-        inputs.append(vi)
-    inits = list(body.initializer)
-    for c in captured:
-        if b.consts.get(c) is not None:
-            inits.append(b.consts[c])
-            continue
-        vi = _vi(c, b.types.get(c, TensorProto.FLOAT))
-        _declare(b, vi, c)
-        inputs.append(vi)
-    declared = {vi.name: vi for vi in inputs}  # an output that is an input as it came: declared like it
-    outputs = [declared.get(o.name, o) for o in body.output]
-    graph = helper.make_graph(list(body.node), f"{node.name or 'loop'}_body", inputs, outputs, inits)
-    return Builder(helper.make_model(graph, opset_imports=list(b.model.opset_import), ir_version=b.model.ir_version),
-                   b.dtype, b.tune_for)
-
-
-_NOT_HOISTED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-
-
-def _hoist(b, nodes: list, invariant: set, outputs: set) -> list:
-    """The nodes of a Loop body minus those that compute the same at every step (all inputs
-    outer tensors, or computed from them only: the weights' transposes of the MatMul gradients,
-    a bias split), which move before the Loop, renamed (a body's names may not reappear
-    outside it; the body's `outputs` stay). ONNX Runtime then folds them once, and its MatMuls
-    get constant weights."""
-    invariant, rename, kept = set(invariant), {}, []
-    for n in nodes:
-        ins = [rename.get(i, i) for i in n.input]
-        nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
-        if n.op_type in _NOT_HOISTED or nested or any(o in outputs for o in n.output) or not all(i in invariant for i in ins if i):
-            kept.append(n)
-            continue
-        outs = []
-        for o in n.output:
-            rename[o] = b.fresh(o.split("/")[-1].split(":")[0] or "hoisted") if o else ""
-            invariant.add(rename[o])
-            outs.append(rename[o])
-        b.nodes.append(helper.make_node(n.op_type, ins, outs, name=b.fresh(n.op_type), domain=n.domain or None))
-        b.nodes[-1].attribute.extend(n.attribute)
-    for n in kept:
-        rename_reads(n, rename)
-    return kept
 
 
 def _step_invariant(shape, symbols: set) -> bool:
@@ -230,13 +171,12 @@ def loop(b, node, gys):
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
             _refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
     producer = {o: n for n in body.node for o in n.output if o}
-    defined = set(ins) | {t.name for t in body.initializer} | set(producer)
-    captured = list(dict.fromkeys(i for n in body.node for i in reads(n) if i and i not in defined))
-    live_outer = [c for c in captured if b.needs(c) and b.is_float(c)]
+    outer_reads = captured(body, ins)
+    live_outer = [c for c in outer_reads if b.needs(c) and b.is_float(c)]
     if any(o in live_outer for o in outs):
         _refuse(node, f"its body outputs '{next(o for o in outs if o in live_outer)}', an outer tensor that depends "
                       "on the input being explained, as is")
-    inner, steady = _body_builder(b, node, body, captured)
+    inner, steady = _body_builder(b, node, body, outer_reads)
 
     # An outer tensor read only one step at a time (Gather along axis 0 at a scalar index, as
     # TensorArray reads are exported) gets each step's slice gradient, scattered afterwards;
@@ -312,8 +252,8 @@ def loop(b, node, gys):
     results += [grad_or_zeros(n.output[0]) for n in slices]
     results += [w.op("Cast", [n.input[1]], to=TensorProto.INT64) for n in slices]
     types = [TensorProto.BOOL] + [b.dtype] * (len(results) - 1 - len(slices)) + [TensorProto.INT64] * len(slices)
-    outer = set(captured) | {node.input[2 + k] for k in range(K) if k not in stacks}
-    w.nodes = _hoist(b, prune(w.nodes, set(results)), outer, set(results))
+    outer = set(outer_reads) | {node.input[2 + k] for k in range(K) if k not in stacks}
+    w.nodes = hoist(b, prune(w.nodes, set(results)), outer, set(results))
     carried_in = [_vi(g, b.dtype) for g in [*state_grads.values(), *accs.values()]]
     back = helper.make_graph(w.nodes, b.fresh("loop_backward"),
                              [_vi(i, TensorProto.INT64, []), _vi(cond, TensorProto.BOOL, [])] + carried_in,
