@@ -219,6 +219,7 @@ MODELS = {
     "hrnet_w18_small": (_timm("hrnet_w18_small"), 64),  # nearest upsampling in its fuse layers
     "tiny_vit_5m_224": (_timm("tiny_vit_5m_224"), 64),  # attention windows padded, then cropped by Slice
     "mvitv2_tiny": (_timm("mvitv2_tiny", img_size=64), 64),
+    "volo_d1": (_timm("volo_d1_224", img_size=64), 64),  # outlook attention: Unfold and Fold (Col2Im, opset 18)
 }
 
 
@@ -324,6 +325,9 @@ TORCH_CASES = [
     # MViTv2: pooled attention, relative positions written by index_put (the TorchScript export's
     # ScatterND, indices computed from shapes: the run-time winner test); 8.1e-7 (1.0e-6)
     _case("mvitv2_tiny", "ts", 17, 1e-5, expect={"ScatterND", "MaxPool", "Einsum"}),
+    # VOLO: outlook attention gathers each window with Unfold and adds them back with Fold, which
+    # only torch.export exports (Col2Im); 8.7e-7 (7.5e-7)
+    _case("volo_d1", "dynamo", 18, 1e-5, expect={"Col2Im", "Softmax"}),
 ]
 
 

@@ -657,6 +657,12 @@ add(
     case("DepthToSpace/dcr_op13", 13, N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="DCR"), {"x": (2, 8, 2, 3)}),
     case("DepthToSpace/crd_op13", 13, N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), {"x": (2, 8, 3, 2)}),
     case("DepthToSpace/op7", 7, N("DepthToSpace", ["x"], ["y"], blocksize=3), {"x": (1, 9, 2, 2)}),
+    # Col2Im (torch's Fold, as in VOLO's outlook attention): blocks added back into the image
+    case("Col2Im/op18", 18, N("Col2Im", ["x", "img", "blk"], ["y"]), {"x": (2, 3 * 4, 9)},
+         img=np.array([4, 4], np.int64), blk=np.array([2, 2], np.int64)),
+    case("Col2Im/strided_padded_dilated", 18,
+         N("Col2Im", ["x", "img", "blk"], ["y"], strides=[2, 1], pads=[1, 0, 1, 2], dilations=[1, 2]),
+         {"x": (1, 2 * 6, 12)}, img=np.array([5, 4], np.int64), blk=np.array([3, 2], np.int64)),
 )
 
 

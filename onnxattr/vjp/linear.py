@@ -326,3 +326,21 @@ def _same_ellipsis(b, node, x, term, out) -> bool:
     ey = [k for k, c in enumerate(py) if c == "."]
     return len(ex) == len(ey) and all((sx[i] is not None and sx[i] == sy[j]) or (sx[i] is None and sy[j] is None and b.same_dim(x, i, y, j))
                                       for i, j in zip(ex, ey))
+
+
+@register("Col2Im")
+def col2im(b, node, gys):
+    """Col2Im (torch's Fold) adds each column's blocks into the image; its adjoint takes them
+    back out (Unfold): the gradient image with channels as batch, through a Conv whose kernels
+    are the K one-hot blocks (each output one product by 1: exact), with Col2Im's strides, pads
+    and dilations, gives [N*C, K, L...] -> [N, C*K, L], channel-major as Col2Im reads it."""
+    x, image, block = node.input[:3]
+    shape, kernel = b.value(image), b.value(block)
+    if shape is None or kernel is None:
+        raise UnsupportedModelError(f"{describe(node)}: image_shape and block_shape must be constants")
+    a, n, k = attrs(node), len(kernel), int(np.prod(kernel))
+    ones = np.eye(k, dtype=b.np_dtype).reshape([k, 1] + [int(d) for d in kernel])
+    g = b.op("Reshape", [gys[0], b.ints([-1, 1] + [int(d) for d in shape])])
+    cols = b.op("Conv", [g, b.const(ones)], kernel_shape=[int(d) for d in kernel], strides=a.get("strides", [1] * n),
+                pads=a.get("pads", [0] * 2 * n), dilations=a.get("dilations", [1] * n))
+    return [b.reshape_like(cols, x), None, None]
