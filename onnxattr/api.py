@@ -18,6 +18,7 @@ from .protos import FLOAT_TYPES, describe
 from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import METHODS, get_method
+from .vjp import rule_key
 from .recipes import ALL_METHODS, Context, Options, batch_axis, build, input_is_nhwc
 
 ATTRIBUTION = "attribution"
@@ -97,7 +98,7 @@ def _scores(b: Builder, name: str | None) -> str:
             if producer is not None:  # a tensor shape inference could not follow (ai.onnx.ml ops)
                 raise UnsupportedModelError(f"--output '{name}' has no known type or shape: it comes from "
                                             f"{describe(producer)} (domain '{producer.domain or 'ai.onnx'}'), which "
-                                            "ONNX shape inference cannot follow and onnxattr has no gradient rule for")
+                                            "ONNX shape inference cannot follow")
             raise NotAClassifierError(f"--output '{name}' is not a tensor of the model (outputs: {', '.join(outputs)})")
         if not b.is_float(name) or len(b.shapes.get(name, [])) != 2:
             raise NotAClassifierError(f"--output '{name}' is not a rank-2 floating-point tensor [N, C]")
@@ -282,13 +283,15 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
     on_path = Counter(n.op_type for _, n in named)
     missing_nodes = {}
     for name, n in named:
-        if policy.rule(n.op_type) is None or n.domain not in ("", "ai.onnx"):
+        if policy.rule(rule_key(n)) is None:
             missing_nodes.setdefault(n.op_type, []).append(name)
     rows = []
-    for op, count in sorted(Counter(n.op_type for n in _all_nodes(src.graph)).items()):
+    nodes = _all_nodes(src.graph)
+    key = {n.op_type: rule_key(n) for n in reversed(nodes)}  # (an op type's first node's domain)
+    for op, count in sorted(Counter(n.op_type for n in nodes).items()):
         rows.append({
             "op_type": op, "count": count, "on_path": on_path.get(op, 0),
-            "has_rule": policy.rule(op) is not None, "overridden": op in policy.overrides,
+            "has_rule": policy.rule(key[op]) is not None, "overridden": op in policy.overrides,
             "missing_nodes": missing_nodes.get(op, []),
         })
     return rows

@@ -14,7 +14,7 @@ from .errors import UnsupportedModelError
 from .graph import Builder
 from .patterns import fuse
 from .protos import FLOAT_TYPES, attrs, describe, reads
-from .vjp import NON_DIFFERENTIABLE
+from .vjp import NON_DIFFERENTIABLE, rule_key
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 _FLOAT_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
@@ -82,12 +82,14 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
     first thing to tell about a model, before its shapes or types."""
     missing = []
     for node in path:
+        if policy.rule(rule_key(node)) is not None:
+            continue
         if node.domain not in ("", "ai.onnx"):
             kind = "domain" if node.domain == "ai.onnx.ml" else "custom domain"
             missing.append(f"{describe(node)} ({kind} '{node.domain}')")
-        elif node.op_type in CONTROL_FLOW and policy.rule(node.op_type) is None:
+        elif node.op_type in CONTROL_FLOW:
             missing.append(f"{describe(node)} (control flow)")
-        elif policy.rule(node.op_type) is None:
+        else:
             missing.append(describe(node))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -122,7 +124,7 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy, un
                 b.annotate(g, like=o)
         if all(g is None for g in gys):
             continue
-        gxs = policy.rule(node.op_type)(b, node, gys)
+        gxs = policy.rule(rule_key(node))(b, node, gys)
         if isinstance(gxs, dict):  # control flow: by name, for its inputs and the outer tensors its body reads
             pairs = [(name, gxs.get(name)) for name in dict.fromkeys(i for i in reads(node) if i)]
         else:

@@ -16,7 +16,7 @@ from . import dims
 from .dims import symbolic_dims
 from .errors import UnsupportedModelError
 from .protos import FLOAT_TYPES, default_opset, describe, reads, rename_reads
-from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, skeleton,
+from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, ml_shapes, skeleton,
                      trial_shapes)
 
 TUNE_FOR = ("cpu", "cuda")  # the ONNX Runtime provider whose kernels an exported graph's formulation suits
@@ -72,7 +72,7 @@ class Builder:
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
-        skel, fed, whole_slices = skeleton(self.model), False, set()
+        skel, fed, whole_slices, ml_done = skeleton(self.model), False, set(), set()
         while True:
             try:
                 inferred = onnx.shape_inference.infer_shapes(skel, data_prop=True)
@@ -85,6 +85,9 @@ class Builder:
                 fed = True
                 continue
             if keep_whole_slice_dims(skel, self.shape_protos, self.types, self.consts, whole_slices):
+                fed = True
+                continue
+            if ml_shapes(skel, self.shape_protos, self.types, self.consts, ml_done):
                 fed = True
                 continue
             # ONNX data propagation stops at Div, so `x.size(1) // 2` (ShuffleNet's chunk and

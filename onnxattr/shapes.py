@@ -442,3 +442,53 @@ def keep_whole_slice_dims(skel: onnx.ModelProto, shape_protos: dict, types: dict
         done.add(n.output[0])
         fixed += 1
     return fixed
+
+
+def ml_shapes(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: dict, done: set) -> int:
+    """ONNX shape inference leaves the outputs of ai.onnx.ml's Normalizer and Scaler without a
+    shape when nothing declares one (skl2onnx's default ZipMap after them), an
+    ArrayFeatureExtractor's with fresh symbols for its lengths, and the rules and the classifier check need them:
+    Normalizer's and Scaler's output is float (the spec's type) with the input's shape, a
+    LinearClassifier's scores [N, one per coefficient row] (two for one row and two labels), an
+    ArrayFeatureExtractor's the input's but for the last axis (one per constant index). Declared
+    in `skel`'s value_info for the next inference pass; returns how many (each once: names kept
+    in `done`)."""
+    fixed = 0
+    for n in skel.graph.node:
+        if n.domain != "ai.onnx.ml" or n.op_type not in ("Normalizer", "Scaler", "LinearClassifier", "ArrayFeatureExtractor"):
+            continue
+        out = n.output[1] if n.op_type == "LinearClassifier" and len(n.output) > 1 else n.output[0]
+        xs, ys = shape_protos.get(n.input[0]), shape_protos.get(out)
+        known = ys is not None and all(d.HasField("dim_value") or d.dim_param for d in ys.dim)
+        if not out or out in done or xs is None or (known and n.op_type != "ArrayFeatureExtractor"):
+            continue  # (inference gives ArrayFeatureExtractor's last axis a fresh symbol)
+        dims = [onnx.TensorShapeProto.Dimension() for _ in xs.dim]
+        for d, x in zip(dims, xs.dim):
+            d.CopyFrom(x)
+        if n.op_type == "LinearClassifier":
+            a = attrs(n)
+            width = xs.dim[-1].dim_value if xs.dim and xs.dim[-1].HasField("dim_value") else 0
+            rows = len(a.get("intercepts", []) or []) or (len(a.get("coefficients", [])) // width if width else 0)
+            labels = max(len(a.get("classlabels_ints", []) or []), len(a.get("classlabels_strings", []) or []))
+            if len(xs.dim) != 2 or not rows:
+                continue
+            dims[1].Clear()
+            dims[1].dim_value = 2 if rows == 1 and labels == 2 else rows
+        elem = TensorProto.FLOAT
+        if n.op_type == "ArrayFeatureExtractor":
+            idx = consts.get(n.input[1])
+            if idx is None or len(xs.dim) < 2 or len(idx.dims) > 1:
+                continue
+            dims[-1].Clear()
+            dims[-1].dim_value = int(np.prod(idx.dims))  # (a scalar index keeps the axis, length 1)
+            elem = types.get(n.input[0], TensorProto.FLOAT)
+        vi = helper.make_tensor_value_info(out, elem, None)
+        vi.type.tensor_type.shape.dim.extend(dims)
+        outputs = [o for o in skel.graph.output if o.name == out]  # (a graph output's entry wins over value_info)
+        if outputs:
+            outputs[0].CopyFrom(vi)
+        else:
+            skel.graph.value_info.append(vi)
+        done.add(out)
+        fixed += 1
+    return fixed

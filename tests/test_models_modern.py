@@ -682,10 +682,12 @@ def test_sklearn_mlp_zipmap():
     assert rel_err(out["attribution"], _mlp_gradient(clf, X, target, "saliency")) < 2e-6
 
 
-def test_sklearn_logistic_regression_zipmap_names_the_ml_ops():
-    """LogisticRegression (LinearClassifier + Normalizer, domain ai.onnx.ml): with ZipMap, the
-    hint's --output pointed at a tensor shape inference cannot follow, which was then called
-    'not a tensor of the model'; now the ai.onnx.ml node behind it is named."""
+def test_sklearn_logistic_regression_through_zipmap():
+    """LogisticRegression (LinearClassifier + Normalizer, domain ai.onnx.ml: tests/test_ml.py)
+    with skl2onnx's default ZipMap: without --output the error points at the probability tensor
+    (ZipMap makes maps of it); with it, the attribution is that of the model without ZipMap (ONNX
+    infers no shape for the Normalizer's output there: declared by shapes.ml_shapes). Before the
+    rules, the ai.onnx.ml node was named as the cause."""
     skl2onnx = pytest.importorskip("skl2onnx")
     from sklearn.linear_model import LogisticRegression
 
@@ -693,12 +695,14 @@ def test_sklearn_logistic_regression_zipmap_names_the_ml_ops():
     clf = LogisticRegression(max_iter=200).fit(X, np.arange(30) % 3)
     proto = skl2onnx.to_onnx(clf, X[:1])
     zipmap = next(n for n in proto.graph.node if n.op_type == "ZipMap")
-    with pytest.raises(onnxattr.UnsupportedModelError, match=f"--output '{zipmap.input[0]}' has no known type or shape: "
-                       r"it comes from Normalizer node .* \(domain 'ai.onnx.ml'\)"):
-        onnxattr.attribution_model(proto, output=zipmap.input[0])
+    with pytest.raises(onnxattr.NotAClassifierError, match=f"ZipMap .*pass --output {zipmap.input[0]}"):
+        onnxattr.attribution_model(proto)
     plain = skl2onnx.to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}})
-    with pytest.raises(onnxattr.UnsupportedModelError, match=r"LinearClassifier node .* \(domain 'ai.onnx.ml'\)"):
-        onnxattr.attribution_model(plain, output="probabilities")
+    target = np.array([0, 1, 2, 1])
+    got = onnxattr.Explainer(proto, provider="cpu", output=zipmap.input[0])(X[:4], target)
+    want = onnxattr.Explainer(plain, provider="cpu")(X[:4], target)
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_array_equal(got, want)
 
 
 class _Attention(torch.nn.Module):

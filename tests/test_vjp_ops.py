@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxattr
 from onnxattr.api import vjp_model
-from onnxattr.vjp import RULES
+from onnxattr.vjp import RULES, rule_key
 
 from vjp_check import EPS, F32_RTOL, FD_RTOL, In, N, case, check_case, check_case_float64_ort, reference, to_float64
 
@@ -1006,8 +1006,10 @@ def test_case_ids_unique():
 def test_every_rule_is_covered():
     from test_if import CASES as IF_CASES  # the If and Loop rules' cases, in the same style
     from test_loop import CASES as LOOP_CASES
+    from test_ml import VARIANTS as ML_CASES  # ai.onnx.ml's (float32 outputs: checked another way)
 
-    covered = {n.op_type for c in CASES + LOOP_CASES + IF_CASES for n in c.nodes}
+    covered = {rule_key(n) for c in CASES + LOOP_CASES + IF_CASES for n in c.nodes}
+    covered |= {rule_key(n) for _, nodes, _, _ in ML_CASES for n in nodes}
     missing = sorted(set(RULES) - covered)
     assert not missing, f"gradient rules with no case in CASES: {missing}"
 

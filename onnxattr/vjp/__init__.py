@@ -1,6 +1,7 @@
 """The registry of vector-Jacobian product rules, one per ONNX op type.
 
-A rule is `rule(b, node, gys) -> gxs`: `b` is the graph Builder, `gys` the gradient names of
+A rule is `rule(b, node, gys) -> gxs`, registered under its op type (`domain:type` outside the
+default domain, see rule_key): `b` is the graph Builder, `gys` the gradient names of
 the node's outputs (None where an output has none), and `gxs` the gradient names of its inputs,
 aligned with `node.input` (None where an input has no gradient or needs none: `b.needs(name)`).
 """
@@ -40,4 +41,10 @@ def lookup(op_type: str):
     return RULES.get(op_type)
 
 
-from . import activation, branch, elementwise, linear, loop, norm, pool, recurrent, reduce, resize, scatter, shape  # noqa: E402,F401  (fill RULES)
+def rule_key(node) -> str:
+    """How RULES names a node's op: its type in the default domain, 'domain:type' in another
+    (ai.onnx.ml's rules; a custom domain's op of a default op's name gets no default rule)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+
+
+from . import activation, branch, elementwise, linear, loop, ml, norm, pool, recurrent, reduce, resize, scatter, shape  # noqa: E402,F401  (fill RULES)
