@@ -657,6 +657,18 @@ add(
     case("DepthToSpace/dcr_op13", 13, N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="DCR"), {"x": (2, 8, 2, 3)}),
     case("DepthToSpace/crd_op13", 13, N("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), {"x": (2, 8, 3, 2)}),
     case("DepthToSpace/op7", 7, N("DepthToSpace", ["x"], ["y"], blocksize=3), {"x": (1, 9, 2, 2)}),
+    # GridSample: the input's and the grid's gradients (nearest: the input's; its grid gradient
+    # is zero), every padding, both align_corners; grid values out to about 2.5 (reflections
+    # flip more than once at scale 1.5); opset 20's "linear" name
+    *[case(f"GridSample/{mode}_{pad}_align{align}", 16,
+           N("GridSample", ["x", "grid" if mode == "bilinear" else "fixed"], ["y"], mode=mode, padding_mode=pad, align_corners=align),
+           {"x": (2, 3, 4, 5), **({"grid": In((2, 3, 6, 2), scale=0.8 if pad != "reflection" else 1.5)} if mode == "bilinear" else {})},
+           **({} if mode == "bilinear" else {"fixed": np.random.default_rng(1).standard_normal((2, 3, 6, 2)) * 0.8}))
+      for mode in ("bilinear", "nearest") for pad in ("zeros", "border", "reflection") for align in (0, 1)],
+    case("GridSample/linear_op20", 20, N("GridSample", ["x", "grid"], ["y"], mode="linear"), {"x": (1, 2, 3, 4), "grid": In((1, 5, 2, 2))}),
+    # AffineGrid (opset 20, a spatial transformer's grid): theta's gradient, both align_corners
+    *[case(f"AffineGrid/align{align}", 20, N("AffineGrid", ["theta", "size"], ["y"], align_corners=align),
+           {"theta": (2, 2, 3)}, size=np.array([2, 3, 4, 5], np.int64)) for align in (0, 1)],
     # Col2Im (torch's Fold, as in VOLO's outlook attention): blocks added back into the image
     case("Col2Im/op18", 18, N("Col2Im", ["x", "img", "blk"], ["y"]), {"x": (2, 3 * 4, 9)},
          img=np.array([4, 4], np.int64), blk=np.array([2, 2], np.int64)),

@@ -388,6 +388,66 @@ class Resize(_Fix):  # upstream: Resize-10 (no coordinate_transformation_mode) i
         return (_upsample_asymmetric(x, np.asarray(args[0], np.float64), self.attr("mode", "nearest")).astype(x.dtype),)
 
 
+class GridSample(_Fix):  # upstream: coordinates in float32 (so float64 differences of the grid are noise)
+    """4-D, bilinear / nearest, the three paddings, written pixel by pixel after PyTorch's
+    GridSampler.h: unnormalise, reflect (about [-0.5, W - 0.5], or [0, W - 1] with align_corners)
+    then clip, or clip (border), then interpolate with zeros outside."""
+
+    def _run(self, x, grid, **_):
+        mode, pad, align = self.attr("mode", "bilinear"), self.attr("padding_mode", "zeros"), bool(self.attr("align_corners", 0))
+        n_, c_, h, w = x.shape
+        out = np.zeros((n_, c_) + grid.shape[1:3], dtype=x.dtype)
+
+        def coord(v, size):
+            v = (v + 1) / 2 * (size - 1) if align else ((v + 1) * size - 1) / 2
+            if pad == "reflection":
+                lo, span = (0.0, size - 1.0) if align else (-0.5, float(size))
+                if span <= 0:
+                    return 0.0
+                d = abs(v - lo)
+                flips = np.floor(d / span)
+                extra = np.fmod(d, span)
+                v = extra + lo if flips % 2 == 0 else span - extra + lo
+            if pad in ("border", "reflection"):
+                v = min(max(v, 0.0), size - 1.0)
+            return v
+
+        def pixel(n, c, yy, xx):
+            return x[n, c, yy, xx] if 0 <= yy < h and 0 <= xx < w else 0.0
+
+        for n in range(n_):
+            for i in range(grid.shape[1]):
+                for j in range(grid.shape[2]):
+                    ix, iy = coord(float(grid[n, i, j, 0]), w), coord(float(grid[n, i, j, 1]), h)
+                    for c in range(c_):
+                        if mode == "nearest":
+                            out[n, c, i, j] = pixel(n, c, int(np.rint(iy)), int(np.rint(ix)))
+                            continue
+                        x0, y0 = int(np.floor(ix)), int(np.floor(iy))
+                        ax, ay = ix - x0, iy - y0
+                        out[n, c, i, j] = ((1 - ay) * ((1 - ax) * pixel(n, c, y0, x0) + ax * pixel(n, c, y0, x0 + 1))
+                                           + ay * ((1 - ax) * pixel(n, c, y0 + 1, x0) + ax * pixel(n, c, y0 + 1, x0 + 1)))
+        return (out,)
+
+
+class AffineGrid(_Fix):  # upstream: the grid cast to float32
+    """2-D: grid[n, h, w] = theta[n] @ (x_w, y_h, 1), x and y the pixel centres in [-1, 1] (or the
+    corners, with align_corners)."""
+
+    def _run(self, theta, size, **_):
+        h, w = (int(v) for v in size[2:])
+        align = bool(self.attr("align_corners", 0))
+
+        def axis(n):
+            return (np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)) if align else (2.0 * np.arange(n) + 1.0) / n - 1.0
+
+        out = np.zeros((theta.shape[0], h, w, 2), dtype=theta.dtype)
+        for i, yv in enumerate(axis(h)):
+            for j, xv in enumerate(axis(w)):
+                out[:, i, j] = theta @ np.array([xv, yv, 1.0], dtype=theta.dtype)
+        return (out,)
+
+
 class Scan(_UpstreamScan):  # upstream: only forward directions (the recurrent rules scan in reverse)
     op_domain = ""
 
@@ -458,7 +518,7 @@ class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activa
 
 
 REFERENCE_FIXES = [Loop, Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
-                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad]
+                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad, GridSample, AffineGrid]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:
