@@ -277,9 +277,8 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
         except NotAClassifierError:
             ys = [o.name for o in src.graph.output]
     path, live = differentiable_path(b, [x.name], ys)
-    path += [(n, inner) for n in path for inner in inside(n, live)]  # (a body's nodes, named within its node)
-    named = [(n.name or n.output[0], n) if isinstance(n, onnx.NodeProto) else
-             (f"{n[0].name or n[0].output[0]}/{n[1].name or n[1].output[0]}", n[1]) for n in path]
+    label = lambda n: n.name or n.output[0]  # noqa: E731
+    named = [(label(n), n) for n in path] + [(f"{label(n)}/{label(m)}", m) for n in path for m in inside(n, live)]
     on_path = Counter(n.op_type for _, n in named)
     missing_nodes = {}
     for name, n in named:

@@ -16,8 +16,8 @@ from . import dims
 from .dims import symbolic_dims
 from .errors import UnsupportedModelError
 from .protos import FLOAT_TYPES, default_opset, describe, reads, rename_reads
-from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, ml_shapes, skeleton,
-                     trial_shapes)
+from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, ml_shapes,
+                     skeleton, trial_shapes)
 
 TUNE_FOR = ("cpu", "cuda")  # the ONNX Runtime provider whose kernels an exported graph's formulation suits
 

@@ -57,8 +57,9 @@ class Method:
     name: str
     overrides: dict[str, Callable] = field(default_factory=dict)
 
-    def rule(self, op_type: str):
-        return self.overrides.get(op_type) or lookup(op_type)
+    def rule(self, key: str):
+        """The rule for an op by its registry key (vjp.rule_key: the op type in the default domain)."""
+        return self.overrides.get(key) or lookup(key)
 
 
 METHODS = ("saliency", "deconvnet", "guided")

@@ -47,4 +47,6 @@ def rule_key(node) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
 
 
-from . import activation, branch, elementwise, linear, loop, ml, norm, pool, recurrent, reduce, resize, sample, scatter, shape  # noqa: E402,F401  (fill RULES)
+# (fill RULES)
+from . import activation, branch, elementwise, linear, loop, ml, norm, pool, recurrent, reduce, resize, sample  # noqa: E402,F401
+from . import scatter, shape  # noqa: E402,F401
