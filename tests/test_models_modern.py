@@ -744,6 +744,38 @@ def test_spatial_transformer(mode, padding):
         model.float()
 
 
+class _ResizesItsInput(torch.nn.Module):
+    """A deployment wrapper's first step: any image resized to 32 x 32 with antialiasing
+    (F.interpolate(antialias=True): Resize with antialias=1 at opset 18, through torch.export)."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(32, 32), mode=self.mode, antialias=True, align_corners=False)
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_antialiased_resize_of_the_input(mode):
+    """Downsampling 75 x 90 to 32 x 32 (kernels stretched to 3-6 taps), against float64
+    autograd."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = _ResizesItsInput(mode).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 75, 90)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, opset_version=18, input_names=["input"],
+                                  output_names=["logits"], verbose=False).model_proto
+    assert any(n.op_type == "Resize" and any(a.name == "antialias" and a.i for a in n.attribute) for n in proto.graph.node)
+    got = attribution(proto, {"input": x}, "saliency")
+    ref, _ = torch_gradient(model, x, "saliency")
+    assert rel_err(got, ref) < 1e-5, rel_err(got, ref)  # measured 6.8e-8 and 8.4e-8 (relative L2)
+
+
 class _Attention(torch.nn.Module):
     def __init__(self):
         super().__init__()

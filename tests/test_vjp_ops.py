@@ -433,6 +433,16 @@ add(
     resize("linear_3d_not_smaller_op18", 18, (1, 1, 3), sizes=[1, 1, 8], mode="linear",
            keep_aspect_ratio_policy="not_smaller"),
     resize("linear_3d_op11", 11, (2, 3, 4), scales=[1, 2, 0.5], mode="linear"),
+    # antialias (opset 18): downsampling stretches the kernel (footprints 4 to 12 taps), an
+    # upscaled axis keeps the plain kernel; integer source coordinates (the window's left choice)
+    resize("linear_antialias_op18", 18, (1, 2, 16, 5), sizes=[1, 2, 5, 8], mode="linear", antialias=1),
+    resize("linear_antialias_align_corners_op18", 18, (1, 1, 13, 9), sizes=[1, 1, 4, 3], mode="linear", antialias=1,
+           coordinate_transformation_mode="align_corners"),
+    resize("cubic_antialias_op18", 18, (1, 1, 12, 7), sizes=[1, 1, 5, 3], mode="cubic", antialias=1),
+    resize("cubic_antialias_exclude_outside_op18", 18, (1, 2, 9, 6), scales=[1, 1, 0.5, 0.5], mode="cubic", antialias=1,
+           exclude_outside=1, coordinate_transformation_mode="asymmetric"),
+    resize("linear_antialias_pytorch_half_pixel_op18", 18, (1, 1, 32, 7), sizes=[1, 1, 7, 4], mode="linear", antialias=1,
+           coordinate_transformation_mode="pytorch_half_pixel"),
     case("Upsample/nearest_attr_op7", 7, N("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 3.0]), {"x": (1, 2, 2, 3)}),
     case("Upsample/linear_attr_op8", 8, N("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 2.0], mode="linear"),
          {"x": (1, 2, 3, 2)}),

@@ -1,7 +1,7 @@
 """Resize and Upsample: linear in x, one axis at a time, so the VJP applies the transpose of
 each axis' interpolation matrix. The matrices are built here from the op's attributes and the
 static sizes, following the ONNX definition (coordinate transform, then the nearest, linear or
-cubic taps, with edge clamping)."""
+cubic taps, antialiased when downsampling if asked, with edge clamping)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,23 @@ def _cubic(t, a):
                     np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
 
 
+def _antialias_taps(x: np.ndarray, scale: float, spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Antialiased linear / cubic taps (opset 18): downsampling by `scale` < 1 stretches the
+    kernel by 1 / scale (its footprint grows to cover it), each row's weights normalised to 1;
+    at scale >= 1 the plain kernel. The window sits left of x at integer x (ONNX Runtime and the
+    reference agree)."""
+    s = min(scale, 1.0)
+    base = np.where(x == np.floor(x), x - 1, np.floor(x))
+    ratio = (x - base)[:, None]
+    if spec["mode"] == "linear":
+        offsets = np.arange(int(np.floor(-1 / s) + 1), 1 - int(np.floor(-1 / s) + 1) + 1)  # start .. 1 - start
+        weights = np.clip(1 - np.abs((offsets - ratio) * s), 0, 1)
+    else:
+        offsets = np.arange(int(np.floor(-2 / s) + 1), 2 - int(np.floor(-2 / s) + 1))
+        weights = _cubic((offsets - ratio) * s, spec["cubic_coeff_a"])
+    return base[:, None] + offsets, weights / weights.sum(axis=1, keepdims=True)
+
+
 def axis_matrix(in_len: int, out_len: int, scale: float, spec: dict, roi=(0.0, 1.0)) -> np.ndarray:
     """M [out_len, in_len] with resized = M @ x along one axis."""
     x = _source_coords(out_len, in_len, scale, spec["coord"], roi)
@@ -69,6 +86,12 @@ def axis_matrix(in_len: int, out_len: int, scale: float, spec: dict, roi=(0.0, 1
         else:
             idx = np.ceil(x)
         taps, weights = idx[:, None], np.ones((out_len, 1))
+    elif spec.get("antialias"):
+        taps, weights = _antialias_taps(x, scale, spec)
+        if spec["exclude_outside"]:
+            weights = np.where((taps < 0) | (taps > in_len - 1), 0.0, weights)
+            total = weights.sum(axis=1, keepdims=True)
+            weights = weights / np.where(total == 0, 1.0, total)
     elif spec["mode"] == "linear":
         r = (x - base)[:, None]
         taps, weights = base[:, None] + np.arange(2), np.concatenate([1 - r, r], axis=1)
@@ -95,9 +118,8 @@ def _spec(b, node) -> dict:
         if mode not in ("nearest", "linear"):
             raise UnsupportedModelError(f"{describe(node)}: mode '{mode}' is not supported")
         return {"mode": mode, "coord": "asymmetric", "nearest_mode": "simple"}
-    if a.get("antialias", 0) and mode != "nearest":
-        raise UnsupportedModelError(f"{describe(node)}: antialias is not supported")
     return {"mode": mode, "coord": a.get("coordinate_transformation_mode", "half_pixel"),
+            "antialias": bool(a.get("antialias", 0)) and mode != "nearest",
             "nearest_mode": a.get("nearest_mode", "round_prefer_floor"),
             "cubic_coeff_a": a.get("cubic_coeff_a", -0.75), "exclude_outside": a.get("exclude_outside", 0)}
 
