@@ -776,6 +776,39 @@ def test_antialiased_resize_of_the_input(mode):
     assert rel_err(got, ref) < 1e-5, rel_err(got, ref)  # measured 6.8e-8 and 8.4e-8 (relative L2)
 
 
+class _Spectrogram(torch.nn.Module):
+    """An audio classifier on the raw waveform: log(1 + power spectrogram) (torch.stft, Hann
+    window of 64, hop 16: ONNX STFT through torch.export), mean over time, a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(64))
+        self.fc = torch.nn.Linear(33, 10)
+
+    def forward(self, wav):
+        spec = torch.stft(wav, n_fft=64, hop_length=16, window=self.window, center=False, return_complex=True)
+        return self.fc(torch.log(spec.abs().pow(2) + 1.0).mean(2))
+
+
+def test_spectrogram_of_the_waveform():
+    """Attribution to the waveform through STFT, |.|^2 (ReduceL2, Pow), Log: 410 samples, 22 frames
+    covering the first 400 (the last 10 get no gradient), against float64 autograd. Measured
+    4.6e-7 (relative L2; PyTorch float32 2.1e-7)."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = _Spectrogram().eval()
+    x = np.random.default_rng(0).standard_normal((2, 410)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, opset_version=18, input_names=["input"],
+                                  output_names=["logits"], verbose=False).model_proto
+    assert "STFT" in ops(proto)
+    got = attribution(proto, {"input": x}, "saliency")
+    ref, _ = torch_gradient(model, x, "saliency")
+    assert rel_err(got, ref) < 5e-6, rel_err(got, ref)
+    assert not got[:, 400:].any() and not ref[:, 400:].any() and np.abs(got).max() > 0
+
+
 class _Attention(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -679,6 +679,15 @@ add(
     # AffineGrid (opset 20, a spatial transformer's grid): theta's gradient, both align_corners
     *[case(f"AffineGrid/align{align}", 20, N("AffineGrid", ["theta", "size"], ["y"], align_corners=align),
            {"theta": (2, 2, 3)}, size=np.array([2, 3, 4, 5], np.int64)) for align in (0, 1)],
+    # STFT (opset 17, an audio model's spectrogram): a Hann window, frames that leave a tail of
+    # samples out (no gradient there), two-sided without a window, a complex signal. onesided is
+    # written out: ONNX's shape inference takes its absence for 0, the spec and ONNX Runtime for 1
+    case("STFT/real_hann_onesided", 17, N("STFT", ["x", "step", "w"], ["y"], onesided=1), {"x": (2, 37, 1)},
+         step=np.array(3, np.int64), w=0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8)),
+    case("STFT/real_two_sided_frame_length", 17, N("STFT", ["x", "step", "", "flen"], ["y"], onesided=0), {"x": (1, 20, 1)},
+         step=np.array(4, np.int64), flen=np.array(6, np.int64)),
+    case("STFT/complex", 17, N("STFT", ["x", "step", "w"], ["y"], onesided=0), {"x": (2, 30, 2)},
+         step=np.array(5, np.int64), w=0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8)),
     # Col2Im (torch's Fold, as in VOLO's outlook attention): blocks added back into the image
     case("Col2Im/op18", 18, N("Col2Im", ["x", "img", "blk"], ["y"]), {"x": (2, 3 * 4, 9)},
          img=np.array([4, 4], np.int64), blk=np.array([2, 2], np.int64)),

@@ -1,0 +1,65 @@
+"""STFT (opset 17): an audio model's spectrogram, computed in the graph from the waveform
+(torch.stft through torch.export).
+
+Y[n, f, k] = sum_t x[n, f * step + t] w[t] exp(-2 pi i k t / L) is linear in the signal x, so its
+gradient is the transposed frame transform: per frame, the output gradient's real and imaginary
+parts times the windowed cosines and sines (w cos, -w sin for a real signal's gradient; w sin,
+w cos for the imaginary part of a complex one), each frame then added into the samples it
+covers (samples after the last frame get none).
+Refused by name: a frame step, window or frame length computed at run time, and a window that
+depends on the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedModelError
+from ..protos import attrs, describe
+from . import register
+
+
+def _refuse(node, why: str):
+    raise UnsupportedModelError(f"{describe(node)}: {why}")
+
+
+@register("STFT")
+def stft(b, node, gys):
+    signal, step_name = node.input[:2]
+    window = node.input[2] if len(node.input) > 2 else ""
+    length_name = node.input[3] if len(node.input) > 3 else ""
+    step, w = b.value(step_name), b.value(window) if window else None
+    frame = b.value(length_name) if length_name else None
+    if step is None or (window and w is None) or (length_name and frame is None):
+        _refuse(node, "its frame_step, window and frame_length must be constants")
+    if window and b.needs(window):
+        _refuse(node, "its window depends on the input being explained")
+    size = int(frame) if frame is not None else len(w)
+    w = np.ones(size) if w is None else w.astype(np.float64)
+    if len(w) != size:
+        _refuse(node, f"window of length {len(w)} for frames of {size}")
+    bins = size // 2 + 1 if attrs(node).get("onesided", 1) else size
+    angle = 2 * np.pi * np.outer(np.arange(bins), np.arange(size)) / size
+    cos, sin = w * np.cos(angle), w * np.sin(angle)  # [K, L]
+    parts = [np.concatenate([cos, -sin])]  # d(re, im) / d(real part of x)
+    shape = b.shape(signal)
+    if shape is None or len(shape) != 3 or shape[2] not in (1, 2):
+        _refuse(node, "only signals [batch, length, 1 or 2] are supported")
+    if shape[2] == 2:
+        parts.append(np.concatenate([sin, cos]))  # d(re, im) / d(imaginary part of x)
+    # per frame: [N, F, 2K] (real parts, then imaginary) @ [2K, L] kernels -> [N, F, L], then each
+    # frame added into the samples it covers (ScatterElements with additions: ONNX Runtime has no
+    # double ConvTranspose, and a float64 STFT model must load)
+    g = b.op("Reshape", [b.op("Transpose", [gys[0]], perm=[0, 1, 3, 2]), b.ints([0, 0, 2 * bins])])
+    frames = b.op("Gather", [b.op("Shape", [gys[0]]), b.ints([1])])
+    starts = b.op("Mul", [b.op("Range", [b.ints(0), b.squeeze(frames, [0]), b.ints(1)]), b.ints(int(step))])
+    where = b.op("Add", [b.unsqueeze(starts, [1]), b.ints(np.arange(size)[None, :])])  # [F, L]: sample of each tap
+    samples = b.op("Slice", [b.shape_of(signal), b.ints([0]), b.ints([2])])  # [N, length]
+    rows = b.op("Concat", [b.op("Gather", [samples, b.ints([0])]), b.ints([1])], axis=0)  # [N, 1]: Expand broadcasts
+    where = b.op("Expand", [b.op("Reshape", [where, b.ints([1, -1])]), rows])
+    outs = []
+    for kernel in parts:
+        taps = b.op("MatMul", [g, b.const(kernel.astype(b.np_dtype))])  # [N, F, L]
+        flat = b.op("Reshape", [taps, b.ints([0, -1])])
+        outs.append(b.unsqueeze(b.scatter_add("ScatterElements", b.zeros(samples), where, flat, axis=1), [2]))
+    return [outs[0] if len(outs) == 1 else b.op("Concat", outs, axis=2), None, None, None]
