@@ -688,6 +688,14 @@ add(
          step=np.array(4, np.int64), flen=np.array(6, np.int64)),
     case("STFT/complex", 17, N("STFT", ["x", "step", "w"], ["y"], onesided=0), {"x": (2, 30, 2)},
          step=np.array(5, np.int64), w=0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8)),
+    # DFT (torch.fft): real onesided, complex, inverse along an inner axis; dft_length padding
+    # and cutting (the cut samples get no gradient), opset 20's axis input
+    case("DFT/real_onesided_op17", 17, N("DFT", ["x"], ["y"], axis=1, onesided=1), {"x": (2, 10, 1)}),
+    case("DFT/complex_op17", 17, N("DFT", ["x"], ["y"], axis=1), {"x": (2, 9, 2)}),
+    case("DFT/inverse_complex_axis2_op17", 17, N("DFT", ["x"], ["y"], axis=2, inverse=1), {"x": (2, 3, 8, 2)}),
+    case("DFT/length_pads_op20", 20, N("DFT", ["x", "n"], ["y"]), {"x": (3, 6, 1)}, n=np.array(9, np.int64)),
+    case("DFT/length_cuts_axis1_onesided_op20", 20, N("DFT", ["x", "n", "ax"], ["y"], onesided=1), {"x": (2, 11, 3, 1)},
+         n=np.array(7, np.int64), ax=np.array(1, np.int64)),
     # Col2Im (torch's Fold, as in VOLO's outlook attention): blocks added back into the image
     case("Col2Im/op18", 18, N("Col2Im", ["x", "img", "blk"], ["y"]), {"x": (2, 3 * 4, 9)},
          img=np.array([4, 4], np.int64), blk=np.array([2, 2], np.int64)),

@@ -1,5 +1,5 @@
 """STFT (opset 17): an audio model's spectrogram, computed in the graph from the waveform
-(torch.stft through torch.export).
+(torch.stft through torch.export); DFT (torch.fft), below.
 
 Y[n, f, k] = sum_t x[n, f * step + t] w[t] exp(-2 pi i k t / L) is linear in the signal x, so its
 gradient is the transposed frame transform: per frame, the output gradient's real and imaginary
@@ -63,3 +63,48 @@ def stft(b, node, gys):
         flat = b.op("Reshape", [taps, b.ints([0, -1])])
         outs.append(b.unsqueeze(b.scatter_add("ScatterElements", b.zeros(samples), where, flat, axis=1), [2]))
     return [outs[0] if len(outs) == 1 else b.op("Concat", outs, axis=2), None, None, None]
+
+
+@register("DFT")
+def dft(b, node, gys):
+    """DFT (torch.fft through torch.export): X[k] = c sum_t x[t] exp(s 2 pi i k t / n), s = -1 and
+    c = 1 (or +1 and 1 / n inverse), the input zero-padded or cut to dft_length n along the axis,
+    k < n // 2 + 1 if onesided. Linear: with C = cos and S = sin of 2 pi k t / n, the real part
+    a of x gets c (C^T g_re + s S^T g_im), its imaginary part b c (C^T g_im - s S^T g_re), each a
+    constant matrix along the axis. Refused: an inverse onesided (half-spectrum) or a onesided
+    complex transform, and lengths or an axis known only at run time."""
+    a = attrs(node)
+    x = node.input[0]
+    shape = b.shape(x)
+    rank = len(shape) if shape is not None else b.rank(x, node)
+    if b.opset >= 20:
+        axis_name = node.input[2] if len(node.input) > 2 else ""
+        axis = b.value(axis_name) if axis_name else np.array(-2)
+        if axis is None:
+            _refuse(node, "its axis must be a constant")
+        axis = int(axis)
+    else:
+        axis = a.get("axis", 1)
+    axis %= rank
+    length = shape[axis] if shape is not None else None
+    n_name = node.input[1] if len(node.input) > 1 else ""
+    n = b.value(n_name) if n_name else length
+    if length is None or n is None or shape[-1] not in (1, 2):
+        _refuse(node, "the signal's length and dft_length must be known when exporting, and its last axis 1 or 2 long")
+    n, inverse, onesided = int(n), bool(a.get("inverse", 0)), bool(a.get("onesided", 0))
+    if onesided and (inverse or shape[-1] == 2):
+        _refuse(node, "a onesided inverse or complex transform is not supported")
+    bins = n // 2 + 1 if onesided else n
+    angle = 2 * np.pi * np.outer(np.arange(bins), np.arange(min(n, length))) / n
+    scale, sign = (1.0 / n, 1.0) if inverse else (1.0, -1.0)
+    cos, sin = np.zeros((bins, length)), np.zeros((bins, length))  # samples past n were cut: no gradient
+    cos[:, :min(n, length)], sin[:, :min(n, length)] = scale * np.cos(angle), scale * np.sin(angle)
+    g_re, g_im = (b.op("Gather", [gys[0], b.ints([k])], axis=rank - 1) for k in (0, 1))
+
+    def along(t: str, m: np.ndarray) -> str:
+        return b.adjoint_along(t, m.astype(b.np_dtype), axis, rank)
+
+    parts = [b.op("Add", [along(g_re, cos), along(g_im, sign * sin)])]
+    if shape[-1] == 2:
+        parts.append(b.op("Sub", [along(g_im, cos), along(g_re, sign * sin)]))
+    return [parts[0] if len(parts) == 1 else b.op("Concat", parts, axis=rank - 1)] + [None] * (len(node.input) - 1)
