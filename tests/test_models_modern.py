@@ -766,10 +766,7 @@ def test_antialiased_resize_of_the_input(mode):
     torch.manual_seed(0)
     model = _ResizesItsInput(mode).eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 75, 90)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, opset_version=18, input_names=["input"],
-                                  output_names=["logits"], verbose=False).model_proto
+    proto = export_torch(model, x, "dynamo", 18)
     assert any(n.op_type == "Resize" and any(a.name == "antialias" and a.i for a in n.attribute) for n in proto.graph.node)
     got = attribution(proto, {"input": x}, "saliency")
     ref, _ = torch_gradient(model, x, "saliency")
@@ -798,10 +795,7 @@ def test_spectrogram_of_the_waveform():
     torch.manual_seed(0)
     model = _Spectrogram().eval()
     x = np.random.default_rng(0).standard_normal((2, 410)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, opset_version=18, input_names=["input"],
-                                  output_names=["logits"], verbose=False).model_proto
+    proto = export_torch(model, x, "dynamo", 18)
     assert "STFT" in ops(proto)
     got = attribution(proto, {"input": x}, "saliency")
     ref, _ = torch_gradient(model, x, "saliency")
@@ -831,10 +825,7 @@ def test_fourier_features(kind):
     torch.manual_seed(0)
     model = _Fourier(kind).eval()
     x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, opset_version=20, input_names=["input"],
-                                  output_names=["logits"], verbose=False).model_proto
+    proto = export_torch(model, x, "dynamo", 20)
     assert "DFT" in ops(proto)
     got = attribution(proto, {"input": x}, "saliency")
     ref, _ = torch_gradient(model, x, "saliency")
