@@ -186,6 +186,9 @@ def skeleton(model: onnx.ModelProto, small: int = 1024) -> onnx.ModelProto:
     # are stale, so a backward sized by them would not load (the Builder takes them only where
     # inference finds nothing). Outputs keep their types.
     sg.node.extend(g.node)
+    for n in sg.node:  # ONNX's STFT inference takes an absent onesided for 0; the spec and ONNX Runtime for 1
+        if n.op_type == "STFT" and n.domain in ("", "ai.onnx") and not any(a.name == "onesided" for a in n.attribute):
+            n.attribute.append(helper.make_attribute("onesided", 1))
     for sp in g.sparse_initializer:  # shape inference does not read sparse initializers: typed inputs
         sg.input.append(helper.make_tensor_value_info(sp.values.name, sp.values.data_type, list(sp.dims)))
     given = {i.name for i in g.input} | {i.name for i in g.initializer}

@@ -803,6 +803,32 @@ def test_spectrogram_of_the_waveform():
     assert not got[:, 400:].any() and not ref[:, 400:].any() and np.abs(got).max() > 0
 
 
+def test_stft_without_its_onesided_attribute():
+    """ONNX's shape inference takes an STFT without `onesided` for two-sided (8 bins for frames of
+    8), the spec and ONNX Runtime for onesided (5): the backward was sized for 8 and did not run
+    ('Incompatible dimensions'). The shape skeleton now writes the default out; the attribution
+    equals that of the same model with onesided=1 written."""
+    hann = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8)).astype(np.float32)
+
+    def model(attrs):
+        nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["x3"]), helper.make_node("STFT", ["x3", "step", "w"], ["s"], **attrs),
+                 helper.make_node("ReduceL2", ["s", "last"], ["mag"], keepdims=0),
+                 helper.make_node("ReduceMean", ["mag", "one"], ["feat"], keepdims=0), helper.make_node("MatMul", ["feat", "W"], ["y"])]
+        inits = [numpy_helper.from_array(np.array([2], np.int64), "ax"), numpy_helper.from_array(np.array(3, np.int64), "step"),
+                 numpy_helper.from_array(hann, "w"), numpy_helper.from_array(np.array([3], np.int64), "last"),
+                 numpy_helper.from_array(np.array([1], np.int64), "one"),
+                 numpy_helper.from_array(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32), "W")]
+        g = helper.make_graph(nodes, "stft", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 37])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+    x = np.random.default_rng(1).standard_normal((2, 37)).astype(np.float32)
+    got = attribution(model({}), {"x": x}, "saliency", target=np.array([0, 1]))
+    want = attribution(model({"onesided": 1}), {"x": x}, "saliency", target=np.array([0, 1]))
+    assert np.abs(want).max() > 0
+    np.testing.assert_array_equal(got, want)
+
+
 class _Fourier(torch.nn.Module):
     """torch.fft through torch.export (DFT, opset 20): |rfft(x)| features, or a spectrum filtered
     between fft and ifft (complex DFTs both ways)."""
