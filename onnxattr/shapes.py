@@ -354,6 +354,19 @@ def _pool_size(n: int, k: int, s: int, d: int, pb: int, pe: int, ceil_mode: int)
     return out - 1 if ceil_mode and (out - 1) * s >= n + pb else out
 
 
+def _declare(skel: onnx.ModelProto, vi: onnx.ValueInfoProto) -> None:
+    """Declare a tensor's type and shape in `skel` for the next inference pass, in place of any
+    earlier declaration: on its graph output entry if it is one (that entry is what inference
+    reports for it, over value_info), else in value_info."""
+    outputs = [o for o in skel.graph.output if o.name == vi.name]
+    if outputs:
+        outputs[0].CopyFrom(vi)
+        return
+    keep = [v for v in skel.graph.value_info if v.name != vi.name]
+    del skel.graph.value_info[:]
+    skel.graph.value_info.extend(keep + [vi])
+
+
 def fix_pool_shapes(skel: onnx.ModelProto, shapes: dict, types: dict, conflicts: dict) -> int:
     """ONNX shape inference (1.23) sizes a ceil_mode pool without the spec's rule that a window
     may not start in the end padding, which ONNX Runtime and the reference follow (a 2x2 window,
@@ -383,12 +396,9 @@ def fix_pool_shapes(skel: onnx.ModelProto, shapes: dict, types: dict, conflicts:
         for o in n.output:  # Y, and MaxPool's Indices: same shape
             if not o:
                 continue
-            keep = [vi for vi in skel.graph.value_info if vi.name != o]
-            del skel.graph.value_info[:]
-            skel.graph.value_info.extend(keep)
             dims = [v if v is not None else f"onnxattr_{o}_{i}" for i, v in enumerate(ys[:2])] + want
             elem = TensorProto.INT64 if o != n.output[0] else types.get(n.input[0], TensorProto.FLOAT)
-            skel.graph.value_info.append(helper.make_tensor_value_info(o, elem, dims))
+            _declare(skel, helper.make_tensor_value_info(o, elem, dims))
         fixed += 1
     return fixed
 
@@ -436,15 +446,21 @@ def keep_whole_slice_dims(skel: onnx.ModelProto, shape_protos: dict, types: dict
                 changed = True
         if not changed:
             continue
-        keep = [vi for vi in skel.graph.value_info if vi.name != n.output[0]]
-        del skel.graph.value_info[:]
-        skel.graph.value_info.extend(keep)
         vi = helper.make_tensor_value_info(n.output[0], types.get(n.input[0], TensorProto.FLOAT), None)
         vi.type.tensor_type.shape.dim.extend(dims)
-        skel.graph.value_info.append(vi)
+        _declare(skel, vi)
         done.add(n.output[0])
         fixed += 1
     return fixed
+
+
+def classifier_rows(a: dict, features: int | None) -> tuple[int, bool]:
+    """A LinearClassifier's (coefficient rows, binary) from its attributes: one row per intercept
+    (else coefficients / features, else one per class label); binary: one row, two labels."""
+    labels = max(len(a.get("classlabels_ints", []) or []), len(a.get("classlabels_strings", []) or []))
+    coefficients = len(a.get("coefficients", []) or [])
+    rows = len(a.get("intercepts", []) or []) or (coefficients // features if features else labels)
+    return rows, rows == 1 and labels == 2
 
 
 def ml_shapes(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: dict, done: set) -> int:
@@ -469,14 +485,12 @@ def ml_shapes(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: di
         for d, x in zip(dims, xs.dim):
             d.CopyFrom(x)
         if n.op_type == "LinearClassifier":
-            a = attrs(n)
-            width = xs.dim[-1].dim_value if xs.dim and xs.dim[-1].HasField("dim_value") else 0
-            rows = len(a.get("intercepts", []) or []) or (len(a.get("coefficients", [])) // width if width else 0)
-            labels = max(len(a.get("classlabels_ints", []) or []), len(a.get("classlabels_strings", []) or []))
+            width = xs.dim[-1].dim_value if xs.dim and xs.dim[-1].HasField("dim_value") else None
+            rows, binary = classifier_rows(attrs(n), width)
             if len(xs.dim) != 2 or not rows:
                 continue
             dims[1].Clear()
-            dims[1].dim_value = 2 if rows == 1 and labels == 2 else rows
+            dims[1].dim_value = 2 if binary else rows
         elem = TensorProto.FLOAT
         if n.op_type == "ArrayFeatureExtractor":
             idx = consts.get(n.input[1])
@@ -487,11 +501,7 @@ def ml_shapes(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: di
             elem = types.get(n.input[0], TensorProto.FLOAT)
         vi = helper.make_tensor_value_info(out, elem, None)
         vi.type.tensor_type.shape.dim.extend(dims)
-        outputs = [o for o in skel.graph.output if o.name == out]  # (a graph output's entry wins over value_info)
-        if outputs:
-            outputs[0].CopyFrom(vi)
-        else:
-            skel.graph.value_info.append(vi)
+        _declare(skel, vi)
         done.add(out)
         fixed += 1
     return fixed

@@ -41,6 +41,14 @@ def lookup(op_type: str):
     return RULES.get(op_type)
 
 
+def refuse(node, why: str):
+    """What a rule raises for a form of its op it does not differentiate: names the node."""
+    from ..errors import UnsupportedModelError
+    from ..protos import describe
+
+    raise UnsupportedModelError(f"{describe(node)}: {why}")
+
+
 def rule_key(node) -> str:
     """How RULES names a node's op: its type in the default domain, 'domain:type' in another
     (ai.onnx.ml's rules; a custom domain's op of a default op's name gets no default rule)."""

@@ -16,14 +16,13 @@ runs twice.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..graph import Subgraph
 from ..protos import describe, reads
 from . import register
-from .subgraphs import adopt, as_model, captured, hoist, vi
+from .subgraphs import adopt, as_model, captured, grad_or_zeros, hoist, vi
 
 _BRANCHES = ("then_branch", "else_branch")
 
@@ -91,9 +90,7 @@ def if_(b, node, gys):
         for t in wanted[key]:
             w.op("Identity", [saved[(key, t)]], out=t)
         w.nodes += sums[key].nodes + inners[key].nodes
-        results = [w.op("Identity", [grads[key][c]]) if c in grads[key] else
-                   w.op("ConstantOfShape", [w.op("Shape", [c])], value=numpy_helper.from_array(np.zeros(1, b.np_dtype)))
-                   for c in live]
+        results = [grad_or_zeros(w, grads[key], c, b.np_dtype) for c in live]
         nodes = hoist(b, w.nodes, set(b.consts), set(results))  # what reads constants only (W's transpose) moves out
         backs[key] = helper.make_graph(nodes, b.fresh(f"if_backward_{key.split('_')[0]}"), [], [vi(r, b.dtype) for r in results])
     res = b.op("If", [node.input[0]], outputs=len(live), **backs)

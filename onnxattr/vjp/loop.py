@@ -32,8 +32,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import UnsupportedModelError
 from ..graph import Subgraph
 from ..protos import FLOAT_TYPES, attrs, describe, reads
-from . import NON_DIFFERENTIABLE, register
-from .subgraphs import adopt, as_model, captured, declare, hoist
+from . import NON_DIFFERENTIABLE, refuse, register
+from .subgraphs import adopt, as_model, captured, declare, grad_or_zeros, hoist
 from .subgraphs import vi as _vi
 
 
@@ -77,10 +77,6 @@ def _distinct_per_step(b, body, index: str, producer: dict) -> bool:
 def _passthrough(k: int, ins: list, outs: list, producer: dict) -> bool:
     """Whether the body returns carried value k as it came (weights passed along, a constant)."""
     return _source(outs[1 + k], producer, ("Identity",)) == ins[2 + k]
-
-
-def _refuse(node, why: str):
-    raise UnsupportedModelError(f"{describe(node)}: {why}")
 
 
 def _live_carried(b, node, body, ins, outs, live_in: set) -> tuple[list[int], set]:
@@ -169,12 +165,12 @@ def loop(b, node, gys):
     S = len(outs) - 1 - K
     for n in body.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            _refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
+            refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
     producer = {o: n for n in body.node for o in n.output if o}
     outer_reads = captured(body, ins)
     live_outer = [c for c in outer_reads if b.needs(c) and b.is_float(c)]
     if any(o in live_outer for o in outs):
-        _refuse(node, f"its body outputs '{next(o for o in outs if o in live_outer)}', an outer tensor that depends "
+        refuse(node, f"its body outputs '{next(o for o in outs if o in live_outer)}', an outer tensor that depends "
                       "on the input being explained, as is")
     inner, steady = _body_builder(b, node, body, outer_reads)
 
@@ -189,7 +185,7 @@ def loop(b, node, gys):
     whole = [c for c in live_outer if c not in sliced]
     for n in slices:  # the slices' gradients add up with ScatterND: with reduction from opset 16
         if b.opset < 16 and not (b.opset >= 11 and _distinct_per_step(b, body, n.input[1], producer)):
-            _refuse(node, f"its body reads '{n.input[0]}' at indices that may repeat across steps ({describe(n)}); "
+            refuse(node, f"its body reads '{n.input[0]}' at indices that may repeat across steps ({describe(n)}); "
                           "adding their gradients needs ScatterND with reduction, from opset 16")
     carry, live = _live_carried(b, node, body, ins, outs, {n.output[0] for n in slices} | set(whole))
     seeded_steps = [s for s in range(S) if gys[K + s] is not None and outs[1 + K + s] in live]
@@ -209,7 +205,7 @@ def loop(b, node, gys):
         grads = build_backward(inner, seeds, [ins[2 + k] for k in carry] + [n.output[0] for n in slices] + whole,
                                b.policy, unreached_ok=True)
     except UnsupportedModelError as e:
-        _refuse(node, f"in its body: {e}")
+        refuse(node, f"in its body: {e}")
 
     # The forward body's tensors that the backward reads: stacked by the forward Loop where
     # their shapes hold at every step (ONNX stacks equal shapes only), else recomputed from the
@@ -242,14 +238,9 @@ def loop(b, node, gys):
     for s in seeded_steps:
         w.op("Gather", [gys[K + s], t], out=step_grads[s])
     w.nodes.extend(summed + inner.nodes)
-    def grad_or_zeros(x: str) -> str:  # (an Identity: a body output may not be one of its inputs)
-        if x in grads:
-            return w.op("Identity", [grads[x]])
-        return w.op("ConstantOfShape", [w.op("Shape", [x])], value=numpy_helper.from_array(np.zeros(1, b.np_dtype)))
-
-    results = [w.op("Identity", [cond])] + [grad_or_zeros(ins[2 + k]) for k in carry]
+    results = [w.op("Identity", [cond])] + [grad_or_zeros(w, grads, ins[2 + k], b.np_dtype) for k in carry]
     results += [w.op("Add", [accs[c], grads[c]]) if c in grads else w.op("Identity", [accs[c]]) for c in whole]
-    results += [grad_or_zeros(n.output[0]) for n in slices]
+    results += [grad_or_zeros(w, grads, n.output[0], b.np_dtype) for n in slices]
     results += [w.op("Cast", [n.input[1]], to=TensorProto.INT64) for n in slices]
     types = [TensorProto.BOOL] + [b.dtype] * (len(results) - 1 - len(slices)) + [TensorProto.INT64] * len(slices)
     outer = set(outer_reads) | {node.input[2 + k] for k in range(K) if k not in stacks}

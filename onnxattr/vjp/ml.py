@@ -19,19 +19,15 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from ..errors import UnsupportedModelError
-from ..protos import attrs, describe
-from . import lookup, register
-
-
-def _refuse(node, why: str):
-    raise UnsupportedModelError(f"{describe(node)}: {why}")
+from ..protos import attrs
+from ..shapes import classifier_rows
+from . import lookup, refuse, register
 
 
 def _rows(b, node, x: str) -> None:
     """Refuse an input known not to be [N, features] (ONNX infers no shape past a Scaler)."""
     if b.shape(x) is not None and len(b.shape(x)) != 2:
-        _refuse(node, f"input '{x}' of rank {len(b.shape(x))}: only [N, features] inputs are supported")
+        refuse(node, f"input '{x}' of rank {len(b.shape(x))}: only [N, features] inputs are supported")
 
 
 @register("ai.onnx.ml:LinearClassifier")
@@ -40,16 +36,13 @@ def linear_classifier(b, node, gys):
     x, z, gz = node.input[0], node.output[1], gys[1]
     _rows(b, node, x)
     coef = np.asarray(a["coefficients"], dtype=np.float64)
-    classes = max(len(a.get("classlabels_ints", []) or []), len(a.get("classlabels_strings", []) or []))
     post = a.get("post_transform", "NONE")
-    features = (b.shape(x) or [None, None])[-1]
-    rows = len(a.get("intercepts", []) or []) or (coef.size // features if features else classes)
+    rows, binary = classifier_rows(a, (b.shape(x) or [None, None])[-1])
     if not rows or coef.size % rows:
-        _refuse(node, f"{coef.size} coefficients do not split into {rows} rows (one per intercept)")
+        refuse(node, f"{coef.size} coefficients do not split into {rows} rows (one per intercept)")
     w = coef.reshape(rows, -1)
-    binary = w.shape[0] == 1 and classes == 2
     if post in ("PROBIT", "SOFTMAX_ZERO") or (binary and post != "NONE" and post != "LOGISTIC"):
-        _refuse(node, f"post_transform {post}{' with one row of coefficients' if binary else ''} is not supported")
+        refuse(node, f"post_transform {post}{' with one row of coefficients' if binary else ''} is not supported")
     if gz is None:
         return [None]
     if binary:  # z = [1 - f(s), f(s)]: ds = (g1 - g0) f'(s)
@@ -78,7 +71,7 @@ def normalizer(b, node, gys):
         n = b.op("Sqrt", [b.reduce("ReduceSum", b.op("Mul", [x, x]), [1], keepdims=1)])
         along = y
     else:
-        _refuse(node, f"norm {norm} is not supported (L1 and L2 are)")
+        refuse(node, f"norm {norm} is not supported (L1 and L2 are)")
     inner = b.reduce("ReduceSum", b.op("Mul", [g, y]), [1], keepdims=1)
     return [b.op("Div", [b.op("Sub", [g, b.op("Mul", [along, inner])]), n])]
 
@@ -96,7 +89,7 @@ def array_feature_extractor(b, node, gys):
     x, idx = node.input[:2]
     rank, known = b.rank(x, node), b.value(idx)
     if rank < 2 or b.rank(idx, node) > 1:
-        _refuse(node, f"input of rank {rank} or indices of rank {b.rank(idx, node)}: only rank >= 2 and indices of rank "
+        refuse(node, f"input of rank {rank} or indices of rank {b.rank(idx, node)}: only rank >= 2 and indices of rank "
                       "0 or 1 are supported")
     flat = b.ints(known.reshape(-1)) if known is not None else b.op("Reshape", [idx, b.ints([-1])])
     gather = helper.make_node("Gather", [x, flat], list(node.output), name=node.name, axis=rank - 1)

@@ -22,13 +22,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from ..errors import UnsupportedModelError
-from ..protos import attrs, describe
-from . import register
-
-
-def _refuse(node, why: str):
-    raise UnsupportedModelError(f"{describe(node)}: {why}")
+from ..protos import attrs
+from . import refuse, register
 
 
 def _coordinate(b, g: str, length: int, align: bool, padding: str):
@@ -77,12 +72,12 @@ def grid_sample(b, node, gys):
     a = attrs(node)
     mode, padding, align = a.get("mode", "bilinear"), a.get("padding_mode", "zeros"), bool(a.get("align_corners", 0))
     if b.rank(x, node) != 4:
-        _refuse(node, f"input of rank {b.rank(x, node)}: only 4-D inputs (N, C, H, W) are supported")
+        refuse(node, f"input of rank {b.rank(x, node)}: only 4-D inputs (N, C, H, W) are supported")
     if mode not in ("bilinear", "linear", "nearest"):
-        _refuse(node, f"mode {mode} is not supported (bilinear and nearest are)")
+        refuse(node, f"mode {mode} is not supported (bilinear and nearest are)")
     H, W = b.shape(x)[2:]
     if H is None or W is None:
-        _refuse(node, "the input's height and width must be known when exporting")
+        refuse(node, "the input's height and width must be known when exporting")
     g = b.op("Reshape", [gys[0], b.ints([0, 0, -1])])  # [N, C, L]
     gx, gy = (b.op("Reshape", [b.op("Gather", [grid, b.ints(k)], axis=3), b.ints([0, -1])]) for k in (0, 1))  # [N, L]
     ix, sx = _coordinate(b, gx, W, align, padding)
@@ -126,10 +121,9 @@ def affine_grid(b, node, gys):
     """grid[n, h, w] = theta[n] @ (x_w, y_h, 1) (opset 20; PyTorch's affine_grid, the grid of a
     spatial transformer): linear in theta, so theta's gradient is the output gradient [N, H*W, 2]
     transposed times that base grid [H*W, 3], a constant of the output's height and width."""
-    theta, grid = node.input[0], node.output[0]
-    shape = b.shape(grid)
+    shape = b.shape(node.output[0])
     if shape is None or len(shape) != 4 or None in shape[1:3]:
-        _refuse(node, "only 2-D grids [N, H, W, 2] of a height and width known when exporting are supported")
+        refuse(node, "only 2-D grids [N, H, W, 2] of a height and width known when exporting are supported")
     H, W = shape[1:3]
     align = bool(attrs(node).get("align_corners", 0))
 

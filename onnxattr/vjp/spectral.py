@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
-from ..protos import attrs, describe
-from . import register
-
-
-def _refuse(node, why: str):
-    raise UnsupportedModelError(f"{describe(node)}: {why}")
+from ..protos import attrs
+from . import refuse, register
 
 
 @register("STFT")
@@ -31,20 +26,20 @@ def stft(b, node, gys):
     step, w = b.value(step_name), b.value(window) if window else None
     frame = b.value(length_name) if length_name else None
     if step is None or (window and w is None) or (length_name and frame is None):
-        _refuse(node, "its frame_step, window and frame_length must be constants")
+        refuse(node, "its frame_step, window and frame_length must be constants")
     if window and b.needs(window):
-        _refuse(node, "its window depends on the input being explained")
+        refuse(node, "its window depends on the input being explained")
     size = int(frame) if frame is not None else len(w)
     w = np.ones(size) if w is None else w.astype(np.float64)
     if len(w) != size:
-        _refuse(node, f"window of length {len(w)} for frames of {size}")
+        refuse(node, f"window of length {len(w)} for frames of {size}")
     bins = size // 2 + 1 if attrs(node).get("onesided", 1) else size
     angle = 2 * np.pi * np.outer(np.arange(bins), np.arange(size)) / size
     cos, sin = w * np.cos(angle), w * np.sin(angle)  # [K, L]
     parts = [np.concatenate([cos, -sin])]  # d(re, im) / d(real part of x)
     shape = b.shape(signal)
     if shape is None or len(shape) != 3 or shape[2] not in (1, 2):
-        _refuse(node, "only signals [batch, length, 1 or 2] are supported")
+        refuse(node, "only signals [batch, length, 1 or 2] are supported")
     if shape[2] == 2:
         parts.append(np.concatenate([sin, cos]))  # d(re, im) / d(imaginary part of x)
     # per frame: [N, F, 2K] (real parts, then imaginary) @ [2K, L] kernels -> [N, F, L], then each
@@ -54,7 +49,7 @@ def stft(b, node, gys):
     frames = b.op("Gather", [b.op("Shape", [gys[0]]), b.ints([1])])
     starts = b.op("Mul", [b.op("Range", [b.ints(0), b.squeeze(frames, [0]), b.ints(1)]), b.ints(int(step))])
     where = b.op("Add", [b.unsqueeze(starts, [1]), b.ints(np.arange(size)[None, :])])  # [F, L]: sample of each tap
-    samples = b.op("Slice", [b.shape_of(signal), b.ints([0]), b.ints([2])])  # [N, length]
+    samples = b.slice(b.shape_of(signal), [0], [2], [0])  # [N, length]
     rows = b.op("Concat", [b.op("Gather", [samples, b.ints([0])]), b.ints([1])], axis=0)  # [N, 1]: Expand broadcasts
     where = b.op("Expand", [b.op("Reshape", [where, b.ints([1, -1])]), rows])
     outs = []
@@ -81,7 +76,7 @@ def dft(b, node, gys):
         axis_name = node.input[2] if len(node.input) > 2 else ""
         axis = b.value(axis_name) if axis_name else np.array(-2)
         if axis is None:
-            _refuse(node, "its axis must be a constant")
+            refuse(node, "its axis must be a constant")
         axis = int(axis)
     else:
         axis = a.get("axis", 1)
@@ -90,10 +85,10 @@ def dft(b, node, gys):
     n_name = node.input[1] if len(node.input) > 1 else ""
     n = b.value(n_name) if n_name else length
     if length is None or n is None or shape[-1] not in (1, 2):
-        _refuse(node, "the signal's length and dft_length must be known when exporting, and its last axis 1 or 2 long")
+        refuse(node, "the signal's length and dft_length must be known when exporting, and its last axis 1 or 2 long")
     n, inverse, onesided = int(n), bool(a.get("inverse", 0)), bool(a.get("onesided", 0))
     if onesided and (inverse or shape[-1] == 2):
-        _refuse(node, "a onesided inverse or complex transform is not supported")
+        refuse(node, "a onesided inverse or complex transform is not supported")
     bins = n // 2 + 1 if onesided else n
     angle = 2 * np.pi * np.outer(np.arange(bins), np.arange(min(n, length))) / n
     scale, sign = (1.0 / n, 1.0) if inverse else (1.0, -1.0)

@@ -9,8 +9,9 @@ what it adds stays unique in the whole model.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..protos import reads, rename_reads
 
@@ -61,6 +62,15 @@ def adopt(b, inner) -> None:
     """Names `inner` adds are unique in the whole model, and the other way round."""
     b._used |= inner._used
     inner._used, inner._counter = b._used, b._counter
+
+
+def grad_or_zeros(w, grads: dict, x: str, np_dtype) -> str:
+    """A subgraph's output for the gradient of `x`: its gradient (through an Identity: an output
+    may not be one of the subgraph's inputs or an outer tensor), or zeros of x's shape where no
+    gradient reaches it in this subgraph."""
+    if x in grads:
+        return w.op("Identity", [grads[x]])
+    return w.op("ConstantOfShape", [w.op("Shape", [x])], value=numpy_helper.from_array(np.zeros(1, np_dtype)))
 
 
 _NOT_HOISTED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
