@@ -287,16 +287,42 @@ def test_if_on_the_path_is_differentiated():
 
 
 def test_control_flow_without_a_rule_is_refused_naming_the_node():
-    """A Scan on the path (written by hand here: y = r + the running sum of r's columns)."""
+    """A SequenceMap on the path (r split into rows, each doubled, joined again): no rule for it
+    or for the sequence ops around it, all named."""
+    body = helper.make_graph([helper.make_node("Add", ["row", "row"], ["twice"])], "body",
+                             [helper.make_tensor_value_info("row", F, None)], [helper.make_tensor_value_info("twice", F, None)])
+    m = tiny(mid=[helper.make_node("SplitToSequence", ["r"], ["rows"], axis=0, name="split"),
+                  helper.make_node("SequenceMap", ["rows"], ["doubled"], body=body, name="map"),
+                  helper.make_node("ConcatFromSequence", ["doubled"], ["y"], axis=0, name="join")])
+    m.opset_import[0].version = 17
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # a valid model
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"3 node\(s\).*SplitToSequence node 'split'; "
+                       r"SequenceMap node 'map' \(control flow\); ConcatFromSequence node 'join'"):
+        onnxattr.attribution_model(m)
+
+
+def test_scan_over_columns_is_differentiated():
+    """Scan nodes have a rule now (tests/test_scan.py): y = r + the running sum of r's columns
+    from sum(r) on, the attribution of the same model written with CumSum."""
     body = helper.make_graph([helper.make_node("Add", ["acc", "col"], ["acc2"]), helper.make_node("Identity", ["acc2"], ["out"])],
                              "body", [helper.make_tensor_value_info(n, F, [None]) for n in ("acc", "col")],
                              [helper.make_tensor_value_info(n, F, [None]) for n in ("acc2", "out")])
     mid = [helper.make_node("Transpose", ["r"], ["cols"], perm=[1, 0]),
-           helper.make_node("ReduceSum", ["r"], ["acc0"], axes=[1], keepdims=0),
+           helper.make_node("ReduceSum", ["r", "one_1d"], ["acc0"], keepdims=0),
            helper.make_node("Scan", ["acc0", "cols"], ["total", "sums"], body=body, num_scan_inputs=1, name="running"),
            helper.make_node("Transpose", ["sums"], ["sums_t"], perm=[1, 0]), helper.make_node("Add", ["r", "sums_t"], ["y"])]
-    with pytest.raises(onnxattr.UnsupportedModelError, match="Scan node 'running' \\(control flow\\)"):
-        onnxattr.attribution_model(tiny(mid=mid))
+    same = [helper.make_node("ReduceSum", ["r", "one_1d"], ["acc0"], keepdims=1),
+            helper.make_node("CumSum", ["r", "one"], ["cum"]), helper.make_node("Add", ["acc0", "cum"], ["sums_t"]),
+            helper.make_node("Add", ["r", "sums_t"], ["y"])]
+    scanned, cumsum = tiny(mid=mid), tiny(mid=same)
+    for m in (scanned, cumsum):
+        m.graph.initializer.extend([numpy_helper.from_array(np.array(1, np.int64), "one"),
+                                    numpy_helper.from_array(np.array([1], np.int64), "one_1d")])
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = onnxattr.Explainer(scanned, provider="cpu")(x, [0, 2])
+    want = onnxattr.Explainer(cumsum, provider="cpu")(x, [0, 2])
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_if_with_a_constant_condition_is_inlined():
@@ -335,15 +361,21 @@ def test_loop_reading_an_outer_tensor_whole_is_differentiated():
     np.testing.assert_allclose(got, 4 * plain, rtol=1e-6)
 
 
-def test_control_flow_scan_is_refused_naming_the_node():
+def test_scan_over_the_batch_is_differentiated():
+    """A Scan over the rows of r (the batch): y = the running sum of the rows, the attribution of
+    the same model written with CumSum along the batch."""
     body = helper.make_graph([helper.make_node("Add", ["s_in", "row"], ["s_out"]), helper.make_node("Identity", ["s_out"], ["o"])],
                              "body", [helper.make_tensor_value_info("s_in", F, [3]), helper.make_tensor_value_info("row", F, [3])],
                              [helper.make_tensor_value_info("s_out", F, [3]), helper.make_tensor_value_info("o", F, [3])])
-    mid = [helper.make_node("Scan", ["zero", "r"], ["last", "y"], body=body, num_scan_inputs=1, name="scan")]
-    m = tiny(mid=mid)
+    m = tiny(mid=[helper.make_node("Scan", ["zero", "r"], ["last", "y"], body=body, num_scan_inputs=1, name="scan")])
     m.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "zero"))
-    with pytest.raises(onnxattr.UnsupportedModelError, match="Scan node 'scan' \\(control flow\\)"):
-        onnxattr.attribution_model(m)
+    cumsum = tiny(mid=[helper.make_node("CumSum", ["r", "zero_axis"], ["y"])])
+    cumsum.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "zero_axis"))
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    got = onnxattr.Explainer(m, provider="cpu")(x, [0, 2, 1])
+    want = onnxattr.Explainer(cumsum, provider="cpu")(x, [0, 2, 1])
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def _lstm_model(opset=13, extra_inputs=(), w_from_x=False, **attrs):

@@ -1043,11 +1043,12 @@ def test_case_ids_unique():
 
 
 def test_every_rule_is_covered():
-    from test_if import CASES as IF_CASES  # the If and Loop rules' cases, in the same style
+    from test_if import CASES as IF_CASES  # the If, Loop and Scan rules' cases, in the same style
     from test_loop import CASES as LOOP_CASES
+    from test_scan import CASES as SCAN_CASES
     from test_ml import VARIANTS as ML_CASES  # ai.onnx.ml's (float32 outputs: checked another way)
 
-    covered = {rule_key(n) for c in CASES + LOOP_CASES + IF_CASES for n in c.nodes}
+    covered = {rule_key(n) for c in CASES + LOOP_CASES + IF_CASES + SCAN_CASES for n in c.nodes}
     covered |= {rule_key(n) for _, nodes, _, _ in ML_CASES for n in nodes}
     missing = sorted(set(RULES) - covered)
     assert not missing, f"gradient rules with no case in CASES: {missing}"

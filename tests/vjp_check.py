@@ -448,13 +448,18 @@ class AffineGrid(_Fix):  # upstream: the grid cast to float32
         return (out,)
 
 
-class Scan(_UpstreamScan):  # upstream: only forward directions (the recurrent rules scan in reverse)
+class Scan(_UpstreamScan):
+    """Upstream scans forwards along axis 0 only (the recurrent rules scan in reverse; the Scan
+    rule scans along other axes): each scanned input is moved to axis 0 and flipped where it is
+    scanned in reverse, and each scan output the other way round."""
+
     op_domain = ""
+    _OWN = ("scan_input_directions", "scan_output_directions", "scan_input_axes", "scan_output_axes")
 
     def __init__(self, onnx_node, run_params):
-        a = {x.name: list(helper.get_attribute_value(x)) for x in onnx_node.attribute
-             if x.name in ("scan_input_directions", "scan_output_directions")}
+        a = {x.name: list(helper.get_attribute_value(x)) for x in onnx_node.attribute if x.name in self._OWN}
         self._dirs_in, self._dirs_out = a.get("scan_input_directions", []), a.get("scan_output_directions", [])
+        self._axes_in, self._axes_out = a.get("scan_input_axes", []), a.get("scan_output_axes", [])
         node = onnx.NodeProto()
         node.CopyFrom(onnx_node)
         keep = [x for x in node.attribute if x.name not in a]
@@ -462,13 +467,21 @@ class Scan(_UpstreamScan):  # upstream: only forward directions (the recurrent r
         node.attribute.extend(keep)
         super().__init__(node, run_params)
 
+    @staticmethod
+    def _get(values, j):
+        return values[j] if j < len(values) else 0
+
     def _run(self, *args, **kwargs):
         states = len(args) - self.num_scan_inputs
-        args = [np.flip(v, 0) if k >= states and self._dirs_in[k - states:k - states + 1] == [1] else v
-                for k, v in enumerate(args)]
-        outs = super()._run(*args, **kwargs)
-        return tuple(np.flip(v, 0) if k >= states and self._dirs_out[k - states:k - states + 1] == [1] else v
-                     for k, v in enumerate(outs))
+        args = list(args)
+        for j in range(self.num_scan_inputs):
+            v = np.moveaxis(args[states + j], self._get(self._axes_in, j), 0)
+            args[states + j] = np.flip(v, 0) if self._get(self._dirs_in, j) == 1 else v
+        outs = list(super()._run(*args, **kwargs))
+        for j in range(len(outs) - states):
+            v = np.flip(outs[states + j], 0) if self._get(self._dirs_out, j) == 1 else outs[states + j]
+            outs[states + j] = np.moveaxis(v, 0, self._get(self._axes_out, j))
+        return tuple(outs)
 
 
 class Loop(_UpstreamLoop):

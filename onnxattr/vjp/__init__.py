@@ -57,5 +57,5 @@ def rule_key(node) -> str:
 
 # (fill RULES)
 from . import activation, branch, elementwise, linear, loop, ml, norm, pool, recurrent, reduce, resize, sample  # noqa: E402,F401
-from . import spectral  # noqa: E402,F401
+from . import scan, spectral  # noqa: E402,F401
 from . import scatter, shape  # noqa: E402,F401

@@ -29,21 +29,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import UnsupportedModelError
-from ..graph import Subgraph
-from ..protos import FLOAT_TYPES, attrs, describe, reads
-from . import NON_DIFFERENTIABLE, refuse, register
-from .subgraphs import adopt, as_model, captured, declare, grad_or_zeros, hoist
+from ..protos import attrs, describe, reads
+from . import refuse, register
+from .subgraphs import (adopt, as_model, body_backward, body_reads, declare, grad_or_zeros, hoist, live_states,
+                        same_dims, source, stack_outputs, step_invariant)
 from .subgraphs import vi as _vi
-
-
-def _source(name: str, producer: dict, through=("Identity", "Cast")) -> str:
-    """`name` with the body's nodes of the types `through` looked through."""
-    n = producer.get(name)
-    while n is not None and n.op_type in through:
-        name = n.input[0]
-        n = producer.get(name)
-    return name
 
 
 def _constant(b, body: onnx.GraphProto, name: str, producer: dict):
@@ -60,13 +50,13 @@ def _constant(b, body: onnx.GraphProto, name: str, producer: dict):
 def _distinct_per_step(b, body, index: str, producer: dict) -> bool:
     """Whether a body's Gather index differs from step to step: the iteration number, or a
     carried integer that the body increments by 1."""
-    src = _source(index, producer)
+    src = source(index, producer)
     ins, outs = [i.name for i in body.input], [o.name for o in body.output]
     if src == ins[0]:
         return True
     if src not in ins[2:]:
         return False
-    nxt = producer.get(_source(outs[ins.index(src) - 1], producer))
+    nxt = producer.get(source(outs[ins.index(src) - 1], producer))
     if nxt is None or nxt.op_type != "Add" or src not in nxt.input:
         return False
     other = nxt.input[1 - list(nxt.input).index(src)]
@@ -76,25 +66,14 @@ def _distinct_per_step(b, body, index: str, producer: dict) -> bool:
 
 def _passthrough(k: int, ins: list, outs: list, producer: dict) -> bool:
     """Whether the body returns carried value k as it came (weights passed along, a constant)."""
-    return _source(outs[1 + k], producer, ("Identity",)) == ins[2 + k]
+    return source(outs[1 + k], producer, ("Identity",)) == ins[2 + k]
 
 
 def _live_carried(b, node, body, ins, outs, live_in: set) -> tuple[list[int], set]:
-    """The float carried values whose gradient is needed (a fixpoint over the body: an initial
-    value that depends on the explained input, or an update that reads such a value), and the
-    body tensors that depend on them or on `live_in`."""
+    """The float carried values whose gradient is needed, and the body tensors that depend on
+    them or on `live_in` (subgraphs.live_states)."""
     K = len(node.input) - 2
-    floats = {k for k in range(K) if body.input[2 + k].type.tensor_type.elem_type in FLOAT_TYPES}
-    carry = {k for k in floats if b.needs(node.input[2 + k])}
-    while True:
-        live = {ins[2 + k] for k in carry} | live_in
-        for n in body.node:
-            if n.op_type not in NON_DIFFERENTIABLE and any(i in live for i in n.input if i):
-                live.update(o for o in n.output if o)
-        grown = carry | {k for k in floats if outs[1 + k] in live}
-        if grown == carry:
-            return sorted(carry), live
-        carry = grown
+    return live_states(b, body, [(node.input[2 + k], body.input[2 + k], outs[1 + k]) for k in range(K)], live_in)
 
 
 def _body_builder(b, node, body, outer):
@@ -113,65 +92,34 @@ def _body_builder(b, node, body, outer):
                 declare(b, info, node.input[2 + k])
             inputs.append(info)
         inner = as_model(b, body, f"{node.name or 'loop'}_body", inputs, outer)
-        if not outer_first or all(_same_dims(inner.shape_protos.get(ins[2 + k]), inner.shape_protos.get(outs[1 + k]))
+        if not outer_first or all(same_dims(inner.shape_protos.get(ins[2 + k]), inner.shape_protos.get(outs[1 + k]))
                                   for k in range(len(node.input) - 2)):
             break
     adopt(b, inner)
     return inner, outer_first
 
 
-def _same_dims(a, c) -> bool:
-    if a is None or c is None or len(a.dim) != len(c.dim):
-        return a is None and c is None
-    return all((d.HasField("dim_value") and d.dim_value == e.dim_value) or (bool(d.dim_param) and d.dim_param == e.dim_param)
-               for d, e in zip(a.dim, c.dim))
-
-
-def _step_invariant(shape, symbols: set) -> bool:
-    """Whether a body tensor's inferred shape is the same at every step: static lengths, or
-    symbols of the body's inputs (whose shapes hold at every step)."""
-    return shape is not None and all(d.HasField("dim_value") or d.dim_param in symbols for d in shape.dim)
-
-
 def _record(b, node, stacked: list[int], saved: dict) -> dict:
     """The Loop itself also stacks the carried values each step starts from (key -1: the
     iteration number, which counts the steps run) and the body tensors in `saved` ({name:
-    element type}), as new outputs of its body (added once each, should a node be differentiated
-    twice; its other outputs are unchanged): {k or name: [steps, ...] tensor}."""
+    element type}), as new outputs (subgraphs.stack_outputs): {k or name: [steps, ...] tensor}."""
     body = next(a for a in node.attribute if a.name == "body").g
     ins = [i.name for i in body.input]
-    known = b.__dict__.setdefault("_loop_stacks", {}).setdefault(id(node), {})
     kept = [(k, ins[0] if k < 0 else ins[2 + k], TensorProto.INT64 if k < 0 else body.input[2 + k].type.tensor_type.elem_type)
             for k in [-1] + stacked] + [(name, name, elem) for name, elem in saved.items()]
-    for key, src, elem in kept:
-        if key in known:
-            continue
-        out = b.fresh("loop_stacked")
-        body.node.append(helper.make_node("Identity", [src], [out], name=b.fresh("Identity")))
-        body.output.append(_vi(out, elem))
-        known[key] = b.fresh("loop_states")
-        node.output.append(known[key])
-        b.types[known[key]] = elem
-    return {key: known[key] for key, _, _ in kept}
+    return stack_outputs(b, node, kept, "loop")
 
 
 @register("Loop")
 def loop(b, node, gys):
-    from ..backward import build_backward, prune
+    from ..backward import prune
 
     body = attrs(node)["body"]
     K = len(node.input) - 2
     ins, outs = [i.name for i in body.input], [o.name for o in body.output]
     S = len(outs) - 1 - K
-    for n in body.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
+    outer_reads, live_outer = body_reads(b, node, body, ins, outs)
     producer = {o: n for n in body.node for o in n.output if o}
-    outer_reads = captured(body, ins)
-    live_outer = [c for c in outer_reads if b.needs(c) and b.is_float(c)]
-    if any(o in live_outer for o in outs):
-        refuse(node, f"its body outputs '{next(o for o in outs if o in live_outer)}', an outer tensor that depends "
-                      "on the input being explained, as is")
     inner, steady = _body_builder(b, node, body, outer_reads)
 
     # An outer tensor read only one step at a time (Gather along axis 0 at a scalar index, as
@@ -194,18 +142,11 @@ def loop(b, node, gys):
 
     # the body's backward, seeded with the state gradients (inputs of the backward body) and
     # this step's slice of each stacked output's gradient
-    w = Subgraph(b)
     state_grads = {k: b.fresh("loop_state_grad") for k in carry}
     step_grads = {s: b.fresh("loop_output_grad") for s in seeded_steps}
-    seeds: dict[str, str] = {}
-    for name, g in [(outs[1 + k], state_grads[k]) for k in carry] + [(outs[1 + K + s], step_grads[s]) for s in seeded_steps]:
-        seeds[name] = w.op("Add", [seeds[name], g]) if name in seeds else g  # a body output listed twice
-    summed = list(w.nodes)
-    try:
-        grads = build_backward(inner, seeds, [ins[2 + k] for k in carry] + [n.output[0] for n in slices] + whole,
-                               b.policy, unreached_ok=True)
-    except UnsupportedModelError as e:
-        refuse(node, f"in its body: {e}")
+    w, summed, grads = body_backward(
+        b, node, inner, [(outs[1 + k], state_grads[k]) for k in carry] + [(outs[1 + K + s], step_grads[s]) for s in seeded_steps],
+        [ins[2 + k] for k in carry] + [n.output[0] for n in slices] + whole)
 
     # The forward body's tensors that the backward reads: stacked by the forward Loop where
     # their shapes hold at every step (ONNX stacks equal shapes only), else recomputed from the
@@ -214,7 +155,7 @@ def loop(b, node, gys):
     wanted |= {n.output[0] for n in slices if n.output[0] not in grads} | {ins[2 + k] for k in carry if ins[2 + k] not in grads}
     symbols = {d.dim_param for vi in inner.model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     saved = {t: inner.types.get(t, b.dtype) for t in sorted(wanted & set(producer))}
-    if not steady or not all(_step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
+    if not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
         saved = {}
     stacks = _record(b, node, [k for k in range(K) if not _passthrough(k, ins, outs, producer)], saved)
     steps = b.op("Reshape", [b.shape_of(stacks[-1]), b.ints([])])
