@@ -56,6 +56,6 @@ def rule_key(node) -> str:
 
 
 # (fill RULES)
-from . import activation, branch, elementwise, linear, loop, ml, norm, pool, recurrent, reduce, resize, sample  # noqa: E402,F401
-from . import scan, spectral  # noqa: E402,F401
+from . import activation, attention, branch, elementwise, linear, loop, ml, norm, pool, recurrent, reduce, resize  # noqa: E402,F401
+from . import sample, scan, spectral  # noqa: E402,F401
 from . import scatter, shape  # noqa: E402,F401

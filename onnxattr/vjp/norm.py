@@ -1,4 +1,5 @@
-"""Normalisations at inference: BatchNormalization, LRN."""
+"""Normalisations at inference: BatchNormalization, LRN, LayerNormalization, InstanceNormalization,
+GroupNormalization, RMSNormalization."""
 
 from __future__ import annotations
 
@@ -114,3 +115,22 @@ def group_norm(b, node, gys):
     gh = b.op("Reshape", [b.op("Mul", [gys[0], coef]), grouped])
     gx, _ = _standardize_vjp(b, b.op("Reshape", [x, grouped]), gh, [2], a.get("epsilon", 1e-5))
     return [b.reshape_like(gx, x), None, None]
+
+
+@register("RMSNormalization")
+def rms_norm(b, node, gys):
+    # Y = x * r * Scale, r = 1 / sqrt(mean(x^2) + epsilon) over axes [axis, rank); Scale broadcasts.
+    # dx = r * gs - x * r^3 * mean(gs * x), with gs = g * Scale.
+    a, g, y = attrs(node), gys[0], node.output[0]
+    x, scale = node.input[:2]
+    rank = b.rank(x, node)
+    axes = list(range(a.get("axis", -1) % rank, rank))
+    r = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [x, x]), axes),
+                                                                 b.scalar(a.get("epsilon", 1e-5))])])])
+    gx = None
+    if b.needs(x):
+        gs = b.op("Mul", [g, scale])
+        coef = b.op("Mul", [b.reduce("ReduceMean", b.op("Mul", [gs, x]), axes), b.op("Mul", [r, b.op("Mul", [r, r])])])
+        gx = b.op("Sub", [b.op("Mul", [gs, r]), b.op("Mul", [x, coef])])
+    gscale = b.unbroadcast(b.op("Mul", [g, b.op("Mul", [x, r])]), scale, y, node) if b.needs(scale) else None
+    return [gx, gscale]

@@ -1,0 +1,169 @@
+"""Opset 23's attention ops in whole models exported by PyTorch (dynamo): a transformer block
+with nn.RMSNorm and scaled_dot_product_attention (written as RMSNormalization and Attention;
+causal, masked, grouped-query), and timm's ViT with its fused attention, against float64
+autograd; guided backprop and deconvnet against Captum. The ops' own cases (float64 differences,
+float32 ONNX Runtime) are in tests/test_vjp_ops.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxattr
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+
+class Block(nn.Module):
+    """x [N, 6, 16] -> RMSNorm -> attention (4 query heads of 4; 2 key/value heads with `grouped`)
+    -> residual -> Linear-ReLU-Linear -> mean over tokens -> scores [N, 5]."""
+
+    def __init__(self, causal=False, grouped=False, masked=False):
+        super().__init__()
+        kv = 2 if grouped else 4
+        self.norm, self.q, self.k, self.v = nn.RMSNorm(16), nn.Linear(16, 16), nn.Linear(16, 4 * kv), nn.Linear(16, 4 * kv)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 5)
+        self.causal, self.grouped, self.kv = causal, grouped, kv
+        self.register_buffer("mask", torch.rand(6, 6, generator=torch.Generator().manual_seed(3)) > 0.3 if masked else None)
+        if masked:
+            self.mask[:, 0] = True  # every query sees one key at least
+
+    def forward(self, x):
+        n, t, _ = x.shape
+        z = self.norm(x)
+        q = self.q(z).view(n, t, 4, 4).transpose(1, 2)
+        k, v = (f(z).view(n, t, self.kv, 4).transpose(1, 2) for f in (self.k, self.v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.causal, enable_gqa=self.grouped)
+        h = x + o.transpose(1, 2).reshape(n, t, 16)
+        return self.head((h + self.mlp(h)).mean(1))
+
+
+def _export(module, x):
+    with contextlib.redirect_stdout(io.StringIO()):
+        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=23, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return prog.model_proto
+
+
+def _grad64(module, x, target, method=None):
+    module = module.double()
+    x64 = torch.from_numpy(x).double().requires_grad_(True)
+    if method is None:
+        module(x64).gather(1, torch.from_numpy(target)[:, None]).sum().backward()
+        out = x64.grad.numpy()
+    else:
+        import captum.attr as ca
+
+        cls = {"guided": ca.GuidedBackprop, "deconvnet": ca.Deconvolution}[method]
+        out = cls(module).attribute(x64, target=torch.from_numpy(target)).detach().numpy()
+    module.float()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["plain", "causal", "masked", "grouped_causal"])
+def test_transformer_block_against_float64_autograd(kind):
+    torch.manual_seed(0)
+    module = Block(causal="causal" in kind, grouped="grouped" in kind, masked=kind == "masked").eval()
+    x = np.random.default_rng(1).standard_normal((3, 6, 16)).astype(np.float32)
+    m = _export(module, torch.from_numpy(x))
+    ops = {n.op_type for n in m.graph.node}
+    assert {"Attention", "RMSNormalization"} <= ops, ops
+    s = ort.InferenceSession(onnxattr.attribution_model(m).SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (3, 1):  # the batch is dynamic
+        target = np.arange(n) % 5
+        got = s.run(["attribution"], {m.graph.input[0].name: x[:n], "target": target})[0]
+        want = _grad64(module, x[:n], target)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < 2e-6, f"{kind}, N={n}: relative error {err:.2e}"  # measured 3.2e-7 at most
+
+
+@pytest.mark.parametrize("method", ["guided", "deconvnet"])
+def test_transformer_block_methods_against_captum(method):
+    torch.manual_seed(0)
+    module = Block(causal=True).eval()
+    x = np.random.default_rng(2).standard_normal((2, 6, 16)).astype(np.float32)
+    m = _export(module, torch.from_numpy(x))
+    s = ort.InferenceSession(onnxattr.attribution_model(m, method=method).SerializeToString(), providers=["CPUExecutionProvider"])
+    target = np.array([4, 1])
+    got = s.run(["attribution"], {m.graph.input[0].name: x, "target": target})[0]
+    want = _grad64(module, x, target, method)
+    assert np.abs(want - _grad64(module, x, target)).max() > 1e-3 * np.abs(want).max()  # the rule matters here
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 2e-6, f"relative error {err:.2e}"  # measured 1.2e-7 at most
+
+
+def test_timm_vit_with_fused_attention_against_float64_autograd():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    module = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=7).eval()
+    assert module.blocks[0].attn.fused_attn  # scaled_dot_product_attention: an Attention node at opset 23
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    m = _export(module, torch.from_numpy(x))
+    assert sum(n.op_type == "Attention" for n in m.graph.node) == 12
+    s = ort.InferenceSession(onnxattr.attribution_model(m).SerializeToString(), providers=["CPUExecutionProvider"])
+    target = np.array([3, 6])
+    got = s.run(["attribution"], {m.graph.input[0].name: x, "target": target})[0]
+    want = _grad64(module, x, target)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 5e-6, f"relative error {err:.2e}"  # measured 8.8e-7
+
+
+# ------------------------------------------------------------------ refusals
+def _attention_model(inputs, outputs=("y",), extra=(), **attrs):
+    """x [2, 2, 4, 3] -> Attention(inputs) -> outputs, float32 at opset 23 (a valid model)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 2, 1, 3)).astype(np.float32), n) for n in ("pk", "pv")]
+    outs = ["y", "", "", "qk"] if "qk" in outputs else ["y"]
+    nodes = list(extra) + [helper.make_node("Attention", inputs, outs, name="attn", **attrs)]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 4, 3])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return m
+
+
+def _refusal_models():
+    from onnx import helper
+
+    N = helper.make_node
+    return [
+        (_attention_model(["x", "x", "x"], softcap=5.0), "softcap \\(5.0\\) is not supported"),
+        (_attention_model(["x", "x", "x", "", "pk", "pv"]), "a key/value cache \\(past_key, past_value\\) is not supported"),
+        (_attention_model(["x", "x", "x", "m"], extra=[N("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2]), N("MatMul", ["x", "xt"], ["m"])]),
+         "its attention mask 'm' depends on the input being explained"),
+        (_attention_model(["x", "x", "x"], outputs=("y", "qk"), qk_matmul_output_mode=1),
+         "its qk_matmul_output output is used in a mode other than 3"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_attention_refusals_name_the_node(i):
+    m, words = _refusal_models()[i]
+    with pytest.raises(onnxattr.UnsupportedModelError, match=f"Attention node 'attn': {words}"):
+        onnxattr.api.vjp_model(m, of=["y"])
+
+
+def test_rotary_caches_that_depend_on_the_input_are_refused():
+    from onnx import TensorProto, helper, numpy_helper
+
+    N = helper.make_node
+    nodes = [N("ReduceMean", ["x"], ["s"], keepdims=0), N("Mul", ["cos", "s"], ["c"]),
+             N("RotaryEmbedding", ["x", "c", "sin", "pos"], ["y"], name="rope")]
+    inits = [numpy_helper.from_array(np.cos(np.arange(8, dtype=np.float32)).reshape(4, 2), "cos"),
+             numpy_helper.from_array(np.sin(np.arange(8, dtype=np.float32)).reshape(4, 2), "sin"),
+             numpy_helper.from_array(np.array([[0, 1, 2, 3]] * 2, np.int64), "pos")]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(onnxattr.UnsupportedModelError, match="RotaryEmbedding node 'rope': its cache 'c' depends on the input"):
+        onnxattr.api.vjp_model(m)
