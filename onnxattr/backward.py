@@ -148,10 +148,44 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy, un
         if x not in partials and unreached_ok:
             continue
         if x not in partials:
-            raise UnsupportedModelError(f"no gradient reaches input '{x}': the output does not depend on it through "
-                                        "float operations")
+            raise UnsupportedModelError(f"no gradient reaches input '{x}': {_why_unreached(b, x, list(seeds))}")
         grads[x] = b.add_all(partials[x], like=x)
     return grads
+
+
+def _why_unreached(b: Builder, x: str, ys: list[str]) -> str:
+    """Why no gradient flows from `ys` back to `x`: the first node where the outputs' dependence
+    on x stops being a float one (a Shape, an integer or boolean result, a quantization, a
+    piecewise-constant op), or no dependence at all."""
+    depends, floats = {x}, {x}
+    cuts = []
+    for node in b.all_nodes():
+        ins = [i for i in reads(node) if i]
+        if not any(i in depends for i in ins):
+            continue
+        outs = [o for o in node.output if o]
+        depends.update(outs)
+        carried = node.op_type not in NON_DIFFERENTIABLE and [o for o in outs if b.is_float(o) or o not in b.types]
+        if any(i in floats for i in ins):
+            if carried:
+                floats.update(carried)
+            else:
+                cuts.append(node)
+    needed = set(ys)
+    for node in reversed(b.all_nodes()):
+        if any(o in needed for o in node.output):
+            needed.update(i for i in reads(node) if i)
+    if not needed & depends:
+        return "the output does not depend on it"
+    cut = next((n for n in cuts if any(o in needed for o in n.output)), None)
+    if cut is None:
+        return "the output does not depend on it through float operations"
+    out = next(o for o in cut.output if o in needed)
+    elem = b.types.get(out)
+    what = (f"is {TensorProto.DataType.Name(elem).lower()}" if elem is not None and elem not in FLOAT_TYPES
+            else "is piecewise constant or depends on the input's shape only")
+    hint = "; explain the float model it was quantized from" if cut.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") else ""
+    return f"the output depends on it only through {describe(cut)}, whose output '{out}' {what} (no gradient passes){hint}"
 
 
 def may_blow_up(b: Builder, node: onnx.NodeProto, producer: dict) -> bool:

@@ -209,8 +209,29 @@ def test_input_no_gradient_reaches_is_named():
     m = model([helper.make_node("Shape", ["v"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
               [helper.make_tensor_value_info("x", F, [2, 3]), helper.make_tensor_value_info("v", F, [3, 2])],
               [helper.make_tensor_value_info("y", F, [3, 2])], [])
-    with pytest.raises(onnxattr.UnsupportedModelError, match="no gradient reaches input 'v'"):
+    with pytest.raises(onnxattr.UnsupportedModelError, match="no gradient reaches input 'v': the output depends on it only "
+                       "through Shape node 's', whose output 's' is int64"):
         vjp_model(m)
+
+
+def test_quantized_model_names_the_quantization(tmp_path):
+    """A quantized (QDQ) model: x is rounded to int8 on its way, so no gradient reaches it (zero
+    almost everywhere); the error names the QuantizeLinear node. The CLI exits non-zero and
+    writes nothing."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="quant"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dequant"),
+             helper.make_node("MatMul", ["xd", "W"], ["y"], name="mm")]
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "W")]
+    m = model(nodes, [helper.make_tensor_value_info("x", F, ["N", 4])], [helper.make_tensor_value_info("y", F, ["N", 3])], inits)
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # a valid model
+    words = ("no gradient reaches input 'x': the output depends on it only through QuantizeLinear node 'quant', whose "
+             "output 'xq' is int8 (no gradient passes); explain the float model it was quantized from")
+    with pytest.raises(onnxattr.UnsupportedModelError, match=re.escape(words)):
+        onnxattr.attribution_model(m)
+    onnx.save(m, tmp_path / "int8.onnx")
+    r = cli("export", tmp_path / "int8.onnx", "-o", tmp_path / "out.onnx")
+    assert r.exit_code != 0 and "QuantizeLinear node 'quant'" in r.output and not (tmp_path / "out.onnx").exists()
 
 
 def test_operand_without_gradient_rule_is_named(monkeypatch):
