@@ -67,10 +67,13 @@ def _head_counts(b, node, q: str, k: str, a: dict, three_d: bool) -> tuple[int |
     refuse(node, "the numbers of query and key/value heads are unknown before the run")
 
 
-def _scale(b, q4: str, a: dict) -> str:
+def _scale(b, q: str, q4: str, a: dict, heads: int | None, three_d: bool) -> str:
+    """The scale of Q K^T: the attribute, else 1 / sqrt(the query head size), known before the
+    run where Q's shape is, else read from it."""
     if a.get("scale") is not None:
         return b.scalar(a["scale"])
-    size = (b.shapes.get(q4) or [None] * 4)[3]
+    shape = b.shapes.get(q) or [None] * 4
+    size = (shape[2] // heads if shape[2] is not None else None) if three_d else shape[3]
     if size is not None:
         return b.scalar(1.0 / np.sqrt(size))
     size = b.op("Cast", [b.op("Gather", [b.shape_of(q4), b.const(np.int64(3), dtype=np.int64)])], to=b.dtype)
@@ -96,7 +99,7 @@ def attention(b, node, gys):
     hq, hk = _head_counts(b, node, q, k, a, three_d)
     q4, k4, v4, g4 = ((_heads(b, q, hq), _heads(b, k, hk), _heads(b, v, hk), _heads(b, gys[0], hq)) if three_d
                       else (q, k, v, gys[0]))
-    scale = _scale(b, q4, a)
+    scale = _scale(b, q, q4, a, hq, three_d)
     if hq is not None and hq != hk:  # each key/value head with its group's query rows stacked: [batch, kv heads, group x sequence, *]
         stack = b.ints([0, hk, -1, 0])
         q4, g4, p = (b.op("Reshape", [t, stack]) for t in (q4, g4, p))
