@@ -810,6 +810,9 @@ add(
     case("Attention/float_mask_scale_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"], scale=0.3),
          {"q": (2, 2, 4, 3), "k": (2, 2, 6, 3), "v": (2, 2, 6, 3)}, m=w(1, 1, 4, 6, scale=1.0)),
     case("Attention/one_tensor_three_roles_op23", 23, N("Attention", ["x", "x", "x"], ["y"]), {"x": (2, 2, 5, 4)}),
+    # opset 24's padding lengths of the keys and values per batch row (the padded keys get no gradient)
+    case("Attention/nonpad_kv_seqlen_causal_op24", 24, N("Attention", ["q", "k", "v", "", "", "", "lens"], ["y"], is_causal=1),
+         {"q": (2, 2, 3, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 4)}, lens=np.array([5, 3], np.int64)),
     # RMSNormalization (nn.RMSNorm at opset 23): the last axis, and from axis 1 with the scale's gradient
     case("RMSNormalization/last_axis_op23", 23, N("RMSNormalization", ["x", "s"], ["y"], epsilon=1e-3), {"x": (2, 3, 5)},
          s=w(5, scale=1.0)),
