@@ -167,3 +167,42 @@ def test_rotary_caches_that_depend_on_the_input_are_refused():
     ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     with pytest.raises(onnxattr.UnsupportedModelError, match="RotaryEmbedding node 'rope': its cache 'c' depends on the input"):
         onnxattr.api.vjp_model(m)
+
+
+def test_huggingface_bert_classifier_against_float64_autograd():
+    """A BERT sequence classifier from transformers (a small config, random weights) exported at
+    opset 23: its attention as Attention nodes with the padding mask made from attention_mask.
+    Saliency at the word embeddings (--wrt) against float64 autograd through inputs_embeds; the
+    padded tokens, which no query attends to, get exactly 0."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=3, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(cfg).eval()
+
+    class Scores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids, mask):
+            return self.bert(input_ids=ids, attention_mask=mask).logits
+
+    ids = torch.randint(1, 100, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        m = torch.onnx.export(Scores(), (ids, mask), dynamo=True, opset_version=23, input_names=["ids", "mask"]).model_proto
+    assert sum(n.op_type == "Attention" for n in m.graph.node) == 2
+    emb = next(n.output[0] for n in m.graph.node if n.op_type == "Gather" and "word_embeddings" in n.input[0])
+    s = ort.InferenceSession(onnxattr.attribution_model(m, wrt=emb).SerializeToString(), providers=["CPUExecutionProvider"])
+    target = np.array([0, 2])
+    got = s.run(["attribution"], {"ids": ids.numpy(), "mask": mask.numpy(), "target": target})[0]
+    b64 = bert.double()
+    e = b64.bert.embeddings.word_embeddings(ids).detach().requires_grad_(True)
+    b64(inputs_embeds=e, attention_mask=mask).logits.gather(1, torch.from_numpy(target)[:, None]).sum().backward()
+    want = e.grad.numpy()
+    bert.float()
+    assert np.all(got[1, 7:] == 0) and np.abs(want[1, 7:]).max() == 0
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 2e-6, f"relative error {err:.2e}"  # measured 1.9e-7
