@@ -206,3 +206,23 @@ def test_huggingface_bert_classifier_against_float64_autograd():
     assert np.all(got[1, 7:] == 0) and np.abs(want[1, 7:]).max() == 0
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 2e-6, f"relative error {err:.2e}"  # measured 1.9e-7
+
+
+def test_the_backward_recomputes_the_probabilities():
+    """The attention probabilities are recomputed from Q and K, so the forward Attention nodes
+    keep their one output: ONNX Runtime's CUDA kernel of Attention-23 returns qk_matmul_output
+    in mode 0 only, and would refuse a graph asking for the probabilities (mode 3). Only opset
+    24's per-row key lengths, whose masking is not rebuilt, ask the forward node for them."""
+    from test_vjp_ops import CASES
+    from vjp_check import build
+
+    torch.manual_seed(0)
+    for module in (Block(causal=True, grouped=True), Block(masked=True)):
+        m = _export(module.eval(), torch.randn(2, 6, 16))
+        att = [n for n in onnxattr.attribution_model(m).graph.node if n.op_type == "Attention"]
+        assert len(att) == 1 and list(att[0].output) == [n.output[0] for n in m.graph.node if n.op_type == "Attention"]
+    for cid, outputs in (("Attention/bool_mask_row_masked_op23", 1), ("Attention/nonpad_kv_seqlen_causal_op24", 4)):
+        c = next(c for c in CASES if c.id == cid)
+        vm = onnxattr.api.vjp_model(build(c, {"y": None}))[0]
+        node = next(n for n in vm.graph.node if n.op_type == "Attention")
+        assert len(node.output) == outputs, (cid, list(node.output))

@@ -796,6 +796,7 @@ _NO_DOUBLE_ROTARY = "RotaryEmbedding's schema has no double type (the reference 
 # differs from the reference evaluator's by 6.6e-8 (Attention/4d_op23), so a float64 comparison
 # of the backward against the reference would measure the kernel, not the backward
 F64_IMPRECISE = {"Attention"}
+_SHORT_MASK = "ONNX Runtime's Attention kernel requires the mask as long as the keys"
 add(
     # Attention (scaled_dot_product_attention at opset 23): [batch, heads, sequence, size] or
     # [batch, sequence, heads x size]; key/value length unlike the query's; grouped-query heads;
@@ -810,6 +811,15 @@ add(
     case("Attention/float_mask_scale_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"], scale=0.3),
          {"q": (2, 2, 4, 3), "k": (2, 2, 6, 3), "v": (2, 2, 6, 3)}, m=w(1, 1, 4, 6, scale=1.0)),
     case("Attention/one_tensor_three_roles_op23", 23, N("Attention", ["x", "x", "x"], ["y"]), {"x": (2, 2, 5, 4)}),
+    # a query row masked whole (zeros); masks shorter than the keys (padded with False, -inf:
+    # ONNX Runtime's kernel refuses them, the float64 checks run on the reference evaluator)
+    case("Attention/bool_mask_row_masked_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"]),
+         {"q": (1, 2, 4, 3), "k": (1, 2, 6, 3), "v": (1, 2, 6, 3)}, m=np.concatenate([_MASK[:3], np.zeros((1, 6), bool)])),
+    case("Attention/short_bool_mask_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"]),
+         {"q": (1, 2, 4, 3), "k": (1, 2, 6, 3), "v": (1, 2, 6, 3)}, m=_MASK[:, :4], no_ort=_SHORT_MASK),
+    case("Attention/short_float_mask_causal_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"], is_causal=1),
+         {"q": (2, 2, 4, 3), "k": (2, 2, 5, 3), "v": (2, 2, 5, 3)}, m=np.linspace(-1.0, 1.0, 12).reshape(1, 4, 3),
+         no_ort=_SHORT_MASK),
     # opset 24's padding lengths of the keys and values per batch row (the padded keys get no gradient)
     case("Attention/nonpad_kv_seqlen_causal_op24", 24, N("Attention", ["q", "k", "v", "", "", "", "lens"], ["y"], is_causal=1),
          {"q": (2, 2, 3, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 4)}, lens=np.array([5, 3], np.int64)),

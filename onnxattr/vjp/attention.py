@@ -1,10 +1,14 @@
 """The attention ops of opset 23: Attention and RotaryEmbedding (RMSNormalization is in norm.py).
 
 PyTorch's exporter writes `scaled_dot_product_attention` as one Attention node from opset 23.
-Its gradient needs the attention probabilities P = softmax(scale * Q K^T + masks): the forward
-node also returns them (its qk_matmul_output in mode 3), so whatever it masks (attn_mask, causal,
-a sliding window, padding, rows masked whole) the backward reads as the forward applied it. With
-dY the output's gradient (heads split off where Q, K, V come as [batch, sequence, heads x size]):
+Its gradient needs the attention probabilities P = softmax(scale * Q K^T + masks). The backward
+recomputes them from Q and K with standard ops (the boolean or float mask, padded to the keys'
+length, the causal triangle, a row masked whole giving zeros, as the spec says): ONNX Runtime's CUDA kernel of Attention-23
+cannot return them (it gives qk_matmul_output in mode 0 only), so a graph reading them from the
+forward node would not run there; and the forward keeps Q and K instead of P, less memory. With
+opset 24's per-row key lengths the forward node returns them instead (its qk_matmul_output in
+mode 3). With dY the
+output's gradient (heads split off where Q, K, V come as [batch, sequence, heads x size]):
   dV = P^T dY,  dS = P * (dP - rowsum(dP * P)) with dP = dY V^T,  dQ = scale dS K,  dK = scale dS^T Q.
 Grouped-query attention (fewer key/value heads than query heads, each repeated for a group of
 query heads) is computed per key/value head: the group's query rows are stacked, so dK and dV
@@ -21,7 +25,7 @@ that depend on the input being explained.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..protos import attrs
 from . import refuse, register
@@ -43,6 +47,52 @@ def _probabilities(b, node) -> str:
             b.types[outs[3]] = b.dtype
         known[id(node)] = outs[3]
     return known[id(node)]
+
+
+def _rebuildable(node) -> bool:
+    """Whether the backward can rebuild the forward's masking with standard ops: all but opset
+    24's per-row key lengths."""
+    return not (len(node.input) > 6 and node.input[6])
+
+
+def _padded_mask(b, node, mask: str, k4: str) -> str:
+    """The mask as long as the keys: a shorter one is padded with False (boolean) or -inf."""
+    rank, kr = b.rank(mask, node), b.rank(node.input[1], node)
+    if b.same_dim(mask, rank - 1, node.input[1], 2 if kr == 4 else 1):
+        return mask
+    short = b.op("Sub", [b.op("Slice", [b.shape_of(k4), b.ints([2]), b.ints([3])]),
+                         b.op("Slice", [b.shape_of(mask), b.ints([rank - 1]), b.ints([rank])])])
+    pads = b.op("Concat", [b.ints([0] * (2 * rank - 1)), short], axis=0)
+    fill = (b.const(np.array(False), dtype=np.bool_) if b.types.get(mask) == TensorProto.BOOL
+            else b.scalar(-np.inf))
+    return b.op("Pad", [mask, pads, fill])
+
+
+def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple | None) -> str:
+    """P = softmax(scale * Q K^T + bias) from Q and K ([batch, heads, sequence, size]; with
+    `group` (query heads, key/value heads), Q's rows stacked per key/value head, P then stacked
+    the same way). The bias as
+    the spec builds it: a boolean mask's False and the causal triangle's upper part (key j after
+    query i) -inf, a float mask added; a row with every key masked gives zeros."""
+    scores = b.op("Mul", [b.op("MatMul", [q4, b.op("Transpose", [k4], perm=[0, 1, 3, 2])]), scale])
+    if group is not None:
+        scores = b.op("Reshape", [scores, b.ints([0, group[0], -1, 0])])
+    minus_inf, zero = b.scalar(-np.inf), b.scalar(0.0)
+    bias = None
+    if mask:
+        full = _padded_mask(b, node, mask, k4)
+        bias = b.op("Where", [full, zero, minus_inf]) if b.types.get(mask) == TensorProto.BOOL else full
+    if attrs(node).get("is_causal"):
+        lengths = b.op("Slice", [b.shape_of(scores), b.ints([2]), b.ints([4])])  # [queries, keys]
+        ones = b.op("ConstantOfShape", [lengths], value=numpy_helper.from_array(np.ones(1, np.bool_)))
+        causal = b.op("Where", [b.op("Trilu", [ones], upper=0), zero, minus_inf])
+        bias = causal if bias is None else b.op("Add", [bias, causal])
+    if bias is not None:
+        scores = b.op("Add", [scores, bias])
+    p = b.op("Softmax", [scores], axis=-1)
+    if mask:  # a row masked whole: 0 / 0 in the Softmax, zeros in the spec
+        p = b.op("Where", [b.op("IsNaN", [p]), zero, p])
+    return b.op("Reshape", [p, b.ints([0, group[1], -1, 0])]) if group is not None else p
 
 
 def _heads(b, x: str, heads: int) -> str:
@@ -94,20 +144,25 @@ def attention(b, node, gys):
         refuse(node, f"its attention mask '{mask}' depends on the input being explained")
     if len(node.output) > 3 and node.output[3] and a.get("qk_matmul_output_mode", 0) != 3:
         refuse(node, "its qk_matmul_output output is used in a mode other than 3 (the probabilities the backward needs)")
-    p = _probabilities(b, node)
     three_d = b.rank(q, node) == 3
     hq, hk = _head_counts(b, node, q, k, a, three_d)
     q4, k4, v4, g4 = ((_heads(b, q, hq), _heads(b, k, hk), _heads(b, v, hk), _heads(b, gys[0], hq)) if three_d
                       else (q, k, v, gys[0]))
     scale = _scale(b, q, q4, a, hq, three_d)
-    if hq is not None and hq != hk:  # each key/value head with its group's query rows stacked: [batch, kv heads, group x sequence, *]
+    grouped = hq is not None and hq != hk
+    if grouped:  # each key/value head with its group's query rows stacked: [batch, kv heads, group x sequence, *]
         stack = b.ints([0, hk, -1, 0])
-        q4, g4, p = (b.op("Reshape", [t, stack]) for t in (q4, g4, p))
+        q4, g4 = (b.op("Reshape", [t, stack]) for t in (q4, g4))
+    if _rebuildable(node):
+        p = _recomputed(b, node, q4, k4, scale, mask, (hq, hk) if grouped else None)
+    else:
+        p = _probabilities(b, node)
+        p = b.op("Reshape", [p, stack]) if grouped else p
     dp = b.op("MatMul", [g4, b.op("Transpose", [v4], perm=[0, 1, 3, 2])])
     ds = b.op("Mul", [p, b.op("Sub", [dp, b.reduce("ReduceSum", b.op("Mul", [dp, p]), [3])])])
     ds = b.op("Mul", [ds, scale])
     gq = b.op("MatMul", [ds, k4]) if b.needs(q) else None
-    if gq is not None and hq is not None and hq != hk:
+    if gq is not None and grouped:
         gq = b.op("Reshape", [gq, b.ints([0, hq, -1, 0])])
     gk = b.op("MatMul", [b.op("Transpose", [ds], perm=[0, 1, 3, 2]), q4]) if b.needs(k) else None
     gv = b.op("MatMul", [b.op("Transpose", [p], perm=[0, 1, 3, 2]), g4]) if b.needs(v) else None
