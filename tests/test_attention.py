@@ -116,17 +116,18 @@ def test_timm_vit_with_fused_attention_against_float64_autograd():
 
 
 # ------------------------------------------------------------------ refusals
-def _attention_model(inputs, outputs=("y",), extra=(), **attrs):
-    """x [2, 2, 4, 3] -> Attention(inputs) -> outputs, float32 at opset 23 (a valid model)."""
+def _attention_model(inputs, outputs=("y",), extra=(), opset=23, **attrs):
+    """x [2, 2, 4, 3] -> Attention(inputs) -> outputs, float32 (a valid model)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((2, 2, 1, 3)).astype(np.float32), n) for n in ("pk", "pv")]
+    inits.append(numpy_helper.from_array(np.array([4, 2], np.int64), "lens"))
     outs = ["y", "", "", "qk"] if "qk" in outputs else ["y"]
     nodes = list(extra) + [helper.make_node("Attention", inputs, outs, name="attn", **attrs)]
     g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, 4, 3])],
                           [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
     ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     return m
 
@@ -136,7 +137,8 @@ def _refusal_models():
 
     N = helper.make_node
     return [
-        (_attention_model(["x", "x", "x"], softcap=5.0), "softcap \\(5.0\\) is not supported"),
+        (_attention_model(["x", "x", "x", "", "", "", "lens"], softcap=5.0, opset=24),
+         "softcap \\(5.0\\) with per-row key lengths \\(nonpad_kv_seqlen\\) is not supported"),
         (_attention_model(["x", "x", "x", "", "pk", "pv"]), "a key/value cache \\(past_key, past_value\\) is not supported"),
         (_attention_model(["x", "x", "x", "m"], extra=[N("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2]), N("MatMul", ["x", "xt"], ["m"])]),
          "its attention mask 'm' depends on the input being explained"),

@@ -820,6 +820,12 @@ add(
     case("Attention/short_float_mask_causal_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"], is_causal=1),
          {"q": (2, 2, 4, 3), "k": (2, 2, 5, 3), "v": (2, 2, 5, 3)}, m=np.linspace(-1.0, 1.0, 12).reshape(1, 4, 3),
          no_ort=_SHORT_MASK),
+    # softcap (softcap * tanh(scores / softcap) before the masks): causal; grouped heads with a mask
+    case("Attention/softcap_causal_op23", 23, N("Attention", ["q", "k", "v"], ["y"], softcap=2.0, is_causal=1),
+         {"q": (2, 2, 4, 3), "k": (2, 2, 4, 3), "v": (2, 2, 4, 3)}),
+    case("Attention/3d_grouped_softcap_mask_op23", 23,
+         N("Attention", ["q", "k", "v", "m"], ["y"], q_num_heads=4, kv_num_heads=2, softcap=1.5),
+         {"q": (1, 4, 4 * 3), "k": (1, 6, 2 * 3), "v": (1, 6, 2 * 2)}, m=_MASK),
     # opset 24's padding lengths of the keys and values per batch row (the padded keys get no gradient)
     case("Attention/nonpad_kv_seqlen_causal_op24", 24, N("Attention", ["q", "k", "v", "", "", "", "lens"], ["y"], is_causal=1),
          {"q": (2, 2, 3, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 4)}, lens=np.array([5, 3], np.int64)),

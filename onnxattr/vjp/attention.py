@@ -17,9 +17,9 @@ sum over the group in the products themselves.
 RotaryEmbedding rotates pairs of features by position-dependent angles: its adjoint is the
 rotation by the opposite angles, the same op with the sine cache negated.
 
-Refused, naming the node: softcap, a key/value cache (past_key, past_value), gradients through
-the present_key, present_value or qk_matmul_output outputs, an attention mask or rotary caches
-that depend on the input being explained.
+Refused, naming the node: softcap with per-row key lengths, a key/value cache (past_key,
+past_value), gradients through the present_key, present_value or qk_matmul_output outputs, an
+attention mask or rotary caches that depend on the input being explained.
 """
 
 from __future__ import annotations
@@ -68,13 +68,17 @@ def _padded_mask(b, node, mask: str, k4: str) -> str:
     return b.op("Pad", [mask, pads, fill])
 
 
-def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple | None) -> str:
+def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple | None) -> tuple[str, str | None]:
     """P = softmax(scale * Q K^T + bias) from Q and K ([batch, heads, sequence, size]; with
     `group` (query heads, key/value heads), Q's rows stacked per key/value head, P then stacked
     the same way). The bias as
     the spec builds it: a boolean mask's False and the causal triangle's upper part (key j after
     query i) -inf, a float mask added; a row with every key masked gives zeros."""
     scores = b.op("Mul", [b.op("MatMul", [q4, b.op("Transpose", [k4], perm=[0, 1, 3, 2])]), scale])
+    cap, capped = attrs(node).get("softcap"), None
+    if cap:  # softcap * tanh(scores / softcap), before the masks
+        capped = b.op("Tanh", [b.op("Mul", [scores, b.scalar(1.0 / cap)])])
+        scores = b.op("Mul", [capped, b.scalar(cap)])
     if group is not None:
         scores = b.op("Reshape", [scores, b.ints([0, group[0], -1, 0])])
     minus_inf, zero = b.scalar(-np.inf), b.scalar(0.0)
@@ -92,7 +96,7 @@ def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple |
     p = b.op("Softmax", [scores], axis=-1)
     if mask:  # a row masked whole: 0 / 0 in the Softmax, zeros in the spec
         p = b.op("Where", [b.op("IsNaN", [p]), zero, p])
-    return b.op("Reshape", [p, b.ints([0, group[1], -1, 0])]) if group is not None else p
+    return (b.op("Reshape", [p, b.ints([0, group[1], -1, 0])]) if group is not None else p), capped
 
 
 def _heads(b, x: str, heads: int) -> str:
@@ -138,8 +142,8 @@ def attention(b, node, gys):
         refuse(node, "gradients through its present_key, present_value or qk_matmul_output outputs are not supported")
     if past_key or past_value:
         refuse(node, "a key/value cache (past_key, past_value) is not supported")
-    if a.get("softcap"):
-        refuse(node, f"softcap ({a['softcap']}) is not supported")
+    if a.get("softcap") and not _rebuildable(node):
+        refuse(node, f"softcap ({a['softcap']}) with per-row key lengths (nonpad_kv_seqlen) is not supported")
     if mask and b.needs(mask) and b.is_float(mask):
         refuse(node, f"its attention mask '{mask}' depends on the input being explained")
     if len(node.output) > 3 and node.output[3] and a.get("qk_matmul_output_mode", 0) != 3:
@@ -154,12 +158,14 @@ def attention(b, node, gys):
         stack = b.ints([0, hk, -1, 0])
         q4, g4 = (b.op("Reshape", [t, stack]) for t in (q4, g4))
     if _rebuildable(node):
-        p = _recomputed(b, node, q4, k4, scale, mask, (hq, hk) if grouped else None)
+        p, capped = _recomputed(b, node, q4, k4, scale, mask, (hq, hk) if grouped else None)
     else:
-        p = _probabilities(b, node)
+        p, capped = _probabilities(b, node), None
         p = b.op("Reshape", [p, stack]) if grouped else p
     dp = b.op("MatMul", [g4, b.op("Transpose", [v4], perm=[0, 1, 3, 2])])
     ds = b.op("Mul", [p, b.op("Sub", [dp, b.reduce("ReduceSum", b.op("Mul", [dp, p]), [3])])])
+    if capped is not None:  # through softcap * tanh(s / softcap): 1 - tanh^2
+        ds = b.op("Mul", [ds, b.op("Sub", [b.scalar(1.0), b.op("Mul", [capped, capped])])])
     ds = b.op("Mul", [ds, scale])
     gq = b.op("MatMul", [ds, k4]) if b.needs(q) else None
     if gq is not None and grouped:
