@@ -142,9 +142,23 @@ def _refusal_models():
         (_attention_model(["x", "x", "x", "", "pk", "pv"]), "a key/value cache \\(past_key, past_value\\) is not supported"),
         (_attention_model(["x", "x", "x", "m"], extra=[N("Transpose", ["x"], ["xt"], perm=[0, 1, 3, 2]), N("MatMul", ["x", "xt"], ["m"])]),
          "its attention mask 'm' depends on the input being explained"),
-        (_attention_model(["x", "x", "x"], outputs=("y", "qk"), qk_matmul_output_mode=1),
-         "its qk_matmul_output output is used in a mode other than 3"),
+        (_attention_model(["x", "x", "x", "", "", "", "lens"], outputs=("y", "qk"), qk_matmul_output_mode=1, opset=24),
+         "with per-row key lengths \\(nonpad_kv_seqlen\\) the backward needs the probabilities"),
     ]
+
+
+def test_attention_with_its_scores_also_an_output():
+    """A model that also returns the attention scores (qk_matmul_output, mode 1): explaining its
+    first output gives the gradient of the model without that output."""
+    x = np.random.default_rng(4).standard_normal((2, 2, 4, 3)).astype(np.float32)
+    cot = np.random.default_rng(5).standard_normal((2, 2, 4, 3)).astype(np.float32)
+    grads = []
+    for m in (_attention_model(["x", "x", "x"], outputs=("y", "qk"), qk_matmul_output_mode=1), _attention_model(["x", "x", "x"])):
+        vm, cots, gnames = onnxattr.api.vjp_model(m, of=["y"])
+        s = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
+        grads.append(s.run([gnames["x"]], {"x": x, cots["y"]: cot})[0])
+    assert np.abs(grads[1]).max() > 0
+    np.testing.assert_array_equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("i", range(4))

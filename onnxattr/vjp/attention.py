@@ -17,9 +17,10 @@ sum over the group in the products themselves.
 RotaryEmbedding rotates pairs of features by position-dependent angles: its adjoint is the
 rotation by the opposite angles, the same op with the sine cache negated.
 
-Refused, naming the node: softcap with per-row key lengths, a key/value cache (past_key,
-past_value), gradients through the present_key, present_value or qk_matmul_output outputs, an
-attention mask or rotary caches that depend on the input being explained.
+Refused, naming the node: a key/value cache (past_key, past_value), gradients through the
+present_key, present_value or qk_matmul_output outputs, an attention mask or rotary caches that
+depend on the input being explained; with per-row key lengths, softcap or a qk_matmul_output
+used in another mode.
 """
 
 from __future__ import annotations
@@ -146,8 +147,6 @@ def attention(b, node, gys):
         refuse(node, f"softcap ({a['softcap']}) with per-row key lengths (nonpad_kv_seqlen) is not supported")
     if mask and b.needs(mask) and b.is_float(mask):
         refuse(node, f"its attention mask '{mask}' depends on the input being explained")
-    if len(node.output) > 3 and node.output[3] and a.get("qk_matmul_output_mode", 0) != 3:
-        refuse(node, "its qk_matmul_output output is used in a mode other than 3 (the probabilities the backward needs)")
     three_d = b.rank(q, node) == 3
     hq, hk = _head_counts(b, node, q, k, a, three_d)
     q4, k4, v4, g4 = ((_heads(b, q, hq), _heads(b, k, hk), _heads(b, v, hk), _heads(b, gys[0], hq)) if three_d
@@ -160,6 +159,9 @@ def attention(b, node, gys):
     if _rebuildable(node):
         p, capped = _recomputed(b, node, q4, k4, scale, mask, (hq, hk) if grouped else None)
     else:
+        if len(node.output) > 3 and node.output[3] and a.get("qk_matmul_output_mode", 0) != 3:
+            refuse(node, "with per-row key lengths (nonpad_kv_seqlen) the backward needs the probabilities from its "
+                         "qk_matmul_output, which the model uses in another mode")
         p, capped = _probabilities(b, node), None
         p = b.op("Reshape", [p, stack]) if grouped else p
     dp = b.op("MatMul", [g4, b.op("Transpose", [v4], perm=[0, 1, 3, 2])])
