@@ -111,12 +111,12 @@ class Builder:
         if all(o in self.shapes and None not in self.shapes[o] for o in outputs):
             return
         shapes, values, self._trials = trial_shapes(skeleton(self.model))
-        for name, dims in shapes.items():
+        for name, found in shapes.items():
             old = self.shapes.get(name)
             if old is None:
-                self.shapes[name] = dims
-            elif len(old) == len(dims):
-                self.shapes[name] = [d if d is not None else e for d, e in zip(old, dims)]
+                self.shapes[name] = found
+            elif len(old) == len(found):
+                self.shapes[name] = [d if d is not None else e for d, e in zip(old, found)]
                 self._pin_symbolic(name, old)
         for name, v in values.items():
             if name not in self.consts:

@@ -315,7 +315,6 @@ def _backward_body(b, op, cfg, r_d, acts, peeps, saved, with_gy):
     one = b.scalar(1.0)
     s = _Body(b)
     dh = s.input("dh", H)
-    dc = s.input("dc", H) if op == "LSTM" else None
     gy = s.input("gy", H) if with_gy else None
     vals = [s.input("saved", H) for _ in saved]
     if gy:

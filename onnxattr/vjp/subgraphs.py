@@ -13,7 +13,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..protos import FLOAT_TYPES, reads, rename_reads
+from ..errors import UnsupportedModelError
+from ..graph import Subgraph
+from ..protos import FLOAT_TYPES, describe, reads, rename_reads
+from . import NON_DIFFERENTIABLE, refuse
 
 
 def vi(name: str, elem: int, dims=None) -> onnx.ValueInfoProto:
@@ -72,8 +75,6 @@ def live_states(b, body: onnx.GraphProto, states: list, live_in: set) -> tuple[l
     ValueInfo and its body output's name) whose gradient is needed: a fixpoint over the body (an
     initial value that depends on the explained input, or an update that reads such a value);
     and the body tensors that depend on them or on `live_in`."""
-    from . import NON_DIFFERENTIABLE
-
     floats = {k for k, (_, info, _) in enumerate(states) if info.type.tensor_type.elem_type in FLOAT_TYPES}
     carry = {k for k in floats if b.needs(states[k][0])}
     while True:
@@ -105,9 +106,6 @@ def body_reads(b, node, body: onnx.GraphProto, ins: list[str], outs: list[str]) 
     """The outer tensors a Loop or Scan body reads, and those of them that need a gradient.
     Refused, naming the node: control flow nested in the body, and a body output that is such a
     tensor as it is."""
-    from . import refuse
-    from ..protos import describe
-
     for n in body.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
             refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
@@ -152,10 +150,7 @@ def body_backward(b, node, inner, seeded: list, wrt: list):
     """The backward graph of a body (`inner`, its model's Builder) for a Loop or Scan `node`,
     seeded with (body output, gradient name) pairs (a body output listed twice gets both):
     (the Subgraph whose nodes sum such seeds, those nodes, {wrt name: gradient})."""
-    from ..backward import build_backward
-    from ..errors import UnsupportedModelError
-    from ..graph import Subgraph
-    from . import refuse
+    from ..backward import build_backward  # (the driver imports the rules)
 
     w = Subgraph(b)
     seeds: dict[str, str] = {}
