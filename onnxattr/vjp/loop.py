@@ -19,8 +19,10 @@ tensors that the backward reads, where their shapes hold at every step. The rule
   iteration number or a counter incremented by 1). An outer tensor read otherwise has its whole
   gradient summed over the steps in a carried value of the backward Loop.
 
-Refused, naming the node: control flow nested in the body, indices that may repeat before
-opset 16, and a body that returns an outer tensor depending on the explained input as it is.
+Control flow nested in the body records what its own backward reads as new outputs of its node
+(subgraphs.take_nodes): the body then runs again in the backward Loop. Refused, naming the node:
+indices that may repeat before opset 16, and a body that returns an outer tensor depending on
+the explained input as it is.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..protos import attrs, describe, reads
 from . import refuse, register
 from .subgraphs import (adopt, as_model, body_backward, body_reads, declare, grad_or_zeros, hoist, live_states,
-                        same_dims, source, stack_outputs, step_invariant)
+                        same_dims, source, stack_outputs, step_invariant, take_nodes)
 from .subgraphs import vi as _vi
 
 
@@ -155,7 +157,7 @@ def loop(b, node, gys):
     wanted |= {n.output[0] for n in slices if n.output[0] not in grads} | {ins[2 + k] for k in carry if ins[2 + k] not in grads}
     symbols = {d.dim_param for vi in inner.model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     saved = {t: inner.types.get(t, b.dtype) for t in sorted(wanted & set(producer))}
-    if not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
+    if take_nodes(body, inner) or not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
         saved = {}
     stacks = _record(b, node, [k for k in range(K) if not _passthrough(k, ins, outs, producer)], saved)
     steps = b.op("Reshape", [b.shape_of(stacks[-1]), b.ints([])])

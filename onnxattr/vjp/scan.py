@@ -16,8 +16,9 @@ direction). The rule adds
   input slice's gradient along that input's axis in the opposite direction, so it lands where
   the slice was read.
 
-Refused, naming the node: Scan-8 (a batch axis and sequence lengths), control flow nested in
-the body, a body that returns an outer tensor depending on the explained input as it is.
+Control flow nested in the body is differentiated as in a Loop's (the body runs again in the
+backward Scan). Refused, naming the node: Scan-8 (a batch axis and sequence lengths), a body that
+returns an outer tensor depending on the explained input as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from onnx import helper
 from ..protos import attrs, reads
 from . import refuse, register
 from .subgraphs import (adopt, as_model, body_backward, body_reads, declare, grad_or_zeros, hoist, live_states,
-                        ranked, same_dims, source, stack_outputs, step_invariant, vi)
+                        ranked, same_dims, source, stack_outputs, step_invariant, take_nodes, vi)
 
 
 def _axes(node, values, count: int, ranks: list, what: str) -> list[int]:
@@ -131,7 +132,8 @@ def scan(b, node, gys):
     wanted |= {ins[k] for k in carry if ins[k] not in grads} | {ins[N + j] for j in scanned if ins[N + j] not in grads}
     symbols = {d.dim_param for x in inner.model.graph.input for d in x.type.tensor_type.shape.dim if d.dim_param}
     saved = {t: inner.types.get(t, b.dtype) for t in sorted(wanted & set(producer))}
-    recompute = not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved)
+    recompute = take_nodes(body, inner) or not steady or not all(step_invariant(inner.shape_protos.get(t), symbols)
+                                                                 for t in saved)
     if recompute:
         saved, wanted = {}, wanted | {i for n in body.node for i in reads(n)}
     fixed = [k for k in range(N) if source(outs[k], producer, ("Identity",)) == ins[k]]  # passed on as they came

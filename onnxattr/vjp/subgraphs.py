@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..graph import Subgraph
-from ..protos import FLOAT_TYPES, describe, reads, rename_reads
+from ..protos import FLOAT_TYPES, reads, rename_reads
 from . import NON_DIFFERENTIABLE, refuse
 
 
@@ -80,7 +80,7 @@ def live_states(b, body: onnx.GraphProto, states: list, live_in: set) -> tuple[l
     while True:
         live = {states[k][1].name for k in carry} | set(live_in)
         for n in body.node:
-            if n.op_type not in NON_DIFFERENTIABLE and any(i in live for i in n.input if i):
+            if n.op_type not in NON_DIFFERENTIABLE and any(i in live for i in reads(n) if i):  # (an If reads by name too)
                 live.update(o for o in n.output if o)
         grown = carry | {k for k in floats if states[k][2] in live}
         if grown == carry:
@@ -104,17 +104,30 @@ def step_invariant(shape, symbols: set) -> bool:
 
 def body_reads(b, node, body: onnx.GraphProto, ins: list[str], outs: list[str]) -> tuple[list[str], list[str]]:
     """The outer tensors a Loop or Scan body reads, and those of them that need a gradient.
-    Refused, naming the node: control flow nested in the body, and a body output that is such a
-    tensor as it is."""
-    for n in body.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            refuse(node, f"control flow nested in its body ({describe(n)}) is not supported")
+    Refused, naming the node: a body output that is such a tensor as it is."""
     outer = captured(body, ins)
     live = [c for c in outer if b.needs(c) and b.is_float(c)]
     if any(o in live for o in outs):
         refuse(node, f"its body outputs '{next(o for o in outs if o in live)}', an outer tensor that depends "
                       "on the input being explained, as is")
     return outer, live
+
+
+def nested(n: onnx.NodeProto) -> bool:
+    """Whether a node holds subgraphs (If, Loop, Scan)."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+
+
+def take_nodes(body: onnx.GraphProto, inner) -> bool:
+    """Control flow nested in a body records what its own backward reads as new outputs of its
+    node in the body's model (`inner`): the body takes that model's nodes. Whether it has such
+    nodes: the backward then runs the body again from the stacked states (what they record, an
+    If's empty tensor for the branch not taken, need not keep its shape from step to step)."""
+    if not any(nested(n) for n in inner.model.graph.node):
+        return False
+    del body.node[:]
+    body.node.extend(inner.model.graph.node)
+    return True
 
 
 def ranked(name: str, elem: int, rank: int | None) -> onnx.ValueInfoProto:
