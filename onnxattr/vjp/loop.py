@@ -157,7 +157,8 @@ def loop(b, node, gys):
     wanted |= {n.output[0] for n in slices if n.output[0] not in grads} | {ins[2 + k] for k in carry if ins[2 + k] not in grads}
     symbols = {d.dim_param for vi in inner.model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     saved = {t: inner.types.get(t, b.dtype) for t in sorted(wanted & set(producer))}
-    if take_nodes(body, inner) or not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
+    nested = take_nodes(body, inner)  # the body takes the nodes its nested control flow's rules changed
+    if nested or not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved):
         saved = {}
     stacks = _record(b, node, [k for k in range(K) if not _passthrough(k, ins, outs, producer)], saved)
     steps = b.op("Reshape", [b.shape_of(stacks[-1]), b.ints([])])

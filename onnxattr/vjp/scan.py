@@ -132,8 +132,8 @@ def scan(b, node, gys):
     wanted |= {ins[k] for k in carry if ins[k] not in grads} | {ins[N + j] for j in scanned if ins[N + j] not in grads}
     symbols = {d.dim_param for x in inner.model.graph.input for d in x.type.tensor_type.shape.dim if d.dim_param}
     saved = {t: inner.types.get(t, b.dtype) for t in sorted(wanted & set(producer))}
-    recompute = take_nodes(body, inner) or not steady or not all(step_invariant(inner.shape_protos.get(t), symbols)
-                                                                 for t in saved)
+    nested = take_nodes(body, inner)  # the body takes the nodes its nested control flow's rules changed
+    recompute = nested or not steady or not all(step_invariant(inner.shape_protos.get(t), symbols) for t in saved)
     if recompute:
         saved, wanted = {}, wanted | {i for n in body.node for i in reads(n)}
     fixed = [k for k in range(N) if source(outs[k], producer, ("Identity",)) == ins[k]]  # passed on as they came
