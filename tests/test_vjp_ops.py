@@ -797,6 +797,7 @@ _NO_DOUBLE_ROTARY = "RotaryEmbedding's schema has no double type (the reference 
 # of the backward against the reference would measure the kernel, not the backward
 F64_IMPRECISE = {"Attention"}
 _SHORT_MASK = "ONNX Runtime's Attention kernel requires the mask as long as the keys"
+_NO_ATTENTION25 = "ONNX Runtime 1.31 has no Attention-25 (its sliding window)"
 add(
     # Attention (scaled_dot_product_attention at opset 23): [batch, heads, sequence, size] or
     # [batch, sequence, heads x size]; key/value length unlike the query's; grouped-query heads;
@@ -826,6 +827,18 @@ add(
     case("Attention/3d_grouped_softcap_mask_op23", 23,
          N("Attention", ["q", "k", "v", "m"], ["y"], q_num_heads=4, kv_num_heads=2, softcap=1.5),
          {"q": (1, 4, 4 * 3), "k": (1, 6, 2 * 3), "v": (1, 6, 2 * 2)}, m=_MASK),
+    # opset 25's sliding window (ONNX Runtime 1.31 has no Attention-25: float64 checks only): to
+    # the left, with causal, to the right with grouped heads and more keys than queries, and
+    # rows left without a key (more queries than keys)
+    case("Attention/window_left1_op25", 25, N("Attention", ["q", "k", "v"], ["y"], left_window_size=1),
+         {"q": (1, 2, 5, 3), "k": (1, 2, 5, 3), "v": (1, 2, 5, 3)}, no_ort=_NO_ATTENTION25),
+    case("Attention/window_causal_left2_op25", 25, N("Attention", ["q", "k", "v"], ["y"], is_causal=1, left_window_size=2,
+                                                   right_window_size=0),
+         {"q": (2, 2, 5, 3), "k": (2, 2, 5, 3), "v": (2, 2, 5, 3)}, no_ort=_NO_ATTENTION25),
+    case("Attention/window_right1_grouped_op25", 25, N("Attention", ["q", "k", "v"], ["y"], right_window_size=1),
+         {"q": (1, 4, 4, 3), "k": (1, 2, 6, 3), "v": (1, 2, 6, 3)}, no_ort=_NO_ATTENTION25),
+    case("Attention/window_rows_without_keys_op25", 25, N("Attention", ["q", "k", "v"], ["y"], is_causal=1, left_window_size=0),
+         {"q": (1, 1, 5, 2), "k": (1, 1, 3, 2), "v": (1, 1, 3, 2)}, no_ort=_NO_ATTENTION25),
     # opset 24's padding lengths of the keys and values per batch row (the padded keys get no gradient)
     case("Attention/nonpad_kv_seqlen_causal_op24", 24, N("Attention", ["q", "k", "v", "", "", "", "lens"], ["y"], is_causal=1),
          {"q": (2, 2, 3, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 4)}, lens=np.array([5, 3], np.int64)),

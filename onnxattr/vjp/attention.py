@@ -3,7 +3,8 @@
 PyTorch's exporter writes `scaled_dot_product_attention` as one Attention node from opset 23.
 Its gradient needs the attention probabilities P = softmax(scale * Q K^T + masks). The backward
 recomputes them from Q and K with standard ops (the boolean or float mask, padded to the keys'
-length, the causal triangle, a row masked whole giving zeros, as the spec says): ONNX Runtime's CUDA kernel of Attention-23
+length, the causal triangle, opset 25's sliding window, a row masked whole giving zeros, as the
+spec says): ONNX Runtime's CUDA kernel of Attention-23
 cannot return them (it gives qk_matmul_output in mode 0 only), so a graph reading them from the
 forward node would not run there; and the forward keeps Q and K instead of P, less memory. With
 opset 24's per-row key lengths the forward node returns them instead (its qk_matmul_output in
@@ -87,15 +88,23 @@ def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple |
     if mask:
         full = _padded_mask(b, node, mask, k4)
         bias = b.op("Where", [full, zero, minus_inf]) if b.types.get(mask) == TensorProto.BOOL else full
-    if attrs(node).get("is_causal"):
+    a = attrs(node)
+    left, right = a.get("left_window_size", -1), a.get("right_window_size", -1)
+    bands = [(0, 0)] if a.get("is_causal") else []  # Trilu's (upper, k): key j - query i >= k, or <= k
+    bands += ([(1, -left)] if left >= 0 else []) + ([(0, right)] if right >= 0 else [])  # opset 25's window
+    if bands:
         lengths = b.op("Slice", [b.shape_of(scores), b.ints([2]), b.ints([4])])  # [queries, keys]
         ones = b.op("ConstantOfShape", [lengths], value=numpy_helper.from_array(np.ones(1, np.bool_)))
-        causal = b.op("Where", [b.op("Trilu", [ones], upper=0), zero, minus_inf])
-        bias = causal if bias is None else b.op("Add", [bias, causal])
+        allowed = None
+        for upper, k in bands:
+            band = b.op("Trilu", [ones] + ([b.const(np.int64(k), dtype=np.int64)] if k else []), upper=upper)
+            allowed = band if allowed is None else b.op("And", [allowed, band])
+        banded = b.op("Where", [allowed, zero, minus_inf])
+        bias = banded if bias is None else b.op("Add", [bias, banded])
     if bias is not None:
         scores = b.op("Add", [scores, bias])
     p = b.op("Softmax", [scores], axis=-1)
-    if mask:  # a row masked whole: 0 / 0 in the Softmax, zeros in the spec
+    if mask or left >= 0 or right >= 0:  # a row masked whole: 0 / 0 in the Softmax, zeros in the spec
         p = b.op("Where", [b.op("IsNaN", [p]), zero, p])
     return (b.op("Reshape", [p, b.ints([0, group[1], -1, 0])]) if group is not None else p), capped
 
