@@ -168,6 +168,20 @@ def test_attention_refusals_name_the_node(i):
         onnxattr.api.vjp_model(m, of=["y"])
 
 
+def test_attributes_the_rules_do_not_read_are_refused():
+    """An attribute a rule does not read (a later opset's addition) would be silently ignored:
+    refused by name instead (checked on the graph alone; no runtime knows such an attribute)."""
+    from onnx import TensorProto, helper
+
+    for op, extra in (("Attention", ["x", "x"]), ("RMSNormalization", ["s"]), ("RotaryEmbedding", ["c", "c"])):
+        g = helper.make_graph([helper.make_node(op, ["x"] + extra, ["y"], name="node", future_mode=1)], "m",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2, 4, 4]) for n in ["x", "s", "c"]],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2, 4, 4])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+        with pytest.raises(onnxattr.UnsupportedModelError, match=f"{op} node 'node': its attribute 'future_mode' is not supported"):
+            onnxattr.api.vjp_model(m, wrt=["x"], of=["y"])
+
+
 def test_rotary_caches_that_depend_on_the_input_are_refused():
     from onnx import TensorProto, helper, numpy_helper
 

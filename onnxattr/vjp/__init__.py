@@ -49,6 +49,14 @@ def refuse(node, why: str):
     raise UnsupportedModelError(f"{describe(node)}: {why}")
 
 
+def only_known(node, names: set) -> None:
+    """Refuse a node carrying an attribute its rule does not read (a later opset's addition, such
+    as Attention-25's sliding window, would otherwise be silently ignored)."""
+    unknown = sorted(a.name for a in node.attribute if a.name not in names)
+    if unknown:
+        refuse(node, f"its attribute {', '.join(repr(u) for u in unknown)} is not supported")
+
+
 def rule_key(node) -> str:
     """How RULES names a node's op: its type in the default domain, 'domain:type' in another
     (ai.onnx.ml's rules; a custom domain's op of a default op's name gets no default rule)."""

@@ -30,7 +30,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ..protos import attrs
-from . import refuse, register
+from . import only_known, refuse, register
 
 
 def _probabilities(b, node) -> str:
@@ -146,6 +146,10 @@ def _scale(b, q: str, q4: str, a: dict, heads: int | None, three_d: bool) -> str
 
 @register("Attention")
 def attention(b, node, gys):
+    only_known(node, {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale", "softcap",
+                      "softmax_precision", "left_window_size", "right_window_size"})
+    if len(node.input) > 7 and any(node.input[7:]):
+        refuse(node, f"its inputs after the eighth ({', '.join(i for i in node.input[7:] if i)}) are not supported")
     a = attrs(node)
     q, k, v, mask, past_key, past_value = (list(node.input) + [""] * 6)[:6]
     if any(g is not None for g in gys[1:]):
@@ -189,6 +193,7 @@ def attention(b, node, gys):
 
 @register("RotaryEmbedding")
 def rotary_embedding(b, node, gys):
+    only_known(node, {"interleaved", "num_heads", "rotary_embedding_dim"})
     x, cos, sin = node.input[:3]
     for t in (cos, sin):
         if b.needs(t) and b.is_float(t):

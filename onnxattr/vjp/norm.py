@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
-from . import register
+from . import only_known, register
 
 
 @register("BatchNormalization")
@@ -121,6 +121,7 @@ def group_norm(b, node, gys):
 def rms_norm(b, node, gys):
     # Y = x * r * Scale, r = 1 / sqrt(mean(x^2) + epsilon) over axes [axis, rank); Scale broadcasts.
     # dx = r * gs - x * r^3 * mean(gs * x), with gs = g * Scale.
+    only_known(node, {"axis", "epsilon", "stash_type"})
     a, g, y = attrs(node), gys[0], node.output[0]
     x, scale = node.input[:2]
     rank = b.rank(x, node)
