@@ -17,6 +17,8 @@ from .protos import FLOAT_TYPES, attrs, describe, reads
 from .vjp import NON_DIFFERENTIABLE, rule_key
 
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+QUANTIZATION = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul",
+                "QLinearAdd", "QLinearMul", "QGemm", "DynamicQuantizeMatMul"}
 _FLOAT_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
 
 
@@ -93,9 +95,11 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
             missing.append(describe(node))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        quantized = any(n.op_type in QUANTIZATION for n in path if policy.rule(rule_key(n)) is None)
         raise UnsupportedModelError(
             f"no gradient rule for {len(missing)} node(s) on the differentiable path: "
             + "; ".join(missing[:3]) + more
+            + ("; a quantized model: explain the float model it was quantized from" if quantized else "")
         )
 
 
@@ -184,7 +188,7 @@ def _why_unreached(b: Builder, x: str, ys: list[str]) -> str:
     elem = b.types.get(out)
     what = (f"is {TensorProto.DataType.Name(elem).lower()}" if elem is not None and elem not in FLOAT_TYPES
             else "is piecewise constant or depends on the input's shape only")
-    hint = "; explain the float model it was quantized from" if cut.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") else ""
+    hint = "; explain the float model it was quantized from" if cut.op_type in QUANTIZATION else ""
     return f"the output depends on it only through {describe(cut)}, whose output '{out}' {what} (no gradient passes){hint}"
 
 

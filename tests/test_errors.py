@@ -307,6 +307,21 @@ def test_if_on_the_path_is_differentiated():
     np.testing.assert_allclose(got, 3 * plain, rtol=1e-6)
 
 
+def test_dynamically_quantized_model_says_so(tmp_path):
+    """ONNX Runtime's quantize_dynamic: DynamicQuantizeLinear's float scale output keeps the path
+    going, so the error is a missing rule; it names the nodes and says what the model is."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    W = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    m = model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [helper.make_tensor_value_info("x", F, ["N", 4])],
+              [helper.make_tensor_value_info("y", F, ["N", 3])], [numpy_helper.from_array(W, "W")])
+    onnx.save(m, tmp_path / "f32.onnx")
+    quantize_dynamic(tmp_path / "f32.onnx", tmp_path / "int8.onnx", weight_type=QuantType.QInt8)
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"no gradient rule for .*DynamicQuantizeLinear node .*"
+                       r"a quantized model: explain the float model it was quantized from"):
+        onnxattr.attribution_model(str(tmp_path / "int8.onnx"))
+
+
 def test_control_flow_without_a_rule_is_refused_naming_the_node():
     """A SequenceMap on the path (r split into rows, each doubled, joined again): no rule for it
     or for the sequence ops around it, all named."""
