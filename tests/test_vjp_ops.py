@@ -827,6 +827,15 @@ add(
     case("Attention/3d_grouped_softcap_mask_op23", 23,
          N("Attention", ["q", "k", "v", "m"], ["y"], q_num_heads=4, kv_num_heads=2, softcap=1.5),
          {"q": (1, 4, 4 * 3), "k": (1, 6, 2 * 3), "v": (1, 6, 2 * 2)}, m=_MASK),
+    # a float mask that is differentiated too (a bias computed from the input): broadcast over the
+    # batch; [queries, keys] with grouped heads and softcap; shorter than the keys
+    case("Attention/float_mask_differentiated_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"]),
+         {"q": (2, 2, 4, 3), "k": (2, 2, 6, 3), "v": (2, 2, 6, 3), "m": (1, 2, 4, 6)}),
+    case("Attention/3d_grouped_softcap_mask_differentiated_op23", 23,
+         N("Attention", ["q", "k", "v", "m"], ["y"], q_num_heads=4, kv_num_heads=2, softcap=1.5, is_causal=1),
+         {"q": (2, 4, 4 * 3), "k": (2, 5, 2 * 3), "v": (2, 5, 2 * 2), "m": (4, 5)}),
+    case("Attention/short_float_mask_differentiated_op23", 23, N("Attention", ["q", "k", "v", "m"], ["y"]),
+         {"q": (1, 2, 4, 3), "k": (1, 2, 6, 3), "v": (1, 2, 6, 3), "m": (2, 4, 4)}, no_ort=_SHORT_MASK),
     # opset 25's sliding window (ONNX Runtime 1.31 has no Attention-25: float64 checks only): to
     # the left, with causal, to the right with grouped heads and more keys than queries, and
     # rows left without a key (more queries than keys)

@@ -18,10 +18,11 @@ sum over the group in the products themselves.
 RotaryEmbedding rotates pairs of features by position-dependent angles: its adjoint is the
 rotation by the opposite angles, the same op with the sine cache negated.
 
-Refused, naming the node: a key/value cache (past_key, past_value), gradients through the
-present_key, present_value or qk_matmul_output outputs, an attention mask or rotary caches that
-depend on the input being explained; with per-row key lengths, softcap or a qk_matmul_output
-used in another mode.
+A float mask that depends on the input being explained gets the scores' gradient, summed where
+it broadcasts. Refused, naming the node: a key/value cache (past_key, past_value), gradients
+through the present_key, present_value or qk_matmul_output outputs, rotary caches that depend
+on the input being explained; with per-row key lengths, softcap or a qk_matmul_output used in
+another mode.
 """
 
 from __future__ import annotations
@@ -109,6 +110,27 @@ def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple |
     return (b.op("Reshape", [p, b.ints([0, group[1], -1, 0])]) if group is not None else p), capped
 
 
+def _mask_gradient(b, node, ds: str, heads: int | None, grouped: bool) -> str:
+    """The gradient of a float mask, added to the scores: the scores' gradient `ds` ([batch,
+    heads, queries, keys]; stacked per key/value head where `grouped`) summed over the axes the
+    mask broadcasts along, and cut to its length where it was shorter than the keys."""
+    q, k, mask = node.input[0], node.input[1], node.input[3]
+    if grouped:
+        ds = b.op("Reshape", [ds, b.ints([0, heads, -1, 0])])
+    seq = 2 if b.rank(q, node) == 4 else 1
+    sq, sk = b.shapes.get(q), b.shapes.get(k)
+    full = [None] * 4
+    if sq is not None and sk is not None:
+        full = [sq[0], heads if heads is not None else (sq[1] if seq == 2 else None), sq[seq], sk[seq]]
+    rank = b.rank(mask, node)
+    if not b.same_dim(mask, rank - 1, k, seq):  # a shorter mask: the first keys' gradient
+        length = b.op("Slice", [b.shape_of(mask), b.ints([rank - 1]), b.ints([rank])])
+        ds = b.op("Slice", [ds, b.ints([0]), length, b.ints([3])])
+        full[3] = (b.shapes.get(mask) or [None] * rank)[-1]
+    b.shapes[ds] = full
+    return b.unbroadcast(ds, mask, ds, node)
+
+
 def _heads(b, x: str, heads: int) -> str:
     """[batch, sequence, heads x size] -> [batch, heads, sequence, size]."""
     return b.op("Transpose", [b.op("Reshape", [x, b.ints([0, 0, heads, -1])])], perm=[0, 2, 1, 3])
@@ -158,8 +180,6 @@ def attention(b, node, gys):
         refuse(node, "a key/value cache (past_key, past_value) is not supported")
     if a.get("softcap") and not _rebuildable(node):
         refuse(node, f"softcap ({a['softcap']}) with per-row key lengths (nonpad_kv_seqlen) is not supported")
-    if mask and b.needs(mask) and b.is_float(mask):
-        refuse(node, f"its attention mask '{mask}' depends on the input being explained")
     three_d = b.rank(q, node) == 3
     hq, hk = _head_counts(b, node, q, k, a, three_d)
     q4, k4, v4, g4 = ((_heads(b, q, hq), _heads(b, k, hk), _heads(b, v, hk), _heads(b, gys[0], hq)) if three_d
@@ -179,6 +199,7 @@ def attention(b, node, gys):
         p = b.op("Reshape", [p, stack]) if grouped else p
     dp = b.op("MatMul", [g4, b.op("Transpose", [v4], perm=[0, 1, 3, 2])])
     ds = b.op("Mul", [p, b.op("Sub", [dp, b.reduce("ReduceSum", b.op("Mul", [dp, p]), [3])])])
+    gmask = _mask_gradient(b, node, ds, hq, grouped) if mask and b.needs(mask) and b.is_float(mask) else None
     if capped is not None:  # through softcap * tanh(s / softcap): 1 - tanh^2
         ds = b.op("Mul", [ds, b.op("Sub", [b.scalar(1.0), b.op("Mul", [capped, capped])])])
     ds = b.op("Mul", [ds, scale])
@@ -188,7 +209,7 @@ def attention(b, node, gys):
     gk = b.op("MatMul", [b.op("Transpose", [ds], perm=[0, 1, 3, 2]), q4]) if b.needs(k) else None
     gv = b.op("MatMul", [b.op("Transpose", [p], perm=[0, 1, 3, 2]), g4]) if b.needs(v) else None
     out = [_merged(b, g) if three_d and g is not None else g for g in (gq, gk, gv)]
-    return out + [None] * (len(node.input) - 3)
+    return out + [gmask] + [None] * (len(node.input) - 4)
 
 
 @register("RotaryEmbedding")
