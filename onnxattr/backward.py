@@ -83,9 +83,8 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
     """UnsupportedModelError naming the nodes on `path` without a gradient rule, if any: the
     first thing to tell about a model, before its shapes or types."""
     missing = []
-    for node in path:
-        if policy.rule(rule_key(node)) is not None:
-            continue
+    ruleless = [node for node in path if policy.rule(rule_key(node)) is None]
+    for node in ruleless:
         if node.domain not in ("", "ai.onnx"):
             kind = "domain" if node.domain == "ai.onnx.ml" else "custom domain"
             missing.append(f"{describe(node)} ({kind} '{node.domain}')")
@@ -95,7 +94,7 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
             missing.append(describe(node))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        quantized = any(n.op_type in QUANTIZATION for n in path if policy.rule(rule_key(n)) is None)
+        quantized = any(n.op_type in QUANTIZATION for n in ruleless)
         raise UnsupportedModelError(
             f"no gradient rule for {len(missing)} node(s) on the differentiable path: "
             + "; ".join(missing[:3]) + more

@@ -47,9 +47,10 @@ class Block(nn.Module):
 
 
 def _export(module, x):
-    with contextlib.redirect_stdout(io.StringIO()):
-        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=23, dynamic_shapes=({0: torch.export.Dim("batch")},))
-    return prog.model_proto
+    """Exported by dynamo at opset 23, the batch dynamic (test_models_modern.export_torch)."""
+    from test_models_modern import export_torch
+
+    return export_torch(module, x.numpy(), "dynamo", 23)
 
 
 def _grad64(module, x, target, method=None):

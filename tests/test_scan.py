@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import numpy as np
 import onnx
@@ -258,11 +256,10 @@ def _torch_scan_model(reverse=False, act="tanh", rules=None):
 
 
 def _export(module, x):
-    import torch
+    """Exported by dynamo at opset 18, the batch dynamic (test_models_modern.export_torch)."""
+    from test_models_modern import export_torch
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=18, dynamic_shapes=({0: torch.export.Dim("batch")},))
-    m = prog.model_proto
+    m = export_torch(module, x.numpy(), "dynamo", 18)
     assert "Scan" in {n.op_type for n in m.graph.node}
     return m
 

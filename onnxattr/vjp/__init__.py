@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..errors import UnsupportedModelError
+from ..protos import describe
+
 RULES: dict[str, Callable] = {}
 
 # Ops whose outputs carry no gradient: integer/bool results, or piecewise-constant floats, or
@@ -43,9 +46,6 @@ def lookup(op_type: str):
 
 def refuse(node, why: str):
     """What a rule raises for a form of its op it does not differentiate: names the node."""
-    from ..errors import UnsupportedModelError
-    from ..protos import describe
-
     raise UnsupportedModelError(f"{describe(node)}: {why}")
 
 

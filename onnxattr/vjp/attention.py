@@ -58,14 +58,27 @@ def _rebuildable(node) -> bool:
     return not (len(node.input) > 6 and node.input[6])
 
 
+def _key_axis(b, node) -> int:
+    """The keys' sequence axis of K: 2 in [batch, heads, keys, size], 1 in [batch, keys, hidden]."""
+    return 2 if b.rank(node.input[1], node) == 4 else 1
+
+
+def _short(b, node, mask: str) -> bool:
+    """Whether a mask may be shorter than the keys (ONNX pads it with False or -inf)."""
+    return not b.same_dim(mask, b.rank(mask, node) - 1, node.input[1], _key_axis(b, node))
+
+
+def _mask_length(b, node, mask: str) -> str:
+    rank = b.rank(mask, node)
+    return b.slice(b.shape_of(mask), [rank - 1], [rank], [0])
+
+
 def _padded_mask(b, node, mask: str, k4: str) -> str:
     """The mask as long as the keys: a shorter one is padded with False (boolean) or -inf."""
-    rank, kr = b.rank(mask, node), b.rank(node.input[1], node)
-    if b.same_dim(mask, rank - 1, node.input[1], 2 if kr == 4 else 1):
+    if not _short(b, node, mask):
         return mask
-    short = b.op("Sub", [b.op("Slice", [b.shape_of(k4), b.ints([2]), b.ints([3])]),
-                         b.op("Slice", [b.shape_of(mask), b.ints([rank - 1]), b.ints([rank])])])
-    pads = b.op("Concat", [b.ints([0] * (2 * rank - 1)), short], axis=0)
+    short = b.op("Sub", [b.slice(b.shape_of(k4), [2], [3], [0]), _mask_length(b, node, mask)])
+    pads = b.op("Concat", [b.ints([0] * (2 * b.rank(mask, node) - 1)), short], axis=0)
     fill = (b.const(np.array(False), dtype=np.bool_) if b.types.get(mask) == TensorProto.BOOL
             else b.scalar(-np.inf))
     return b.op("Pad", [mask, pads, fill])
@@ -74,11 +87,12 @@ def _padded_mask(b, node, mask: str, k4: str) -> str:
 def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple | None) -> tuple[str, str | None]:
     """P = softmax(scale * Q K^T + bias) from Q and K ([batch, heads, sequence, size]; with
     `group` (query heads, key/value heads), Q's rows stacked per key/value head, P then stacked
-    the same way). The bias as
-    the spec builds it: a boolean mask's False and the causal triangle's upper part (key j after
-    query i) -inf, a float mask added; a row with every key masked gives zeros."""
+    the same way). The bias as the spec builds it: a boolean mask's False, the causal triangle's
+    upper part (key j after query i) and keys outside the sliding window -inf, a float mask
+    added; a row with every key masked gives zeros. Also tanh(scores / softcap) with softcap."""
+    a = attrs(node)
     scores = b.op("Mul", [b.op("MatMul", [q4, b.op("Transpose", [k4], perm=[0, 1, 3, 2])]), scale])
-    cap, capped = attrs(node).get("softcap"), None
+    cap, capped = a.get("softcap"), None
     if cap:  # softcap * tanh(scores / softcap), before the masks
         capped = b.op("Tanh", [b.op("Mul", [scores, b.scalar(1.0 / cap)])])
         scores = b.op("Mul", [capped, b.scalar(cap)])
@@ -89,12 +103,11 @@ def _recomputed(b, node, q4: str, k4: str, scale: str, mask: str, group: tuple |
     if mask:
         full = _padded_mask(b, node, mask, k4)
         bias = b.op("Where", [full, zero, minus_inf]) if b.types.get(mask) == TensorProto.BOOL else full
-    a = attrs(node)
     left, right = a.get("left_window_size", -1), a.get("right_window_size", -1)
     bands = [(0, 0)] if a.get("is_causal") else []  # Trilu's (upper, k): key j - query i >= k, or <= k
     bands += ([(1, -left)] if left >= 0 else []) + ([(0, right)] if right >= 0 else [])  # opset 25's window
     if bands:
-        lengths = b.op("Slice", [b.shape_of(scores), b.ints([2]), b.ints([4])])  # [queries, keys]
+        lengths = b.slice(b.shape_of(scores), [2], [4], [0])  # [queries, keys]
         ones = b.op("ConstantOfShape", [lengths], value=numpy_helper.from_array(np.ones(1, np.bool_)))
         allowed = None
         for upper, k in bands:
@@ -117,16 +130,14 @@ def _mask_gradient(b, node, ds: str, heads: int | None, grouped: bool) -> str:
     q, k, mask = node.input[0], node.input[1], node.input[3]
     if grouped:
         ds = b.op("Reshape", [ds, b.ints([0, heads, -1, 0])])
-    seq = 2 if b.rank(q, node) == 4 else 1
+    seq = _key_axis(b, node)
     sq, sk = b.shapes.get(q), b.shapes.get(k)
     full = [None] * 4
     if sq is not None and sk is not None:
         full = [sq[0], heads if heads is not None else (sq[1] if seq == 2 else None), sq[seq], sk[seq]]
-    rank = b.rank(mask, node)
-    if not b.same_dim(mask, rank - 1, k, seq):  # a shorter mask: the first keys' gradient
-        length = b.op("Slice", [b.shape_of(mask), b.ints([rank - 1]), b.ints([rank])])
-        ds = b.op("Slice", [ds, b.ints([0]), length, b.ints([3])])
-        full[3] = (b.shapes.get(mask) or [None] * rank)[-1]
+    if _short(b, node, mask):  # the first keys' gradient
+        ds = b.op("Slice", [ds, b.ints([0]), _mask_length(b, node, mask), b.ints([3])])
+        full[3] = (b.shapes.get(mask) or [None])[-1]
     b.shapes[ds] = full
     return b.unbroadcast(ds, mask, ds, node)
 
@@ -208,8 +219,8 @@ def attention(b, node, gys):
         gq = b.op("Reshape", [gq, b.ints([0, hq, -1, 0])])
     gk = b.op("MatMul", [b.op("Transpose", [ds], perm=[0, 1, 3, 2]), q4]) if b.needs(k) else None
     gv = b.op("MatMul", [b.op("Transpose", [p], perm=[0, 1, 3, 2]), g4]) if b.needs(v) else None
-    out = [_merged(b, g) if three_d and g is not None else g for g in (gq, gk, gv)]
-    return out + [gmask] + [None] * (len(node.input) - 4)
+    out = [_merged(b, g) if three_d and g is not None else g for g in (gq, gk, gv)] + [gmask]
+    return out[:len(node.input)] + [None] * (len(node.input) - len(out))
 
 
 @register("RotaryEmbedding")
