@@ -432,6 +432,16 @@ add(
            keep_aspect_ratio_policy="not_smaller"),
     resize("linear_3d_not_smaller_op18", 18, (1, 1, 3), sizes=[1, 1, 8], mode="linear",
            keep_aspect_ratio_policy="not_smaller"),
+    # the policy's scale x the input length need not be the output length (7 x 5/3 = 11.7 -> 12):
+    # the transforms that read the resized length take the output's
+    resize("linear_align_corners_not_larger_op18", 18, (1, 1, 3, 7), sizes=[5, 100], axes=[2, 3], mode="linear",
+           coordinate_transformation_mode="align_corners", keep_aspect_ratio_policy="not_larger"),
+    resize("linear_align_corners_not_smaller_op18", 18, (1, 1, 3, 7), sizes=[4, 2], axes=[2, 3], mode="linear",
+           coordinate_transformation_mode="align_corners", keep_aspect_ratio_policy="not_smaller"),
+    resize("linear_pytorch_half_pixel_not_larger_op18", 18, (1, 1, 5, 3), sizes=[2, 10], axes=[2, 3], mode="linear",
+           coordinate_transformation_mode="pytorch_half_pixel", keep_aspect_ratio_policy="not_larger"),
+    resize("linear_tf_crop_not_larger_op18", 18, (1, 1, 3, 7), sizes=[5, 100], roi=[0.1, 0.2, 0.9, 0.7], axes=[2, 3],
+           mode="linear", coordinate_transformation_mode="tf_crop_and_resize", keep_aspect_ratio_policy="not_larger"),
     resize("linear_3d_op11", 11, (2, 3, 4), scales=[1, 2, 0.5], mode="linear"),
     # antialias (opset 18): downsampling stretches the kernel (footprints 4 to 12 taps), an
     # upscaled axis keeps the plain kernel; integer source coordinates (the window's left choice)

@@ -378,14 +378,37 @@ class Upsample(_Fix):  # upstream: nearest with integer scales only, Upsample-9 
         return (_upsample_asymmetric(x, np.asarray(scales, np.float64), mode).astype(x.dtype),)
 
 
-class Resize(_Fix):  # upstream: Resize-10 (no coordinate_transformation_mode) is not implemented
+class Resize(_Fix):
+    """upstream: Resize-10 (no coordinate_transformation_mode) is not implemented; with
+    keep_aspect_ratio_policy, the transforms that read length_resized (the output's length, an
+    integer) get scale x input length instead (7 x 5/3 = 11.7 for an output of 12)."""
+
     def _run(self, x, *args, **kwargs):
         if self.opset >= 11:
             from onnx.reference.ops.op_resize import Resize as Upstream
 
             names = [a.name for a in self.onnx_node.attribute]
-            return Upstream._run(self, x, *args, **{k: v for k, v in kwargs.items() if k in names or v is not None})
+            kwargs = {k: v for k, v in kwargs.items() if k in names or v is not None}
+            policy, coord = self.attr("keep_aspect_ratio_policy", "stretch"), self.attr("coordinate_transformation_mode")
+            if policy != "stretch" and coord in ("align_corners", "tf_crop_and_resize", "pytorch_half_pixel"):
+                args, kwargs = self._policy_as_sizes(x, list(args), kwargs, policy, coord)
+            return Upstream._run(self, x, *args, **kwargs)
         return (_upsample_asymmetric(x, np.asarray(args[0], np.float64), self.attr("mode", "nearest")).astype(x.dtype),)
+
+    def _policy_as_sizes(self, x, args, kwargs, policy, coord):
+        """The same resize as explicit output sizes with the stretch policy: the same function
+        for transforms that read only the lengths; pytorch_half_pixel also reads the policy's
+        scale, so it must equal output / input on every axis longer than 1 (asserted)."""
+        sizes = np.asarray(args[2]).tolist()
+        axes = [a % x.ndim for a in (self.attr("axes") or range(x.ndim))]
+        ratios = [n / x.shape[a] for n, a in zip(sizes, axes)]
+        scale = (min if policy == "not_larger" else max)(ratios)
+        out = [int(math.floor(scale * x.shape[a] + 0.5)) for a in axes]  # round_int: halves up
+        if coord == "pytorch_half_pixel":
+            assert all(o == 1 or o / x.shape[a] == scale for o, a in zip(out, axes)), "not the same function"
+        args[2] = np.asarray(out, np.int64)
+        kwargs["keep_aspect_ratio_policy"] = "stretch"
+        return args, kwargs
 
 
 class GridSample(_Fix):  # upstream: coordinates in float32 (so float64 differences of the grid are noise)

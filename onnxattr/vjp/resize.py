@@ -15,11 +15,13 @@ from .pool import channel_bank
 
 def _source_coords(out_len, in_len, scale, coord, roi):
     y = np.arange(out_len, dtype=np.float64)
-    length = scale * in_len  # the resized length before rounding, as ONNX defines the transforms
+    # length_resized: the output's length (an integer, which keep_aspect_ratio_policy's one scale
+    # need not give exactly: 7 x 12/7 -> 12); half_pixel_symmetric reads the unrounded one too.
+    length = out_len
     if coord == "half_pixel":
         return (y + 0.5) / scale - 0.5
     if coord == "half_pixel_symmetric":
-        offset = in_len / 2 * (1 - out_len / length)
+        offset = in_len / 2 * (1 - out_len / (scale * in_len))
         return offset + (y + 0.5) / scale - 0.5
     if coord == "pytorch_half_pixel":
         return (y + 0.5) / scale - 0.5 if length > 1 else np.zeros(out_len)  # the spec's 0 (onnx.reference: -0.5)
