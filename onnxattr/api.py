@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from .backward import build_backward, differentiable_path, inside, prune, refuse_missing_rules
 from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
+from .functions import expand_functions
 from .inline import inline_constant_ifs
 from .protos import FLOAT_TYPES, describe
 from .io import iter_tensors, load_external_data
@@ -128,9 +129,11 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
     return vi
 
 
-def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu") -> Builder:
-    """The Builder of `model`, after inlining (in place) the Ifs whose condition is known from
-    static dims (inline.py)."""
+def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu", expanded: dict | None = None) -> Builder:
+    """The Builder of `model`, after expanding (in place) the ops without a rule that ONNX defines
+    as functions (functions.py; what came from where is added to `expanded`) and inlining the Ifs
+    whose condition is known from static dims (inline.py)."""
+    (expanded if expanded is not None else {}).update(expand_functions(model))
     b = Builder(model, dtype, tune_for=tune_for)
     for _ in range(8):  # an If in a taken branch, or fed by another If, is known one round later
         if not inline_constant_ifs(model.graph, b.static_value):
@@ -268,7 +271,8 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
         src = onnx.ModelProto()
         src.CopyFrom(model)
     x = _float_input(src, None)
-    b = _builder(src, x.type.tensor_type.elem_type)
+    expanded: dict[str, tuple[str, str]] = {}  # node of a function's body -> (its op type, its node)
+    b = _builder(src, x.type.tensor_type.elem_type, expanded=expanded)
     if output is not None:
         ys = [_scores(b, output)]
     else:
@@ -279,19 +283,21 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
     path, live = differentiable_path(b, [x.name], ys)
     label = lambda n: n.name or n.output[0]  # noqa: E731
     named = [(label(n), n) for n in path] + [(f"{label(n)}/{label(m)}", m) for n in path for m in inside(n, live)]
-    on_path = Counter(n.op_type for _, n in named)
+    on_path = Counter(n.op_type for _, n in named if n.name not in expanded)
+    on_path.update(Counter(op for op, _ in {expanded[n.name] for _, n in named if n.name in expanded}))
     missing_nodes = {}
     for name, n in named:
         if policy.rule(rule_key(n)) is None:
             missing_nodes.setdefault(n.op_type, []).append(name)
     rows = []
-    nodes = _all_nodes(src.graph)
+    nodes = [n for n in _all_nodes(src.graph) if n.name not in expanded]
     key = {n.op_type: rule_key(n) for n in reversed(nodes)}  # (an op type's first node's domain)
-    for op, count in sorted(Counter(n.op_type for n in nodes).items()):
+    functions = Counter(op for op, _ in set(expanded.values()))
+    for op, count in sorted((Counter(n.op_type for n in nodes) + functions).items()):
         rows.append({
             "op_type": op, "count": count, "on_path": on_path.get(op, 0),
-            "has_rule": policy.rule(key[op]) is not None, "overridden": op in policy.overrides,
-            "missing_nodes": missing_nodes.get(op, []),
+            "has_rule": op in functions or policy.rule(key[op]) is not None, "overridden": op in policy.overrides,
+            "missing_nodes": missing_nodes.get(op, []), "function": op in functions,
         })
     return rows
 
@@ -321,6 +327,7 @@ def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, 
     wrt = wrt or [i.name for i in float_inputs]
     out = onnx.ModelProto()
     out.CopyFrom(src)
+    expand_functions(out)
     b = Builder(out, float_inputs[0].type.tensor_type.elem_type, tune_for=tune_for)
     of = of or [o.name for o in src.graph.output if b.is_float(o.name)]
     seeds, grads_out = {}, {}

@@ -288,7 +288,7 @@ def coverage(model, method, relu_like, output, as_json):
     else:
         click.echo(f"{'op type':<24}{'count':>6}{'on path':>9}  {'rule':<8}override")
         for r in rows:
-            rule = "yes" if r["has_rule"] else "MISSING" if r["missing_nodes"] else "no"
+            rule = "function" if r["function"] else "yes" if r["has_rule"] else "MISSING" if r["missing_nodes"] else "no"
             click.echo(f"{r['op_type']:<24}{r['count']:>6}{r['on_path']:>9}  {rule:<8}{method if r['overridden'] else ''}")
     if missing:
         names = "; ".join(f"{r['op_type']}: {', '.join(r['missing_nodes'][:5])}" for r in missing)

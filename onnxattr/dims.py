@@ -18,7 +18,7 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from .protos import attrs
+from .protos import attrs, constant_tensor
 
 # outputs[0] has the shape of inputs[0]
 _SAME = {
@@ -119,7 +119,8 @@ def _constants(g) -> dict:
     """Values of the graph's initializers and Constant nodes that are lists of ints."""
     out = {}
     tensors = [(t.name, t) for t in g.initializer]
-    tensors += [(n.output[0], a.t) for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    tensors += [(n.output[0], constant_tensor(n)) for n in g.node if n.op_type == "Constant"]
+    tensors = [(name, t) for name, t in tensors if t is not None]
     for name, t in tensors:
         if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and len(t.dims) <= 1:
             out[name] = numpy_helper.to_array(t).reshape(-1).tolist()

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import dims
 from .dims import symbolic_dims
 from .errors import UnsupportedModelError
-from .protos import FLOAT_TYPES, default_opset, describe, reads, rename_reads
+from .protos import FLOAT_TYPES, constant_tensor, default_opset, describe, reads, rename_reads
 from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, ml_shapes,
                      skeleton, trial_shapes)
 
@@ -61,9 +61,9 @@ class Builder:
             self.consts[init.name] = init
         for n in g.node:
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
-                a = {x.name: x for x in n.attribute}
-                if "value" in a:
-                    self.consts[n.output[0]] = a["value"].t
+                t = constant_tensor(n)
+                if t is not None:
+                    self.consts[n.output[0]] = t
         self._infer()
         self._static = set(self.consts)  # values known without the shape trials' sampling
         self._infer_trials()

@@ -25,6 +25,21 @@ def attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
+def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The value of a Constant node as a tensor, in any of its attribute forms (value,
+    value_float(s), value_int(s)); None for sparse or string values."""
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t
+        if a.name in ("value_float", "value_int"):
+            v = a.f if a.name == "value_float" else a.i
+            return helper.make_tensor("", TensorProto.FLOAT if a.name == "value_float" else TensorProto.INT64, [], [v])
+        if a.name in ("value_floats", "value_ints"):
+            v = list(a.floats) if a.name == "value_floats" else list(a.ints)
+            return helper.make_tensor("", TensorProto.FLOAT if a.name == "value_floats" else TensorProto.INT64, [len(v)], v)
+    return None
+
+
 def describe(node: onnx.NodeProto) -> str:
     """How errors name a node: its type and name (or first output when unnamed)."""
     return f"{node.op_type} node '{node.name or node.output[0]}'"

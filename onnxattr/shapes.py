@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .protos import attrs
+from .protos import attrs, constant_tensor
 
 SMALL = 4096  # largest tensor (elements) evaluated or kept as a value
 PASSES = 64  # most rounds of shape inference and folding per trial (swinv2_cr at batch 1: 33)
@@ -85,8 +85,9 @@ def _trial(model: onnx.ModelProto, size: int, step: int = 0) -> tuple[dict, dict
                     d.dim_value = size + k * step
     values = {i.name: numpy_helper.to_array(i) for i in g.initializer if np.prod(i.dims) <= SMALL}
     for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        t = constant_tensor(n) if n.op_type == "Constant" else None
+        if t is not None:
+            values[n.output[0]] = numpy_helper.to_array(t)
     shapes: dict = {}
     for _ in range(PASSES):
         try:

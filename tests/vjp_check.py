@@ -235,6 +235,14 @@ class Gelu(_Fix):  # upstream: its function body runs the float32 Erf
         return (0.5 * x * (1 + Erf._run(self, x / math.sqrt(2))[0]),)
 
 
+class MeanVarianceNormalization(_Fix):  # upstream: its function body adds a float32 epsilon
+    def _run(self, x, **_):
+        axes = tuple(self.attr("axes", [0, 2, 3]))
+        mean = x.mean(axis=axes, keepdims=True)
+        std = np.sqrt((x * x).mean(axis=axes, keepdims=True) - mean * mean)  # the spec's E[x^2] - E[x]^2
+        return ((x - mean) / (std + 1e-9),)
+
+
 class GlobalMaxPool(_Fix):  # upstream: wrong axes unless there are exactly 2 spatial dims
     def _run(self, x, **_):
         return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
@@ -553,7 +561,7 @@ class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activa
         return super().choose_act(name, alpha, beta)
 
 
-REFERENCE_FIXES = [Loop, Scan, RNN, ConvTranspose, Erf, Gelu, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
+REFERENCE_FIXES = [Loop, Scan, RNN, ConvTranspose, Erf, Gelu, MeanVarianceNormalization, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
                    MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad, GridSample, AffineGrid]
 
 

@@ -24,6 +24,7 @@ NON_DIFFERENTIABLE = {
     "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike", "Hardmax",
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
     "Bernoulli", "BitShift", "StringNormalizer", "NonMaxSuppression",
+    "HannWindow", "HammingWindow", "BlackmanWindow",  # their one input is an integer size
 }
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..protos import attrs, describe, reads
+from ..protos import attrs, constant_tensor, describe, reads
 from . import refuse, register
 from .subgraphs import (adopt, as_model, body_backward, body_reads, declare, grad_or_zeros, hoist, live_states,
                         same_dims, source, stack_outputs, step_invariant, take_nodes)
@@ -44,8 +44,9 @@ def _constant(b, body: onnx.GraphProto, name: str, producer: dict):
         if t.name == name:
             return numpy_helper.to_array(t)
     n = producer.get(name)
-    if n is not None and n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-        return numpy_helper.to_array(n.attribute[0].t)
+    t = constant_tensor(n) if n is not None and n.op_type == "Constant" else None
+    if t is not None:
+        return numpy_helper.to_array(t)
     return b.value(name)
 
 

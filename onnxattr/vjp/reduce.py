@@ -1,7 +1,7 @@
 """Reductions beyond ReduceSum/ReduceMean (in pool.py), and the running sum CumSum.
 
 Each input element gets the output gradient, broadcast back over the reduced axes, times the
-partial derivative of the reduction there: the share of the extremum, sign(x), x / y, ...
+partial derivative of the reduction there: the share of the extremum, sign(x), x / y, 1 / sum, ...
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from . import register
 from .pool import reduce_axes
 
 
-@register("ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd")
+@register("ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceLogSum",
+          "ReduceProd")
 def reduce_other(b, node, gys):
     x, y, g = node.input[0], node.output[0], gys[0]
     axes, rest = reduce_axes(b, node), [None] * (len(node.input) - 1)
@@ -33,6 +34,11 @@ def reduce_other(b, node, gys):
         d = b.where(b.equal(y, zero), zero, b.op("Div", [x, y]))
     elif op == "ReduceSumSquare":
         d = b.op("Mul", [x, b.scalar(2.0)])
+    elif op == "ReduceLogSum":  # 1 / the sum, the same for every element (log(x) for noop_with_empty_axes)
+        if not axes:
+            return [b.op("Div", [g, x])] + rest
+        total = b.reduce("ReduceSum", x, axes, keepdims=1)
+        return [b.op("Expand", [b.op("Div", [g, total]), b.shape_of(x)])] + rest
     else:  # ReduceLogSumExp: softmax over the reduced axes
         d = b.op("Exp", [b.op("Sub", [x, y])])
     return [b.op("Mul", [g, d])] + rest
