@@ -1034,15 +1034,29 @@ def test_resize_to_an_empty_axis_gives_zeros():
         np.testing.assert_array_equal(gx, np.zeros((2, 2, 1, 1), np.float32))
 
 
-def test_average_pool_with_negative_same_padding_is_refused():
-    """AveragePool-19, SAME_UPPER, kernel 1, stride 3 over 3 elements: ONNX Runtime's forward reads
-    x[1] (a negative head pad); a gradient with the pads clamped to 0 went to x[0]. Refused."""
-    node = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[1], strides=[3], auto_pad="SAME_UPPER")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3])],
+@pytest.mark.parametrize("op, opset, auto, size, attrs, words", [
+    # SAME padding that comes out negative: the spec's windows start inside the input (kernel 1,
+    # stride 3 over 3 elements reads x[1]; ONNX Runtime's AveragePool-19 too). With the pads
+    # clamped to 0, the gradient went to x[0]; MaxPool's, decoded against the clamped windows,
+    # was all zeros (opsets 8-15) or went to x[0] (opset 7)
+    ("AveragePool", 19, "SAME_UPPER", 3, dict(kernel_shape=[1], strides=[3]), "negative padding"),
+    ("MaxPool", 7, "SAME_UPPER", 9, dict(kernel_shape=[1], strides=[3]), "negative padding"),
+    ("MaxPool", 12, "SAME_LOWER", 9, dict(kernel_shape=[1], strides=[3]), "negative padding"),
+    ("MaxPool", 16, "SAME_UPPER", 9, dict(kernel_shape=[1], strides=[3]), "negative padding"),
+    # SAME with dilations: ONNX Runtime pads by the undilated kernel and returns fewer windows
+    # than the spec (4 against 5 here); the backward failed to run (MaxPool) or differentiated
+    # the spec's windows next to ONNX Runtime's output (AveragePool-19)
+    ("MaxPool", 12, "SAME_UPPER", 9, dict(kernel_shape=[2], strides=[2], dilations=[3]), "undilated kernel"),
+    ("MaxPool", 18, "SAME_LOWER", 9, dict(kernel_shape=[2], strides=[2], dilations=[3]), "undilated kernel"),
+    ("AveragePool", 19, "SAME_UPPER", 9, dict(kernel_shape=[2], strides=[2], dilations=[3]), "undilated kernel"),
+])
+def test_pools_whose_same_padding_runtimes_differ_on_are_refused(op, opset, auto, size, attrs, words):
+    node = helper.make_node(op, ["x"], ["y"], name="pool", auto_pad=auto, **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    with pytest.raises(onnxattr.UnsupportedModelError, match="AveragePool node 'pool': auto_pad SAME_UPPER .*negative"):
+    with pytest.raises(onnxattr.UnsupportedModelError, match=f"{op} node 'pool': auto_pad {auto} .*{words}"):
         vjp_model(model)
 
 

@@ -21,12 +21,23 @@ def window(b, node, x: str, kernel: list[int]):
             raise UnsupportedModelError(f"{describe(node)}: auto_pad {auto} with a stride over a size known only at "
                                         "run time is not supported (the padding depends on it): export with a fixed "
                                         "size")
+        pool = node.op_type in ("MaxPool", "AveragePool")
+        if pool and any(d > 1 for d in dil):  # (ONNX Runtime's windows then are not the spec's: fewer of them)
+            raise UnsupportedModelError(f"{describe(node)}: auto_pad {auto} with dilations is not supported (ONNX "
+                                        "Runtime pads by the undilated kernel); give explicit pads")
         begin, end = [], []
         for i in range(n):
             # out = ceil(size / stride): at stride 1 the total pad is the window's reach - 1, whatever the size
             size = known[i] if known[i] is not None else 1
             out = -(-size // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
+            total = (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size
+            if total < 0 and pool:
+                # the spec's windows then start inside the input (a kernel-1 stride-3 pool over 9
+                # reads x[1], x[4], x[7]); runtimes differ (ONNX Runtime's float32 MaxPool refuses
+                # it, its AveragePool-19 and float64 MaxPool shift the windows their own ways)
+                raise UnsupportedModelError(f"{describe(node)}: auto_pad {auto} with a stride beyond the kernel asks "
+                                            "for negative padding; give explicit pads")
+            total = max(0, total)  # (a Conv clamps it, as ONNX Runtime and the reference do)
             small, big = total // 2, total - total // 2
             begin.append(small if auto == "SAME_UPPER" else big)
             end.append(big if auto == "SAME_UPPER" else small)

@@ -210,13 +210,6 @@ def average_pool(b, node, gys):
         return [dynamic]
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n = len(kernel)
-    if attrs(node).get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        for i in range(n):
-            if (out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 < size[i]:
-                # SAME padding would be negative: ONNX Runtime's AveragePool-19 then shifts its
-                # windows (a kernel-1 stride-3 pool over 3 elements reads the middle one)
-                raise UnsupportedModelError(f"{describe(node)}: auto_pad {attrs(node)['auto_pad']} with a stride "
-                                            "beyond the kernel asks for negative padding; give explicit pads")
     include = attrs(node).get("count_include_pad", 0)
     div = np.ones(out, dtype=np.float64)
     for i in range(n):
