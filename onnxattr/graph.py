@@ -401,8 +401,10 @@ class Builder:
         return self.op("Add", [t, self.zeros_like(x)])
 
     def equal(self, a: str, b: str) -> str:
-        """a == b as a bool tensor; Equal takes float inputs only from opset 11."""
-        if self.opset >= 11 or not self.is_float(a):
+        """a == b as a bool tensor; Equal takes float inputs only from opset 11. (A tensor the
+        backward made has no recorded type: float, unless the other operand's says otherwise.)"""
+        known = self.types.get(a, self.types.get(b))
+        if self.opset >= 11 or (known is not None and known not in FLOAT_TYPES):
             return self.op("Equal", [a, b])
         return self.op("Not", [self.op("Or", [self.op("Less", [a, b]), self.op("Greater", [a, b])])])
 
@@ -520,6 +522,8 @@ class Builder:
     def reshape_like(self, g: str, x: str) -> str:
         """`g` reshaped to the shape of `x`: a constant target when at most one dim is unknown."""
         s = self.shapes.get(x)
+        if s is not None and None not in s and 0 in s:  # x is empty, and so is its gradient (a 0 in a
+            return self.const(np.zeros(s, self.np_dtype))  # Reshape target would copy g's dim instead)
         if s is not None and s.count(None) <= 1 and 0 not in s and self.opset >= 6:  # int constants need Cast-6
             return self.op("Reshape", [g, self.ints([-1 if d is None else d for d in s])])
         return self.op("Reshape", [g, self.shape_of(x)])

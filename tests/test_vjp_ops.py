@@ -483,6 +483,12 @@ add(
          {"x": (2, 3, 4)}),
     case("ReduceMean/input_axes_op18", 18, N("ReduceMean", ["x", "ax"], ["y"]), {"x": (2, 3, 4)}, ax=i64(2)),
     case("ReduceMean/all_op8", 8, N("ReduceMean", ["x"], ["y"], keepdims=0), {"x": (2, 3)}),
+    # before opset 8 (no Expand) and 11 (no float Equal): the backward's stand-ins
+    case("ReduceSum/attr_op7", 7, N("ReduceSum", ["x"], ["y"], axes=[2], keepdims=0), {"x": (2, 3, 4)}),
+    case("ReduceMean/attr_op7", 7, N("ReduceMean", ["x"], ["y"], axes=[0]), {"x": (2, 3)}),
+    case("ReduceLogSum/attr_op7", 7, N("ReduceLogSum", ["x"], ["y"], axes=[1], keepdims=0), {"x": pos(2, 3)}),
+    case("ReduceProd/attr_op8", 8, N("ReduceProd", ["x"], ["y"], axes=[2], keepdims=0), {"x": nz(2, 3, 4)}),
+    case("ReduceL2/attr_keep0_op10", 10, N("ReduceL2", ["x"], ["y"], axes=[1], keepdims=0), {"x": (2, 3, 4)}),
     case("ReduceMax/attr_axes_keep0_op13", 13, N("ReduceMax", ["x"], ["y"], axes=[1], keepdims=0),
          {"x": distinct(2, 3, 4)}),
     case("ReduceMax/input_axes_op18", 18, N("ReduceMax", ["x", "ax"], ["y"]), {"x": distinct(2, 3, 4)}, ax=i64(-1, 0)),
@@ -557,6 +563,7 @@ add(
     case("Reshape/op5", 5, N("Reshape", ["x", "s"], ["y"]), {"x": (2, 6)}, s=i64(3, 4)),
     case("Transpose/perm", 13, N("Transpose", ["x"], ["y"], perm=[2, 0, 3, 1]), {"x": (2, 3, 4, 5)}),
     case("Transpose/default", 13, N("Transpose", ["x"], ["y"]), {"x": (2, 3, 4)}),
+    case("Transpose/scalar", 13, [N("Transpose", ["x"], ["t"]), N("Mul", ["t", "t"], ["y"])], {"x": ()}),
     case("Concat/axis_neg1", 13, N("Concat", ["a", "b", "c"], ["y"], axis=-1), {"a": (2, 3, 1), "b": (2, 3, 4), "c": (2, 3, 2)}),
     case("Concat/with_const", 11, N("Concat", ["a", "k"], ["y"], axis=0), {"a": (2, 3)}, k=w(1, 3)),
     case("Split/attr_op11_some", 11, N("Split", ["x"], ["y0", "y1", "y2"], axis=1, split=[1, 2, 1]),
@@ -1015,6 +1022,54 @@ def test_half_precision_scatter_adds_run(name, tune):
         grads[t] = sess.run([gname["x"]], {"x": xt, cots["y"]: c})[0]
     assert grads[H].dtype == np.float16 and np.count_nonzero(grads[F]) > 0
     np.testing.assert_allclose(grads[H].astype(np.float32), grads[F], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+@pytest.mark.parametrize("exponent", ["float", "int", "input"])
+def test_pow_with_exponent_zero_has_slope_zero_at_zero(exponent, opset):
+    """d(x^0)/dx = 0, also at x = 0 (PyTorch's pow backward), where p * x^(p - 1) is 0 * inf = NaN."""
+    if exponent == "int" and opset < 12:
+        pytest.skip("an integer exponent needs Pow-12")
+    p = {"float": np.zeros((), np.float32), "int": np.zeros((), np.int64), "input": np.array([0, 2, 0, 1], np.float32)}[exponent]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])]
+    inits = []
+    if exponent == "input":
+        inputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, [4]))
+    else:
+        inits.append(numpy_helper.from_array(p, "p"))
+    graph = helper.make_graph([helper.make_node("Pow", ["x", "p"], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    feeds = {"x": np.array([0.0, 0.0, 1.5, 0.0], np.float32), cots["y"]: np.ones(4, np.float32)}
+    if exponent == "input":
+        feeds["p"] = p
+    got = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"]).run([grads["x"]], feeds)[0]
+    want = np.zeros(4, np.float32) if exponent != "input" else np.array([0, 0, 0, 1], np.float32)  # p x^(p-1)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", ["Unsqueeze", "Flatten", "Reshape", "Squeeze"])
+def test_an_empty_piece_gets_an_empty_gradient(op):
+    """x [2, 3] -> x[:, 3:3] [2, 0] -> reshaped -> joined with x: the gradient is the cotangent's x
+    part. The empty piece's gradient was reshaped to Shape(x) = [2, 0], whose 0 Reshape reads as
+    "copy that dim": the backward did not run."""
+    ints = lambda name, *v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    shaped = {"Unsqueeze": N("Unsqueeze", ["emp", "a0"], ["u"]), "Flatten": N("Flatten", ["emp"], ["u"], axis=0),
+              "Reshape": N("Reshape", ["emp", "to"], ["u"], allowzero=1), "Squeeze": N("Squeeze", ["emp1", "a0"], ["u"])}[op]
+    nodes = [N("Slice", ["x", "s", "e", "a1"], ["emp"]), N("Unsqueeze", ["emp", "a0"], ["emp1"]), shaped,
+             N("Reshape", ["u", "flat"], ["uf"]), N("Reshape", ["x", "flat"], ["xf"]), N("Concat", ["uf", "xf"], ["y"], axis=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6])],
+                              [ints("s", 3), ints("e", 3), ints("a1", 1), ints("a0", 0), ints("to", 0, 2), ints("flat", -1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    c = np.linspace(-1, 1, 6).astype(np.float32)
+    got = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"]).run([grads["x"]], {"x": x, cots["y"]: c})[0]
+    np.testing.assert_array_equal(got, c.reshape(2, 3))
 
 
 def test_resize_to_an_empty_axis_gives_zeros():

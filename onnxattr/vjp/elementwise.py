@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import UnsupportedModelError
 from ..protos import attrs
 from . import register
@@ -114,7 +116,12 @@ def pow_(b, node, gys):
     gx = gp = None
     pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
     if b.needs(x):
-        d = b.op("Mul", [pf, b.op("Pow", [x, b.op("Sub", [pf, b.scalar(1.0)])])])
+        less = b.op("Sub", [pf, b.scalar(1.0)])
+        exponent = b.value(p)
+        if exponent is None or np.any(exponent == 0):
+            # x^0 = 1 has slope 0, also at x = 0: 0 * x^0 there, not 0 * 0^-1 = 0 * inf = NaN
+            less = b.op("Add", [less, b.mask(b.equal(pf, b.scalar(0.0)))])
+        d = b.op("Mul", [pf, b.op("Pow", [x, less])])
         gx = b.unbroadcast(b.op("Mul", [g, d]), x, z, node)
     if b.needs(p):
         # z log x, and 0 where x = 0 and p >= 0 (PyTorch's convention; log 0 would give 0 * -inf)

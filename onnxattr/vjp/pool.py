@@ -337,7 +337,7 @@ def reduce_sum_mean(b, node, gys):
             dims = b.op("Gather", [b.shape_of(x), b.ints(axes)])
             count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
         g = b.op("Div", [g, count])
-    return [b.op("Expand", [g, b.shape_of(x)])] + rest
+    return [b.expand_like(g, x)] + rest
 
 
 @register("GlobalMaxPool")

@@ -38,7 +38,7 @@ def reduce_other(b, node, gys):
         if not axes:
             return [b.op("Div", [g, x])] + rest
         total = b.reduce("ReduceSum", x, axes, keepdims=1)
-        return [b.op("Expand", [b.op("Div", [g, total]), b.shape_of(x)])] + rest
+        return [b.expand_like(b.op("Div", [g, total]), x)] + rest
     else:  # ReduceLogSumExp: softmax over the reduced axes
         d = b.op("Exp", [b.op("Sub", [x, y])])
     return [b.op("Mul", [g, d])] + rest

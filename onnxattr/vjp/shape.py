@@ -27,6 +27,8 @@ def reshape(b, node, gys):
 @register("Transpose")
 def transpose(b, node, gys):
     perm = attrs(node).get("perm") or list(reversed(range(b.rank(node.input[0], node))))
+    if not perm:  # a scalar: nothing moves
+        return [gys[0]]
     return [b.op("Transpose", [gys[0]], perm=[int(i) for i in np.argsort(perm)])]
 
 
