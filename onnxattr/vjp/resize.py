@@ -5,6 +5,8 @@ cubic taps, antialiased when downsampling if asked, with edge clamping)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from ..errors import UnsupportedModelError
@@ -52,6 +54,81 @@ def _cubic(t, a):
                     np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
 
 
+class AmbiguousRounding(ValueError):
+    """Nearest source indices that float rounding decides (see _nearest_indices)."""
+
+
+def _coords(out_len, in_len, scale32, exact, coord, roi, how) -> list[Fraction]:
+    """Source coordinates, as exact fractions of the values one way of computing them gives:
+    "exact" in rational arithmetic from the exact scale; "div32" in float32 in ONNX Runtime's
+    order of operations; "recip32" the same with each division by a loop constant turned into a
+    product with its reciprocal (as optimising compilers and GPU kernels do); "div64" in
+    float64 from the float32 scale (as the ONNX reference does)."""
+    y = list(range(out_len))
+    if how == "exact":
+        s, half, n, m = exact, Fraction(1, 2), in_len, out_len
+        lo, hi = Fraction(float(np.float32(roi[0]))), Fraction(float(np.float32(roi[1])))
+        fn = {"half_pixel": lambda v: (v + half) / s - half,
+              "pytorch_half_pixel": lambda v: (v + half) / s - half if m > 1 else Fraction(0),
+              "asymmetric": lambda v: v / s,
+              "align_corners": lambda v: Fraction(v * (n - 1), m - 1) if m != 1 else Fraction(0),
+              "tf_crop_and_resize": lambda v: (lo * (n - 1) + v * (hi - lo) * (n - 1) / (m - 1)) if m > 1
+              else (lo + hi) * (n - 1) / 2,
+              "half_pixel_symmetric": lambda v: Fraction(n, 2) * (1 - m / (s * n)) + (v + half) / s - half}[coord]
+        return [fn(Fraction(v)) for v in y]
+    t = np.float32 if how != "div64" else np.float64
+    v, half, n, m = np.arange(out_len, dtype=t), t(0.5), t(in_len), t(out_len)
+    sc, lo, hi = t(scale32), t(np.float32(roi[0])), t(np.float32(roi[1]))
+    div = (lambda a, d: a * (t(1) / d)) if how == "recip32" else (lambda a, d: a / d)
+    if coord in ("half_pixel", "pytorch_half_pixel"):
+        x = div(v + half, sc) - half if coord == "half_pixel" or out_len > 1 else np.zeros(out_len, t)
+    elif coord == "asymmetric":
+        x = div(v, sc)
+    elif coord == "align_corners":
+        x = div(v * (n - t(1)), m - t(1)) if out_len != 1 else np.zeros(out_len, t)
+    elif coord == "tf_crop_and_resize":
+        x = (lo * (n - t(1)) + div(v * (hi - lo) * (n - t(1)), m - t(1)) if out_len > 1
+             else np.full(out_len, t(0.5 * (float(lo) + float(hi)) * (in_len - 1))))
+    elif coord == "half_pixel_symmetric":
+        offset = n / t(2) * (t(1) - m / (sc * n))
+        x = float(offset) + div(v.astype(np.float64) + 0.5, float(sc)) - 0.5  # (ONNX Runtime: double here)
+    else:
+        raise ValueError(f"coordinate_transformation_mode '{coord}'")
+    return [Fraction(float(a)) for a in np.asarray(x, t)]
+
+
+def _nearest_indices(out_len, in_len, scale32, exact, spec, roi) -> np.ndarray:
+    """The input index each output reads in a nearest resize. Where the exact coordinate lies on
+    a rounding boundary (or within rounding error of it: 3.5 / 0.7 - 0.5 is 4.5 or 4.50000009),
+    the index depends on how the runtime computes the coordinate, and runtimes differ (ONNX
+    Runtime's CPU kernel does not always agree with float32 division itself): every way in
+    `_coords` must give the same index, else AmbiguousRounding names the positions."""
+    nm, down = spec["nearest_mode"], exact < 1
+    maps = []
+    for how in ("exact", "div32", "recip32", "div64"):
+        idx = []
+        for x in _coords(out_len, in_len, scale32, exact, spec["coord"], roi, how):
+            b = x.numerator // x.denominator
+            frac = x - b
+            if nm == "simple":  # before opset 11: ceil when downsampling, else truncation
+                i = (b if frac == 0 else b + 1) if down else b
+            elif nm in ("round_prefer_floor", "round_prefer_ceil"):
+                half = Fraction(1, 2)
+                i = b if (frac < half or (frac == half and nm == "round_prefer_floor")) else b + 1
+            elif nm == "floor":
+                i = b
+            else:
+                i = b if frac == 0 else b + 1
+            idx.append(i)
+        maps.append(np.asarray(idx, dtype=np.int64))
+    differ = sorted({int(k) for mp in maps[1:] for k in np.nonzero(mp != maps[0])[0]})
+    if differ:
+        raise AmbiguousRounding(f"the nearest input of output position(s) {differ[:4]} on an axis of length "
+                                f"{out_len} (from {in_len}) depends on float rounding: its source coordinate falls on "
+                                f"a rounding boundary of nearest_mode '{nm}', where runtimes differ")
+    return maps[0]
+
+
 def _antialias_taps(x: np.ndarray, scale: float, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     """Antialiased linear / cubic taps (opset 18): downsampling by `scale` < 1 stretches the
     kernel by 1 / scale (its footprint grows to cover it), each row's weights normalised to 1;
@@ -69,44 +146,42 @@ def _antialias_taps(x: np.ndarray, scale: float, spec: dict) -> tuple[np.ndarray
     return base[:, None] + offsets, weights / weights.sum(axis=1, keepdims=True)
 
 
-def axis_matrix(in_len: int, out_len: int, scale: float, spec: dict, roi=(0.0, 1.0)) -> np.ndarray:
-    """M [out_len, in_len] with resized = M @ x along one axis."""
-    x = _source_coords(out_len, in_len, scale, spec["coord"], roi)
+def axis_matrix(in_len: int, out_len: int, scale: float, spec: dict, roi=(0.0, 1.0), scale32=None,
+                exact: Fraction | None = None) -> np.ndarray:
+    """M [out_len, in_len] with resized = M @ x along one axis. For the nearest modes, `scale32`
+    is the float32 scale runtimes compute with and `exact` the scale as a fraction (defaults:
+    `scale` rounded to float32, and that value)."""
     m = np.zeros((out_len, in_len))
     rows = np.arange(out_len)
-    base = np.floor(x)
+    x = None
     if spec["mode"] == "nearest":
-        nm, frac = spec["nearest_mode"], x - base
-        if nm == "simple":  # ONNX Runtime's rule before opset 11 (Upsample, Resize-10)
-            idx = np.ceil(x) if scale < 1 else base
-        elif nm == "round_prefer_floor":
-            idx = np.where(frac <= 0.5, base, base + 1)
-        elif nm == "round_prefer_ceil":
-            idx = np.where(frac < 0.5, base, base + 1)
-        elif nm == "floor":
-            idx = base
-        else:
-            idx = np.ceil(x)
-        taps, weights = idx[:, None], np.ones((out_len, 1))
-    elif spec.get("antialias"):
-        taps, weights = _antialias_taps(x, scale, spec)
-        if spec["exclude_outside"]:
-            weights = np.where((taps < 0) | (taps > in_len - 1), 0.0, weights)
-            total = weights.sum(axis=1, keepdims=True)
-            weights = weights / np.where(total == 0, 1.0, total)
-    elif spec["mode"] == "linear":
-        r = (x - base)[:, None]
-        taps, weights = base[:, None] + np.arange(2), np.concatenate([1 - r, r], axis=1)
-    else:  # cubic
-        r = (x - base)[:, None]
-        taps = base[:, None] + np.arange(-1, 3)
-        weights = _cubic(r - np.arange(-1, 3), spec["cubic_coeff_a"])
-        if spec["exclude_outside"]:
-            weights = np.where((taps < 0) | (taps > in_len - 1), 0.0, weights)
-            weights = weights / weights.sum(axis=1, keepdims=True)
+        scale32 = np.float32(scale) if scale32 is None else np.float32(scale32)
+        exact = Fraction(float(scale32)) if exact is None else exact
+        taps, weights = _nearest_indices(out_len, in_len, scale32, exact, spec, roi)[:, None], np.ones((out_len, 1))
+    else:
+        x = _source_coords(out_len, in_len, scale, spec["coord"], roi)
+        base = np.floor(x)
+        if spec.get("antialias"):
+            taps, weights = _antialias_taps(x, scale, spec)
+            if spec["exclude_outside"]:
+                weights = np.where((taps < 0) | (taps > in_len - 1), 0.0, weights)
+                total = weights.sum(axis=1, keepdims=True)
+                weights = weights / np.where(total == 0, 1.0, total)
+        elif spec["mode"] == "linear":
+            r = (x - base)[:, None]
+            taps, weights = base[:, None] + np.arange(2), np.concatenate([1 - r, r], axis=1)
+        else:  # cubic
+            r = (x - base)[:, None]
+            taps = base[:, None] + np.arange(-1, 3)
+            weights = _cubic(r - np.arange(-1, 3), spec["cubic_coeff_a"])
+            if spec["exclude_outside"]:
+                weights = np.where((taps < 0) | (taps > in_len - 1), 0.0, weights)
+                weights = weights / weights.sum(axis=1, keepdims=True)
     taps = np.clip(taps, 0, in_len - 1).astype(np.int64)
     np.add.at(m, (np.broadcast_to(rows[:, None], taps.shape), taps), weights)
     if spec["coord"] == "tf_crop_and_resize":  # outside the crop: extrapolation_value, a constant
+        if x is None:  # (nearest: where ONNX Runtime's float32 coordinate falls)
+            x = np.array([float(c) for c in _coords(out_len, in_len, scale32, exact, spec["coord"], roi, "div32")])
         m[(x < 0) | (x > in_len - 1)] = 0.0
     return m
 
@@ -193,8 +268,22 @@ def resize(b, node, gys):
     shape_in = b.static_shape(x, node, dims=moved)
     shape_out = b.static_shape(y, node, dims=moved)
     full_scale = {ax: 1.0 for ax in range(rank)}
+    scale32, exact = {}, {}  # the float32 scale runtimes compute with, and the scale as a fraction (nearest)
     if scales is not None:
         full_scale.update(zip(axes, scales.tolist()))
+        runtime = {ax: int(np.float32(full_scale[ax]) * np.float32(shape_in[ax])) for ax in moved}
+        if any(runtime[ax] != shape_out[ax] for ax in moved):  # (ONNX Runtime's float32 product: 0.7 x 10 = 7)
+            raise UnsupportedModelError(
+                f"{describe(node)}: ONNX shape inference gives it output lengths {[shape_out[ax] for ax in moved]}, "
+                f"ONNX Runtime's forward {[runtime[ax] for ax in moved]} (scales {[round(full_scale[ax], 6) for ax in moved]} "
+                "times the input's lengths, rounded in float64 and in float32); give sizes instead of scales")
+        if moved and all(shape_out[ax] == shape_in[ax] for ax in moved):
+            # ONNX Runtime copies the input when the output shape is the input's, whatever the
+            # scales; the ONNX definition interpolates (measured: 30% to 86% relative error)
+            raise UnsupportedModelError(
+                f"{describe(node)}: its scales {[round(full_scale[ax], 6) for ax in moved]} leave the shape as it is "
+                f"({[shape_in[ax] for ax in moved]}), where ONNX Runtime copies the input and the ONNX definition "
+                "resamples it; give scales of 1, or sizes")
         if spec["coord"] in _LENGTH_MODES:
             for ax in moved:
                 length = full_scale[ax] * shape_in[ax]
@@ -207,14 +296,23 @@ def resize(b, node, gys):
     elif policy != "stretch":  # the policy's scale: min or max of sizes / input over the axes
         ratios = [float(n) / shape_in[ax] for n, ax in zip(sizes.tolist(), axes)]
         full_scale.update({ax: (min if policy == "not_larger" else max)(ratios) for ax in axes})
+        ratios32 = [np.float32(n) / np.float32(shape_in[ax]) for n, ax in zip(sizes.tolist(), axes)]
+        scale32.update({ax: (min if policy == "not_larger" else max)(ratios32) for ax in axes})
+        fractions = [Fraction(int(n), shape_in[ax]) for n, ax in zip(sizes.tolist(), axes)]
+        exact.update({ax: (min if policy == "not_larger" else max)(fractions) for ax in axes})
     else:
         full_scale.update({ax: shape_out[ax] / shape_in[ax] for ax in moved})
+        scale32.update({ax: np.float32(shape_out[ax]) / np.float32(shape_in[ax]) for ax in moved})
+        exact.update({ax: Fraction(shape_out[ax], shape_in[ax]) for ax in moved if shape_in[ax]})
     if any(shape_out[ax] == 0 for ax in moved):  # an empty output: x gets no gradient (and ONNX
         return [b.zeros_like(x)] + [None] * (len(node.input) - 1)  # Runtime's empty MatMul is not zeroed)
     g = gys[0]
     for ax in moved:
         try:
-            m = axis_matrix(shape_in[ax], shape_out[ax], full_scale[ax], spec, full_roi[ax])
+            m = axis_matrix(shape_in[ax], shape_out[ax], full_scale[ax], spec, full_roi[ax], scale32.get(ax), exact.get(ax))
+        except AmbiguousRounding as e:
+            raise UnsupportedModelError(f"{describe(node)}: {e}; give a whole-number scale or its inverse "
+                                        "(2, 0.5), or another nearest_mode") from None
         except ValueError as e:
             raise UnsupportedModelError(f"{describe(node)}: {e} is not supported") from None
         if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
@@ -238,7 +336,10 @@ def _block_sum(b, node, g, x, scales: dict, moved: list, spec: dict, roi: dict, 
     for ax in moved:
         k = int(ks[ax])
         for n in range(1, 9):
-            if not np.array_equal(axis_matrix(n, n * k, float(k), spec), np.kron(np.eye(n), np.ones((k, 1)))):
+            try:
+                if not np.array_equal(axis_matrix(n, n * k, float(k), spec), np.kron(np.eye(n), np.ones((k, 1)))):
+                    return None
+            except AmbiguousRounding:  # (then the static path names it)
                 return None
     kernel = [int(ks[ax]) for ax in range(2, rank)]
     return b.op("Conv", [g, channel_bank(b, np.ones([1, 1] + kernel), channels)], kernel_shape=kernel, strides=kernel,
