@@ -1032,6 +1032,20 @@ def test_nearest_gradient_goes_to_the_input_the_forward_reads(n, coord, nm, kind
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [[1, 2, 1, 5], [1, 2, 4, 1]])
+def test_affine_grid_align_corners_on_a_unit_axis_is_refused(size):
+    """-1 + 2 i / (n - 1) at n = 1 is undefined; ONNX Runtime's forward takes +1 there, the
+    reference -1, PyTorch 0: the gradient (by PyTorch's 0) was off ONNX Runtime's forward by 1.0 relative."""
+    node = helper.make_node("AffineGrid", ["theta", "size"], ["y"], name="grid", align_corners=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("theta", TensorProto.FLOAT, [1, 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(size, np.int64), "size")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    with pytest.raises(onnxattr.UnsupportedModelError, match="AffineGrid node 'grid': align_corners=1 with an output"):
+        vjp_model(model)
+
+
 @pytest.mark.parametrize("op", ["Add", "MatMul"])
 def test_independent_symbolic_dims_broadcast_at_run_time(op):
     """Inputs a ["N", ...] and b ["M", ...]: whether a broadcasts is only known at run time (N = 1,

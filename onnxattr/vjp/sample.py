@@ -126,6 +126,9 @@ def affine_grid(b, node, gys):
         refuse(node, "only 2-D grids [N, H, W, 2] of a height and width known when exporting are supported")
     H, W = shape[1:3]
     align = bool(attrs(node).get("align_corners", 0))
+    if align and 1 in (H, W):  # -1 + 2 i / (n - 1) at n = 1: the spec divides by zero
+        refuse(node, "align_corners=1 with an output height or width of 1 is not defined (the spec divides by zero; "
+                     "ONNX Runtime's forward takes +1 there, the ONNX reference -1, PyTorch 0)")
 
     def axis(n: int) -> np.ndarray:
         if align:
