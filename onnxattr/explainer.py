@@ -186,8 +186,10 @@ class Explainer:
             if not _is_runtime_error(e):
                 raise
             raise ExecutionError(_one_line(f"ONNX Runtime failed: {e}")) from None
-        if t is not None and self.num_classes is None and self.scores_name in result:
-            _check_range(t, result[self.scores_name].shape[1])  # the class count is known only now
+        if t is not None and self.scores_name in result:
+            # the class count the scores have at run time: where it was not declared, or declared
+            # wrong (skl2onnx declares a binary RidgeClassifier's one score column as two)
+            _check_range(t, result[self.scores_name].shape[1])
         if self.nonfinite == "warn":
             counts = self.nonfinite_counts(result, x)
             if any(counts.values()):

@@ -178,6 +178,25 @@ def test_sklearn_linear_svc(classes):
     np.testing.assert_allclose(got, svc.coef_[target], rtol=0, atol=1e-6)  # measured 6.4e-9
 
 
+def test_target_checked_against_the_scores_a_model_returns():
+    """skl2onnx declares a binary RidgeClassifier's scores [N, 2]; ONNX Runtime returns [N, 1] (the
+    positive class's decision). Target 0 is d decision / dx = coef_; target 1 gave all-zero rows
+    where it must raise TargetError."""
+    from sklearn.linear_model import RidgeClassifier
+    from skl2onnx import to_onnx
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5))
+    est = RidgeClassifier().fit(X, (X[:, 0] + X[:, 1] > 0).astype(int))
+    x = X[:3].astype(np.float32)
+    proto = to_onnx(est, x, options={id(est): {"zipmap": False}}, target_opset={"": 15, "ai.onnx.ml": 1})
+    proto.ir_version = 8
+    explain = onnxattr.Explainer(proto, provider="cpu")
+    np.testing.assert_allclose(explain(x, 0), np.tile(est.coef_.reshape(1, -1), (3, 1)), rtol=0, atol=1e-6)
+    with pytest.raises(onnxattr.TargetError, match=r"target \[1, 1, 1\] is out of range for 1 classes"):
+        explain(x, 1)
+
+
 @pytest.mark.parametrize("post, binary, why", [
     ("PROBIT", False, "post_transform PROBIT is not supported"),
     ("SOFTMAX_ZERO", False, "post_transform SOFTMAX_ZERO is not supported"),
@@ -193,6 +212,20 @@ def test_normalizer_max_is_refused():
     node = helper.make_node("Normalizer", ["x"], ["y"], domain="ai.onnx.ml", norm="MAX", name="norm")
     with pytest.raises(onnxattr.UnsupportedModelError, match="Normalizer node 'norm': norm MAX is not supported"):
         onnxattr.attribution_model(_model([node], ["y"], width=F), output="y")
+
+
+def test_scaler_of_a_higher_rank_input_is_refused():
+    """ONNX Runtime scales flat element i by scale[i % dims[1]]; the rule's per-feature product
+    along the last axis gave a [2, 3, 3] gradient for a [2, 3, 1] input (an audit's case)."""
+    nodes = [helper.make_node("Scaler", ["x"], ["s"], domain="ai.onnx.ml", name="scale", scale=[1.0, 2.0, 3.0]),
+             helper.make_node("Flatten", ["s"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "ml", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(np.ones((3, 4), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                              ir_version=8)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Scaler node 'scale': input 'x' of rank 3 with per-feature"):
+        onnxattr.attribution_model(model)
 
 
 def test_a_custom_domain_op_of_a_default_name_gets_no_default_rule():

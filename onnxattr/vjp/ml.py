@@ -79,6 +79,11 @@ def normalizer(b, node, gys):
 @register("ai.onnx.ml:Scaler")
 def scaler(b, node, gys):
     scale = np.asarray(attrs(node).get("scale", [1.0]), dtype=b.np_dtype)
+    x = node.input[0]
+    if scale.size > 1 and b.shape(x) is not None and len(b.shape(x)) > 2:
+        # ONNX Runtime scales flat element i by scale[i % dims[1]]: not one axis of a higher rank
+        refuse(node, f"input '{x}' of rank {len(b.shape(x))} with per-feature scales: only [N, features] inputs are "
+                     "supported")
     return [b.op("Mul", [gys[0], b.const(scale if scale.size > 1 else scale.reshape(()))])]
 
 
