@@ -332,7 +332,8 @@ def default_layer(ctx: Context) -> str:
     path, _ = differentiable_path(b, [ctx.x], [ctx.y])
     producer = {o: n for n in path for o in n.output}
     for node in reversed(path):
-        if node.op_type in POOLS and (node.op_type not in ("AveragePool", "MaxPool") or _pools_to_one(b, node)):
+        if node.op_type in POOLS and (node.op_type not in ("AveragePool", "MaxPool") or _pools_to_one(b, node)) \
+                and not _back_into_maps(b, node, path, rank):
             layer = _nchw_pool_input(b, node, producer, rank)
             if layer is not None and _batch_axis_first(b, layer, ctx.x):
                 return layer
@@ -345,6 +346,24 @@ def default_layer(ctx: Context) -> str:
                                 "(a transformer pools over tokens); name one with --layer")
 
 
+def _back_into_maps(b: Builder, pool, path: list, rank: int) -> bool:
+    """Whether what `pool` computes goes back into a feature map on the way to the scores (a
+    squeeze-and-excitation block's channel weights), so it is not the classifier's pooling."""
+    reached, after = set(pool.output), False
+    for node in path:
+        if node is pool:
+            after = True
+            continue
+        if not after or not any(i in reached for i in node.input):
+            continue
+        reached.update(node.output)
+        for o in node.output:
+            shape = b.shapes.get(o) or []
+            if len(shape) == rank and any(d is None or d > 1 for d in shape[2:]):
+                return True
+    return False
+
+
 def _dims_of(rank: int) -> str:
     return {3: "[N, K, l]", 4: "[N, K, h, w]", 5: "[N, K, d, h, w]"}[rank]
 
@@ -355,13 +374,38 @@ def _pools_to_one(b: Builder, node) -> bool:
     return len(shape) >= 3 and all(d == 1 for d in shape[2:])
 
 
+# element-wise ops that leave an input's layout as it is (normalisation before the first layer)
+_KEEPS_LAYOUT = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Clip", "Relu", "Sqrt", "Abs", "Pow"}
+# ops that read their input channels-first
+_CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
+                   "InstanceNormalization", "GlobalAveragePool", "GlobalMaxPool", "LRN", "GroupNormalization"}
+
+
 def input_is_nhwc(b: Builder, x: str) -> bool:
-    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: the model
-    transposes it to channels-first first, or (an image without such a Transpose) its last dim
-    is 1 or 3 and its second is not."""
+    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: the first
+    layout-bound node its values reach, through element-wise ops of its rank (a normalisation),
+    is a Transpose to channels-first; channels-first where it is a Conv, pool or normalisation.
+    Where neither is found: an image whose last dim is 1 or 3 and whose second is not."""
     xs = b.shapes.get(x) or []
-    if any(x in n.input and _perm(n) == _to_first(len(xs)) for n in b.model.graph.node):
-        return True
+    consumers: dict[str, list] = {}
+    for n in b.model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier, seen, verdicts = [x], {x}, set()
+    while frontier:
+        t = frontier.pop()
+        for n in consumers.get(t, []):
+            if n.op_type == "Transpose":
+                verdicts.add(_perm(n) == _to_first(len(xs)))
+            elif n.op_type in _CHANNELS_FIRST and n.domain in ("", "ai.onnx"):
+                verdicts.add(False)
+            elif n.op_type in _KEEPS_LAYOUT and len(b.shapes.get(n.output[0]) or []) == len(xs):
+                for o in n.output:
+                    if o not in seen:
+                        seen.add(o)
+                        frontier.append(o)
+    if len(verdicts) == 1:
+        return verdicts.pop()
     return len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
 
 

@@ -363,6 +363,72 @@ def test_gradcam_on_channels_last_models(channels, keras_pool):
                                rtol=1e-5, atol=1e-8)
 
 
+class Normalised(torch.nn.Module):
+    """x [N, H, W, C] -> (x - 0.5) * 2 -> channels first -> conv net: the Transpose does not read
+    the input itself."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(((x - 0.5) * 2).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("case", ["nchw_width_1", "nchw_width_3", "nhwc_normalised"])
+def test_gradcam_resizes_over_the_input_spatial_axes(case):
+    """The input's layout comes from the first layout-bound node its values reach (a Transpose to
+    channels-first after a normalisation, or a Conv). The last-dim heuristic took an NCHW
+    [N, 6, 20, 1] (a 1-D CNN on sensor channels as a 2-D conv) and [N, 5, 12, 3] for channels-last
+    and an NHWC input normalised before its Transpose for channels-first: the map was resized
+    over the wrong axes (guided-gradcam 0.76 to 0.90 off Captum's)."""
+    torch.manual_seed(3)
+    channels, shape = {"nchw_width_1": (6, (2, 6, 20, 1)), "nchw_width_3": (5, (2, 5, 12, 3)),
+                       "nhwc_normalised": (4, (2, 12, 10, 4))}[case]
+    kernel = (3, 1) if case == "nchw_width_1" else 3
+    net = torch.nn.Sequential(torch.nn.Conv2d(channels, 6, kernel, padding="same"), torch.nn.ReLU(),
+                              torch.nn.Conv2d(6, 7, kernel, padding="same"), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(7, 4)).eval()
+    x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    t = [0, 2]
+    if case == "nhwc_normalised":
+        _, up = _torch_gradcam(net, net[3], np.moveaxis((x - 0.5) * 2, -1, 1).copy(), t, "bilinear")
+        m, up = Normalised(net).eval(), np.moveaxis(up, 1, -1)
+    else:
+        m, (_, up) = net, _torch_gradcam(net, net[3], x, t, "bilinear")
+    assert (np.abs(up).reshape(2, -1).max(axis=1) > 1e-4).all()  # no row's map is empty
+    model = export(m, x)
+    out = explain("gradcam", x, t, model=model)
+    assert out["attribution"].shape == up.shape
+    np.testing.assert_allclose(out["attribution"], up, rtol=0, atol=2e-6 * np.abs(up).max())  # measured 2.5e-7
+
+
+def test_gradcam_default_layer_is_not_a_squeeze_excitation_input():
+    """A squeeze-and-excitation block pools globally mid-network and multiplies its weights back
+    into the map; with a Flatten + Linear head there is no other global pool. The default layer
+    was the SE block's input (cam [2, 1, 12, 12]); it is the last convolutional activation."""
+
+    class SE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.fc, self.c2 = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Linear(6, 6), torch.nn.Conv2d(6, 4, 3, 2, 1)
+            self.head = torch.nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            r1 = torch.relu(self.c1(x))
+            w = torch.sigmoid(self.fc(r1.mean((2, 3))))[:, :, None, None]
+            r2 = torch.relu(self.c2(r1 * w))
+            return self.head(r2.flatten(1))
+
+    torch.manual_seed(5)
+    m = SE().eval()
+    x = np.random.default_rng(5).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    model = export(m, x)
+    relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
+    assert onnxattr.Explainer(model, method="gradcam", provider="cpu").layer == relus[-1]
+    assert explain("gradcam", x, [0, 2], model=model)["cam"].shape == (2, 1, 6, 6)
+
+
 @pytest.mark.parametrize("s_shape", [[3], [], [1, 3]])
 def test_batched_methods_with_a_second_input_without_batch_axis(s_shape):
     """y = ((x * x) @ W) * s, s a second float input without x's batch axis: it is passed as it is
