@@ -90,7 +90,10 @@ _A, _C = 48271, 11
 
 def gaussian_noise(shape, seed: int = 0) -> np.ndarray:
     """The standard-normal noise the exported SmoothGrad graph draws, reproduced in numpy (float32):
-    a hash of (seed, flat element index) through two squarings mod 2**31-1, then Box-Muller."""
+    a hash of (seed, flat element index) mod 2**31-1 (an affine step, a fifth power, two
+    squarings), then Box-Muller. The fifth power is one-to-one mod 2**31-1 (5 does not divide
+    2**31-2); a squaring there made the elements i and K - i (K from the seed) draw the same
+    noise, for some seeds within a batch's elements."""
     i = np.arange(int(np.prod(shape)), dtype=np.int64)
     u1, u2 = _uniforms(i, seed)
     z = np.sqrt(np.float32(-2.0) * np.log(u1)) * np.cos(np.float32(2 * np.pi) * u2)
@@ -99,7 +102,8 @@ def gaussian_noise(shape, seed: int = 0) -> np.ndarray:
 
 def _uniforms(i, seed):
     h = (i * _A + _C + seed * 7919) % _M
-    h = (h * h + 12345) % _M
+    h2 = h * h % _M
+    h = (h2 * h2 % _M * h + 12345) % _M
     h = (h * h + 6789) % _M
     h2 = (h * h + 4242) % _M
     scale = np.float32(1.0 / _M)
@@ -117,7 +121,8 @@ def _graph_noise(b: Builder, shape: str, seed: int) -> str:
         return b.op("Mod", [b.op("Add", [b.op("Mul", [h, mul]), b.ints(add)]), b.ints(_M)])
 
     h = step(i, b.ints(_A), _C + seed * 7919)
-    h = step(h, h, 12345)
+    squared = step(h, h, 0)
+    h = step(step(squared, squared, 0), h, 12345)  # h ** 5: one-to-one mod _M (see gaussian_noise)
     h = step(h, h, 6789)
     h2 = step(h, h, 4242)
 

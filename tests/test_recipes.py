@@ -105,6 +105,20 @@ def test_noise_statistics():
     assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.01
 
 
+def test_noise_has_no_mirrored_elements():
+    """The hash's first step squared (i A + C + 7919 seed) mod M, so the elements i and
+    K - i, with K = -2 (C + 7919 seed) / A mod M, drew the same noise: seed 213 has K = 1823941,
+    and every element below K / 2 equalled its mirror (an audit's finding). Now one-to-one."""
+    from onnxattr.recipes import _A, _C, _M
+
+    seed = 213
+    k = (-2 * (_C + 7919 * seed)) * pow(_A, -1, _M) % _M
+    assert k == 1823941
+    z = gaussian_noise((k + 1,), seed)
+    i = np.arange(1, k // 2)
+    assert np.mean(z[i] == z[k - i]) < 1e-4
+
+
 def test_integrated_gradients_completeness(x):
     sal = explain("saliency", x)
     gaps = {}
