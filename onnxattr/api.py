@@ -15,7 +15,7 @@ from .errors import ModelLoadError, NotAClassifierError, OptionError, Unsupporte
 from .graph import Builder
 from .functions import expand_functions
 from .inline import inline_constant_ifs
-from .protos import FLOAT_TYPES, describe
+from .protos import FLOAT_TYPES, describe, structure_error
 from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import METHODS, get_method
@@ -65,12 +65,23 @@ def load_model(model) -> onnx.ModelProto:
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as e:
             raise ModelLoadError(_one_line(f"{where}: cannot inline its local functions ({type(e).__name__}: {e})")) from None
+    why = structure_error(proto.graph)
+    if why:
+        raise ModelLoadError(_one_line(f"{where} is not a valid ONNX graph: {why}"))
     return proto
 
 
 def _one_line(text: str, limit: int = 400) -> str:
     line = text.strip().splitlines()[0] if text.strip() else text
     return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def float_inputs(model: onnx.ModelProto) -> list[str]:
+    """The model's floating-point graph inputs (not initializers, nor the `target` an exported
+    model adds), in order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input
+            if i.name not in inits and i.name != TARGET and i.type.tensor_type.elem_type in FLOAT_TYPES]
 
 
 def _float_input(model: onnx.ModelProto, name: str | None, allow_int: bool = False) -> onnx.ValueInfoProto:
@@ -169,7 +180,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     """
     opts = Options(relu_like=relu_like, **options)
     if method not in ALL_METHODS:
-        raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
+        raise OptionError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     src = load_model(model)
     if isinstance(model, onnx.ModelProto):  # the caller's model: work on a copy
         out = onnx.ModelProto()
@@ -212,7 +223,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     elif target == "argmax":
         t = b.op("ArgMax", [y], axis=1, keepdims=0)
     else:
-        raise ValueError(f"target must be 'input' or 'argmax', not {target!r}")
+        raise OptionError(f"target must be 'input' or 'argmax', not {target!r}")
     ctx = Context(b, inputs, x.name, w, y, t, classes)
     results = build(method, ctx, opts)
     layer = results.pop("_layer", None)
@@ -263,7 +274,7 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
     of subgraphs (Loop bodies, If branches); a subgraph's node on the path is named
     '<its node>/<node>'."""
     if method not in ALL_METHODS:
-        raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
+        raise OptionError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
     policy = get_method(method if method in METHODS else "guided" if method == "guided-gradcam" else "saliency",
                         relu_like=relu_like)
     src = load_model(model)
@@ -332,7 +343,9 @@ def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, 
     of = of or [o.name for o in src.graph.output if b.is_float(o.name)]
     seeds, grads_out = {}, {}
     for y in of:
-        vi = next(o for o in src.graph.output if o.name == y)
+        vi = next((o for o in src.graph.output if o.name == y), None)
+        if vi is None:
+            raise NotAClassifierError(f"'{y}' is not an output of the model")
         cot = onnx.ValueInfoProto()
         cot.CopyFrom(vi)
         cot.name = b.fresh(f"cotangent_{y}")

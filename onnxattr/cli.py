@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -102,11 +104,25 @@ def _options(samples, noise, seed, steps, baseline, ig_method, layer) -> dict:
     try:
         base = float(baseline)
     except ValueError:
+        path = Path(baseline)
+        if path.exists() and not path.is_file():  # a FIFO or device: reading it could block forever
+            raise InputError(f"--baseline '{baseline}' is not a regular file") from None
         try:
             base = np.load(baseline, allow_pickle=False)
         except Exception as e:
             raise InputError(f"--baseline '{baseline}' is neither a number nor a readable .npy file ({e})".splitlines()[0]) from None
+        if not isinstance(base, np.ndarray):  # an .npz archive
+            raise InputError(f"--baseline '{baseline}' is an .npz archive; give one array in a .npy file") from None
     return dict(samples=samples, noise=noise, seed=seed, steps=steps, baseline=base, ig_method=ig_method, layer=layer)
+
+
+def _baseline_file(opts: dict) -> str | None:
+    """The --baseline file, if it is one (an input that -o must not overwrite)."""
+    try:
+        float(opts.get("baseline", 0))
+        return None
+    except ValueError:
+        return opts["baseline"]
 relu_like_option = click.option("--relu-like", is_flag=True,
                                  help="Apply the deconvnet/guided rule to LeakyRelu, PRelu and ReLU6-style Clip too.")
 output_option = click.option("--output", "output", default=None, metavar="NAME",
@@ -117,6 +133,14 @@ output_option = click.option("--output", "output", default=None, metavar="NAME",
 @click.version_option(package_name="onnxattr")
 def main():
     """Turn an ONNX classifier into an ONNX model that also explains itself."""
+    if threading.current_thread() is threading.main_thread():
+        # `kill` / `timeout` / `docker stop`: unwind like Ctrl-C, so no temporary file or partly
+        # written output stays behind (the default action ends the process on the spot)
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 @main.command()
@@ -129,13 +153,19 @@ def main():
 @relu_like_option
 @click.option("--tune-for", type=click.Choice(TUNE_FOR), default="cpu", show_default=True,
               help="The ONNX Runtime provider the graph's formulation is tuned for (both run anywhere, same results).")
+@click.option("--input-name", default=None, metavar="NAME",
+              help="The floating-point input to attribute to (default: the model's first).")
 @method_options
 @user_errors
-def export(model, out, method, output, target_mode, relu_like, tune_for, wrt, **opts):
+def export(model, out, method, output, target_mode, relu_like, tune_for, input_name, wrt, **opts):
     """Write MODEL plus an `attribution` output (and a `target` input) to OUT."""
     proto = api.attribution_model(model, method=method, output=output, target=target_mode, relu_like=relu_like,
-                                  wrt=wrt, tune_for=tune_for, **_options(**opts))
-    path = save_model(proto, out, source=model)
+                                  input=input_name, wrt=wrt, tune_for=tune_for, **_options(**opts))
+    path = save_model(proto, out, source=model, inputs=[_baseline_file(opts)])
+    floats = api.float_inputs(proto)
+    if len(floats) > 1 and input_name is None:
+        click.echo(f"attributing to input '{floats[0]}', the first of the floating-point inputs {', '.join(floats)} "
+                   "(choose with --input-name)")
     data = path.with_name(path.name + ".data")
     if external_data_files(path):
         click.echo(f"weights in external data: {data}")
@@ -207,6 +237,8 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     written to onnxattr_out/.
     """
     kw = dict(provider=provider, output=output, relu_like=relu_like, wrt=wrt, **_options(**opts))
+    if model is None and input_path is not None:
+        raise click.UsageError("--input X.npy needs a MODEL (the bundled example runs on its own images)")
     if model is None:
         click.echo(f"no model given: using the bundled example {DEFAULT_MODEL} and {FIXTURES / 'images'}")
         model, images, grid = DEFAULT_MODEL, (str(FIXTURES / "images"),), True
@@ -250,10 +282,16 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     if input_path is None:
         raise click.UsageError("give images, or --input X.npy")
     data = external_data_files(model) if model is not None else []
+    data.append(_baseline_file(opts))
     out = check_output_path(out or "attribution.npy", model, input_path, *data)
     if not Path(input_path).is_file():
         raise InputError(f"cannot read '{input_path}': " + ("not a regular file" if Path(input_path).exists()
                                                               else "no such file"))
+    with open(input_path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        what = "an .npz archive" if magic[:4] == b"PK\x03\x04" else "not a .npy file"
+        raise InputError(f"cannot read '{input_path}' as a .npy array: it is {what}; save one array with numpy.save")
     try:
         x = np.load(input_path, allow_pickle=False)
     except Exception as e:

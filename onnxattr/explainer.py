@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 
 from .api import ATTRIBUTION, BATCH_AXIS, TARGET, WRT_BATCH_AXIS, _float_input, _one_line, attribution_model, load_model
-from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, TargetError,
-                     UnsupportedModelError)
+from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, OptionError,
+                     TargetError, UnsupportedModelError)
 from .recipes import check_baseline
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
@@ -53,7 +53,7 @@ class Explainer:
                  input: str | None = None, relu_like: bool = False, wrt: str | None = None,
                  nonfinite: str = "warn", tune_for: str | None = None, **options):
         if nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, not {nonfinite!r}")
+            raise OptionError(f"nonfinite must be one of {', '.join(NONFINITE)}, not {nonfinite!r}")
         self.nonfinite = nonfinite
         self.source = load_model(model)
         self.method = method

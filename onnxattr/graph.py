@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import dims
 from .dims import symbolic_dims
-from .errors import UnsupportedModelError
+from .errors import OptionError, UnsupportedModelError
 from .protos import FLOAT_TYPES, constant_tensor, default_opset, describe, reads, rename_reads
 from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, ml_shapes,
                      skeleton, trial_shapes)
@@ -31,7 +31,7 @@ class Builder:
 
     def __init__(self, model: onnx.ModelProto, dtype: int, tune_for: str = "cpu"):
         if tune_for not in TUNE_FOR:
-            raise ValueError(f"tune_for must be one of {', '.join(TUNE_FOR)}, not {tune_for!r}")
+            raise OptionError(f"tune_for must be one of {', '.join(TUNE_FOR)}, not {tune_for!r}")
         self.model = model
         self.tune_for = tune_for
         self.opset = default_opset(model)

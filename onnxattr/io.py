@@ -103,7 +103,8 @@ def external_location(t: TensorProto, base: Path) -> tuple[Path, int, int | None
         raise ModelLoadError(f"{what}: external data location '{loc}' resolves to '{target}', outside the "
                              f"model's folder '{root}' (a symbolic link?); refused")
     if not target.is_file():
-        raise ModelLoadError(f"{what}: external data file '{loc}' does not exist in '{root}'")
+        why = "is not a regular file" if target.exists() else "does not exist"
+        raise ModelLoadError(f"{what}: external data file '{loc}' {why} in '{root}'")
     try:
         offset = int(info.get("offset", "0"))
         length = int(info["length"]) if "length" in info else None
@@ -237,18 +238,20 @@ def _write_bytes(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save_model(model: onnx.ModelProto, out, source=None, external_data: bool | None = None) -> Path:
+def save_model(model: onnx.ModelProto, out, source=None, external_data: bool | None = None, inputs=()) -> Path:
     """Write `model` to `out` through a temporary file renamed into place; never over `source`
     or the external data files it reads.
 
     `external_data`: True writes tensors of EXTERNAL_MIN_BYTES or more to OUT.data next to OUT;
     None (the default) does so when the source model has external data or the tensors are too
-    large for one file. `model` itself is never changed.
+    large for one file. `model` itself is never changed. `inputs`: other files the run read (an
+    integrated-gradients baseline), never written over either.
     """
-    sources = [source] + (external_data_files(source) if source is not None else [])
+    data_files = external_data_files(source) if source is not None else []
+    sources = [source, *data_files, *inputs]
     out = check_output_path(out, *sources)
     if external_data is None:
-        external_data = len(sources) > 1 or tensor_bytes(model) > SINGLE_FILE_LIMIT
+        external_data = bool(data_files) or tensor_bytes(model) > SINGLE_FILE_LIMIT
     if not external_data:
         try:
             data = model.SerializeToString()
@@ -327,11 +330,17 @@ def _save_external(model: onnx.ModelProto, out: Path, data_path: Path) -> None:
             raise OutputError(f"cannot write '{out}': the graph without its weights is still too large ({e})") from None
         for tmp in tmps:
             os.chmod(tmp, 0o666 & ~_umask())
+        if data_path.exists():  # kept aside until the model is in place: a failure puts it back
+            tmps.append(_temp(out.parent, data_path.name))
+            os.replace(data_path, tmps[-1])
         os.replace(tmp_data, data_path)
         try:
             os.replace(tmp_model, out)
         except OSError:
-            data_path.unlink(missing_ok=True)
+            if len(tmps) == 3:
+                os.replace(tmps[2], data_path)
+            else:
+                data_path.unlink(missing_ok=True)
             raise
     except OSError as e:
         raise _write_error(out, e) from None

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import OptionError
 from .vjp import lookup
 from .vjp.activation import clip_bounds
 
@@ -70,7 +71,7 @@ def get_method(name: str, relu_like: bool = False) -> Method:
     if name == "saliency":
         return Method(name)
     if name not in ("deconvnet", "guided"):
-        raise ValueError(f"unknown method '{name}' (choose from {', '.join(METHODS)})")
+        raise OptionError(f"unknown method '{name}' (choose from {', '.join(METHODS)})")
     rule = _deconvnet if name == "deconvnet" else _guided
     ops = ("Relu",) + (RELU_LIKE if relu_like else ())
     return Method(name, {op: _only_relu_like(rule) for op in ops})

@@ -52,6 +52,34 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no version of the default ONNX domain")
 
 
+def structure_error(g: onnx.GraphProto, outer: frozenset = frozenset()) -> str | None:
+    """Why `g` is not a well-formed ONNX graph, or None: a node reads a tensor that no graph
+    input, initializer or earlier node (or, in a subgraph, the enclosing scope) defines, or two
+    nodes write one tensor. (Graphs are topologically sorted by the spec; ONNX Runtime would not
+    load such a model, and the backward would follow the wrong dependencies.)"""
+    known = set(outer) | {i.name for i in g.input} | {t.name for t in g.initializer} | \
+        {t.values.name for t in g.sparse_initializer}
+    written = {}
+    for n in g.node:
+        for i in n.input:
+            if i and i not in known:
+                where = "no node, input or initializer writes" if not any(i in m.output for m in g.node) else \
+                    "a later node writes (the graph is not topologically sorted)"
+                return f"{describe(n)} reads '{i}', which {where}"
+        for a in n.attribute:
+            for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                why = structure_error(sg, frozenset(known))
+                if why:
+                    return f"in a subgraph of {describe(n)}: {why}"
+        for o in n.output:
+            if o and o in written:
+                return f"tensor '{o}' is written by two nodes ({describe(written[o])} and {describe(n)})"
+            if o:
+                written[o] = n
+                known.add(o)
+    return None
+
+
 def reads(node: onnx.NodeProto) -> list[str]:
     """The tensors a node reads: its inputs and, for control flow (If, Loop, Scan), the
     outer-scope tensors its subgraphs capture by name."""

@@ -47,18 +47,29 @@ class Options:
         for name in ("samples", "steps", "seed"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, np.integer)):
                 bad(name, getattr(self, name), "an integer")
-        if self.samples < 1:
-            bad("samples", self.samples, "at least 1")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            bad("samples", self.samples, f"in [1, {MAX_SAMPLES}]")
+        if self.steps > MAX_STEPS:  # (Gauss-Legendre's nodes cost steps**3; each step is a copy of the batch)
+            bad("steps", self.steps, f"at most {MAX_STEPS}")
         if self.ig_method not in IG_METHODS:
             bad("ig_method", self.ig_method, f"one of {', '.join(IG_METHODS)}")
         if self.steps < (2 if self.ig_method == "riemann_trapezoid" else 1):
             bad("steps", self.steps, "at least 2 for riemann_trapezoid" if self.ig_method == "riemann_trapezoid" else "at least 1")
         if not 0 <= self.seed < _M:
             bad("seed", self.seed, f"in [0, {_M})")
-        if not (np.isfinite(self.noise) and self.noise >= 0):
-            bad("noise", self.noise, "a finite number >= 0")
-        if not np.all(np.isfinite(np.asarray(self.baseline, dtype=np.float64))):
-            bad("baseline", "(array)" if np.ndim(self.baseline) else self.baseline, "finite")
+        big = float(np.finfo(np.float32).max)  # the noise is drawn, and a baseline may run, in float32
+        if not (isinstance(self.noise, (int, float, np.integer, np.floating)) and not isinstance(self.noise, bool)
+                and 0 <= self.noise <= big):
+            bad("noise", self.noise, "a number >= 0, finite in float32")
+        try:
+            base = np.asarray(self.baseline)
+            values = base.astype(np.float64) if base.dtype.kind in "biuf" else None
+        except (TypeError, ValueError):
+            values = None
+        if values is None:
+            bad("baseline", self.baseline if not np.ndim(self.baseline) else "(array)", "a real number or array of them")
+        if not np.all(np.abs(values) <= big):
+            bad("baseline", "(array)" if np.ndim(self.baseline) else self.baseline, "finite in float32")
 
 
 @dataclass
@@ -86,6 +97,7 @@ class Context:
 # ------------------------------------------------------------------------------------------ noise
 _M = 2**31 - 1
 _A, _C = 48271, 11
+MAX_SAMPLES, MAX_STEPS = 10000, 2048
 
 
 def gaussian_noise(shape, seed: int = 0) -> np.ndarray:
@@ -252,7 +264,7 @@ def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
         return 0.5 * (nodes + 1), 0.5 * weights
     if method == "riemann_trapezoid":
         if n < 2:
-            raise ValueError("riemann_trapezoid needs at least 2 steps")
+            raise OptionError("riemann_trapezoid needs at least 2 steps")
         # Captum's weights, kept for parity: 1/n with halved ends (they sum to (n-1)/n, not 1).
         weights = np.full(n, 1.0 / n)
         weights[[0, -1]] /= 2
@@ -260,7 +272,7 @@ def ig_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     alphas = {"riemann_left": np.linspace(0, 1 - 1 / n, n), "riemann_right": np.linspace(1 / n, 1, n),
               "riemann_middle": np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)}
     if method not in alphas:
-        raise ValueError(f"unknown integration method '{method}' (choose from {', '.join(IG_METHODS)})")
+        raise OptionError(f"unknown integration method '{method}' (choose from {', '.join(IG_METHODS)})")
     return alphas[method], np.full(n, 1.0 / n)
 
 
@@ -534,4 +546,4 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
             out["attribution"] = b.op("Mul", [guided, up])
         out["_layer"] = layer
         return out
-    raise ValueError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
+    raise OptionError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")

@@ -29,6 +29,8 @@ def display_kind(method: str) -> str:
 def read_labels(path) -> list[str]:
     """Class names, line k for class k: a blank line keeps its place (shown as 'class k'), a
     byte-order mark is dropped, blank lines at the end are not classes."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO or device: reading it could block forever
+        raise InputError(f"cannot read labels file '{path}': not a regular file")
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
         names = [line.strip() for line in re.split(r"\r\n|\r|\n", text)]  # not at \f, \v, U+2028 ...

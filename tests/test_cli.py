@@ -34,6 +34,31 @@ def test_export_then_run(tmp_path):
     assert att.shape == x.shape and logits.shape == (4, 4)
 
 
+def test_sigterm_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    """SIGTERM (kill, timeout, docker stop) mid-write: the command unwinds like Ctrl-C, exit
+    128 + 15, and the temporary file goes (the default action left a partial hidden
+    .out.onnx.*.tmp of 54 MB behind a 414 MB export)."""
+    import os
+    import signal
+
+    import onnxattr.io as oio
+
+    real = oio._write_bytes
+
+    def interrupted(path, data):
+        real(path, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(oio, "_write_bytes", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        r = CliRunner().invoke(main, ["export", str(MODEL), "-o", str(tmp_path / "out.onnx")])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert r.exit_code == 128 + signal.SIGTERM, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_tuned_for_cuda(tmp_path):
     out = tmp_path / "att.onnx"
     r = run("export", MODEL, "-o", out, "--method", "guided", "--tune-for", "cuda")

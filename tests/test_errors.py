@@ -251,13 +251,13 @@ def test_operand_without_gradient_rule_is_named(monkeypatch):
 
 
 @pytest.mark.parametrize("method, options, words", [
-    ("smoothgrad", dict(samples=0), "samples 0: must be at least 1"),
+    ("smoothgrad", dict(samples=0), "samples 0: must be in [1, 10000]"),
     ("integrated-gradients", dict(steps=0), "steps 0: must be at least 1"),
     ("integrated-gradients", dict(steps=1, ig_method="riemann_trapezoid"), "at least 2 for riemann_trapezoid"),
     ("integrated-gradients", dict(ig_method="simpson"), "ig_method 'simpson': must be one of"),
     ("smoothgrad", dict(seed=-1), "seed -1: must be in [0, 2147483647)"),
     ("smoothgrad", dict(seed=2**50), "seed 1125899906842624"),
-    ("smoothgrad", dict(noise=float("nan")), "noise nan: must be a finite number"),
+    ("smoothgrad", dict(noise=float("nan")), "noise nan: must be a number >= 0, finite in float32"),
     ("integrated-gradients", dict(baseline=np.zeros(5, np.float32)), "baseline of shape [5] does not broadcast"),
 ])
 def test_method_options_out_of_range(method, options, words):
@@ -1174,3 +1174,146 @@ def test_labels_keep_their_lines(tmp_path):
     r = cli("explain", MODEL, FIX / "images", "-o", tmp_path / "o2", "--provider", "cpu", "--labels", labels,
             "--mean", "0.5", "--std", "0.25")
     assert r.exit_code == 0 and "Warning:" in r.output and "names 2 of the 4 classes" in r.output, r.output
+
+
+# ---------------------------------------------------------------- a CLI audit's round (session 12)
+def test_output_over_the_baseline_file_is_refused(tmp_path):
+    """-o naming the --baseline .npy replaced it (export wrote the model there, explain the
+    attribution; exit 0)."""
+    x = np.load(FIX / "default_input.npy")[:2]
+    np.save(tmp_path / "b.npy", np.zeros(x.shape[1:], np.float32))
+    np.save(tmp_path / "x.npy", x)
+    before = (tmp_path / "b.npy").read_bytes()
+    ig = ["--method", "integrated-gradients", "--baseline", tmp_path / "b.npy"]
+    assert_one_line_error(cli("export", MODEL, *ig, "-o", tmp_path / "b.npy"), "OutputError", "is the input file")
+    r = cli("explain", MODEL, "--input", tmp_path / "x.npy", *ig, "-o", tmp_path / "b.npy", "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", "is the input file")
+    assert (tmp_path / "b.npy").read_bytes() == before
+
+
+def test_fifo_as_baseline_or_labels_is_refused(tmp_path):
+    """A FIFO as --baseline or --labels blocked forever on the read (and /dev/zero as labels read
+    until memory ran out)."""
+    os.mkfifo(tmp_path / "b.npy")
+    os.mkfifo(tmp_path / "labels.txt")
+    r = cli("export", MODEL, "--method", "integrated-gradients", "--baseline", tmp_path / "b.npy", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(r, "InputError", "is not a regular file")
+    for labels in (tmp_path / "labels.txt", "/dev/zero"):
+        r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", tmp_path / "o", "--labels", labels, "--provider", "cpu")
+        assert_one_line_error(r, "InputError", "not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "labels.txt"]
+
+
+@pytest.mark.parametrize("args, error, words", [
+    (["--method", "smoothgrad", "--samples", "99999999999999999999"], "OptionError", "must be in [1, 10000]"),
+    (["--method", "integrated-gradients", "--steps", "100000"], "OptionError", "steps 100000: must be at most 2048"),
+    (["--method", "smoothgrad", "--noise", "1e308"], "OptionError", "noise 1e+308: must be a number >= 0, finite in float32"),
+    (["--method", "integrated-gradients", "--baseline", "1e300"], "OptionError", "baseline 1e+300: must be finite in float32"),
+])
+def test_option_values_beyond_what_runs_are_option_errors(tmp_path, args, error, words):
+    """Reached "internal error" (OverflowError), ran for minutes (Gauss-Legendre nodes of 20000
+    steps), or ran to all-NaN attributions (noise 1e308 is inf in float32), exit 0."""
+    assert_one_line_error(cli("export", MODEL, *args, "-o", tmp_path / "o.onnx"), error, words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_baseline_file_of_strings_or_an_archive_is_refused(tmp_path):
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    np.savez(tmp_path / "z.npz", a=np.zeros(3))
+    ig = ["--method", "integrated-gradients", "-o", tmp_path / "o.onnx", "--baseline"]
+    assert_one_line_error(cli("export", MODEL, *ig, tmp_path / "s.npy"), "OptionError", "a real number or array")
+    assert_one_line_error(cli("export", MODEL, *ig, tmp_path / "z.npz"), "InputError", "an .npz archive")
+    for bad in (dict(samples=10**20), dict(noise="abc"), dict(baseline="zero"), dict(baseline=1j)):
+        with pytest.raises(onnxattr.OptionError):
+            onnxattr.attribution_model(str(MODEL), "integrated-gradients", **bad)
+    for bad in (dict(method="foo"), dict(tune_for="tpu")):
+        with pytest.raises(onnxattr.OptionError):
+            onnxattr.attribution_model(str(MODEL), **bad)
+
+
+def test_input_file_that_is_not_npy_names_the_cause(tmp_path):
+    (tmp_path / "t.npy").write_text("1, 2, 3\n")
+    np.savez(tmp_path / "z.npz", a=np.zeros(3))
+    for name, words in (("t.npy", "it is not a .npy file"), ("z.npz", "it is an .npz archive")):
+        r = cli("explain", MODEL, "--input", tmp_path / name, "-o", tmp_path / "a.npy", "--provider", "cpu")
+        assert_one_line_error(r, "InputError", words)
+    r = cli("explain", "--input", tmp_path / "t.npy")
+    assert r.exit_code == 2 and "needs a MODEL" in r.output and "bundled example" not in r.output.splitlines()[0]
+
+
+def test_external_data_that_is_a_folder_is_named_so(tmp_path):
+    path, data = _external(tmp_path, "e.bin")
+    data.unlink()
+    data.mkdir()
+    assert_one_line_error(cli("export", path, "-o", tmp_path / "o.onnx"), "ModelLoadError", "is not a regular file")
+
+
+@pytest.mark.parametrize("nodes, words", [
+    ([helper.make_node("Add", ["x", "ghost"], ["y"], name="a")], "Add node 'a' reads 'ghost', which no node"),
+    ([helper.make_node("Relu", ["x"], ["y"], name="n1"), helper.make_node("Sigmoid", ["x"], ["y"], name="n2")],
+     "tensor 'y' is written by two nodes"),
+    ([helper.make_node("Relu", ["h"], ["y"], name="late"), helper.make_node("Sigmoid", ["x"], ["h"], name="s")],
+     "Relu node 'late' reads 'h', which a later node writes"),
+])
+def test_a_malformed_graph_is_refused(tmp_path, nodes, words):
+    """A node reading an undefined tensor, or two writing one: export wrote a model that fails
+    onnx.checker and does not load in ONNX Runtime (exit 0)."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(m, tmp_path / "m.onnx")
+    assert_one_line_error(cli("export", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx"), "ModelLoadError", words)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_export_says_which_of_several_float_inputs_it_explains(tmp_path):
+    """Two float inputs: export attributed to the first without a word, and the CLI could not
+    choose the other (the API's input=)."""
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
+    g = helper.make_graph([helper.make_node("Mul", ["a", "b"], ["p"]), helper.make_node("MatMul", ["p", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("a", "b")],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "two.onnx")
+    r = cli("export", tmp_path / "two.onnx", "-o", tmp_path / "o.onnx")
+    assert r.exit_code == 0 and "attributing to input 'a', the first of the floating-point inputs a, b" in r.output
+    r = cli("export", tmp_path / "two.onnx", "-o", tmp_path / "o.onnx", "--input-name", "b")
+    assert r.exit_code == 0 and "attributing" not in r.output
+    a, b = np.ones((1, 4), np.float32), np.full((1, 4), 2.0, np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
+    att = sess.run(["attribution"], {"a": a, "b": b, "target": np.array([1])})[0]
+    np.testing.assert_array_equal(att, a * w.float_data[1::3] if w.float_data else a * np.arange(12).reshape(4, 3)[:, 1])
+
+
+def test_failed_model_rename_keeps_the_old_external_data(tmp_path, monkeypatch):
+    """OUT and OUT.data existing, the final rename of OUT failing: the new OUT.data had replaced
+    the old and was then deleted ("nothing was written", the old data gone)."""
+    path, _ = _external(tmp_path, "e.bin")
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"old model")
+    (tmp_path / "out.onnx.data").write_bytes(b"old data")
+    import onnxattr.io as oio
+
+    real = os.replace
+
+    def failing(src, dst):
+        if str(dst) == str(out):
+            raise PermissionError(1, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(oio.os, "replace", failing)
+    assert_one_line_error(cli("export", path, "-o", out), "OutputError", "nothing was written")
+    assert out.read_bytes() == b"old model" and (tmp_path / "out.onnx.data").read_bytes() == b"old data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.bin", "e.onnx", "out.onnx", "out.onnx.data"]
+
+
+def test_a_run_time_failure_is_one_line_on_stderr(tmp_path, capfd):
+    """A kernel failing at run time (a Gather past the end): ONNX Runtime logged its own coloured
+    error line on stderr before the one-line Error."""
+    g = helper.make_graph([helper.make_node("Gather", ["x", "idx"], ["y"], name="ga", axis=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "D"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                          [numpy_helper.from_array(np.array([5, 6], np.int64), "idx")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(onnxattr.ExecutionError, match="ONNX Runtime failed"):
+        onnxattr.Explainer(model, provider="cpu")(np.ones((2, 4), np.float32), 0)
+    assert "onnxruntime" not in capfd.readouterr().err
