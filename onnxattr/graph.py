@@ -400,6 +400,21 @@ class Builder:
             return self.op("Expand", [t, self.shape_of(x)])
         return self.op("Add", [t, self.zeros_like(x)])
 
+    def divide_by_count(self, g: str, count) -> str:
+        """g / count, for a count of elements (a mean's): a number, or an int64 scalar tensor. In
+        float16 a count past its largest value, 65504 (a mean over 256 x 256), would be inf and
+        the gradient 0: it is divided out in two steps, by a power of two then the rest, or for a
+        run-time count by its square root (taken in float32) twice."""
+        if not isinstance(count, str):
+            if self.np_dtype != np.float16 or count <= 65504:
+                return self.op("Div", [g, self.scalar(float(count))])
+            k = 2.0 ** int(np.ceil(np.log2(count / 65504)))
+            return self.op("Div", [self.op("Div", [g, self.scalar(k)]), self.scalar(count / k)])
+        if self.np_dtype != np.float16:
+            return self.op("Div", [g, self.op("Cast", [count], to=self.dtype)])
+        root = self.op("Cast", [self.op("Sqrt", [self.op("Cast", [count], to=TensorProto.FLOAT)])], to=self.dtype)
+        return self.op("Div", [self.op("Div", [g, root]), root])
+
     def equal(self, a: str, b: str) -> str:
         """a == b as a bool tensor; Equal takes float inputs only from opset 11. (A tensor the
         backward made has no recorded type: float, unless the other operand's says otherwise.)"""

@@ -1077,6 +1077,72 @@ def test_independent_symbolic_dims_broadcast_at_run_time(op):
         vjp_model(old)
 
 
+@pytest.mark.parametrize("dims", [[1, 2, 256, 300], [1, 2, "H", "W"]])
+@pytest.mark.parametrize("op", ["ReduceMean", "AveragePool"])
+def test_half_precision_mean_over_more_than_65504_elements(op, dims):
+    """A mean over 256 x 300 in float16: the count 76800 is inf there, so the gradient g / count
+    was 0 everywhere (a global-pooling head exported as ReduceMean, a float16 model): exact in
+    two divisions now; 1 / 76800 is representable in float16."""
+    if op == "AveragePool" and "H" in dims:
+        pytest.skip("a dynamic AveragePool's gradient needs float32 (refused by name)")
+    node = (N("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0) if op == "ReduceMean"
+            else N("AveragePool", ["x"], ["y"], kernel_shape=[256, 300]))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    x = np.ones((1, 2, 256, 300), np.float16)
+    c = np.array([1.0, -3.0], np.float16).reshape((1, 2) if op == "ReduceMean" else (1, 2, 1, 1))
+    got = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [grads["x"]], {"x": x, cots["y"]: c})[0]
+    want = np.broadcast_to(c.reshape(1, 2, 1, 1).astype(np.float64) / 76800, got.shape)
+    # (1.3e-5 and 3.9e-5 are subnormal in float16: steps of 2**-24)
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=2.0 ** -24)
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization", "Reciprocal"])
+def test_half_precision_backward_does_not_overflow_where_the_forward_does_not(op):
+    """Run op by op in float16 (the reference evaluator; a provider with float16 kernels does
+    the same), the backward squared x - mean (|x| = 300 in a LayerNorm row), cubed
+    RMSNorm's r (x ~ 0.01: r**3 = 1e6) or squared Reciprocal's y (333): inf or 0 everywhere while
+    the forward and the true gradient are finite. Now the statistics are float32, as the ops'
+    own stash_type 1, and g y y is (g y) y."""
+    from onnx.reference import ReferenceEvaluator
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    if op == "LayerNormalization":
+        x = rng.normal(0, 10, (2, 16))
+        x[0, 3] = 300.0
+        nodes, inits = [N(op, ["x", "s"], ["y"], axis=-1)], [numpy_helper.from_array(np.ones(16, np.float16), "s")]
+    elif op == "RMSNormalization":
+        x = rng.normal(0, 0.01, (2, 16))
+        nodes, inits = [N(op, ["x", "s"], ["y"], axis=-1)], [numpy_helper.from_array(np.ones(16, np.float16), "s")]
+    else:
+        x = rng.uniform(0.0025, 0.0035, (2, 16))
+        nodes, inits = [N(op, ["x"], ["y"])], []
+    x = x.astype(np.float16)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    vm, cots, grads = vjp_model(model)
+    c = (rng.normal(0, 1, (2, 16)) * (1e-3 if op == "Reciprocal" else 1)).astype(np.float16)
+    got = ReferenceEvaluator(vm).run([grads["x"]], {"x": x, cots["y"]: c})[0].astype(np.float64)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    if op == "LayerNormalization":
+        yt = torch.nn.functional.layer_norm(xt, (16,), eps=1e-5)
+    elif op == "RMSNormalization":
+        yt = xt / torch.sqrt((xt * xt).mean(-1, keepdim=True) + 1e-5)
+    else:
+        yt = 1 / xt
+    (want,) = torch.autograd.grad(yt, xt, torch.tensor(c.astype(np.float64)))
+    want = want.numpy()
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 (measured 4e-4 to 6e-4)
+
+
 @pytest.mark.parametrize("tune", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", ["MaxPool", "GatherElements", "Gather2d"])
 def test_half_precision_scatter_adds_run(name, tune):

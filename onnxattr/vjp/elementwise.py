@@ -106,8 +106,8 @@ def sqrt(b, node, gys):
 
 @register("Reciprocal")
 def reciprocal(b, node, gys):
-    y = node.output[0]
-    return [b.op("Neg", [b.op("Mul", [gys[0], b.op("Mul", [y, y])])])]
+    y = node.output[0]  # g * y * y: (g y) y, as y * y overflows float16 from |y| = 256
+    return [b.op("Neg", [b.op("Mul", [b.op("Mul", [gys[0], y]), y])])]
 
 
 @register("Pow")

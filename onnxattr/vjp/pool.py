@@ -216,7 +216,7 @@ def average_pool(b, node, gys):
         c = _window_counts(out[i], kernel[i], strides[i], dil[i], pads[i], pads[n + i], size[i], include)
         div = div * np.asarray(c, dtype=np.float64).reshape([-1] + [1] * (n - 1 - i))
     if np.all(div == div.flat[0]):
-        scaled = b.op("Div", [gys[0], b.scalar(div.flat[0])])
+        scaled = b.divide_by_count(gys[0], div.flat[0])
     else:
         scaled = b.op("Mul", [gys[0], b.const((1.0 / div).astype(b.np_dtype))])
     bank = np.ones([1, 1] + kernel, dtype=b.np_dtype)
@@ -257,7 +257,7 @@ def _average_pool_dynamic(b, node, g):
         return same_to_input(b, node, b.op("Div", [g, counts]), w, x, kernel, channels)
     strides, dil, pads = window(b, node, x, kernel)
     if not ceil and (include or not any(pads)):
-        scaled = b.op("Div", [g, b.scalar(float(np.prod(kernel)))])
+        scaled = b.divide_by_count(g, float(np.prod(kernel)))
     else:
         counts = _run_time_counts(b, node, kernel, strides, dil, pads, include, ceil)
         scaled = b.op("Div", [g, counts])
@@ -332,11 +332,10 @@ def reduce_sum_mean(b, node, gys):
     if node.op_type == "ReduceMean":
         s = b.shapes.get(x)
         if s is not None and all(s[i] is not None for i in axes):
-            count = b.scalar(float(np.prod([s[i] for i in axes])))
+            g = b.divide_by_count(g, float(np.prod([s[i] for i in axes])))
         else:
             dims = b.op("Gather", [b.shape_of(x), b.ints(axes)])
-            count = b.op("Cast", [b.reduce("ReduceProd", dims, [0], keepdims=0)], to=b.dtype)
-        g = b.op("Div", [g, count])
+            g = b.divide_by_count(g, b.reduce("ReduceProd", dims, [0], keepdims=0))
     return [b.expand_like(g, x)] + rest
 
 
