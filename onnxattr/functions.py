@@ -30,14 +30,14 @@ def expand_functions(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     opset = default_opset(model)
     expanded: dict[str, tuple[str, str]] = {}
     for _ in range(8):
-        candidates = [n for n in model.graph.node if _candidate(n, opset)]
+        candidates = {id(n) for n in model.graph.node if _candidate(n, opset)}
         if not candidates:
             break
         types = _Types(model)
         used = _names(model.graph)
         nodes, done = [], 0
         for node in model.graph.node:
-            body = _body(node, opset, types) if any(node is c for c in candidates) else None
+            body = _body(node, opset, types) if id(node) in candidates else None
             if body is None:
                 nodes.append(node)
                 continue
