@@ -30,9 +30,10 @@ def expand_functions(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     opset = default_opset(model)
     expanded: dict[str, tuple[str, str]] = {}
     for _ in range(8):
-        candidates = {id(n) for n in model.graph.node if _candidate(n, opset)}
-        if not candidates:
+        found = [n for n in model.graph.node if _candidate(n, opset)]  # (held: the ids stay theirs)
+        if not found:
             break
+        candidates = {id(n) for n in found}
         types = _Types(model)
         used = _names(model.graph)
         nodes, done = [], 0
