@@ -964,6 +964,9 @@ def _resize_1d(n: int, mode: str, scale=None, size=None, opset: int = 13, **attr
     ins = ["x", "", "s"] if scale is not None else ["x", "", "", "z"]
     inits = [numpy_helper.from_array(np.array([1, 1, 1, scale], np.float32), "s")] if scale is not None else \
         [numpy_helper.from_array(np.array([1, 1, 1, size], np.int64), "z")]
+    if opset < 13:  # roi and scales are required inputs there: empty when unused
+        ins = ["x", "roi", ins[2] or "none"] + ins[3:]
+        inits += [numpy_helper.from_array(np.zeros(0, np.float32), name) for name in ("roi", "none")]
     node = helper.make_node("Resize", ins, ["y"], name="up", mode=mode, **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, n])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
@@ -999,7 +1002,8 @@ def test_resize_output_length_onnx_and_onnxruntime_disagree_on_is_refused(mode, 
         vjp_model(model)
 
 
-_NEAREST = [(n, coord, nm, kind, v) for n in (5, 7, 10, 13) for coord in ("half_pixel", "asymmetric", "align_corners")
+_NEAREST = [(n, coord, nm, kind, v) for n in (5, 7, 10, 13)
+            for coord in ("half_pixel", "asymmetric", "align_corners", "tf_half_pixel_for_nn")
             for nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
             for kind, v in (("scale", 0.7), ("scale", 2.0), ("scale", 1.7), ("size", 4), ("size", 11))]
 
@@ -1010,7 +1014,8 @@ def test_nearest_gradient_goes_to_the_input_the_forward_reads(n, coord, nm, kind
     shows which), or the node is refused where that index depends on float rounding (a source
     coordinate on a rounding boundary: 3.5 / 0.7 - 0.5 is 4.5 in float32 and 4.50000009 in
     float64; before, the gradient followed float64 there and missed the input read)."""
-    model = _resize_1d(n, "nearest", **{kind: v}, coordinate_transformation_mode=coord, nearest_mode=nm)
+    model = _resize_1d(n, "nearest", **{kind: v}, coordinate_transformation_mode=coord, nearest_mode=nm,
+                       opset=11 if coord == "tf_half_pixel_for_nn" else 13)  # (that transform: Resize-11 only)
     x = np.arange(n, dtype=np.float32).reshape(1, 1, 1, n)
     try:
         read = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(

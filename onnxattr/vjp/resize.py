@@ -31,6 +31,8 @@ def _source_coords(out_len, in_len, scale, coord, roi):
         return y * (in_len - 1) / (length - 1) if length != 1 else np.zeros(out_len)
     if coord == "asymmetric":
         return y / scale
+    if coord == "tf_half_pixel_for_nn":  # (Resize-11 and 12; tf2onnx writes it for TensorFlow's nearest)
+        return (y + 0.5) / scale
     if coord == "tf_crop_and_resize":
         lo, hi = roi
         if length > 1:
@@ -71,6 +73,7 @@ def _coords(out_len, in_len, scale32, exact, coord, roi, how) -> list[Fraction]:
         fn = {"half_pixel": lambda v: (v + half) / s - half,
               "pytorch_half_pixel": lambda v: (v + half) / s - half if m > 1 else Fraction(0),
               "asymmetric": lambda v: v / s,
+              "tf_half_pixel_for_nn": lambda v: (v + half) / s,
               "align_corners": lambda v: Fraction(v * (n - 1), m - 1) if m != 1 else Fraction(0),
               "tf_crop_and_resize": lambda v: (lo * (n - 1) + v * (hi - lo) * (n - 1) / (m - 1)) if m > 1
               else (lo + hi) * (n - 1) / 2,
@@ -84,6 +87,8 @@ def _coords(out_len, in_len, scale32, exact, coord, roi, how) -> list[Fraction]:
         x = div(v + half, sc) - half if coord == "half_pixel" or out_len > 1 else np.zeros(out_len, t)
     elif coord == "asymmetric":
         x = div(v, sc)
+    elif coord == "tf_half_pixel_for_nn":
+        x = div(v + half, sc)
     elif coord == "align_corners":
         x = div(v * (n - t(1)), m - t(1)) if out_len != 1 else np.zeros(out_len, t)
     elif coord == "tf_crop_and_resize":
