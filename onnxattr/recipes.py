@@ -391,39 +391,60 @@ def _pools_to_one(b: Builder, node) -> bool:
     return len(shape) >= 3 and all(d == 1 for d in shape[2:])
 
 
-# element-wise ops that leave an input's layout as it is (normalisation before the first layer)
-_KEEPS_LAYOUT = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Clip", "Relu", "Sqrt", "Abs", "Pow"}
+# ops whose output keeps its input's axes (normalisation, padding and cropping before the first layer)
+_KEEPS_AXES = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Clip", "Relu", "Sqrt", "Abs", "Pow", "Pad", "Slice"}
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}  # (x may be either operand)
 # ops that read their input channels-first
 _CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
                    "InstanceNormalization", "GlobalAveragePool", "GlobalMaxPool", "LRN", "GroupNormalization"}
 
 
 def input_is_nhwc(b: Builder, x: str) -> bool:
-    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: the first
-    layout-bound node its values reach, through element-wise ops of its rank (a normalisation),
-    is a Transpose to channels-first; channels-first where it is a Conv, pool or normalisation.
-    Where neither is found: an image whose last dim is 1 or 3 and whose second is not."""
+    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: the axes of
+    x are followed through ops that keep, insert (Unsqueeze) or permute (Transpose) them, as
+    tf2onnx writes a Keras model's start (a pad or crop, then a Transpose to channels-first; a
+    Conv1D as Unsqueeze, Transpose, Conv), to the first node that reads channels-first (a Conv,
+    pool or normalisation): its input's axis 1 is x's last axis (channels-last) or axis 1. Where
+    that is not found (a Reshape in between): an input whose last dim is 1 or 3 and whose second
+    is not."""
     xs = b.shapes.get(x) or []
     consumers: dict[str, list] = {}
     for n in b.model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    frontier, seen, verdicts = [x], {x}, set()
+    # tensor -> for each of its axes, the axis of x it is (None: inserted)
+    frontier, origin, verdicts = [x], {x: list(range(len(xs)))}, set()
     while frontier:
         t = frontier.pop()
         for n in consumers.get(t, []):
+            if n.domain not in ("", "ai.onnx") or (n.input[0] != t and n.op_type not in _ELEMENTWISE):
+                continue
+            axes = origin[t]
+            if n.op_type in _CHANNELS_FIRST:
+                if len(axes) > 1 and axes[1] in (1, len(xs) - 1):
+                    verdicts.add(axes[1] == len(xs) - 1 and len(xs) > 2)
+                continue
             if n.op_type == "Transpose":
-                verdicts.add(_perm(n) == _to_first(len(xs)))
-            elif n.op_type in _CHANNELS_FIRST and n.domain in ("", "ai.onnx"):
-                verdicts.add(False)
-            elif n.op_type in _KEEPS_LAYOUT and len(b.shapes.get(n.output[0]) or []) == len(xs):
-                for o in n.output:
-                    if o not in seen:
-                        seen.add(o)
-                        frontier.append(o)
+                perm = _perm(n) or list(reversed(range(len(axes))))
+                out = [axes[p] for p in perm] if len(perm) == len(axes) else None
+            elif n.op_type == "Unsqueeze":
+                where = attrs(n).get("axes") if b.opset < 13 else b.static_value(n.input[1]) if len(n.input) > 1 else None
+                out = None
+                if where is not None:
+                    rank = len(axes) + len(np.ravel(where))
+                    inserted = sorted(int(a) % rank for a in np.ravel(where))
+                    rest = iter(axes)
+                    out = [None if i in inserted else next(rest) for i in range(rank)]
+            elif n.op_type in _KEEPS_AXES and len(b.shapes.get(n.output[0]) or []) == len(axes):
+                out = list(axes)
+            else:
+                out = None
+            if out is not None and n.output[0] not in origin:
+                origin[n.output[0]] = out
+                frontier.append(n.output[0])
     if len(verdicts) == 1:
         return verdicts.pop()
-    return len(xs) == 4 and xs[1] not in (1, 3) and xs[3] in (1, 3)
+    return len(xs) >= 3 and xs[1] not in (1, 3) and xs[-1] in (1, 3)
 
 
 def _upsample(ctx: Context, cam: str, layer: str) -> str:

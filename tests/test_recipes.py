@@ -417,6 +417,64 @@ def test_gradcam_resizes_over_the_input_spatial_axes(case):
     np.testing.assert_allclose(out["attribution"], up, rtol=0, atol=2e-6 * np.abs(up).max())  # measured 2.5e-7
 
 
+class KerasLikeStart(torch.nn.Module):
+    """What tf2onnx writes before a Keras model's first layer: a channels-last image padded, then
+    moved to channels-first; a Conv1D's signal [N, L, F] unsqueezed, then transposed to
+    [N, F, 1, L] for a 2-D conv."""
+
+    def __init__(self, net, kind):
+        super().__init__()
+        self.net, self.kind = net, kind
+
+    def forward(self, x):
+        if self.kind == "padded_nhwc":
+            return self.net(torch.nn.functional.pad(x, (0, 0, 1, 1, 2, 2)).permute(0, 3, 1, 2))
+        return self.net(x.unsqueeze(1).permute(0, 3, 1, 2))
+
+
+class Squeeze2(torch.nn.Module):
+    def forward(self, x):
+        return x.squeeze(2)
+
+
+@pytest.mark.parametrize("kind", ["padded_nhwc", "conv1d_as_2d"])
+def test_gradcam_follows_the_input_axes_through_pads_and_unsqueezes(kind):
+    """The input's channels are found by following its axes through Pad / Slice / Unsqueeze /
+    Transpose to the first Conv: a Keras model through tf2onnx (ZeroPadding2D first with 4
+    channels; any Conv1D) got its map resized over the wrong axes, [N, 1, W, C] and [N, 1, F]
+    (a Keras audit's finding). Against float64 PyTorch Grad-CAM at the same layer, resized to the
+    input's spatial size."""
+    torch.manual_seed(7)
+    if kind == "padded_nhwc":
+        net = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(6, 3)).eval()
+        x = np.random.default_rng(8).normal(size=(2, 12, 10, 4)).astype(np.float32)
+        inner = np.pad(x, ((0, 0), (2, 2), (1, 1), (0, 0))).transpose(0, 3, 1, 2).copy()  # [2, 4, 16, 12]
+        size, mode = (12, 10), "bilinear"
+    else:
+        net = torch.nn.Sequential(torch.nn.Conv2d(8, 6, (1, 5), padding=(0, 2)), Squeeze2(), torch.nn.ReLU(),
+                                  torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3)).eval()
+        x = np.random.default_rng(8).normal(size=(2, 40, 8)).astype(np.float32)
+        inner = x[:, None].transpose(0, 3, 1, 2).copy()  # [2, 8, 1, 40]
+        size, mode = (40,), "linear"
+    t = [0, 2]
+    layer, acts = net[1] if kind == "padded_nhwc" else net[2], {}
+    md = net.double()
+    hook = layer.register_forward_hook(lambda mod, i, o: acts.setdefault("a", o))
+    y = md(torch.from_numpy(inner).double())
+    hook.remove()
+    a = acts["a"]
+    (g,) = torch.autograd.grad(y[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean(tuple(range(2, a.dim())), keepdim=True) * a).sum(1, keepdim=True))
+    up = torch.nn.functional.interpolate(cam, size=size, mode=mode, align_corners=False).detach().numpy()
+    net.float()
+    want = np.moveaxis(up, 1, -1)  # laid out like the input: [N, H, W, 1], [N, L, 1]
+    assert (np.abs(want).reshape(2, -1).max(axis=1) > 1e-4).all()
+    out = explain("gradcam", x, t, model=export(KerasLikeStart(net, kind).eval(), x))
+    assert out["attribution"].shape == want.shape
+    np.testing.assert_allclose(out["attribution"], want, rtol=0, atol=2e-6 * np.abs(want).max())
+
+
 def test_gradcam_default_layer_is_not_a_squeeze_excitation_input():
     """A squeeze-and-excitation block pools globally mid-network and multiplies its weights back
     into the map; with a Flatten + Linear head there is no other global pool. The default layer
