@@ -181,6 +181,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     opts = Options(relu_like=relu_like, **options)
     if method not in ALL_METHODS:
         raise OptionError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
+    if opts.layer is not None and method not in ("gradcam", "guided-gradcam"):
+        raise OptionError(f"--layer applies to gradcam and guided-gradcam, not {method}")
     src = load_model(model)
     if isinstance(model, onnx.ModelProto):  # the caller's model: work on a copy
         out = onnx.ModelProto()

@@ -62,7 +62,10 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     targets = np.asarray(target) if not isinstance(target, str) else None
     if targets is not None and targets.ndim == 1 and len(targets) != len(paths):
         raise TargetError(f"target has {len(targets)} entries for {len(paths)} images (one class for all, or one per image)")
-    explainers = {m: Explainer(model, method=m, **explainer_kw) for m in methods}
+    cam_only = {"layer"}  # (the grid's other methods do not take --layer)
+    explainers = {m: Explainer(model, method=m, **{k: v for k, v in explainer_kw.items()
+                                                   if k not in cam_only or m in ("gradcam", "guided-gradcam")})
+                  for m in methods}
     first = next(iter(explainers.values()))
     shape = first._input_meta.shape
     if first.batch_axis:  # the images are stacked along axis 0
@@ -90,7 +93,8 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
         for staged, _ in files:
             Path(staged).unlink(missing_ok=True)
         raise
-    return {"files": [final for _, final in files], "predictions": predictions, "layer": first.layer,
+    layer = next((e.layer for e in explainers.values() if e.layer), None)  # (the grid's Grad-CAM's too)
+    return {"files": [final for _, final in files], "predictions": predictions, "layer": layer,
             "provider": first.provider, "classes": classes}
 
 

@@ -1317,3 +1317,16 @@ def test_a_run_time_failure_is_one_line_on_stderr(tmp_path, capfd):
     with pytest.raises(onnxattr.ExecutionError, match="ONNX Runtime failed"):
         onnxattr.Explainer(model, provider="cpu")(np.ones((2, 4), np.float32), 0)
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_layer_with_a_method_that_does_not_take_it_is_refused(tmp_path):
+    """--layer with saliency (or any method but the Grad-CAMs) was ignored without a word; the
+    grid, which runs Grad-CAM among other methods, passes it to the Grad-CAMs only."""
+    layer = onnxattr.Explainer(str(MODEL), method="gradcam", provider="cpu").layer
+    r = cli("export", MODEL, "-o", tmp_path / "o.onnx", "--method", "saliency", "--layer", layer)
+    assert_one_line_error(r, "OptionError", "--layer applies to gradcam and guided-gradcam, not saliency")
+    assert not (tmp_path / "o.onnx").exists()
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", tmp_path / "out", "--grid", "--layer", layer,
+            "--provider", "cpu", "--method", "saliency")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "grid.png").exists() and f"Grad-CAM layer: {layer}" in r.output
