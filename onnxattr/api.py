@@ -20,7 +20,7 @@ from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import METHODS, get_method
 from .vjp import rule_key
-from .recipes import ALL_METHODS, Context, Options, batch_axis, build, input_is_nhwc
+from .recipes import ALL_METHODS, CAM_METHODS, Context, Options, batch_axis, build, input_is_nhwc
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
@@ -181,7 +181,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     opts = Options(relu_like=relu_like, **options)
     if method not in ALL_METHODS:
         raise OptionError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")
-    if opts.layer is not None and method not in ("gradcam", "guided-gradcam"):
+    if opts.layer is not None and method not in CAM_METHODS:
         raise OptionError(f"--layer applies to gradcam and guided-gradcam, not {method}")
     src = load_model(model)
     if isinstance(model, onnx.ModelProto):  # the caller's model: work on a copy
@@ -194,7 +194,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     inits = {i.name for i in out.graph.initializer}
     inputs = [i.name for i in out.graph.input if i.name not in inits]
     b = _builder(out, x.type.tensor_type.elem_type, tune_for=tune_for)
-    if wrt is not None and method in ("gradcam", "guided-gradcam"):
+    if wrt is not None and method in CAM_METHODS:
         raise OptionError(f"--wrt does not apply to {method}: its map is at --layer, its attribution at the input")
     if wrt is not None and (wrt not in b.types or not b.is_float(wrt)):
         raise NotAClassifierError(f"--wrt '{wrt}' is not a floating-point tensor of the model")

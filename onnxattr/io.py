@@ -330,15 +330,17 @@ def _save_external(model: onnx.ModelProto, out: Path, data_path: Path) -> None:
             raise OutputError(f"cannot write '{out}': the graph without its weights is still too large ({e})") from None
         for tmp in tmps:
             os.chmod(tmp, 0o666 & ~_umask())
-        if data_path.exists():  # kept aside until the model is in place: a failure puts it back
-            tmps.append(_temp(out.parent, data_path.name))
-            os.replace(data_path, tmps[-1])
+        kept = None  # an older OUT.data, set aside until the model is in place: a failure puts it back
+        if data_path.exists():
+            kept = _temp(out.parent, data_path.name)
+            tmps.append(kept)
+            os.replace(data_path, kept)
         os.replace(tmp_data, data_path)
         try:
             os.replace(tmp_model, out)
         except OSError:
-            if len(tmps) == 3:
-                os.replace(tmps[2], data_path)
+            if kept is not None:
+                os.replace(kept, data_path)
             else:
                 data_path.unlink(missing_ok=True)
             raise

@@ -23,6 +23,7 @@ from .vjp.pool import reduce_axes
 BASE = ("saliency", "deconvnet", "guided")
 COMPOSED = ("gradient-x-input", "smoothgrad", "integrated-gradients", "gradcam", "guided-gradcam")
 ALL_METHODS = BASE + COMPOSED
+CAM_METHODS = ("gradcam", "guided-gradcam")  # (the methods that take a --layer, and no --wrt)
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "MaxPool")
 
@@ -557,7 +558,7 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         total = b.reduce("ReduceSum", att, [a for a in range(rank) if a != wa], keepdims=0)
         gap = b.op("Sub", [total, b.op("Sub", [y_x, y_b])])
         return {"attribution": att, "completeness_gap": gap}
-    if method in ("gradcam", "guided-gradcam"):
+    if method in CAM_METHODS:
         layer, cam, up = gradcam_maps(ctx, opts)
         out = {"cam": cam}
         if method == "gradcam":

@@ -14,6 +14,7 @@ from . import viz
 from .api import ATTRIBUTION, TARGET
 from .errors import InputError, OutputError, TargetError
 from .explainer import Explainer
+from .recipes import CAM_METHODS
 from .images import input_geometry, load_images
 from .io import check_output_path, external_data_files, save_array
 
@@ -62,9 +63,8 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     targets = np.asarray(target) if not isinstance(target, str) else None
     if targets is not None and targets.ndim == 1 and len(targets) != len(paths):
         raise TargetError(f"target has {len(targets)} entries for {len(paths)} images (one class for all, or one per image)")
-    cam_only = {"layer"}  # (the grid's other methods do not take --layer)
-    explainers = {m: Explainer(model, method=m, **{k: v for k, v in explainer_kw.items()
-                                                   if k not in cam_only or m in ("gradcam", "guided-gradcam")})
+    explainers = {m: Explainer(model, method=m, **{k: v for k, v in explainer_kw.items()  # (--layer: Grad-CAM's)
+                                                   if k != "layer" or m in CAM_METHODS})
                   for m in methods}
     first = next(iter(explainers.values()))
     shape = first._input_meta.shape

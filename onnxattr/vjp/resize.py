@@ -298,17 +298,15 @@ def resize(b, node, gys):
                         f"({shape_in[ax]} x {full_scale[ax]:g} = {length:g}) under coordinate_transformation_mode "
                         f"'{spec['coord']}', where ONNX Runtime's forward departs from the ONNX definition; "
                         "give sizes instead of scales")
-    elif policy != "stretch":  # the policy's scale: min or max of sizes / input over the axes
-        ratios = [float(n) / shape_in[ax] for n, ax in zip(sizes.tolist(), axes)]
-        full_scale.update({ax: (min if policy == "not_larger" else max)(ratios) for ax in axes})
-        ratios32 = [np.float32(n) / np.float32(shape_in[ax]) for n, ax in zip(sizes.tolist(), axes)]
-        scale32.update({ax: (min if policy == "not_larger" else max)(ratios32) for ax in axes})
-        fractions = [Fraction(int(n), shape_in[ax]) for n, ax in zip(sizes.tolist(), axes)]
-        exact.update({ax: (min if policy == "not_larger" else max)(fractions) for ax in axes})
-    else:
-        full_scale.update({ax: shape_out[ax] / shape_in[ax] for ax in moved})
-        scale32.update({ax: np.float32(shape_out[ax]) / np.float32(shape_in[ax]) for ax in moved})
-        exact.update({ax: Fraction(shape_out[ax], shape_in[ax]) for ax in moved if shape_in[ax]})
+    else:  # from sizes: output / input, or the policy's one scale, min or max of sizes / input over the axes
+        if policy != "stretch":
+            fractions = [Fraction(int(n), shape_in[ax]) for n, ax in zip(sizes.tolist(), axes)]
+            exact.update({ax: (min if policy == "not_larger" else max)(fractions) for ax in axes})
+        else:
+            exact.update({ax: Fraction(shape_out[ax], shape_in[ax]) for ax in moved if shape_in[ax]})
+        # (both roundings are correct ones of the same fraction, as runtimes divide the lengths)
+        full_scale.update({ax: float(f) for ax, f in exact.items()})
+        scale32.update({ax: np.float32(f.numerator) / np.float32(f.denominator) for ax, f in exact.items()})
     if any(shape_out[ax] == 0 for ax in moved):  # an empty output: x gets no gradient (and ONNX
         return [b.zeros_like(x)] + [None] * (len(node.input) - 1)  # Runtime's empty MatMul is not zeroed)
     g = gys[0]
