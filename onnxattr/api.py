@@ -20,7 +20,7 @@ from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import METHODS, get_method
 from .vjp import rule_key
-from .recipes import ALL_METHODS, CAM_METHODS, Context, Options, batch_axis, build, input_is_nhwc
+from .recipes import ALL_METHODS, CAM_METHODS, Context, Options, batch_axis, build, cam_axes, input_is_nhwc
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
@@ -239,7 +239,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
         nhwc = input_is_nhwc(b, x.name)
         shapes[ATTRIBUTION] = [batch] + (xdims[1:-1] + [1] if nhwc else [1] + xdims[2:])
     if layer is not None:
-        shapes["cam"] = [batch, 1] + (b.shapes.get(layer) or [None] * 4)[2:]
+        dims = b.shapes.get(layer) or [None] * 4
+        shapes["cam"] = [batch, 1] + [dims[a] for a in cam_axes(b, layer)[1]]
     outputs = dict(results)
     if target == "argmax":
         outputs[TARGET] = t

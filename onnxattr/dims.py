@@ -115,6 +115,82 @@ def _pad(node, x: list, consts: dict) -> list | None:
     return out
 
 
+def _one(side: list):
+    """The product of `side` as an expression: an int, or its one non-int dim when the ints
+    multiply to 1; else None."""
+    ints = [d for d in side if isinstance(d, int)]
+    rest = [d for d in side if not isinstance(d, int)]
+    product = 1
+    for d in ints:
+        product *= d
+    if not rest:
+        return product
+    return rest[0] if len(rest) == 1 and rest[0] is not None and product == 1 else None
+
+
+def _reshape(x: list, shape: list, allowzero: int) -> list | None:
+    """Reshape to a constant shape: its positive lengths, the input's where 0 copies one, and
+    for -1 what is left of the input once the other lengths are taken out of it."""
+    out, free = [], None
+    for k, s in enumerate(int(v) for v in shape):
+        if s == 0 and not allowzero:
+            if k >= len(x):
+                return None
+            out.append(x[k])
+        elif s == -1 and free is None:
+            free = k
+            out.append(None)
+        elif s >= 0:
+            out.append(s)
+        else:
+            return None
+    if free is not None:
+        rest, ints = list(x), 1
+        for k, e in enumerate(out):
+            if k == free:
+                continue
+            if isinstance(e, int):
+                ints *= e
+            elif e in rest:
+                rest.remove(e)
+            else:
+                return out
+        known = [d for d in rest if isinstance(d, int)]
+        product = _one(known)
+        unknown = [d for d in rest if not isinstance(d, int)]
+        if not unknown:
+            out[free] = product // ints if ints and product % ints == 0 else None
+        elif len(unknown) == 1 and product == ints:
+            out[free] = unknown[0]
+    return out
+
+
+def _axes(node, consts: dict, rank: int) -> list | None:
+    """A Squeeze / Unsqueeze / Reduce node's constant axes (attribute or input), in [0, rank)."""
+    axes = attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = consts.get(node.input[1])
+        if axes is None:
+            return None
+    if axes is None or any(not -rank <= int(a) < rank for a in axes):
+        return None
+    return sorted(int(a) % rank for a in axes)
+
+
+def _reduce(node, x: list, consts: dict) -> list | None:
+    a = attrs(node)
+    axes = _axes(node, consts, len(x))
+    if axes is None:
+        if len(node.input) > 1 and node.input[1]:
+            return None  # (axes computed at run time)
+        if a.get("noop_with_empty_axes", 0):
+            return list(x)
+        axes = list(range(len(x)))
+    if a.get("keepdims", 1):
+        return [1 if i in axes else d for i, d in enumerate(x)]
+    return [d for i, d in enumerate(x) if i not in axes]
+
+
 def _constants(g) -> dict:
     """Values of the graph's initializers and Constant nodes that are lists of ints."""
     out = {}
@@ -131,6 +207,7 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     """{tensor: [expression per axis]} for the graph's inputs and what follows from them."""
     g = model.graph
     inits = {i.name for i in g.initializer}
+    init_dims = {i.name: list(i.dims) for i in g.initializer}
     consts = _constants(g)
     # Shape(t) whole: a Reshape to it gives t's dims (PyTorch's GroupNorm: x -> [N, G, -1] -> back)
     shape_of = {n.output[0]: n.input[0] for n in g.node
@@ -145,7 +222,7 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     def dims(t: str) -> list | None:
         if t in sym:
             return sym[t]
-        s = shapes.get(t)
+        s = shapes.get(t, init_dims.get(t))
         if s is not None and None not in s:
             return list(s)
         return None
@@ -168,6 +245,32 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = list(ins[0][:2]) + [1] * (len(ins[0]) - 2)
         elif op == "Reshape" and len(node.input) > 1 and node.input[1] in shape_of:
             out = dims(shape_of[node.input[1]])
+        elif op == "Reshape" and len(node.input) > 1 and ins[0] is not None and node.input[1] in consts:
+            out = _reshape(ins[0], consts[node.input[1]], attrs(node).get("allowzero", 0))
+        elif op == "Squeeze" and ins and ins[0] is not None:
+            axes = _axes(node, consts, len(ins[0]))
+            if axes is None and not (len(node.input) > 1 and node.input[1]) and all(isinstance(d, int) for d in ins[0]):
+                axes = [i for i, d in enumerate(ins[0]) if d == 1]
+            out = None if axes is None else [d for i, d in enumerate(ins[0]) if i not in axes]
+        elif op == "Unsqueeze" and ins and ins[0] is not None:
+            rank = len(ins[0]) + len(attrs(node).get("axes") or consts.get(node.input[-1] if len(node.input) > 1 else "", []))
+            axes = _axes(node, consts, rank)
+            if axes is not None:
+                rest = iter(ins[0])
+                out = [1 if i in axes else next(rest) for i in range(rank)]
+        elif op == "Flatten" and ins and ins[0] is not None:
+            axis = attrs(node).get("axis", 1)
+            axis += len(ins[0]) if axis < 0 else 0
+            out = [_one(ins[0][:axis]), _one(ins[0][axis:])] if 0 <= axis <= len(ins[0]) else None
+        elif op == "MatMul" and len(ins) == 2 and all(d is not None and len(d) >= 2 for d in ins):
+            rank = max(len(d) for d in ins)
+            lead = [[...] * (rank - len(d)) + list(d[:-2]) for d in ins]
+            out = [_broadcast([d[i] for d in lead]) for i in range(rank - 2)] + [ins[0][-2], ins[1][-1]]
+        elif op == "Gemm" and len(ins) >= 2 and all(d is not None and len(d) == 2 for d in ins[:2]):
+            a = attrs(node)
+            out = [ins[0][1 if a.get("transA", 0) else 0], ins[1][0 if a.get("transB", 0) else 1]]
+        elif op.startswith("Reduce") and ins and ins[0] is not None:
+            out = _reduce(node, ins[0], consts)
         elif op == "Pad" and ins and ins[0] is not None:
             out = _pad(node, ins[0], consts)
         elif op == "Transpose" and ins and ins[0] is not None:

@@ -301,10 +301,12 @@ def _nchw_pool_input(b: Builder, node, producer: dict, rank: int) -> str | None:
     axes = reduce_axes(b, node)
     if axes == list(range(2, rank)):
         return x
+    if axes != list(range(1, rank - 1)):
+        return None
     src = producer.get(x)
-    if axes == list(range(1, rank - 1)) and src is not None and _perm(src) == _to_last(rank):
+    if src is not None and _perm(src) == _to_last(rank):
         return src.input[0]
-    return None
+    return x if channels_last(b, x) else None
 
 
 # ops whose 4-D output is a convolutional activation [N, K, h, w] (not attention's [N, heads, T, d])
@@ -377,7 +379,7 @@ def _back_into_maps(b: Builder, pool, path: list, rank: int) -> bool:
         reached.update(node.output)
         for o in node.output:
             shape = b.shapes.get(o) or []
-            if len(shape) == rank and any(d is None or d > 1 for d in shape[2:]):
+            if len(shape) == rank and sum(d is None or d > 1 for d in shape[1:]) >= 2:  # (channels first or last)
                 return True
     return False
 
@@ -448,6 +450,58 @@ def input_is_nhwc(b: Builder, x: str) -> bool:
     return len(xs) >= 3 and xs[1] not in (1, 3) and xs[-1] in (1, 3)
 
 
+# ops whose output keeps the axes of each input of the same rank (so its layout)
+_SAME_LAYOUT = _KEEPS_AXES - {"Pad", "Slice"} | {
+    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Mish", "Softplus",
+    "Softsign", "Gelu", "Erf", "Exp", "Log", "Reciprocal", "Max", "Min", "Sum", "Mean", "Dropout"}
+
+
+def channels_last(b: Builder, t: str) -> bool:
+    """Whether the activation `t` [N, ...] is laid out channels-last, as tf2onnx leaves a Keras
+    model's last activation (MobileNetV3's hard-swish) before its pooling over axes 1 .. rank - 2.
+    Its values are followed through ops that keep their layout (element-wise ops and activations),
+    back to where they come from and on to where they go: a Transpose to channels-last before, or
+    to channels-first after, says channels-last; a Conv, pool or normalisation before or after, or
+    a Transpose the other way, says channels-first. Channels-first where nothing is found or the
+    evidence disagrees (a pooling over axes 1 .. rank - 2 is no evidence: a sequence model's
+    tokens [N, T, d] are pooled so)."""
+    rank = len(b.shapes.get(t) or [])
+    if rank < 3:
+        return False
+    producer, consumers = {}, {}
+    for n in b.model.graph.node:
+        producer.update((o, n) for o in n.output)
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def same(n, name) -> bool:
+        return n.domain in ("", "ai.onnx") and n.op_type in _SAME_LAYOUT and len(b.shapes.get(name) or []) == rank
+
+    verdicts, seen, todo = set(), {t}, [(t, True), (t, False)]
+    while todo and len(seen) < 200:
+        name, back = todo.pop()
+        nodes = [producer[name]] if back and name in producer else [] if back else consumers.get(name, [])
+        for n in nodes:
+            if n.domain not in ("", "ai.onnx"):
+                continue
+            perm = _perm(n)
+            if perm is not None:
+                last = perm == _to_last(rank)
+                if last or perm == _to_first(rank):
+                    verdicts.add(last if back else not last)
+            elif n.op_type in _CHANNELS_FIRST:
+                if back or n.input[0] == name:
+                    verdicts.add(False)
+            elif back and same(n, n.output[0]):
+                follow = [i for i in n.input if i and len(b.shapes.get(i) or []) == rank and i not in b.consts]
+                todo += [(i, True) for i in follow if i not in seen]
+                seen.update(follow)
+            elif not back and same(n, n.output[0]) and n.output[0] not in seen:
+                seen.add(n.output[0])
+                todo.append((n.output[0], False))
+    return verdicts == {True}
+
+
 def _upsample(ctx: Context, cam: str, layer: str) -> str:
     """cam [N, 1, h, w] (h, w those of `layer`) resized (bilinear, half-pixel) to the input's
     spatial size, laid out like the input (channels first or last); likewise [N, 1, l] (linear)
@@ -471,8 +525,9 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
                   coordinate_transformation_mode="half_pixel")
     else:
         size = b.static_shape(ctx.x, None, dims=spatial)
-        hw = b.static_shape(layer, None, dims=list(range(2, rank)))
-        scales = np.array([1, 1] + [size[a] / hw[2 + i] for i, a in enumerate(spatial)], np.float32)
+        axes = cam_axes(b, layer)[1]
+        hw = b.static_shape(layer, None, dims=axes)
+        scales = np.array([1, 1] + [size[a] / hw[axes[i]] for i, a in enumerate(spatial)], np.float32)
         if b.opset >= 10:
             up = b.op("Resize", [cam, b.const(scales, dtype=np.float32)], mode="linear")
         elif b.opset >= 9:
@@ -501,9 +556,19 @@ def gradcam_maps(ctx: Context, opts: Options) -> tuple[str, str, str]:
         raise NotAClassifierError(f"--layer '{layer}' [{dims}]: its first axis is not the input's batch axis "
                                   "(row n of the map must explain row n of the scores)")
     g = ctx.gradient(get_method("saliency"), at=layer)
-    alpha = b.reduce("ReduceMean", g, list(range(2, rank)), keepdims=1)
-    cam = b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [1], keepdims=1)])
+    channels, spatial = cam_axes(b, layer)
+    alpha = b.reduce("ReduceMean", g, spatial, keepdims=1)
+    cam = b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [alpha, layer]), [channels], keepdims=1)])
+    if channels != 1:  # a channels-last layer's map [N, h, w, 1] -> [N, 1, h, w]
+        cam = b.op("Transpose", [cam], perm=_to_first(rank))
     return layer, cam, _upsample(ctx, cam, layer)
+
+
+def cam_axes(b: Builder, layer: str) -> tuple[int, list[int]]:
+    """The channel axis and the spatial axes of a Grad-CAM layer [N, K, ...] or, where
+    `channels_last`, [N, ..., K]."""
+    rank = len(b.shapes.get(layer) or [])
+    return (rank - 1, list(range(1, rank - 1))) if channels_last(b, layer) else (1, list(range(2, rank)))
 
 
 def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:

@@ -616,6 +616,71 @@ def test_keras_applications_dynamic_image_size(app):
         assert err < 5e-6, f"{app} {h}x{w}: relative error {err:.2e}"
 
 
+def _keras_cam_model(keras, head: str):
+    """Small Keras CNNs whose last activation tf2onnx leaves as the Keras models have them:
+    "hard_swish", MobileNetV3's head (x * relu6(x + 3) / 6, left channels-last before
+    GlobalAveragePooling2D(keepdims=True), then a 1x1 Conv2D to the classes and Flatten);
+    "se_dynamic", EfficientNet's squeeze-and-excitation block and swish with the image's size
+    dynamic (the SE block's pool written as GlobalAveragePool -> Squeeze -> Reshape [-1, C, 1, 1])."""
+    L = keras.layers
+    dynamic = head == "se_dynamic"
+    inp = keras.Input((None, None, 3) if dynamic else (24, 24, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same")(inp)
+    if dynamic:
+        x = L.Activation("swish")(x)
+        s = L.GlobalAveragePooling2D()(x)
+        s = L.Reshape((1, 1, 8))(s)
+        s = L.Conv2D(4, 1, activation="swish")(s)
+        s = L.Conv2D(8, 1, activation="sigmoid")(s)
+        x = L.Multiply()([x, s])
+        x = L.Conv2D(12, 1)(x)
+        x = L.Activation("swish", name="last")(x)
+        return keras.Model(inp, L.Dense(5)(L.GlobalAveragePooling2D()(x)))
+    x = L.Conv2D(12, 3, padding="same")(x)
+    x = L.Multiply(name="last")([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+    x = L.GlobalAveragePooling2D(keepdims=True)(x)
+    x = L.Conv2D(5, 1)(x)
+    return keras.Model(inp, L.Flatten()(x))
+
+
+@pytest.mark.parametrize("head", ["hard_swish", "se_dynamic"])
+def test_keras_gradcam_default_layer(head):
+    """Grad-CAM on Keras models through tf2onnx: the default layer is the last activation (its
+    ONNX tensor channels-last [N, h, w, K] for MobileNetV3's head; channels-first after tf2onnx's
+    Transposes for the other), against float64 GradientTape Grad-CAM at that Keras layer. Before,
+    MobileNetV3's head gave the classes' 1x1 Conv (a constant map), and with a dynamic size the
+    squeeze-and-excitation block's Reshape lost the batch axis, so the default fell back to the
+    first activation. Measured: cam 2.1e-7 (hard_swish), 1.7e-7 (se_dynamic)."""
+    tf = pytest.importorskip("tensorflow")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    keras = tf.keras
+    keras.utils.set_random_seed(4)
+    model32 = _keras_cam_model(keras, head)
+    keras.config.set_dtype_policy("float64")
+    try:
+        model64 = _keras_cam_model(keras, head)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
+    size = None if head == "se_dynamic" else 24
+    spec = [tf.TensorSpec((None, size, size, 3), tf.float32, name="image")]
+    proto, _ = tf2onnx.convert.from_keras(model32, input_signature=spec, opset=17)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 20 if size is None else 24, 24, 3)).astype(np.float32)
+    t = [1, 4]
+    ex = onnxattr.Explainer(proto, method="gradcam", provider="cpu")
+    assert "last" in ex.layer, ex.layer
+    out = ex.run(x, t)
+    sub = keras.Model(model64.inputs, [model64.get_layer("last").output, model64.output])
+    with tf.GradientTape() as tape:
+        act, y = sub(tf.constant(x.astype(np.float64)))
+        picked = tf.reduce_sum(tf.gather(y, t, axis=1, batch_dims=1))
+    g, act = tape.gradient(picked, act).numpy(), act.numpy()
+    cam = np.maximum((g.mean((1, 2), keepdims=True) * act).sum(-1), 0)[:, None]  # [N, 1, h, w]
+    assert out["cam"].shape == cam.shape and out["attribution"].shape == x.shape[:3] + (1,)
+    assert (cam.reshape(2, -1).max(1) > 1e-3 * np.abs(cam).max()).all()
+    assert rel_err(out["cam"], cam) < 2e-6
+
+
 # ---------------------------------------------------------------- scikit-learn via skl2onnx
 def _mlp():
     sk = pytest.importorskip("sklearn.neural_network")

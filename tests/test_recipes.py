@@ -711,3 +711,108 @@ def test_an_empty_gradcam_map_is_reported():
         warnings.simplefilter("error", onnxattr.EmptyMapWarning)
         cam = onnxattr.Explainer(m, method="gradcam", provider="cpu", layer="r1").run(x, [0, 1])["cam"]
     assert cam.reshape(2, -1).any(axis=1).all()
+
+
+def _channels_last_head_model(opset: int):
+    """x [N, 8, 8, 3] -> Transpose -> Conv (stride 2) -> Transpose back: c [N, 4, 4, 5] ->
+    hard swish c * clip(c + 3, 0, 6) / 6, channels-last (as tf2onnx leaves Keras MobileNetV3's
+    last activation) -> ReduceMean over axes 1, 2 (keepdims) -> Transpose -> 1x1 Conv to the
+    classes [N, 4, 1, 1] -> Reshape [N, 4]."""
+    rs = np.random.RandomState(5)
+    wc, wd = (rs.randn(5, 3, 3, 3) * .5).astype(np.float32), rs.randn(4, 5, 1, 1).astype(np.float32)
+    clip = ([helper.make_node("Clip", ["p"], ["q"], min=0.0, max=6.0)] if opset < 11 else
+            [helper.make_node("Clip", ["p", "zero", "six"], ["q"])])
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xc", "wc"], ["cc"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Transpose", ["cc"], ["c"], perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["c", "three"], ["p"]), *clip,
+             helper.make_node("Mul", ["q", "sixth"], ["s"]), helper.make_node("Mul", ["c", "s"], ["a"]),
+             helper.make_node("ReduceMean", ["a"], ["m"], axes=[1, 2], keepdims=1),
+             helper.make_node("Transpose", ["m"], ["mc"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["mc", "wd"], ["logits"]),
+             helper.make_node("Reshape", ["logits", "shape"], ["y"])]
+    consts = [numpy_helper.from_array(wc, "wc"), numpy_helper.from_array(wd, "wd"),
+              numpy_helper.from_array(np.float32(3), "three"), numpy_helper.from_array(np.float32(1 / 6), "sixth"),
+              numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six"),
+              numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], consts)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=7), wc, wd
+
+
+@pytest.mark.parametrize("opset", [10, 13])
+@pytest.mark.parametrize("layer", [None, "a", "c"])
+def test_gradcam_at_a_channels_last_activation(opset, layer):
+    """A channels-last activation [N, h, w, K] (tf2onnx leaves Keras MobileNetV3's hard swish so,
+    before its pooling over axes 1, 2) is the default layer, and a channels-last --layer is read
+    channels-last: alpha the mean of its gradient over h, w, the map the sum over K, laid out
+    [N, 1, h, w]. Before, the default was the classes' 1x1 Conv output (a 1x1 map: the same value
+    everywhere) and an explicit one was read as [N, K, h, w] (mean over w, K; sum over h). Against
+    float64 PyTorch; opset 10 resizes by scales from the layer's lengths."""
+    model, wc, wd = _channels_last_head_model(opset)
+    x = np.random.RandomState(6).randn(2, 8, 8, 3).astype(np.float32)
+    t = [1, 3]
+    ex = onnxattr.Explainer(model, method="gradcam", provider="cpu", **({} if layer is None else {"layer": layer}))
+    assert ex.layer == (layer or "a")
+    out = ex.run(x, t)
+    xt = torch.tensor(x, dtype=torch.float64).permute(0, 3, 1, 2)
+    c = torch.nn.functional.conv2d(xt, torch.tensor(wc, dtype=torch.float64), stride=2, padding=1).permute(0, 2, 3, 1)
+    c = c.detach().requires_grad_(True)
+    a = c * torch.clamp(c + 3, 0, 6) / 6
+    y = torch.nn.functional.conv2d(a.mean((1, 2), keepdim=True).permute(0, 3, 1, 2),
+                                   torch.tensor(wd, dtype=torch.float64)).reshape(-1, 4)
+    act = c if layer == "c" else a
+    g, = torch.autograd.grad(y.gather(1, torch.tensor(t)[:, None]).sum(), act)
+    cam = torch.relu((g.mean((1, 2), keepdim=True) * act).sum(3, keepdim=True)).permute(0, 3, 1, 2)
+    assert cam.detach().abs().reshape(2, -1).max(1).values.min() > 1e-3  # no row's map is empty
+    np.testing.assert_allclose(out["cam"], cam.detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert out["attribution"].shape == (2, 8, 8, 1)
+    if opset >= 11:
+        up = torch.nn.functional.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False)
+        up = up.permute(0, 2, 3, 1)
+        np.testing.assert_allclose(out["attribution"], up.detach().numpy(), rtol=1e-5, atol=1e-7)
+    else:  # ONNX's linear Upsample before opset 11 (asymmetric): at the even pixels, the map itself
+        np.testing.assert_allclose(out["attribution"][:, ::2, ::2, 0], out["cam"][:, 0], rtol=1e-6, atol=1e-8)
+
+
+class ConvNeXtLikeHead(torch.nn.Module):
+    """ConvNeXt's end in small: a residual block (its sum is the last activation), global
+    average pooling, then torchvision's LayerNorm2d on the pooled [N, C, 1, 1] (permute to
+    channels-last, LayerNorm, permute back), Flatten, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.norm, self.fc = torch.nn.LayerNorm(6), torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        r = torch.relu(self.c1(x))
+        s = r + self.c2(r)
+        p = s.mean((2, 3), keepdim=True)
+        return self.fc(self.norm(p.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).flatten(1))
+
+
+def test_gradcam_default_layer_before_a_pool_normalised_channels_last():
+    """The pooled [N, C, 1, 1] moved to [N, 1, 1, C] for a LayerNorm (torchvision's ConvNeXt) was
+    taken for a map that the pool's result goes back into (a squeeze-and-excitation block), so the
+    pool was passed over and the default layer fell back to the residual branch's last Conv; it is
+    the residual sum the pool reads (as the block output `features` a Captum user would hook).
+    Against float64 PyTorch Grad-CAM at that sum."""
+    torch.manual_seed(9)
+    m = ConvNeXtLikeHead().eval()
+    x = np.random.default_rng(9).normal(size=(2, 3, 10, 10)).astype(np.float32)
+    t = [1, 2]
+    model = export(m, x)
+    adds = [n.output[0] for n in model.graph.node if n.op_type == "Add" and n.input[0].startswith("/Relu")]
+    ex = onnxattr.Explainer(model, method="gradcam", provider="cpu")
+    assert [ex.layer] == adds
+    md, xd = m.double(), torch.from_numpy(x).double()
+    y = md(xd)
+    r = torch.relu(md.c1(xd))
+    s = (r + md.c2(r)).detach().requires_grad_(True)  # the sum, as a leaf: y depends on it through the pool
+    head = md.fc(md.norm(s.mean((2, 3), keepdim=True).permute(0, 2, 3, 1)).permute(0, 3, 1, 2).flatten(1))
+    assert torch.allclose(head, y)
+    g, = torch.autograd.grad(head[torch.arange(2), torch.tensor(t)].sum(), s)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * s).sum(1, keepdim=True)).detach().numpy()
+    assert (cam.reshape(2, -1).max(1) > 1e-3).all()
+    np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-7)

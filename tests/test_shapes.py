@@ -204,6 +204,72 @@ def test_symbolic_dims_do_not_carry_channels_through_a_conv_of_unknown_weights()
     assert not same(sym, "y", 1, "x", 1) and sym["y"][2:] == [5, 5]
 
 
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_symbolic_dims_through_reshapes_squeezes_reductions_and_products(opset):
+    """Constant Reshapes (a -1 is what is left of the input once the other lengths are taken out:
+    an unknown length only where exactly one is left and the static lengths cancel), Squeeze,
+    Unsqueeze, Flatten, the Reduce ops (axes as attribute or input, keepdims or not), MatMul and
+    Gemm carry the batch through a squeeze-and-excitation block or a classifier head as tf2onnx
+    writes them (Keras EfficientNetB0 with a dynamic size: `GlobalAveragePool -> Squeeze ->
+    Reshape [-1, C, 1, 1]` lost it, so Grad-CAM's default layer fell to the first block). Every
+    expression is checked against ONNX Runtime's lengths at six (N, H) sizes."""
+    from onnxattr.dims import same, symbolic_dims
+
+    rng = np.random.default_rng(2)
+    consts = {"s_n_12": [-1, 12], "s_0_m1_4": [0, -1, 4], "s_0_0_12": [0, 0, 12], "s_m1_3_1_1": [-1, 3, 1, 1],
+              "ax0": [0], "ax1": [1], "ax2": [2], "ax23": [2, 3]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()]
+    inits += [numpy_helper.from_array(rng.standard_normal((12, 5)).astype(np.float32), "w"),
+              numpy_helper.from_array(rng.standard_normal((5, 12)).astype(np.float32), "wt")]
+
+    def axes_node(op, src, out, axes, **kw):
+        if opset >= (18 if op.startswith("Reduce") else 13):
+            return helper.make_node(op, [src, axes], [out], **kw)
+        return helper.make_node(op, [src], [out], axes=consts[axes], **kw)
+
+    nodes = [helper.make_node("Reshape", ["x", "s_0_m1_4"], ["r1"]),      # [N, 3H, 4]: -1 unknown
+             helper.make_node("Reshape", ["x", "s_n_12"], ["r2"]),        # [NH, 12]: unknown
+             helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["t", "s_0_0_12"], ["r3"]),      # [N, H, 12]
+             axes_node("ReduceMean", "x", "g", "ax2", keepdims=0),         # [N, 3, 4]
+             helper.make_node("Reshape", ["g", "s_n_12"], ["r5"]),        # [N, 12]
+             axes_node("ReduceMax", "x", "k", "ax1", keepdims=1),          # [N, 1, H, 4]
+             axes_node("Squeeze", "k", "sq", "ax1"),                       # [N, H, 4]
+             axes_node("Unsqueeze", "sq", "un", "ax0"),                    # [1, N, H, 4]
+             helper.make_node("Flatten", ["sq"], ["f1"], axis=1),         # [N, 4H]: unknown
+             helper.make_node("Flatten", ["sq"], ["f2"], axis=2),         # [NH, 4]: unknown
+             helper.make_node("Flatten", ["g"], ["f3"], axis=1),          # [N, 12]
+             helper.make_node("Flatten", ["g"], ["f4"], axis=-2),         # [N, 12]: axis 1
+             helper.make_node("MatMul", ["f3", "w"], ["mm"]),             # [N, 5]
+             helper.make_node("MatMul", ["r3", "w"], ["mm3"]),            # [N, H, 5]
+             helper.make_node("Gemm", ["r5", "wt"], ["gm"], transB=1),    # [N, 5]
+             helper.make_node("GlobalAveragePool", ["x"], ["gp"]),        # [N, 3, 1, 1]
+             axes_node("Squeeze", "gp", "gs", "ax23"),                     # [N, 3]
+             helper.make_node("Reshape", ["gs", "s_m1_3_1_1"], ["se"]),   # [N, 3, 1, 1]
+             helper.make_node("Mul", ["x", "se"], ["y"])]                 # [N, 3, H, 4]
+    if opset >= 13:
+        nodes.append(helper.make_node("ReduceSum", ["x"], ["all"], keepdims=1))  # no axes: [1, 1, 1, 1]
+    outs = [n.output[0] for n in nodes]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 4])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    sizes = [(1, 2), (2, 5), (3, 3), (4, 7), (6, 1), (5, 6)]
+    sess = make_session(model.SerializeToString(), "cpu")[0]
+    runs = [dict(zip(outs, sess.run(outs, {"x": np.zeros((n, 3, h, 4), np.float32)}))) for n, h in sizes]
+    sym = symbolic_dims(model, {})
+    for o in outs:
+        for i, e in enumerate(sym.get(o) or []):
+            if e is not None:
+                assert all(_evaluate(e, (n, 3, h, 4)) == r[o].shape[i] for (n, h), r in zip(sizes, runs)), (o, i, e)
+    for o in ("r3", "g", "r5", "k", "sq", "f3", "f4", "mm", "mm3", "gm", "gp", "gs", "se", "y"):
+        assert same(sym, o, 0, "x", 0), o
+    assert same(sym, "un", 1, "x", 0) and same(sym, "r3", 1, "x", 2) and same(sym, "mm3", 1, "x", 2)
+    assert sym["r1"][1] is None and sym["r2"][0] is None and sym["f1"][1] is None and sym["f2"][0] is None
+    assert sym["r5"][1] == 12 and sym["se"][1:] == [3, 1, 1] and sym["mm"][1] == 5
+    if opset >= 13:
+        assert sym["all"] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize("start, end, step, whole", [
     (0, 2 ** 31 - 1, 1, True), (0, 2 ** 63 - 1, 1, True), (-(2 ** 63), 2 ** 63 - 1, 1, True), (-(2 ** 31), 2 ** 31 - 1, 1, True),
     (1, 2 ** 31 - 1, 1, False), (0, 2 ** 31 - 2, 1, False), (0, 2 ** 31 - 1, 2, False), (-1, 2 ** 31 - 1, 1, False),
