@@ -741,14 +741,15 @@ def _channels_last_head_model(opset: int):
 
 
 @pytest.mark.parametrize("opset", [10, 13])
-@pytest.mark.parametrize("layer", [None, "a", "c"])
+@pytest.mark.parametrize("layer", [None, "a", "c", "cc"])
 def test_gradcam_at_a_channels_last_activation(opset, layer):
     """A channels-last activation [N, h, w, K] (tf2onnx leaves Keras MobileNetV3's hard swish so,
     before its pooling over axes 1, 2) is the default layer, and a channels-last --layer is read
     channels-last: alpha the mean of its gradient over h, w, the map the sum over K, laid out
     [N, 1, h, w]. Before, the default was the classes' 1x1 Conv output (a 1x1 map: the same value
-    everywhere) and an explicit one was read as [N, K, h, w] (mean over w, K; sum over h). Against
-    float64 PyTorch; opset 10 resizes by scales from the layer's lengths."""
+    everywhere) and an explicit one was read as [N, K, h, w] (mean over w, K; sum over h). The
+    channels-first Conv output before the Transpose stays channels-first. Against float64
+    PyTorch; opset 10 resizes by scales from the layer's lengths."""
     model, wc, wd = _channels_last_head_model(opset)
     x = np.random.RandomState(6).randn(2, 8, 8, 3).astype(np.float32)
     t = [1, 3]
@@ -756,14 +757,18 @@ def test_gradcam_at_a_channels_last_activation(opset, layer):
     assert ex.layer == (layer or "a")
     out = ex.run(x, t)
     xt = torch.tensor(x, dtype=torch.float64).permute(0, 3, 1, 2)
-    c = torch.nn.functional.conv2d(xt, torch.tensor(wc, dtype=torch.float64), stride=2, padding=1).permute(0, 2, 3, 1)
-    c = c.detach().requires_grad_(True)
+    cc = torch.nn.functional.conv2d(xt, torch.tensor(wc, dtype=torch.float64), stride=2, padding=1)
+    cc = cc.detach().requires_grad_(True)  # the channels-first Conv output
+    c = cc.permute(0, 2, 3, 1)
     a = c * torch.clamp(c + 3, 0, 6) / 6
     y = torch.nn.functional.conv2d(a.mean((1, 2), keepdim=True).permute(0, 3, 1, 2),
                                    torch.tensor(wd, dtype=torch.float64)).reshape(-1, 4)
-    act = c if layer == "c" else a
+    act = {"c": c, "cc": cc}.get(layer, a)
     g, = torch.autograd.grad(y.gather(1, torch.tensor(t)[:, None]).sum(), act)
-    cam = torch.relu((g.mean((1, 2), keepdim=True) * act).sum(3, keepdim=True)).permute(0, 3, 1, 2)
+    if layer == "cc":
+        cam = torch.relu((g.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+    else:
+        cam = torch.relu((g.mean((1, 2), keepdim=True) * act).sum(3, keepdim=True)).permute(0, 3, 1, 2)
     assert cam.detach().abs().reshape(2, -1).max(1).values.min() > 1e-3  # no row's map is empty
     np.testing.assert_allclose(out["cam"], cam.detach().numpy(), rtol=1e-5, atol=1e-7)
     assert out["attribution"].shape == (2, 8, 8, 1)
