@@ -177,12 +177,16 @@ def _axes(node, consts: dict, rank: int) -> list | None:
     return sorted(int(a) % rank for a in axes)
 
 
+def _given_axes(node) -> bool:
+    return "axes" in attrs(node) or (len(node.input) > 1 and bool(node.input[1]))
+
+
 def _reduce(node, x: list, consts: dict) -> list | None:
     a = attrs(node)
     axes = _axes(node, consts, len(x))
-    if axes is None:
-        if len(node.input) > 1 and node.input[1]:
-            return None  # (axes computed at run time)
+    if axes is None and _given_axes(node):
+        return None  # (axes computed at run time, or out of range)
+    if not axes:  # none or empty: every axis, or none with noop_with_empty_axes
         if a.get("noop_with_empty_axes", 0):
             return list(x)
         axes = list(range(len(x)))
@@ -249,8 +253,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = _reshape(ins[0], consts[node.input[1]], attrs(node).get("allowzero", 0))
         elif op == "Squeeze" and ins and ins[0] is not None:
             axes = _axes(node, consts, len(ins[0]))
-            if axes is None and not (len(node.input) > 1 and node.input[1]) and all(isinstance(d, int) for d in ins[0]):
-                axes = [i for i, d in enumerate(ins[0]) if d == 1]
+            if not axes and not (axes is None and _given_axes(node)):  # none or empty: every length-1 axis
+                axes = [i for i, d in enumerate(ins[0]) if d == 1] if all(isinstance(d, int) for d in ins[0]) else None
             out = None if axes is None else [d for i, d in enumerate(ins[0]) if i not in axes]
         elif op == "Unsqueeze" and ins and ins[0] is not None:
             rank = len(ins[0]) + len(attrs(node).get("axes") or consts.get(node.input[-1] if len(node.input) > 1 else "", []))
@@ -282,6 +286,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             known = shapes.get(node.output[0])
             if known is not None and len(known) == len(out):
                 out = [k if k is not None else e for k, e in zip(known, out)]
+            elif known is not None:  # (a rank that disagrees with shape inference: claim nothing)
+                continue
             sym[node.output[0]] = out
     return sym
 

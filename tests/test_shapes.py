@@ -247,8 +247,14 @@ def test_symbolic_dims_through_reshapes_squeezes_reductions_and_products(opset):
              axes_node("Squeeze", "gp", "gs", "ax23"),                     # [N, 3]
              helper.make_node("Reshape", ["gs", "s_m1_3_1_1"], ["se"]),   # [N, 3, 1, 1]
              helper.make_node("Mul", ["x", "se"], ["y"])]                 # [N, 3, H, 4]
-    if opset >= 13:
-        nodes.append(helper.make_node("ReduceSum", ["x"], ["all"], keepdims=1))  # no axes: [1, 1, 1, 1]
+    if opset >= 13:  # no axes, or an empty axes input: every axis (noop_with_empty_axes: none); Squeeze: every 1
+        inits.append(numpy_helper.from_array(np.zeros(0, np.int64), "none"))
+        nodes += [helper.make_node("ReduceSum", ["x"], ["all"], keepdims=1),               # [1, 1, 1, 1]
+                  helper.make_node("ReduceSum", ["x", "none"], ["scalar"], keepdims=0),    # []
+                  helper.make_node("ReduceSum", ["x", "ax0"], ["z"], keepdims=0),          # [3, H, 4]
+                  helper.make_node("Add", ["z", "scalar"], ["zs"]),                        # [3, H, 4]
+                  helper.make_node("ReduceSum", ["x", "none"], ["noop"], noop_with_empty_axes=1),
+                  helper.make_node("Squeeze", ["un", "none"], ["sq0"])]                    # N or H may be 1
     outs = [n.output[0] for n in nodes]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 4])],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
@@ -266,8 +272,9 @@ def test_symbolic_dims_through_reshapes_squeezes_reductions_and_products(opset):
     assert same(sym, "un", 1, "x", 0) and same(sym, "r3", 1, "x", 2) and same(sym, "mm3", 1, "x", 2)
     assert sym["r1"][1] is None and sym["r2"][0] is None and sym["f1"][1] is None and sym["f2"][0] is None
     assert sym["r5"][1] == 12 and sym["se"][1:] == [3, 1, 1] and sym["mm"][1] == 5
-    if opset >= 13:
-        assert sym["all"] == [1, 1, 1, 1]
+    if opset >= 13:  # (an empty axes input was read as no axis at all: zs [N, 3, H, 4], claiming its 3 = N)
+        assert sym["all"] == [1, 1, 1, 1] and sym["scalar"] == [] and sym.get("sq0") is None
+        assert not same(sym, "zs", 0, "x", 0) and same(sym, "zs", 1, "x", 2) and sym["noop"] == sym["x"]
 
 
 @pytest.mark.parametrize("start, end, step, whole", [
