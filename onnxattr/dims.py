@@ -31,6 +31,7 @@ _SAME = {
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Greater", "Less",
               "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor"}
 _WINDOWED = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+_INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 _GLOBAL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 
 
@@ -129,11 +130,15 @@ def _one(side: list):
 
 
 def _reshape(x: list, shape: list, allowzero: int) -> list | None:
-    """Reshape to a constant shape: its positive lengths, the input's where 0 copies one, and
-    for -1 what is left of the input once the other lengths are taken out of it."""
+    """Reshape to a shape of known entries (constants, or lengths read by Shape): its lengths,
+    the input's where 0 copies one, and for -1 what is left of the input once the other lengths
+    are taken out of it. (A length read by Shape is taken as it is: where it is 0 in some run, a
+    0 there copies the input's length instead, which these expressions do not follow.)"""
     out, free = [], None
-    for k, s in enumerate(int(v) for v in shape):
-        if s == 0 and not allowzero:
+    for k, s in enumerate(shape):
+        if s is None or not isinstance(s, int):  # unknown, or an input's length
+            out.append(s)
+        elif s == 0 and not allowzero:
             if k >= len(x):
                 return None
             out.append(x[k])
@@ -195,16 +200,46 @@ def _reduce(node, x: list, consts: dict) -> list | None:
     return [d for i, d in enumerate(x) if i not in axes]
 
 
-def _constants(g) -> dict:
-    """Values of the graph's initializers and Constant nodes that are lists of ints."""
-    out = {}
+def _constant_tensors(g) -> list:
+    """(name, values as a list, TensorProto) of the graph's initializers and Constant nodes that are
+    ints of rank 0 or 1."""
     tensors = [(t.name, t) for t in g.initializer]
     tensors += [(n.output[0], constant_tensor(n)) for n in g.node if n.op_type == "Constant"]
-    tensors = [(name, t) for name, t in tensors if t is not None]
-    for name, t in tensors:
-        if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and len(t.dims) <= 1:
-            out[name] = numpy_helper.to_array(t).reshape(-1).tolist()
-    return out
+    return [(name, numpy_helper.to_array(t).reshape(-1).tolist(), t) for name, t in tensors
+            if t is not None and t.data_type in _INT_TYPES and len(t.dims) <= 1]
+
+
+def _constants(g) -> dict:
+    """Values of the graph's initializers and Constant nodes that are lists of ints."""
+    return {name: value for name, value, _ in _constant_tensors(g)}
+
+
+def _shape_value(node, vals: dict, sym: dict, shapes: dict):
+    """(value, rank) of node's output where it computes from lengths (rank 0 or 1; each element
+    an int, an expression or None), as Shape -> Gather -> Concat -> Reshape targets are built
+    (PyTorch's x.view(x.size(0), -1), tf2onnx's Tensordot for a Dense on a map); else None."""
+    op, a = node.op_type, attrs(node)
+    v = [vals.get(i) if i else None for i in node.input]
+    if op == "Shape":
+        d = sym.get(node.input[0]) or shapes.get(node.input[0])
+        return None if d is None else (list(d)[slice(a.get("start", 0), a.get("end"))], 1)
+    if op in ("Identity", "Cast") and v[0] is not None and a.get("to", onnx.TensorProto.INT64) in _INT_TYPES:
+        return v[0]
+    if op == "Gather" and v[0] is not None and v[0][1] == 1 and v[1] is not None and a.get("axis", 0) in (0, -1):
+        (data, _), (idx, rank) = v[0], v[1]
+        if any(not isinstance(i, int) or not -len(data) <= i < len(data) for i in idx):
+            return None
+        return [data[i] for i in idx], rank
+    if op == "Unsqueeze" and v[0] is not None and v[0][1] == 0:
+        return v[0][0], 1
+    if op == "Squeeze" and v[0] is not None and v[0][1] == 1 and len(v[0][0]) == 1:
+        return v[0][0], 0
+    if op == "Concat" and v and all(x is not None and x[1] == 1 for x in v):
+        return [e for x in v for e in x[0]], 1
+    if op == "ReduceProd" and v[0] is not None and v[0][1] == 1 and len(node.input) == 1:
+        if a.get("axes", [0]) in ([0], [-1]):
+            return [_one(v[0][0])], 1 if a.get("keepdims", 1) else 0
+    return None
 
 
 def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
@@ -217,6 +252,9 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     shape_of = {n.output[0]: n.input[0] for n in g.node
                 if n.op_type == "Shape" and not any(a.name in ("start", "end") for a in n.attribute)}
     sym: dict[str, list] = {}
+    # (value, rank) of the int tensors of rank 0 or 1 whose values are known: constants, and
+    # lengths read by Shape (_shape_value)
+    vals = {name: (value, len(t.dims)) for name, value, t in _constant_tensors(g)}
     for vi in g.input:
         if vi.name in inits or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
             continue
@@ -235,6 +273,9 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
         if node.domain not in ("", "ai.onnx") or not node.output or not node.output[0]:
             continue
         op, out = node.op_type, None
+        value = _shape_value(node, vals, sym, shapes)
+        if value is not None:
+            vals[node.output[0]] = value
         ins = [dims(i) if i else None for i in node.input]
         if op in _SAME and ins and ins[0] is not None:
             out = list(ins[0])
@@ -249,8 +290,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = list(ins[0][:2]) + [1] * (len(ins[0]) - 2)
         elif op == "Reshape" and len(node.input) > 1 and node.input[1] in shape_of:
             out = dims(shape_of[node.input[1]])
-        elif op == "Reshape" and len(node.input) > 1 and ins[0] is not None and node.input[1] in consts:
-            out = _reshape(ins[0], consts[node.input[1]], attrs(node).get("allowzero", 0))
+        elif op == "Reshape" and len(node.input) > 1 and ins[0] is not None and vals.get(node.input[1], ([], 0))[1] == 1:
+            out = _reshape(ins[0], vals[node.input[1]][0], attrs(node).get("allowzero", 0))
         elif op == "Squeeze" and ins and ins[0] is not None:
             axes = _axes(node, consts, len(ins[0]))
             if not axes and not (axes is None and _given_axes(node)):  # none or empty: every length-1 axis

@@ -306,7 +306,8 @@ def _nchw_pool_input(b: Builder, node, producer: dict, rank: int) -> str | None:
     src = producer.get(x)
     if src is not None and _perm(src) == _to_last(rank):
         return src.input[0]
-    return x if channels_last(b, x) else None
+    found, convolutional = _layout(b, x)  # (a sequence model's tokens [N, T, d] are pooled so: not a map)
+    return x if convolutional and found == {rank - 1} else None
 
 
 # ops whose 4-D output is a convolutional activation [N, K, h, w] (not attention's [N, heads, T, d])
@@ -451,55 +452,94 @@ def input_is_nhwc(b: Builder, x: str) -> bool:
 
 
 # ops whose output keeps the axes of each input of the same rank (so its layout)
-_SAME_LAYOUT = _KEEPS_AXES - {"Pad", "Slice"} | {
+_SAME_LAYOUT = _KEEPS_AXES | {
+    "Concat", "Split",
     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Mish", "Softplus",
     "Softsign", "Gelu", "Erf", "Exp", "Log", "Reciprocal", "Max", "Min", "Sum", "Mean", "Dropout"}
 
 
-def channels_last(b: Builder, t: str) -> bool:
-    """Whether the activation `t` [N, ...] is laid out channels-last, as tf2onnx leaves a Keras
-    model's last activation (MobileNetV3's hard-swish) before its pooling over axes 1 .. rank - 2.
-    Its values are followed through ops that keep their layout (element-wise ops and activations),
-    back to where they come from and on to where they go: a Transpose to channels-last before, or
-    to channels-first after, says channels-last; a Conv, pool or normalisation before or after, or
-    a Transpose the other way, says channels-first. Channels-first where nothing is found or the
-    evidence disagrees (a pooling over axes 1 .. rank - 2 is no evidence: a sequence model's
-    tokens [N, T, d] are pooled so)."""
+def _channel_axis(b: Builder, n, name: str, rank: int) -> int | None:
+    """The axis of `name` (node n's first input or its output) that n treats as channels: 1 for a
+    Conv, pool or normalisation over channels; the last for a LayerNormalization over the last axis
+    alone or a MatMul by a constant matrix (a Linear, Keras' Dense); else None."""
+    if name != n.input[0] and name not in n.output:
+        return None
+    if n.op_type in _CHANNELS_FIRST:
+        return 1
+    if n.op_type == "LayerNormalization":
+        return rank - 1 if attrs(n).get("axis", -1) % rank == rank - 1 else None
+    if n.op_type == "MatMul" and len(b.shapes.get(n.input[1]) or []) == 2 and n.input[1] in b.consts:
+        return rank - 1
+    return None
+
+
+def _layout(b: Builder, t: str) -> tuple[set, bool]:
+    """(the axes of `t` found to be channels, whether t is a convolutional map: every trail back
+    from it ends at a Conv, pool or normalisation over channels). The values of t are followed
+    back to where they come from and on to where they go, through ops that keep their layout
+    (element-wise ops and activations), Transposes (the axes permuted along) and Reshapes that keep
+    the last length (the last axis kept), to a node that tells its channel axis (_channel_axis)."""
     rank = len(b.shapes.get(t) or [])
-    if rank < 3:
-        return False
     producer, consumers = {}, {}
     for n in b.model.graph.node:
         producer.update((o, n) for o in n.output)
         for i in n.input:
             consumers.setdefault(i, []).append(n)
 
-    def same(n, name) -> bool:
-        return n.domain in ("", "ai.onnx") and n.op_type in _SAME_LAYOUT and len(b.shapes.get(name) or []) == rank
+    def ndim(name):
+        return len(b.shapes.get(name) or [])
 
-    verdicts, seen, todo = set(), {t}, [(t, True), (t, False)]
-    while todo and len(seen) < 200:
-        name, back = todo.pop()
-        nodes = [producer[name]] if back and name in producer else [] if back else consumers.get(name, [])
+    found, convolutional = set(), True
+    todo, seen = [(t, True, list(range(rank))), (t, False, list(range(rank)))], set()
+    while todo and len(seen) < 400:
+        name, back, axes = todo.pop()
+        nodes = ([producer[name]] if name in producer else []) if back else consumers.get(name, [])
+        if back and not nodes:
+            convolutional = False  # (a graph input)
         for n in nodes:
             if n.domain not in ("", "ai.onnx"):
+                convolutional &= not back
                 continue
-            perm = _perm(n)
-            if perm is not None:
-                last = perm == _to_last(rank)
-                if last or perm == _to_first(rank):
-                    verdicts.add(last if back else not last)
-            elif n.op_type in _CHANNELS_FIRST:
-                if back or n.input[0] == name:
-                    verdicts.add(False)
-            elif back and same(n, n.output[0]):
-                follow = [i for i in n.input if i and len(b.shapes.get(i) or []) == rank and i not in b.consts]
-                todo += [(i, True) for i in follow if i not in seen]
-                seen.update(follow)
-            elif not back and same(n, n.output[0]) and n.output[0] not in seen:
-                seen.add(n.output[0])
-                todo.append((n.output[0], False))
-    return verdicts == {True}
+            c = _channel_axis(b, n, name, len(axes))
+            if c is not None:
+                if axes[c] is not None:
+                    found.add(axes[c])
+                convolutional &= not back or n.op_type in _CHANNELS_FIRST
+                continue
+            nxt = []
+            if n.op_type == "Transpose":
+                perm = _perm(n) or list(reversed(range(len(axes))))
+                if len(perm) == len(axes) and back:
+                    before = [None] * len(perm)
+                    for i, p in enumerate(perm):
+                        before[p] = axes[i]
+                    nxt = [(n.input[0], before)]
+                elif len(perm) == len(axes):
+                    nxt = [(n.output[0], [axes[p] for p in perm])]
+            elif n.op_type in _SAME_LAYOUT and ndim(n.output[0]) == len(axes):
+                nxt = [(i, axes) for i in (n.input if back else n.output)
+                       if i and ndim(i) == len(axes) and i not in b.consts]
+            elif n.op_type == "Reshape":
+                si, so = b.shapes.get(n.input[0]) or [None], b.shapes.get(n.output[0]) or [None]
+                if si[-1] is not None and si[-1] == so[-1]:  # the last axis kept (Keras' Dense on a map)
+                    other = n.input[0] if back else n.output[0]
+                    nxt = [(other, [None] * (ndim(other) - 1) + [axes[-1]])]
+            convolutional &= not back or bool(nxt)
+            for m, ax in nxt:
+                if (m, back) not in seen:
+                    seen.add((m, back))
+                    todo.append((m, back, ax))
+    return found, convolutional
+
+
+def channels_last(b: Builder, t: str) -> bool:
+    """Whether the activation `t` [N, ...] is laid out channels-last ([N, h, w, K]; [N, l, K] for
+    a signal): the axis its Conv, pool or normalisation, LayerNorm or Linear treats as channels is
+    its last (_layout). As tf2onnx leaves Keras MobileNetV3's last activation before its pooling,
+    PyTorch's ConvNeXt and Swin blocks between their permutes. Channels-first where nothing tells
+    or the evidence disagrees."""
+    rank = len(b.shapes.get(t) or [])
+    return rank >= 3 and _layout(b, t)[0] == {rank - 1}
 
 
 def _upsample(ctx: Context, cam: str, layer: str) -> str:

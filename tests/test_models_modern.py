@@ -621,11 +621,19 @@ def _keras_cam_model(keras, head: str):
     "hard_swish", MobileNetV3's head (x * relu6(x + 3) / 6, left channels-last before
     GlobalAveragePooling2D(keepdims=True), then a 1x1 Conv2D to the classes and Flatten);
     "se_dynamic", EfficientNet's squeeze-and-excitation block and swish with the image's size
-    dynamic (the SE block's pool written as GlobalAveragePool -> Squeeze -> Reshape [-1, C, 1, 1])."""
+    dynamic (the SE block's pool written as GlobalAveragePool -> Squeeze -> Reshape [-1, C, 1, 1]);
+    "convnext_dynamic", ConvNeXt's block (DepthwiseConv2D, LayerNormalization, Dense layers on the
+    map, residual sum), dynamic size."""
     L = keras.layers
-    dynamic = head == "se_dynamic"
+    dynamic = head.endswith("dynamic")
     inp = keras.Input((None, None, 3) if dynamic else (24, 24, 3))
     x = L.Conv2D(8, 3, strides=2, padding="same")(inp)
+    if head == "convnext_dynamic":  # its Dense layers on the map: tf2onnx's Tensordot, Reshape targets from Shape
+        r = x
+        x = L.LayerNormalization()(L.DepthwiseConv2D(3, padding="same")(x))
+        x = L.Activation("relu", name="mid")(L.Dense(20)(x))
+        x = L.Add(name="last")([r, L.Dense(8)(x)])
+        return keras.Model(inp, L.Dense(5)(L.GlobalAveragePooling2D()(x)))
     if dynamic:
         x = L.Activation("swish")(x)
         s = L.GlobalAveragePooling2D()(x)
@@ -643,14 +651,18 @@ def _keras_cam_model(keras, head: str):
     return keras.Model(inp, L.Flatten()(x))
 
 
-@pytest.mark.parametrize("head", ["hard_swish", "se_dynamic"])
+@pytest.mark.parametrize("head", ["hard_swish", "se_dynamic", "convnext_dynamic"])
 def test_keras_gradcam_default_layer(head):
     """Grad-CAM on Keras models through tf2onnx: the default layer is the last activation (its
     ONNX tensor channels-last [N, h, w, K] for MobileNetV3's head; channels-first after tf2onnx's
     Transposes for the other), against float64 GradientTape Grad-CAM at that Keras layer. Before,
     MobileNetV3's head gave the classes' 1x1 Conv (a constant map), and with a dynamic size the
     squeeze-and-excitation block's Reshape lost the batch axis, so the default fell back to the
-    first activation. Measured: cam 2.1e-7 (hard_swish), 1.7e-7 (se_dynamic)."""
+    first activation. In the ConvNeXt block (its Dense layers on the map as tf2onnx's Tensordot,
+    Reshape targets read by Shape: test_shapes follows those lengths) the channels-last activation
+    between the Dense layers ("mid") is also asked for explicitly (it was read channels-first:
+    cam [N, 1, w, C]). Measured: cam 2.1e-7
+    (hard_swish), 1.7e-7 (se_dynamic), 1.8e-7 and 3.3e-7 (convnext_dynamic, default and mid)."""
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
     keras = tf.keras
@@ -667,18 +679,22 @@ def test_keras_gradcam_default_layer(head):
     proto, _ = tf2onnx.convert.from_keras(model32, input_signature=spec, opset=17)
     x = np.random.default_rng(5).uniform(-1, 1, (2, 20 if size is None else 24, 24, 3)).astype(np.float32)
     t = [1, 4]
-    ex = onnxattr.Explainer(proto, method="gradcam", provider="cpu")
-    assert "last" in ex.layer, ex.layer
-    out = ex.run(x, t)
-    sub = keras.Model(model64.inputs, [model64.get_layer("last").output, model64.output])
-    with tf.GradientTape() as tape:
-        act, y = sub(tf.constant(x.astype(np.float64)))
-        picked = tf.reduce_sum(tf.gather(y, t, axis=1, batch_dims=1))
-    g, act = tape.gradient(picked, act).numpy(), act.numpy()
-    cam = np.maximum((g.mean((1, 2), keepdims=True) * act).sum(-1), 0)[:, None]  # [N, 1, h, w]
-    assert out["cam"].shape == cam.shape and out["attribution"].shape == x.shape[:3] + (1,)
-    assert (cam.reshape(2, -1).max(1) > 1e-3 * np.abs(cam).max()).all()
-    assert rel_err(out["cam"], cam) < 2e-6
+    layers = {"last": None}
+    if head == "convnext_dynamic":
+        layers["mid"] = next(n.output[0] for n in proto.graph.node if n.op_type == "Relu" and "mid" in n.output[0])
+    for keras_layer, name in layers.items():
+        ex = onnxattr.Explainer(proto, method="gradcam", provider="cpu", layer=name)
+        assert "last" in ex.layer if name is None else ex.layer == name, ex.layer
+        out = ex.run(x, t)
+        sub = keras.Model(model64.inputs, [model64.get_layer(keras_layer).output, model64.output])
+        with tf.GradientTape() as tape:
+            act, y = sub(tf.constant(x.astype(np.float64)))
+            picked = tf.reduce_sum(tf.gather(y, t, axis=1, batch_dims=1))
+        g, act = tape.gradient(picked, act).numpy(), act.numpy()
+        cam = np.maximum((g.mean((1, 2), keepdims=True) * act).sum(-1), 0)[:, None]  # [N, 1, h, w]
+        assert out["cam"].shape == cam.shape and out["attribution"].shape == x.shape[:3] + (1,)
+        assert (cam.reshape(2, -1).max(1) > 1e-3 * np.abs(cam).max()).all()
+        assert rel_err(out["cam"], cam) < 2e-6, (keras_layer, rel_err(out["cam"], cam))
 
 
 # ---------------------------------------------------------------- scikit-learn via skl2onnx

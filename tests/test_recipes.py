@@ -821,3 +821,110 @@ def test_gradcam_default_layer_before_a_pool_normalised_channels_last():
     cam = torch.relu((g.mean((2, 3), keepdim=True) * s).sum(1, keepdim=True)).detach().numpy()
     assert (cam.reshape(2, -1).max(1) > 1e-3).all()
     np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-7)
+
+
+class ConvLayerNormSignal(torch.nn.Module):
+    """A 1-D CNN whose LayerNorm over channels is written transpose -> LayerNorm -> transpose (as
+    wav2vec2's feature encoder): the map [N, K, l] after it is channels-first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.ln, self.fc = torch.nn.Conv1d(4, 16, 5, stride=2), torch.nn.LayerNorm(16), torch.nn.Linear(16, 6)
+
+    def maps(self, x):
+        return torch.relu(self.ln(self.conv(x).transpose(1, 2)).transpose(1, 2))
+
+    def forward(self, x):
+        return self.fc(self.maps(x).mean(-1))
+
+
+class ChannelsLastBlock(torch.nn.Module):
+    """ConvNeXt's and Swin's block layout: a patchifying Conv, then channels-last [N, h, w, C]
+    between permutes: LayerNorm, Linear, GELU, Linear, a residual sum; back to channels-first
+    for the pooling. `acts` keeps the channels-last tensors for a float64 reference."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 4, stride=4)
+        self.norm, self.up, self.down = torch.nn.LayerNorm(8), torch.nn.Linear(8, 20), torch.nn.Linear(20, 8)
+        self.fc = torch.nn.Linear(8, 5)
+        self.acts = {}
+
+    def forward(self, x):
+        h = self.stem(x).permute(0, 2, 3, 1)
+        n = self.norm(h)
+        u = torch.nn.functional.gelu(self.up(n))
+        s = h + self.down(u)
+        self.acts.update(norm=n, gelu=u, sum=s)
+        return self.fc(s.permute(0, 3, 1, 2).mean((2, 3)))
+
+
+@pytest.mark.parametrize("layer", ["norm", "gelu", "sum"])
+def test_gradcam_at_channels_last_layers_between_layernorm_and_linear(layer):
+    """Where the only hint of a channels-last [N, h, w, C] layer is the LayerNorm over its last
+    axis or the Linear (MatMul by a constant matrix) that reads or writes it, as in PyTorch's
+    ConvNeXt and Swin blocks (a LayerNorm or a MatMul ended the trail, so Swin's usual layer
+    `features.7` gave cam [N, 1, w, C]). Against float64 PyTorch Grad-CAM over axes 1, 2."""
+    torch.manual_seed(11)
+    m = ChannelsLastBlock().eval()
+    x = np.random.default_rng(11).normal(size=(2, 3, 28, 20)).astype(np.float32)
+    t = [1, 3]
+    model = export(m, x, opset=17)
+    md = m.double()
+    y = md(torch.from_numpy(x).double())
+    want = {k: v for k, v in md.acts.items()}
+    act = want[layer]
+    g, = torch.autograd.grad(y[torch.arange(2), torch.tensor(t)].sum(), act)
+    cam = torch.relu((g.mean((1, 2), keepdim=True) * act).sum(3, keepdim=True)).permute(0, 3, 1, 2)
+    cam = cam.detach().numpy()
+    assert cam.shape == (2, 1, 7, 5) and (cam.reshape(2, -1).max(1) > 1e-4).all()
+    # the ONNX tensor of that layer: the one whose values match
+    names = {"norm": "LayerNormalization", "gelu": "Mul", "sum": "Add"}
+    full = onnx.load_from_string(model.SerializeToString())
+    cands = [o for n in full.graph.node for o in n.output if n.op_type == names[layer]]
+    full.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in cands)
+    import onnxruntime as ort
+    vals = dict(zip(cands, ort.InferenceSession(full.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        cands, {"x": x})))
+    name = next(o for o in cands if vals[o].shape == act.shape and np.allclose(vals[o], act.detach().numpy(), atol=1e-5))
+    out = onnxattr.Explainer(model, method="gradcam", provider="cpu", layer=name).run(x, t)
+    np.testing.assert_allclose(out["cam"], cam, rtol=1e-5, atol=1e-7 * np.abs(cam).max())
+
+
+def test_gradcam_on_a_signal_with_a_transposed_layernorm():
+    """A rank-3 Transpose [0, 2, 1] moves channels either way: the map [N, K, l] made by
+    transpose -> LayerNorm -> transpose is channels-first (it was read channels-last when a
+    Transpose alone counted as evidence: cam [N, 1, K]). Against float64 PyTorch."""
+    torch.manual_seed(12)
+    m = ConvLayerNormSignal().eval()
+    x = np.random.default_rng(12).normal(size=(2, 4, 64)).astype(np.float32)
+    t = [1, 4]
+    model = export(m, x, opset=17)
+    md = m.double()
+    a = md.maps(torch.from_numpy(x).double())
+    g, = torch.autograd.grad(md.fc(a.mean(-1))[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean(2, keepdim=True) * a).sum(1, keepdim=True)).detach().numpy()
+    ex = onnxattr.Explainer(model, method="gradcam", provider="cpu")
+    assert ex.layer == [n.output[0] for n in model.graph.node if n.op_type == "Relu"][-1]
+    np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-7 * np.abs(cam).max())
+
+
+def test_gradcam_default_layer_is_not_a_transformer_over_conv_features():
+    """Tokens [N, T, d] from a Conv1d's features transposed, through a transformer layer, then
+    mean-pooled over T: the pool reads a sequence, not a convolutional map, so the default stays
+    the last convolutional activation (the Conv's output), as documented."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(4, 16, 5, stride=2)
+            self.enc = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+            self.fc = torch.nn.Linear(16, 6)
+
+        def forward(self, x):
+            return self.fc(self.enc(torch.nn.functional.gelu(self.conv(x)).transpose(1, 2)).mean(1))
+
+    torch.manual_seed(13)
+    x = np.random.default_rng(13).normal(size=(2, 4, 64)).astype(np.float32)
+    model = export(Net().eval(), x, opset=17)
+    ex = onnxattr.Explainer(model, method="gradcam", provider="cpu")
+    assert ex.layer == next(n.output[0] for n in model.graph.node if n.op_type == "Conv")

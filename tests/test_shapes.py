@@ -277,6 +277,68 @@ def test_symbolic_dims_through_reshapes_squeezes_reductions_and_products(opset):
         assert not same(sym, "zs", 0, "x", 0) and same(sym, "zs", 1, "x", 2) and sym["noop"] == sym["x"]
 
 
+@pytest.mark.parametrize("opset", [13, 15])
+def test_symbolic_dims_through_reshape_targets_read_by_shape(opset):
+    """Reshape targets computed from lengths: PyTorch's x.view(x.size(0), -1) (Shape -> Gather ->
+    Unsqueeze -> Concat), Shape with start / end (opset 15), tf2onnx's Tensordot for a Keras Dense
+    on a map (Shape -> Cast -> Gather -> ReduceProd -> Unsqueeze -> Concat -> Cast, the map
+    flattened to [N h w, C], multiplied, and reshaped back to [N, h, w, D]). The batch axis was
+    lost there (a Keras ConvNeXt-style model with a dynamic size got a first-stage Grad-CAM
+    layer). Every expression is checked against ONNX Runtime's lengths at six (N, H) sizes."""
+    from onnxattr.dims import same, symbolic_dims
+
+    rng = np.random.default_rng(3)
+    consts = {"i0": np.array(0, np.int64), "m1": np.array([-1], np.int64), "ax0": np.array([0], np.int64),
+              "ax2": np.array([2], np.int64), "free": np.array([0, 1, 2], np.int32), "last": np.array([3], np.int32),
+              "d5": np.array([5], np.int32), "twelve": np.array([12], np.int64)}
+    inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    inits.append(numpy_helper.from_array(rng.standard_normal((3, 5)).astype(np.float32), "w"))
+    nodes = [helper.make_node("ReduceMean", ["x"], ["gp"], axes=[2], keepdims=0),       # [N, 3, 4]
+             helper.make_node("Shape", ["gp"], ["s"]),
+             helper.make_node("Gather", ["s", "i0"], ["n"]),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["nu"]),
+             helper.make_node("Concat", ["nu", "m1"], ["view"], axis=0),
+             helper.make_node("Reshape", ["gp", "view"], ["flat"]),                         # [N, 12]
+             helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),              # [N, H, 4, 3]
+             helper.make_node("Shape", ["t"], ["ts"]),
+             helper.make_node("Cast", ["ts"], ["ts32"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["ts32", "free"], ["fr"], axis=0),
+             helper.make_node("ReduceProd", ["fr"], ["p"], keepdims=0),
+             helper.make_node("Unsqueeze", ["p", "ax0"], ["pu"]),
+             helper.make_node("Gather", ["ts32", "last"], ["c"], axis=0),
+             helper.make_node("Concat", ["pu", "c"], ["two32"], axis=0),
+             helper.make_node("Cast", ["two32"], ["two"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["t", "two"], ["rows"]),                           # [N H 4, 3]
+             helper.make_node("MatMul", ["rows", "w"], ["mm"]),                             # [N H 4, 5]
+             helper.make_node("Concat", ["fr", "d5"], ["back32"], axis=0),
+             helper.make_node("Cast", ["back32"], ["back"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["mm", "back"], ["dense"])]                        # [N, H, 4, 5]
+    if opset >= 15:
+        nodes += [helper.make_node("Shape", ["x"], ["s_n"], end=1),
+                  helper.make_node("Shape", ["x"], ["s_h"], start=-2, end=-1),
+                  helper.make_node("Concat", ["s_n", "s_h", "twelve"], ["nh12"], axis=0),
+                  helper.make_node("Reshape", ["x", "nh12"], ["hv"])]                      # [N, H, 12]
+    outs = [n.output[0] for n in nodes]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 4])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                               for o in outs if o in ("flat", "rows", "mm", "dense", "hv")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    outs = [o.name for o in graph.output]
+    sizes = [(1, 2), (2, 5), (3, 3), (4, 7), (6, 1), (5, 6)]
+    sess = make_session(model.SerializeToString(), "cpu")[0]
+    runs = [dict(zip(outs, sess.run(outs, {"x": rng.standard_normal((n, 3, h, 4)).astype(np.float32)})))
+            for n, h in sizes]
+    sym = symbolic_dims(model, {})
+    for o in outs:
+        for i, e in enumerate(sym.get(o) or []):
+            if e is not None:
+                assert all(_evaluate(e, (n, 3, h, 4)) == r[o].shape[i] for (n, h), r in zip(sizes, runs)), (o, i, e)
+    assert same(sym, "flat", 0, "x", 0) and sym["flat"][1] == 12 and sym["rows"][0] is None
+    assert same(sym, "dense", 0, "x", 0) and same(sym, "dense", 1, "x", 2) and sym["dense"][2:] == [4, 5]
+    if opset >= 15:
+        assert same(sym, "hv", 0, "x", 0) and same(sym, "hv", 1, "x", 2) and sym["hv"][2] == 12
+
+
 @pytest.mark.parametrize("start, end, step, whole", [
     (0, 2 ** 31 - 1, 1, True), (0, 2 ** 63 - 1, 1, True), (-(2 ** 63), 2 ** 63 - 1, 1, True), (-(2 ** 31), 2 ** 31 - 1, 1, True),
     (1, 2 ** 31 - 1, 1, False), (0, 2 ** 31 - 2, 1, False), (0, 2 ** 31 - 1, 2, False), (-1, 2 ** 31 - 1, 1, False),
