@@ -156,7 +156,7 @@ def _reshape(x: list, shape: list, allowzero: int) -> list | None:
                 continue
             if isinstance(e, int):
                 ints *= e
-            elif e in rest:
+            elif e is not None and e in rest:  # (an unknown length is no particular one of the input's)
                 rest.remove(e)
             else:
                 return out
@@ -234,10 +234,24 @@ def _shape_value(node, vals: dict, sym: dict, shapes: dict):
         return v[0][0], 1
     if op == "Squeeze" and v[0] is not None and v[0][1] == 1 and len(v[0][0]) == 1:
         return v[0][0], 0
-    if op == "Concat" and v and all(x is not None and x[1] == 1 for x in v):
-        return [e for x in v for e in x[0]], 1
+    if op == "Slice" and v[0] is not None and v[0][1] == 1:
+        ends = v[2] if len(node.input) > 2 else (a.get("ends"), 1)
+        starts = v[1] if len(node.input) > 1 else (a.get("starts"), 1)
+        axes = v[3][0] if len(node.input) > 3 and node.input[3] else a.get("axes", [0])
+        steps = v[4][0] if len(node.input) > 4 and node.input[4] else [1]
+        if None in (starts, ends) or starts[0] is None or ends[0] is None or list(axes) not in ([0], [-1]) \
+                or list(steps) != [1] or not all(isinstance(i, int) for i in starts[0] + ends[0]):
+            return None
+        return v[0][0][slice(starts[0][0], ends[0][0])], 1
+    if op == "Concat":  # (a piece of known length whose values are not known: that many unknowns)
+        pieces = [x if x is not None else (([None] * shapes[i][0], 1) if len(shapes.get(i) or [None, None]) == 1
+                                           and shapes[i][0] is not None else None)
+                  for x, i in zip(v, node.input)]
+        if pieces and all(x is not None and x[1] == 1 for x in pieces):
+            return [e for x in pieces for e in x[0]], 1
+        return None
     if op == "ReduceProd" and v[0] is not None and v[0][1] == 1 and len(node.input) == 1:
-        if a.get("axes", [0]) in ([0], [-1]):
+        if a.get("axes", [0]) in ([0], [-1]) and not a.get("noop_with_empty_axes", 0):
             return [_one(v[0][0])], 1 if a.get("keepdims", 1) else 0
     return None
 

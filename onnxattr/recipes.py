@@ -306,8 +306,10 @@ def _nchw_pool_input(b: Builder, node, producer: dict, rank: int) -> str | None:
     src = producer.get(x)
     if src is not None and _perm(src) == _to_last(rank):
         return src.input[0]
-    found, convolutional = _layout(b, x)  # (a sequence model's tokens [N, T, d] are pooled so: not a map)
-    return x if convolutional and found == {rank - 1} else None
+    # a channels-last image map (Keras MobileNetV3's, timm Swin's after its last LayerNorm); at
+    # other ranks only a convolutional one: a sequence model's tokens [N, T, d] are pooled so too
+    found, convolutional = _layout(b, x)
+    return x if found == {rank - 1} and (convolutional or rank == 4) else None
 
 
 # ops whose 4-D output is a convolutional activation [N, K, h, w] (not attention's [N, heads, T, d])
@@ -325,13 +327,22 @@ def map_rank(b: Builder, x: str) -> int:
     return rank if rank in (3, 5) else 4
 
 
-def _convolutional(node, producer: dict, rank: int) -> bool:
+def _convolutional(b: Builder, node, producer: dict, rank: int) -> bool:
+    """Whether `node` makes a convolutional map: for an image, one of _CNN_OPS; at other ranks
+    (where [N, T, d] may as well be a sequence's tokens) a Conv, pool or normalisation, an
+    activation right after one, or (not a mere Transpose) a map every trail back from which ends
+    at a Conv, pool or normalisation, as tf2onnx's Conv1D output [N, l, K] after its Squeeze."""
     if rank == 4:
         return node.op_type in _CNN_OPS
     if node.op_type in _CHANNEL_FIRST:
         return True
     src = producer.get(node.input[0]) if node.input else None
-    return node.op_type in _CNN_OPS and src is not None and src.op_type in _CHANNEL_FIRST
+    if node.op_type in _CNN_OPS and src is not None and src.op_type in _CHANNEL_FIRST:
+        return True
+    if node.op_type == "Transpose" or len(b.shapes.get(node.output[0]) or []) != rank:
+        return False
+    found, convolutional = _layout(b, node.output[0])
+    return convolutional and len(found) == 1 and found <= {1, rank - 1}
 
 
 def _batch_axis_first(b: Builder, t: str, x: str) -> bool:
@@ -359,7 +370,7 @@ def default_layer(ctx: Context) -> str:
             if layer is not None and _batch_axis_first(b, layer, ctx.x):
                 return layer
     for node in reversed(path):
-        if _convolutional(node, producer, rank):
+        if _convolutional(b, node, producer, rank):
             for o in node.output:
                 if len(b.shapes.get(o) or []) == rank and b.is_float(o) and _batch_axis_first(b, o, ctx.x):
                     return o
@@ -395,101 +406,108 @@ def _pools_to_one(b: Builder, node) -> bool:
     return len(shape) >= 3 and all(d == 1 for d in shape[2:])
 
 
-# ops whose output keeps its input's axes (normalisation, padding and cropping before the first layer)
-_KEEPS_AXES = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Clip", "Relu", "Sqrt", "Abs", "Pow", "Pad", "Slice"}
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}  # (x may be either operand)
 # ops that read their input channels-first
 _CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
                    "InstanceNormalization", "GlobalAveragePool", "GlobalMaxPool", "LRN", "GroupNormalization"}
 
 
 def input_is_nhwc(b: Builder, x: str) -> bool:
-    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: the axes of
-    x are followed through ops that keep, insert (Unsqueeze) or permute (Transpose) them, as
-    tf2onnx writes a Keras model's start (a pad or crop, then a Transpose to channels-first; a
-    Conv1D as Unsqueeze, Transpose, Conv), to the first node that reads channels-first (a Conv,
-    pool or normalisation): its input's axis 1 is x's last axis (channels-last) or axis 1. Where
-    that is not found (a Reshape in between): an input whose last dim is 1 or 3 and whose second
-    is not."""
+    """Whether the input (an image, a signal [N, L, C] or a volume) is channels-last: x's axis that
+    the first Conv, pool or normalisation reading it treats as channels is its last (_layout:
+    through pads and crops, Unsqueeze and Transpose, as tf2onnx writes a Keras model's start, a
+    Conv1D as Unsqueeze, Transpose, Conv) rather than axis 1. Where that is not found (a Reshape
+    in between): an input whose last dim is 1 or 3 and whose second is not."""
     xs = b.shapes.get(x) or []
-    consumers: dict[str, list] = {}
-    for n in b.model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    # tensor -> for each of its axes, the axis of x it is (None: inserted)
-    frontier, origin, verdicts = [x], {x: list(range(len(xs)))}, set()
-    while frontier:
-        t = frontier.pop()
-        for n in consumers.get(t, []):
-            if n.domain not in ("", "ai.onnx") or (n.input[0] != t and n.op_type not in _ELEMENTWISE):
-                continue
-            axes = origin[t]
-            if n.op_type in _CHANNELS_FIRST:
-                if len(axes) > 1 and axes[1] in (1, len(xs) - 1):
-                    verdicts.add(axes[1] == len(xs) - 1 and len(xs) > 2)
-                continue
-            if n.op_type == "Transpose":
-                perm = _perm(n) or list(reversed(range(len(axes))))
-                out = [axes[p] for p in perm] if len(perm) == len(axes) else None
-            elif n.op_type == "Unsqueeze":
-                where = attrs(n).get("axes") if b.opset < 13 else b.static_value(n.input[1]) if len(n.input) > 1 else None
-                out = None
-                if where is not None:
-                    rank = len(axes) + len(np.ravel(where))
-                    inserted = sorted(int(a) % rank for a in np.ravel(where))
-                    rest = iter(axes)
-                    out = [None if i in inserted else next(rest) for i in range(rank)]
-            elif n.op_type in _KEEPS_AXES and len(b.shapes.get(n.output[0]) or []) == len(axes):
-                out = list(axes)
-            else:
-                out = None
-            if out is not None and n.output[0] not in origin:
-                origin[n.output[0]] = out
-                frontier.append(n.output[0])
-    if len(verdicts) == 1:
-        return verdicts.pop()
+    found = _layout(b, x, linear=False)[0] & {1, len(xs) - 1}
+    if len(found) == 1:
+        return found == {len(xs) - 1} and len(xs) > 2
     return len(xs) >= 3 and xs[1] not in (1, 3) and xs[-1] in (1, 3)
 
 
-# ops whose output keeps the axes of each input of the same rank (so its layout)
-_SAME_LAYOUT = _KEEPS_AXES | {
-    "Concat", "Split",
-    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Mish", "Softplus",
-    "Softsign", "Gelu", "Erf", "Exp", "Log", "Reciprocal", "Max", "Min", "Sum", "Mean", "Dropout"}
+# ops whose output keeps the axes of each input of the same rank (so its layout): element-wise
+# ops and activations, pads and crops, joins and splits
+_SAME_LAYOUT = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Cast", "Identity", "Neg", "Clip", "Relu", "Sqrt", "Abs", "Pad", "Slice",
+    "Concat", "Split", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu",
+    "Mish", "Softplus", "Softsign", "Gelu", "Erf", "Exp", "Log", "Reciprocal", "Max", "Min", "Sum", "Mean", "Dropout"}
 
 
-def _channel_axis(b: Builder, n, name: str, rank: int) -> int | None:
-    """The axis of `name` (node n's first input or its output) that n treats as channels: 1 for a
-    Conv, pool or normalisation over channels; the last for a LayerNormalization over the last axis
-    alone or a MatMul by a constant matrix (a Linear, Keras' Dense); else None."""
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+
+
+def _channel_axis(b: Builder, n, name: str, rank: int, linear: bool = True) -> tuple[int, bool] | None:
+    """(the axis of `name`, node n's first input or its output, that n treats as channels, whether
+    that is strong evidence): axis 1 for a Conv, windowed pool or normalisation over channels
+    (strong); axis 1 for a global pool (weak: tf2onnx also writes a mean over the last axis so, in
+    its LayerNorms); with `linear`, the last for a LayerNormalization over the last axis alone or a
+    MatMul by a constant matrix, a Linear or Keras' Dense (weak: such a matrix may as well mix a
+    map's width); else None."""
     if name != n.input[0] and name not in n.output:
         return None
     if n.op_type in _CHANNELS_FIRST:
-        return 1
+        return 1, n.op_type not in _GLOBAL_POOLS
+    if not linear:
+        return None
     if n.op_type == "LayerNormalization":
-        return rank - 1 if attrs(n).get("axis", -1) % rank == rank - 1 else None
-    if n.op_type == "MatMul" and len(b.shapes.get(n.input[1]) or []) == 2 and n.input[1] in b.consts:
-        return rank - 1
+        return (rank - 1, False) if attrs(n).get("axis", -1) % rank == rank - 1 else None
+    if _linear(b, n):
+        return rank - 1, False
     return None
 
 
-def _layout(b: Builder, t: str) -> tuple[set, bool]:
+def _linear(b: Builder, n) -> bool:
+    return n.op_type == "MatMul" and len(b.shapes.get(n.input[1]) or []) == 2 and n.input[1] in b.consts
+
+
+def _graph_maps(b: Builder) -> tuple[dict, dict]:
+    """(tensor -> producing node, tensor -> consuming nodes) of the forward graph, once per Builder."""
+    maps = getattr(b, "_layout_maps", None)
+    if maps is None:
+        producer, consumers = {}, {}
+        for n in b.model.graph.node:
+            producer.update((o, n) for o in n.output)
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        maps = b._layout_maps = (producer, consumers)
+    return maps
+
+
+def _unsqueezed(b: Builder, n, axes: list, back: bool) -> list | None:
+    """Axes through an Unsqueeze or Squeeze n (`axes` those of its output if `back`, else of its
+    input): inserted axes are None, removed ones dropped."""
+    where = attrs(n).get("axes")
+    if where is None and len(n.input) > 1 and n.input[1]:
+        where = b.static_value(n.input[1])
+    short, long = (n.input[0], n.output[0]) if n.op_type == "Unsqueeze" else (n.output[0], n.input[0])
+    rank = len(b.shapes.get(long) or [])
+    if where is None and n.op_type == "Squeeze":  # (every length-1 axis)
+        dims = b.shapes.get(long) or [None]
+        where = [i for i, d in enumerate(dims) if d == 1] if None not in dims else None
+    if where is None or not rank or any(not -rank <= int(a) < rank for a in np.ravel(where)):
+        return None
+    extra = {int(a) % rank for a in np.ravel(where)}
+    if (n.op_type == "Unsqueeze") == back:  # long -> short: drop the extra axes
+        return [a for i, a in enumerate(axes) if i not in extra] if len(axes) == rank else None
+    rest = iter(axes)  # short -> long: insert them
+    return [None if i in extra else next(rest) for i in range(rank)] if len(axes) == rank - len(extra) else None
+
+
+def _layout(b: Builder, t: str, linear: bool = True) -> tuple[set, bool]:
     """(the axes of `t` found to be channels, whether t is a convolutional map: every trail back
-    from it ends at a Conv, pool or normalisation over channels). The values of t are followed
-    back to where they come from and on to where they go, through ops that keep their layout
-    (element-wise ops and activations), Transposes (the axes permuted along) and Reshapes that keep
-    the last length (the last axis kept), to a node that tells its channel axis (_channel_axis)."""
+    from it ends at a Conv, pool or normalisation over channels, with no LayerNorm or Linear on
+    the way). The values of t are followed back to where they come from and on to where they go,
+    through ops that keep their layout (element-wise ops and activations, pads, crops, joins),
+    Transposes (the axes permuted along), Unsqueeze and Squeeze, Reshapes that keep the last
+    length (the last axis kept), LayerNorms and Linears (the last axis dropped), to the nodes that
+    tell a channel axis (_channel_axis): the axes the strong ones tell, else those the weak ones
+    tell (`linear`: also LayerNorms and Linears)."""
     rank = len(b.shapes.get(t) or [])
-    producer, consumers = {}, {}
-    for n in b.model.graph.node:
-        producer.update((o, n) for o in n.output)
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = _graph_maps(b)
 
     def ndim(name):
         return len(b.shapes.get(name) or [])
 
-    found, convolutional = set(), True
+    strong, weak, convolutional = set(), set(), True
     todo, seen = [(t, True, list(range(rank))), (t, False, list(range(rank)))], set()
     while todo and len(seen) < 400:
         name, back, axes = todo.pop()
@@ -500,14 +518,18 @@ def _layout(b: Builder, t: str) -> tuple[set, bool]:
             if n.domain not in ("", "ai.onnx"):
                 convolutional &= not back
                 continue
-            c = _channel_axis(b, n, name, len(axes))
-            if c is not None:
+            told, nxt = _channel_axis(b, n, name, len(axes), linear), []
+            if told is not None:
+                c, sure = told
                 if axes[c] is not None:
-                    found.add(axes[c])
-                convolutional &= not back or n.op_type in _CHANNELS_FIRST
-                continue
-            nxt = []
-            if n.op_type == "Transpose":
+                    (strong if sure else weak).add(axes[c])
+                convolutional &= not back or sure
+                if sure or n.op_type in _GLOBAL_POOLS:
+                    continue
+                # a LayerNorm keeps the axes, a Linear all but the last: on to what else tells
+                nxt = [(n.input[0] if back else n.output[0], axes if n.op_type == "LayerNormalization"
+                        else axes[:-1] + [None])]
+            elif n.op_type == "Transpose":
                 perm = _perm(n) or list(reversed(range(len(axes))))
                 if len(perm) == len(axes) and back:
                     before = [None] * len(perm)
@@ -516,6 +538,9 @@ def _layout(b: Builder, t: str) -> tuple[set, bool]:
                     nxt = [(n.input[0], before)]
                 elif len(perm) == len(axes):
                     nxt = [(n.output[0], [axes[p] for p in perm])]
+            elif n.op_type in ("Unsqueeze", "Squeeze") and name in (n.input[0], n.output[0]):
+                moved = _unsqueezed(b, n, axes, back)
+                nxt = [] if moved is None else [(n.input[0] if back else n.output[0], moved)]
             elif n.op_type in _SAME_LAYOUT and ndim(n.output[0]) == len(axes):
                 nxt = [(i, axes) for i in (n.input if back else n.output)
                        if i and ndim(i) == len(axes) and i not in b.consts]
@@ -529,15 +554,15 @@ def _layout(b: Builder, t: str) -> tuple[set, bool]:
                 if (m, back) not in seen:
                     seen.add((m, back))
                     todo.append((m, back, ax))
-    return found, convolutional
+    return strong or weak, convolutional
 
 
 def channels_last(b: Builder, t: str) -> bool:
     """Whether the activation `t` [N, ...] is laid out channels-last ([N, h, w, K]; [N, l, K] for
-    a signal): the axis its Conv, pool or normalisation, LayerNorm or Linear treats as channels is
-    its last (_layout). As tf2onnx leaves Keras MobileNetV3's last activation before its pooling,
-    PyTorch's ConvNeXt and Swin blocks between their permutes. Channels-first where nothing tells
-    or the evidence disagrees."""
+    a signal): the axis its Conv, pool or normalisation treats as channels, or where none tells, its
+    LayerNorm or Linear, is its last (_layout). As tf2onnx leaves Keras MobileNetV3's last
+    activation before its pooling, PyTorch's ConvNeXt and Swin blocks between their permutes.
+    Channels-first where nothing tells or the evidence disagrees."""
     rank = len(b.shapes.get(t) or [])
     return rank >= 3 and _layout(b, t)[0] == {rank - 1}
 

@@ -484,6 +484,31 @@ def _tf_gradient(tf, model64, x: np.ndarray, target: np.ndarray) -> np.ndarray:
     return tape.gradient(picked, xt).numpy()
 
 
+def _keras_twins(keras, build, seed: int):
+    """(model32, model64): build() with Keras' random initial weights drawn from `seed`, and again
+    in float64 holding the same weights."""
+    keras.utils.set_random_seed(seed)
+    model32 = build()
+    keras.config.set_dtype_policy("float64")
+    try:
+        model64 = build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
+    return model32, model64
+
+
+def _tf_gradcam(tf, keras, model64, layer: str, x: np.ndarray, target) -> np.ndarray:
+    """Grad-CAM [N, 1, ...] at the channels-last Keras layer `layer` in float64 (GradientTape)."""
+    sub = keras.Model(model64.inputs, [model64.get_layer(layer).output, model64.output])
+    with tf.GradientTape() as tape:
+        act, y = sub(tf.constant(x.astype(np.float64)))
+        picked = tf.reduce_sum(tf.gather(y, target, axis=1, batch_dims=1))
+    g, act = tape.gradient(picked, act).numpy(), act.numpy()
+    spatial = tuple(range(1, act.ndim - 1))
+    return np.maximum((g.mean(spatial, keepdims=True) * act).sum(-1), 0)[:, None]
+
+
 def _tf_rule_relu(tf, method):
     @tf.custom_gradient
     def relu(z):
@@ -597,15 +622,8 @@ def test_keras_applications_dynamic_image_size(app):
                                                  pooling="avg")
         return keras.Model(base.input, keras.layers.Dense(10)(base.output))
 
-    keras.utils.set_random_seed(3)  # the random initial weights
-    model32 = build()
+    model32, model64 = _keras_twins(keras, build, 3)
     rng = np.random.default_rng(3)
-    keras.config.set_dtype_policy("float64")
-    try:
-        model64 = build()
-    finally:
-        keras.config.set_dtype_policy("float32")
-    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
     spec = [tf.TensorSpec((None, None, None, 3), tf.float32, name="image")]
     proto, _ = tf2onnx.convert.from_keras(model32, input_signature=spec, opset=17)
     name, target = proto.graph.input[0].name, np.array([3])
@@ -666,14 +684,7 @@ def test_keras_gradcam_default_layer(head):
     tf = pytest.importorskip("tensorflow")
     tf2onnx = pytest.importorskip("tf2onnx")
     keras = tf.keras
-    keras.utils.set_random_seed(4)
-    model32 = _keras_cam_model(keras, head)
-    keras.config.set_dtype_policy("float64")
-    try:
-        model64 = _keras_cam_model(keras, head)
-    finally:
-        keras.config.set_dtype_policy("float32")
-    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
+    model32, model64 = _keras_twins(keras, lambda: _keras_cam_model(keras, head), 4)
     size = None if head == "se_dynamic" else 24
     spec = [tf.TensorSpec((None, size, size, 3), tf.float32, name="image")]
     proto, _ = tf2onnx.convert.from_keras(model32, input_signature=spec, opset=17)
@@ -686,13 +697,46 @@ def test_keras_gradcam_default_layer(head):
         ex = onnxattr.Explainer(proto, method="gradcam", provider="cpu", layer=name)
         assert "last" in ex.layer if name is None else ex.layer == name, ex.layer
         out = ex.run(x, t)
-        sub = keras.Model(model64.inputs, [model64.get_layer(keras_layer).output, model64.output])
-        with tf.GradientTape() as tape:
-            act, y = sub(tf.constant(x.astype(np.float64)))
-            picked = tf.reduce_sum(tf.gather(y, t, axis=1, batch_dims=1))
-        g, act = tape.gradient(picked, act).numpy(), act.numpy()
-        cam = np.maximum((g.mean((1, 2), keepdims=True) * act).sum(-1), 0)[:, None]  # [N, 1, h, w]
+        cam = _tf_gradcam(tf, keras, model64, keras_layer, x, t)  # [N, 1, h, w]
         assert out["cam"].shape == cam.shape and out["attribution"].shape == x.shape[:3] + (1,)
+        assert (cam.reshape(2, -1).max(1) > 1e-3 * np.abs(cam).max()).all()
+        assert rel_err(out["cam"], cam) < 2e-6, (keras_layer, rel_err(out["cam"], cam))
+
+
+@pytest.mark.parametrize("between", ["dense", "layernorm"])
+def test_keras_conv1d_gradcam(between):
+    """A Keras Conv1D classifier (signal [N, L, C], channels-last) with a Dense or a
+    LayerNormalization between its Conv1D and GlobalAveragePooling1D, through tf2onnx (the Conv1D
+    as Unsqueeze, Transpose, 2-D Conv, Transpose, Squeeze; the LayerNorm's means as
+    GlobalAveragePools over the last axis). The default layer is the Conv1D's activation (it was
+    refused: no trail from the Squeeze was followed), and the LayerNorm's output asked for
+    explicitly is read channels-last (the global pools' weak hint of axis 1 disagreed with the
+    Conv's, so it was read channels-first: cam [N, 1, K]). Against float64 GradientTape."""
+    tf = pytest.importorskip("tensorflow")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    keras = tf.keras
+    L = keras.layers
+
+    def build():
+        inp = keras.Input((60, 4))
+        h = L.Conv1D(8, 5, strides=2, activation="relu", name="conv")(inp)
+        h = L.Dense(6, name="pre")(h) if between == "dense" else L.LayerNormalization(name="pre")(h)
+        return keras.Model(inp, L.Dense(6)(L.GlobalAveragePooling1D()(h)))
+
+    model32, model64 = _keras_twins(keras, build, 6)
+    proto, _ = tf2onnx.convert.from_keras(model32, input_signature=[tf.TensorSpec((None, 60, 4), tf.float32, name="x")],
+                                          opset=17)
+    x = np.random.default_rng(6).normal(size=(2, 60, 4)).astype(np.float32)
+    t = [1, 4]
+    layers = {"conv": None}
+    if between == "layernorm":
+        pool = next(n for n in proto.graph.node if n.op_type == "ReduceMean")
+        layers["pre"] = pool.input[0]
+    for keras_layer, name in layers.items():
+        ex = onnxattr.Explainer(proto, method="gradcam", provider="cpu", layer=name)
+        out = ex.run(x, t)
+        cam = _tf_gradcam(tf, keras, model64, keras_layer, x, t)  # [N, 1, l]
+        assert out["cam"].shape == cam.shape, (keras_layer, ex.layer)
         assert (cam.reshape(2, -1).max(1) > 1e-3 * np.abs(cam).max()).all()
         assert rel_err(out["cam"], cam) < 2e-6, (keras_layer, rel_err(out["cam"], cam))
 

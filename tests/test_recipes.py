@@ -912,7 +912,8 @@ def test_gradcam_on_a_signal_with_a_transposed_layernorm():
 def test_gradcam_default_layer_is_not_a_transformer_over_conv_features():
     """Tokens [N, T, d] from a Conv1d's features transposed, through a transformer layer, then
     mean-pooled over T: the pool reads a sequence, not a convolutional map, so the default stays
-    the last convolutional activation (the Conv's output), as documented."""
+    the last convolutional activation, the GELU after the Conv [N, K, l] (not the transformer's
+    tokens; nor their mere Transpose of that map). Against float64 PyTorch Grad-CAM there."""
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -920,11 +921,96 @@ def test_gradcam_default_layer_is_not_a_transformer_over_conv_features():
             self.enc = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
             self.fc = torch.nn.Linear(16, 6)
 
+        def maps(self, x):
+            return torch.nn.functional.gelu(self.conv(x))
+
         def forward(self, x):
-            return self.fc(self.enc(torch.nn.functional.gelu(self.conv(x)).transpose(1, 2)).mean(1))
+            return self.fc(self.enc(self.maps(x).transpose(1, 2)).mean(1))
 
     torch.manual_seed(13)
+    m = Net().eval()
     x = np.random.default_rng(13).normal(size=(2, 4, 64)).astype(np.float32)
-    model = export(Net().eval(), x, opset=17)
+    t = [1, 4]
+    model = export(m, x, opset=17)
     ex = onnxattr.Explainer(model, method="gradcam", provider="cpu")
-    assert ex.layer == next(n.output[0] for n in model.graph.node if n.op_type == "Conv")
+    md = m.double()
+    a = md.maps(torch.from_numpy(x).double())
+    y = md.fc(md.enc(a.transpose(1, 2)).mean(1))
+    g, = torch.autograd.grad(y[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean(2, keepdim=True) * a).sum(1, keepdim=True)).detach().numpy()  # [N, 1, l]
+    assert (cam.reshape(2, -1).max(1) > 1e-4).all()
+    np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+
+
+class WidthMixing(torch.nn.Module):
+    """A channels-first map multiplied by a constant matrix along its width (x @ Rw: a Linear over
+    W, a fixed resize), then along its height, then a Conv."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.Conv2d(8, 6, 3, padding=1)
+        self.register_buffer("rw", torch.rand(10, 15, generator=gen))
+        self.register_buffer("rh", torch.rand(20, 14, generator=gen))
+        self.fc = torch.nn.Linear(6, 5)
+
+    def mixed(self, x):
+        return torch.relu(self.c1(x)) @ self.rw  # [N, 8, 14, 15]
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(self.rh @ self.mixed(x))).mean((2, 3)))
+
+
+def test_gradcam_at_a_map_mixed_along_its_width_by_a_matrix():
+    """A MatMul by a constant matrix hints that its last axis is channels, but only weakly: the
+    Conv before it says axis 1, and that wins (the map [N, 8, 14, 15] was read channels-last,
+    cam [N, 1, 8, 14]). Against float64 PyTorch Grad-CAM over axes 2, 3."""
+    torch.manual_seed(14)
+    m = WidthMixing().eval()
+    x = np.random.default_rng(14).normal(size=(2, 3, 28, 20)).astype(np.float32)
+    t = [1, 3]
+    model = export(m, x, opset=17)
+    layer = next(n.output[0] for n in model.graph.node if n.op_type == "MatMul")
+    md = m.double()
+    a = md.mixed(torch.from_numpy(x).double())
+    y = md.fc(torch.relu(md.c2(md.rh @ a)).mean((2, 3)))
+    g, = torch.autograd.grad(y[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach().numpy()
+    out = onnxattr.Explainer(model, method="gradcam", provider="cpu", layer=layer).run(x, t)
+    np.testing.assert_allclose(out["cam"], cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+
+
+class ChannelsLastPooled(ChannelsLastBlock):
+    """timm Swin's end: the channels-last map normalised by a LayerNorm and pooled over axes 1, 2
+    as it is (torchvision permutes it to channels-first first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.final = torch.nn.LayerNorm(8)
+
+    def forward(self, x):
+        h = self.stem(x).permute(0, 2, 3, 1)
+        s = h + self.down(torch.nn.functional.gelu(self.up(self.norm(h))))
+        f = self.final(s)
+        self.acts.update(final=f)
+        return self.fc(f.mean((1, 2)))
+
+
+def test_gradcam_default_layer_is_a_channels_last_map_after_a_layernorm():
+    """The pool's input is a channels-last image map [N, h, w, C] right after a LayerNorm (timm
+    Swin): it is the default layer (it was passed over as not convolutional, so the default fell
+    back to the patchifying Conv). Against float64 PyTorch Grad-CAM over axes 1, 2."""
+    torch.manual_seed(15)
+    m = ChannelsLastPooled().eval()
+    x = np.random.default_rng(15).normal(size=(2, 3, 28, 20)).astype(np.float32)
+    t = [0, 4]
+    model = export(m, x, opset=17)
+    ex = onnxattr.Explainer(model, method="gradcam", provider="cpu")
+    assert ex.layer == [n.output[0] for n in model.graph.node if n.op_type == "LayerNormalization"][-1]
+    md = m.double()
+    y = md(torch.from_numpy(x).double())
+    a = md.acts["final"]
+    g, = torch.autograd.grad(y[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean((1, 2), keepdim=True) * a).sum(3, keepdim=True)).permute(0, 3, 1, 2).detach().numpy()
+    assert cam.shape == (2, 1, 7, 5) and (cam.reshape(2, -1).max(1) > 1e-4).all()
+    np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())

@@ -277,23 +277,30 @@ def test_symbolic_dims_through_reshapes_squeezes_reductions_and_products(opset):
         assert not same(sym, "zs", 0, "x", 0) and same(sym, "zs", 1, "x", 2) and sym["noop"] == sym["x"]
 
 
-@pytest.mark.parametrize("opset", [13, 15])
+@pytest.mark.parametrize("opset", [13, 15, 18])
 def test_symbolic_dims_through_reshape_targets_read_by_shape(opset):
     """Reshape targets computed from lengths: PyTorch's x.view(x.size(0), -1) (Shape -> Gather ->
     Unsqueeze -> Concat), Shape with start / end (opset 15), tf2onnx's Tensordot for a Keras Dense
     on a map (Shape -> Cast -> Gather -> ReduceProd -> Unsqueeze -> Concat -> Cast, the map
     flattened to [N h w, C], multiplied, and reshaped back to [N, h, w, D]). The batch axis was
     lost there (a Keras ConvNeXt-style model with a dynamic size got a first-stage Grad-CAM
-    layer). Every expression is checked against ONNX Runtime's lengths at six (N, H) sizes."""
+    layer); x.flatten(2) (Shape -> Slice -> Concat with -1). An unknown length read by Shape
+    ("wrong": a length of another tensor, [4 H] here) is no particular one of the input's (it was
+    taken out of the input's unknown lengths, so the -1 came out as N where it is 3 N), and
+    ReduceProd with noop_with_empty_axes (opset 18) is no product. Every expression is checked
+    against ONNX Runtime's lengths at six (N, H) sizes."""
     from onnxattr.dims import same, symbolic_dims
 
     rng = np.random.default_rng(3)
     consts = {"i0": np.array(0, np.int64), "m1": np.array([-1], np.int64), "ax0": np.array([0], np.int64),
               "ax2": np.array([2], np.int64), "free": np.array([0, 1, 2], np.int32), "last": np.array([3], np.int32),
-              "d5": np.array([5], np.int32), "twelve": np.array([12], np.int64)}
+              "d5": np.array([5], np.int32), "twelve": np.array([12], np.int64), "i1": np.array(1, np.int64),
+              "s0": np.array([0], np.int64), "s2": np.array([2], np.int64), "one": np.array([1], np.int64)}
     inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     inits.append(numpy_helper.from_array(rng.standard_normal((3, 5)).astype(np.float32), "w"))
-    nodes = [helper.make_node("ReduceMean", ["x"], ["gp"], axes=[2], keepdims=0),       # [N, 3, 4]
+    mean = (helper.make_node("ReduceMean", ["x", "ax2"], ["gp"], keepdims=0) if opset >= 18 else
+            helper.make_node("ReduceMean", ["x"], ["gp"], axes=[2], keepdims=0))          # [N, 3, 4]
+    nodes = [mean,
              helper.make_node("Shape", ["gp"], ["s"]),
              helper.make_node("Gather", ["s", "i0"], ["n"]),
              helper.make_node("Unsqueeze", ["n", "ax0"], ["nu"]),
@@ -312,16 +319,35 @@ def test_symbolic_dims_through_reshape_targets_read_by_shape(opset):
              helper.make_node("MatMul", ["rows", "w"], ["mm"]),                             # [N H 4, 5]
              helper.make_node("Concat", ["fr", "d5"], ["back32"], axis=0),
              helper.make_node("Cast", ["back32"], ["back"], to=TensorProto.INT64),
-             helper.make_node("Reshape", ["mm", "back"], ["dense"])]                        # [N, H, 4, 5]
+             helper.make_node("Reshape", ["mm", "back"], ["dense"]),                        # [N, H, 4, 5]
+             helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Slice", ["xs", "s0", "s2"], ["lead"]),
+             helper.make_node("Concat", ["lead", "m1"], ["f2"], axis=0),
+             helper.make_node("Reshape", ["x", "f2"], ["flat2"]),                           # [N, 3, 4 H]
+             helper.make_node("Flatten", ["x"], ["fa"], axis=1),                            # [N, 12 H]
+             helper.make_node("Flatten", ["x"], ["fb"], axis=2),                            # [3 N, 4 H]
+             helper.make_node("Shape", ["fb"], ["fbs"]),
+             helper.make_node("Gather", ["fbs", "i1"], ["wh"]),
+             helper.make_node("Unsqueeze", ["wh", "ax0"], ["whu"]),
+             helper.make_node("Concat", ["whu", "m1"], ["t2"], axis=0),
+             helper.make_node("Reshape", ["fa", "t2"], ["wrong"])]                          # [4 H, 3 N]
     if opset >= 15:
         nodes += [helper.make_node("Shape", ["x"], ["s_n"], end=1),
                   helper.make_node("Shape", ["x"], ["s_h"], start=-2, end=-1),
                   helper.make_node("Concat", ["s_n", "s_h", "twelve"], ["nh12"], axis=0),
                   helper.make_node("Reshape", ["x", "nh12"], ["hv"])]                      # [N, H, 12]
+    if opset >= 18:  # ReduceProd([1, N]) with noop_with_empty_axes and no axes: [1, N] itself
+        nodes += [helper.make_node("Concat", ["one", "s_n"], ["one_n"], axis=0),
+                  helper.make_node("ReduceProd", ["one_n"], ["noop"], noop_with_empty_axes=1),
+                  helper.make_node("Gather", ["noop", "i0"], ["first"]),
+                  helper.make_node("Unsqueeze", ["first", "ax0"], ["fu"]),
+                  helper.make_node("Concat", ["fu", "m1"], ["t3"], axis=0),
+                  helper.make_node("Reshape", ["gp", "t3"], ["one_row"])]                  # [1, 12 N]
     outs = [n.output[0] for n in nodes]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 4])],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                               for o in outs if o in ("flat", "rows", "mm", "dense", "hv")], inits)
+                               for o in outs if o in ("flat", "rows", "mm", "dense", "hv", "flat2", "wrong", "one_row")],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     outs = [o.name for o in graph.output]
     sizes = [(1, 2), (2, 5), (3, 3), (4, 7), (6, 1), (5, 6)]
@@ -335,8 +361,12 @@ def test_symbolic_dims_through_reshape_targets_read_by_shape(opset):
                 assert all(_evaluate(e, (n, 3, h, 4)) == r[o].shape[i] for (n, h), r in zip(sizes, runs)), (o, i, e)
     assert same(sym, "flat", 0, "x", 0) and sym["flat"][1] == 12 and sym["rows"][0] is None
     assert same(sym, "dense", 0, "x", 0) and same(sym, "dense", 1, "x", 2) and sym["dense"][2:] == [4, 5]
+    assert same(sym, "flat2", 0, "x", 0) and sym["flat2"][1] == 3 and sym["flat2"][2] is None
+    assert sym["wrong"] == [None, None]
     if opset >= 15:
         assert same(sym, "hv", 0, "x", 0) and same(sym, "hv", 1, "x", 2) and sym["hv"][2] == 12
+    if opset >= 18:
+        assert (sym.get("one_row") or [1, None])[1] is None  # (it was 12: the noop taken for a product)
 
 
 @pytest.mark.parametrize("start, end, step, whole", [
