@@ -20,7 +20,8 @@ from .io import iter_tensors, load_external_data
 from .wire import read_model
 from .methods import METHODS, get_method
 from .vjp import rule_key
-from .recipes import ALL_METHODS, CAM_METHODS, Context, Options, batch_axis, build, cam_axes, input_is_nhwc
+from .layout import batch_axis, cam_axes, input_is_nhwc
+from .recipes import ALL_METHODS, CAM_METHODS, Context, Options, build
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
