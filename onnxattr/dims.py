@@ -170,6 +170,37 @@ def _reshape(x: list, shape: list, allowzero: int) -> list | None:
     return out
 
 
+def _slice(node, x: list, vals: dict, shapes: dict) -> list | None:
+    """A Slice keeps the lengths of the axes it does not slice, and of those it takes whole (from 0
+    to INT_MAX, step 1), whatever its bounds (computed at run time, as PyTorch's chunk writes them
+    at a dynamic size); the other lengths are unknown. None where its axes are not known."""
+    a, rank = attrs(node), len(x)
+    if "starts" in a:  # (before opset 10: attributes)
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+        count = len(starts)
+    else:
+        ins = list(node.input) + [""] * 5
+        starts, ends = (vals.get(i, (None,))[0] for i in ins[1:3])
+        axes = vals.get(ins[3], (None,))[0] if ins[3] else None
+        steps = vals.get(ins[4], (None,))[0] if ins[4] else None
+        count = len(starts) if starts is not None else (shapes.get(ins[1]) or [None])[0]
+        if ins[3] and axes is None:
+            return None
+    if axes is None:
+        axes = list(range(count)) if count is not None else None
+    if axes is None or any(not isinstance(i, int) or not -rank <= i < rank for i in axes):
+        return None
+    out = list(x)
+    for k, axis in enumerate(axes):
+        st = starts[k] if starts is not None else None
+        en = ends[k] if ends is not None else None
+        sp = steps[k] if steps is not None else 1
+        whole = isinstance(st, int) and isinstance(en, int) and (st == 0 or st <= -2 ** 62) and en >= 2 ** 31 - 1
+        if not (whole and sp == 1):
+            out[axis % rank] = None
+    return out
+
+
 def _axes(node, consts: dict, rank: int) -> list | None:
     """A Squeeze / Unsqueeze / Reduce node's constant axes (attribute or input), in [0, rank)."""
     axes = attrs(node).get("axes")
@@ -332,6 +363,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = _reduce(node, ins[0], consts)
         elif op == "Pad" and ins and ins[0] is not None:
             out = _pad(node, ins[0], consts)
+        elif op == "Slice" and ins and ins[0] is not None:
+            out = _slice(node, ins[0], vals, shapes)
         elif op == "Transpose" and ins and ins[0] is not None:
             perm = attrs(node).get("perm", list(range(len(ins[0])))[::-1])
             if sorted(perm) == list(range(len(ins[0]))):

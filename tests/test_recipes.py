@@ -1014,3 +1014,44 @@ def test_gradcam_default_layer_is_a_channels_last_map_after_a_layernorm():
     cam = torch.relu((g.mean((1, 2), keepdim=True) * a).sum(3, keepdim=True)).permute(0, 3, 1, 2).detach().numpy()
     assert cam.shape == (2, 1, 7, 5) and (cam.reshape(2, -1).max(1) > 1e-4).all()
     np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())
+
+
+class ShuffleChunk(torch.nn.Module):
+    """A channel shuffle, then x.chunk(2, dim=1): at a dynamic size PyTorch writes the chunk as
+    Slices whose bounds are computed from Shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def maps(self, x):
+        x = torch.relu(self.c1(x))
+        b, c, h, w = x.size()
+        x = x.view(b, 3, c // 3, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        return torch.relu(self.c2(x.chunk(2, dim=1)[0]))
+
+    def forward(self, x):
+        return self.fc(self.maps(x).mean((2, 3)))
+
+
+def test_gradcam_default_layer_after_a_chunk_at_a_dynamic_size():
+    """After the chunk the batch axis was lost (dims.py followed no Slice of a tensor), so the
+    default layer fell to the map before the shuffle, and the last map asked for by name was
+    refused ("its first axis is not the input's batch axis"). Against float64 PyTorch."""
+    torch.manual_seed(16)
+    m = ShuffleChunk().eval()
+    x = np.random.default_rng(16).normal(size=(2, 3, 18, 14)).astype(np.float32)
+    t = [1, 2]
+    f = io.BytesIO()
+    torch.onnx.export(m, torch.from_numpy(x[:1]), f, input_names=["x"], output_names=["y"], opset_version=17,
+                      dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}, "y": {0: "N"}}, dynamo=False)
+    model = onnx.load_from_string(f.getvalue())
+    ex = onnxattr.Explainer(model, method="gradcam", provider="cpu")
+    assert ex.layer == [n.output[0] for n in model.graph.node if n.op_type == "Relu"][-1]
+    md = m.double()
+    a = md.maps(torch.from_numpy(x).double())
+    g, = torch.autograd.grad(md.fc(a.mean((2, 3)))[torch.arange(2), torch.tensor(t)].sum(), a)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach().numpy()
+    assert (cam.reshape(2, -1).max(1) > 1e-4).all()
+    np.testing.assert_allclose(ex.run(x, t)["cam"], cam, rtol=1e-5, atol=1e-6 * np.abs(cam).max())

@@ -369,6 +369,49 @@ def test_symbolic_dims_through_reshape_targets_read_by_shape(opset):
         assert (sym.get("one_row") or [1, None])[1] is None  # (it was 12: the noop taken for a product)
 
 
+@pytest.mark.parametrize("opset", [9, 13])
+def test_symbolic_dims_through_slices(opset):
+    """A Slice keeps the lengths of the axes it does not slice, and of those it takes whole, also
+    where its bounds are computed at run time, as PyTorch writes x.chunk(2, dim=1) at a dynamic
+    size: after a channel shuffle's chunk the batch axis was lost, so Grad-CAM's default layer fell
+    to a map before the shuffle and the right one was refused ("its first axis is not the input's
+    batch axis"). Every expression is checked against ONNX Runtime's lengths at six sizes."""
+    from onnxattr.dims import same, symbolic_dims
+
+    big = np.iinfo(np.int64).max
+    consts = {"z": [0], "a1": [1], "a2": [2], "two": [2], "big": [big], "a01": [0, 1], "z0": [0, 0], "bb": [big, 2]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()]
+    if opset < 10:
+        nodes = [helper.make_node("Slice", ["x"], ["half"], starts=[0], ends=[2], axes=[1]),         # [N, 2, H, W]
+                 helper.make_node("Slice", ["x"], ["whole"], starts=[0, 0], ends=[big, 2], axes=[0, 1]),
+                 helper.make_node("Slice", ["x"], ["crop"], starts=[1], ends=[-1], axes=[2])]      # [N, 6, H-2, W]
+    else:
+        nodes = [helper.make_node("Shape", ["x"], ["s"]),
+                 helper.make_node("Gather", ["s", "a1"], ["c"]),
+                 helper.make_node("Div", ["c", "two"], ["h"]),                                       # run-time bound
+                 helper.make_node("Slice", ["x", "z", "h", "a1"], ["half"]),                          # [N, 3, H, W]
+                 helper.make_node("Slice", ["x", "z0", "bb", "a01"], ["whole"]),                      # [N, 2, H, W]
+                 helper.make_node("Slice", ["x", "a1", "big", "a2", "two"], ["crop"])]                # [N, 6, ~H/2, W]
+    outs = ["half", "whole", "crop"]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, "H", "W"])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+    sizes = [(1, 3, 2), (2, 5, 4), (3, 3, 3), (4, 7, 1), (6, 4, 5), (5, 6, 2)]
+    sess = make_session(model.SerializeToString(), "cpu")[0]
+    runs = [dict(zip(outs, sess.run(outs, {"x": np.zeros((n, 6, h, w), np.float32)}))) for n, h, w in sizes]
+    sym = symbolic_dims(model, {})
+    for o in outs:
+        for i, e in enumerate(sym.get(o) or []):
+            if e is not None:
+                want = [r[o].shape[i] for r in runs]
+                assert [_evaluate(e, (n, 6, h, w)) if not isinstance(e, int) else e for n, h, w in sizes] == want, (o, i, e)
+    for o in outs:
+        assert same(sym, o, 0, "x", 0) and same(sym, o, 3, "x", 3), o
+    assert same(sym, "half", 2, "x", 2) and same(sym, "whole", 2, "x", 2) and sym["crop"][2] is None
+    if opset >= 10:  # (bounds computed at run time: that length is unknown)
+        assert sym["half"][1] is None
+
+
 @pytest.mark.parametrize("start, end, step, whole", [
     (0, 2 ** 31 - 1, 1, True), (0, 2 ** 63 - 1, 1, True), (-(2 ** 63), 2 ** 63 - 1, 1, True), (-(2 ** 31), 2 ** 31 - 1, 1, True),
     (1, 2 ** 31 - 1, 1, False), (0, 2 ** 31 - 2, 1, False), (0, 2 ** 31 - 1, 2, False), (-1, 2 ** 31 - 1, 1, False),
