@@ -102,13 +102,25 @@ def slice_(b, node, gys):
     # sequence axis): the pads come from that length at run time (from opset 9: ConstantOfShape).
     known = b.shape(x) or [None] * rank
     runtime = [ax for ax, sp in zip(axes, steps) if sp == 1 and known[ax] is None and b.opset >= 9]
-    shape = b.static_shape(x, node, dims=[ax for ax in axes if ax not in runtime])
+    # A larger step along such an axis from a start >= 0 to the end (x[:, :, ::2]): spread at run time.
+    strided = [ax for ax, st, en, sp in zip(axes, starts, ends, steps)
+               if sp > 1 and known[ax] is None and st >= 0 and en >= 2 ** 31 - 1]
+    for ax, st, en, sp in zip(axes, starts, ends, steps):
+        if sp != 1 and known[ax] is None and ax not in strided:
+            raise UnsupportedModelError(
+                f"{describe(node)}: a step of {sp} along axis {ax}, whose length is known only at run time, is "
+                f"supported from a start >= 0 to the end (x[..., s::k]), not from {st} to {en}; export the model "
+                "with a fixed size there")
+    shape = b.static_shape(x, node, dims=[ax for ax in axes if ax not in runtime and ax not in strided])
     pads = [0] * (2 * rank)
     dynamic = {}
     for ax, st, en, sp in zip(axes, starts, ends, steps):
         if ax in runtime:
             length = b.op("Cast", [b.slice(b.shape_of(x), [ax], [ax + 1], [0])], to=TensorProto.DOUBLE)
             dynamic[ax] = _unit_step_pads(b, length, st, en)
+            continue
+        if ax in strided:
+            g = _spread_to_the_end(b, g, x, ax, rank, st, sp)
             continue
         dim = shape[ax]
         picked = _slice_indices(dim, st, en, sp)
@@ -134,6 +146,22 @@ def slice_(b, node, gys):
         parts = [b.zeros(b.op("Concat", lead + [count] + rest, axis=0)) for count in (before, after)]
         g = b.op("Concat", [parts[0], g, parts[1]], axis=ax)
     return [g]
+
+
+def _spread_to_the_end(b, g, x, ax: int, rank: int, start: int, step: int) -> str:
+    """The gradient of x[start::step] along axis ax, whose length L is known only at run time:
+    each element followed by step - 1 zeros (Unsqueeze, Pad, a Reshape joining the two axes),
+    `start` zeros before, then cut to L (which also covers start >= L, an empty slice)."""
+    spread = [0] * (2 * (rank + 1))
+    spread[rank + 1 + ax + 1] = step - 1
+    spread = b.pad(b.unsqueeze(g, [ax + 1]), spread)
+    sizes = b.shape_of(g)
+    pieces = ([b.slice(sizes, [0], [ax], [0])] if ax > 0 else []) + [b.ints([-1])]
+    pieces += [b.slice(sizes, [ax + 1], [rank], [0])] if ax < rank - 1 else []
+    front = [0] * (2 * rank)
+    front[ax] = start
+    joined = b.pad(b.op("Reshape", [spread, b.op("Concat", pieces, axis=0)]), front)
+    return b.op("Slice", [joined, b.ints([0]), b.slice(b.shape_of(x), [ax], [ax + 1], [0]), b.ints([ax])])
 
 
 def _slice_by_run_time_bounds(b, node, g):
