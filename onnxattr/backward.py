@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .errors import UnsupportedModelError
+from .errors import OnnxAttrError, UnsupportedModelError
 from .graph import Builder
 from .patterns import fuse
 from .protos import FLOAT_TYPES, attrs, describe, reads
@@ -127,7 +127,10 @@ def build_backward(b: Builder, seeds: dict[str, str], wrt: list[str], policy, un
                 b.annotate(g, like=o)
         if all(g is None for g in gys):
             continue
-        gxs = policy.rule(rule_key(node))(b, node, gys)
+        try:
+            gxs = policy.rule(rule_key(node))(b, node, gys)
+        except OnnxAttrError as e:  # (at a batched forward copy's node: named as the model names it)
+            raise b.named_as_model(e, node) from None
         if isinstance(gxs, dict):  # control flow: by name, for its inputs and the outer tensors its body reads
             pairs = [(name, gxs.get(name)) for name in dict.fromkeys(i for i in reads(node) if i)]
         else:

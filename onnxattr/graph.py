@@ -56,6 +56,7 @@ class Builder:
         self._used = self._forward | {n.name for n in g.node}
         self._trials: tuple[dict, dict] | None = None  # the dims of both shape trials (shapes.py)
         self._origin: dict[str, tuple[int, str]] = {}  # a forward copy's tensor -> (which copy, original)
+        self._copied_nodes: dict[str, str] = {}  # a forward copy's node -> the original's name
         self._one_free_dim = free_dims(model) == 1
         for init in g.initializer:
             self.consts[init.name] = init
@@ -248,12 +249,25 @@ class Builder:
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             copy.name = self.fresh(node.op_type)
+            self._copied_nodes[copy.name] = node.name or node.output[0]
             rename_reads(copy, rename)
             _forget_symbols(copy)
             del copy.output[:]
             copy.output.extend(outs)
             self.nodes.append(copy)
         return rename
+
+    def named_as_model(self, error: Exception, node: onnx.NodeProto) -> Exception:
+        """`error`, raised at `node`; where that is a forward copy's node (SmoothGrad's and integrated
+        gradients' batched copies), the same error naming the model's own nodes and tensors."""
+        if node.name not in self._copied_nodes:
+            return error
+        names = dict(self._copied_nodes)
+        names.update((copy, orig) for copy, (_, orig) in self._origin.items())
+        message = str(error)
+        for copy in sorted(names, key=len, reverse=True):
+            message = message.replace(f"'{copy}'", f"'{names[copy]}'")
+        return type(error)(message)
 
     def taken(self, name: str) -> bool:
         """Whether `name` already names a tensor or node of the model (or one added)."""

@@ -1330,3 +1330,24 @@ def test_layer_with_a_method_that_does_not_take_it_is_refused(tmp_path):
             "--provider", "cpu", "--method", "saliency")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / "grid.png").exists() and f"Grad-CAM layer: {layer}" in r.output
+
+
+@pytest.mark.parametrize("method", ["saliency", "smoothgrad", "integrated-gradients"])
+def test_refusals_in_the_batched_copies_name_the_models_nodes(method):
+    """SmoothGrad and integrated gradients differentiate a copy of the forward graph; a refusal
+    there named the copy's node and tensors ('onnxattr/Slice_135', 'Slice_output_0_copy_132'),
+    which the user's model does not have. It names the model's own, as saliency's does."""
+    big = np.iinfo(np.int64).max
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in (([-3], "s"), ([big], "e"), ([2], "a"),
+                                                                             ([2], "k"), ([2, 3], "axes"))]
+    inits.append(numpy_helper.from_array(np.ones((3, 2), np.float32), "w"))
+    nodes = [helper.make_node("Slice", ["x", "s", "e", "a", "k"], ["sliced"], name="strided"),
+             helper.make_node("ReduceMean", ["sliced"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(onnxattr.UnsupportedModelError) as info:
+        onnxattr.attribution_model(model, method=method)
+    assert str(info.value).startswith("Slice node 'strided': a step of 2 along axis 2"), str(info.value)
+    assert "onnxattr/" not in str(info.value) and "_copy" not in str(info.value)
