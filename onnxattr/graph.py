@@ -119,10 +119,28 @@ class Builder:
             elif len(old) == len(found):
                 self.shapes[name] = [d if d is not None else e for d, e in zip(old, found)]
                 self._pin_symbolic(name, old)
+                self._check_static(name, old)
         for name, v in values.items():
             if name not in self.consts:
                 self.consts[name] = numpy_helper.from_array(v, name)
                 self.types.setdefault(name, self.consts[name].data_type)
+
+    def _check_static(self, name: str, inferred: list) -> None:
+        """A length inference calls static that the shape trials (the graph's shapes worked out at
+        two sizes of the inputs' free dims) find to differ is unknown: ONNX's data propagation is
+        wrong there (a Gather from an Unsqueezed Shape gave a Reshape target of [-1, 1] where it
+        is [-1, 4 N]), and rules and dims.py would take the wrong length for a fact."""
+        trials = [dims.get(name) for dims in (self._trials or ())]
+        proto = self.shape_protos.get(name)
+        for i, d in enumerate(inferred):
+            at = [t[i] for t in trials if t is not None and len(t) == len(inferred) and t[i] is not None]
+            if d is not None and any(v != d for v in at):
+                self.shapes[name][i] = None
+                if proto is not None and len(proto.dim) == len(inferred):
+                    unknown = onnx.TensorShapeProto()
+                    unknown.CopyFrom(proto)
+                    unknown.dim[i].Clear()
+                    self.shape_protos[name] = proto = unknown
 
     def _pin_symbolic(self, name: str, old: list) -> None:
         """Dims the trials found static replace the symbolic ones inference gave, so that no rule

@@ -412,6 +412,48 @@ def test_symbolic_dims_through_slices(opset):
         assert sym["half"][1] is None
 
 
+def test_a_static_length_the_shape_trials_contradict_is_unknown():
+    """ONNX's data propagation gets a Reshape target read through a 2-D Gather wrong: it calls t5
+    [1, 1] where it is [1, 4 N] (a dims audit's fuzzed graph). The shape trials work the shapes
+    out at two sizes and see 24 and 140: that length is now unknown (it was taken for 1, and
+    dims.py claimed it), and the gradient through it is right at several sizes."""
+    from onnxattr.graph import Builder
+
+    def i64(v, n):
+        return numpy_helper.from_array(np.array(v, np.int64), n)
+
+    inits = [i64([1, -1], "nf_at"), i64([0], "ax0"), i64([1], "one"), i64([-1], "m1"), i64(0, "i0"), i64([-1], "last")]
+    nodes = [helper.make_node("Shape", ["x"], ["s0"]),
+             helper.make_node("Cast", ["s0"], ["s0i"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["s0i", "nf_at"], ["nf"], axis=0),
+             helper.make_node("ReduceProd", ["nf"], ["p"], axes=[0], keepdims=0),
+             helper.make_node("Unsqueeze", ["p", "ax0"], ["pu"]),
+             helper.make_node("Cast", ["pu"], ["pl"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["one", "m1", "pl"], ["t0s"], axis=0),
+             helper.make_node("Reshape", ["x", "t0s"], ["t0"]),                    # [1, 1, 4N]
+             helper.make_node("Shape", ["t0"], ["s1"]),
+             helper.make_node("Unsqueeze", ["s1", "ax0"], ["u"]),                  # [[1, 1, 4N]]
+             helper.make_node("Gather", ["u", "i0"], ["row"]),
+             helper.make_node("Gather", ["row", "last"], ["l"]),                   # [4N]
+             helper.make_node("Concat", ["m1", "l"], ["t5s"], axis=0),
+             helper.make_node("Reshape", ["t0", "t5s"], ["t5"]),                   # [1, 4N]
+             helper.make_node("Relu", ["t5"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    b = Builder(model, TensorProto.FLOAT)
+    assert b.shapes["t5"][1] is None and b.shapes["y"][1] is None
+    from onnxattr.api import vjp_model
+    vm, cots, grads = vjp_model(model)
+    sess = make_session(vm.SerializeToString(), "cpu")[0]
+    rng = np.random.default_rng(0)
+    for n in (6, 3, 1):
+        x = rng.standard_normal((1, n, 4)).astype(np.float32)
+        c = rng.standard_normal((1, 4 * n)).astype(np.float32)
+        (gx,) = sess.run([grads["x"]], {"x": x, cots["y"]: c})
+        np.testing.assert_array_equal(gx, c.reshape(1, n, 4) * (x > 0))
+
+
 @pytest.mark.parametrize("start, end, step, whole", [
     (0, 2 ** 31 - 1, 1, True), (0, 2 ** 63 - 1, 1, True), (-(2 ** 63), 2 ** 63 - 1, 1, True), (-(2 ** 31), 2 ** 31 - 1, 1, True),
     (1, 2 ** 31 - 1, 1, False), (0, 2 ** 31 - 2, 1, False), (0, 2 ** 31 - 1, 2, False), (-1, 2 ** 31 - 1, 1, False),
