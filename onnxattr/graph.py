@@ -57,6 +57,7 @@ class Builder:
         self._trials: tuple[dict, dict] | None = None  # the dims of both shape trials (shapes.py)
         self._origin: dict[str, tuple[int, str]] = {}  # a forward copy's tensor -> (which copy, original)
         self._copied_nodes: dict[str, str] = {}  # a forward copy's node -> the original's name
+        self._forward_maps: tuple[dict, dict] | None = None
         self._one_free_dim = free_dims(model) == 1
         for init in g.initializer:
             self.consts[init.name] = init
@@ -274,6 +275,17 @@ class Builder:
             copy.output.extend(outs)
             self.nodes.append(copy)
         return rename
+
+    def forward_maps(self) -> tuple[dict, dict]:
+        """(tensor -> the forward node that makes it, tensor -> the forward nodes that read it)."""
+        if self._forward_maps is None:
+            producer, consumers = {}, {}
+            for n in self.model.graph.node:
+                producer.update((o, n) for o in n.output)
+                for i in n.input:
+                    consumers.setdefault(i, []).append(n)
+            self._forward_maps = (producer, consumers)
+        return self._forward_maps
 
     def named_as_model(self, error: Exception, node: onnx.NodeProto) -> Exception:
         """`error`, raised at `node`; where that is a forward copy's node (SmoothGrad's and integrated

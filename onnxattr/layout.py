@@ -97,26 +97,13 @@ def _linear(b: Builder, n) -> bool:
     return n.op_type == "MatMul" and len(b.shapes.get(n.input[1]) or []) == 2 and n.input[1] in b.consts
 
 
-def _graph_maps(b: Builder) -> tuple[dict, dict]:
-    """(tensor -> producing node, tensor -> consuming nodes) of the forward graph, once per Builder."""
-    maps = getattr(b, "_layout_maps", None)
-    if maps is None:
-        producer, consumers = {}, {}
-        for n in b.model.graph.node:
-            producer.update((o, n) for o in n.output)
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        maps = b._layout_maps = (producer, consumers)
-    return maps
-
-
 def _unsqueezed(b: Builder, n, axes: list, back: bool) -> list | None:
     """Axes through an Unsqueeze or Squeeze n (`axes` those of its output if `back`, else of its
     input): inserted axes are None, removed ones dropped."""
     where = attrs(n).get("axes")
     if where is None and len(n.input) > 1 and n.input[1]:
         where = b.static_value(n.input[1])
-    short, long = (n.input[0], n.output[0]) if n.op_type == "Unsqueeze" else (n.output[0], n.input[0])
+    long = n.output[0] if n.op_type == "Unsqueeze" else n.input[0]  # (the tensor with the extra axes)
     rank = len(b.shapes.get(long) or [])
     if where is None and n.op_type == "Squeeze":  # (every length-1 axis)
         dims = b.shapes.get(long) or [None]
@@ -140,7 +127,7 @@ def layout_of(b: Builder, t: str, linear: bool = True) -> tuple[set, bool]:
     tell a channel axis (_channel_axis): the axes the strong ones tell, else those the weak ones
     tell (`linear`: also LayerNorms and Linears)."""
     rank = len(b.shapes.get(t) or [])
-    producer, consumers = _graph_maps(b)
+    producer, consumers = b.forward_maps()
 
     def ndim(name):
         return len(b.shapes.get(name) or [])
