@@ -240,11 +240,6 @@ def _constant_tensors(g) -> list:
             if t is not None and t.data_type in _INT_TYPES and len(t.dims) <= 1]
 
 
-def _constants(g) -> dict:
-    """Values of the graph's initializers and Constant nodes that are lists of ints."""
-    return {name: value for name, value, _ in _constant_tensors(g)}
-
-
 def _shape_value(node, vals: dict, sym: dict, shapes: dict):
     """(value, rank) of node's output where it computes from lengths (rank 0 or 1; each element
     an int, an expression or None), as Shape -> Gather -> Concat -> Reshape targets are built
@@ -292,14 +287,13 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     g = model.graph
     inits = {i.name for i in g.initializer}
     init_dims = {i.name: list(i.dims) for i in g.initializer}
-    consts = _constants(g)
-    # Shape(t) whole: a Reshape to it gives t's dims (PyTorch's GroupNorm: x -> [N, G, -1] -> back)
-    shape_of = {n.output[0]: n.input[0] for n in g.node
-                if n.op_type == "Shape" and not any(a.name in ("start", "end") for a in n.attribute)}
+    constants = _constant_tensors(g)
+    consts = {name: value for name, value, _ in constants}
     sym: dict[str, list] = {}
     # (value, rank) of the int tensors of rank 0 or 1 whose values are known: constants, and
-    # lengths read by Shape (_shape_value)
-    vals = {name: (value, len(t.dims)) for name, value, t in _constant_tensors(g)}
+    # lengths read by Shape (_shape_value; a Reshape to Shape(t) gives t's dims, as PyTorch's
+    # GroupNorm writes x -> [N, G, -1] -> back)
+    vals = {name: (value, len(t.dims)) for name, value, t in constants}
     for vi in g.input:
         if vi.name in inits or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
             continue
@@ -333,8 +327,6 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = _window(node, ins[0], w_shape)
         elif op in _GLOBAL and ins and ins[0] is not None:
             out = list(ins[0][:2]) + [1] * (len(ins[0]) - 2)
-        elif op == "Reshape" and len(node.input) > 1 and node.input[1] in shape_of:
-            out = dims(shape_of[node.input[1]])
         elif op == "Reshape" and len(node.input) > 1 and ins[0] is not None and vals.get(node.input[1], ([], 0))[1] == 1:
             out = _reshape(ins[0], vals[node.input[1]][0], attrs(node).get("allowzero", 0))
         elif op == "Squeeze" and ins and ins[0] is not None:
@@ -343,9 +335,10 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
                 axes = [i for i, d in enumerate(ins[0]) if d == 1] if all(isinstance(d, int) for d in ins[0]) else None
             out = None if axes is None else [d for i, d in enumerate(ins[0]) if i not in axes]
         elif op == "Unsqueeze" and ins and ins[0] is not None:
-            rank = len(ins[0]) + len(attrs(node).get("axes") or consts.get(node.input[-1] if len(node.input) > 1 else "", []))
-            axes = _axes(node, consts, rank)
+            given = attrs(node).get("axes", consts.get(node.input[1]) if len(node.input) > 1 else None)
+            axes = None if given is None else _axes(node, consts, len(ins[0]) + len(given))
             if axes is not None:
+                rank = len(ins[0]) + len(axes)
                 rest = iter(ins[0])
                 out = [1 if i in axes else next(rest) for i in range(rank)]
         elif op == "Flatten" and ins and ins[0] is not None:

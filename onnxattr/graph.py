@@ -563,6 +563,17 @@ class Builder:
         self.annotate(out, like=like)
         return out
 
+    def shape_with(self, w: str, axis: int, middle: list, lead: list = ()) -> str:
+        """Shape(w) with its dim `axis` replaced by the ints `middle`, after the ints `lead`."""
+        end = np.iinfo(np.int64).max
+        if axis == 0:
+            head = self.ints([*lead, *middle])
+            return self.op("Concat", [head, self.slice(self.shape_of(w), [1], [end], [0])], axis=0)
+        shape = self.shape_of(w)
+        parts = [self.slice(shape, [0], [axis], [0]), self.ints(list(middle)),
+                 self.slice(shape, [axis + 1], [end], [0])]
+        return self.op("Concat", ([self.ints(list(lead))] if lead else []) + parts, axis=0)
+
     def shape_of(self, x: str) -> str:
         """Shape(x), one node per tensor. For a tensor of the forward graph the node goes before
         every other added node, so the backward reads only the small shape: ONNX Runtime can

@@ -151,21 +151,6 @@ def _graph_noise(b: Builder, shape: str, seed: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _tail_shape(b: Builder, w: str) -> str:
-    """Shape(w)[1:] as an int64 tensor."""
-    return b.slice(b.shape_of(w), [1], [np.iinfo(np.int64).max], [0])
-
-
-def _shape_with(b: Builder, w: str, axis: int, middle: list, lead: list = ()) -> str:
-    """Shape(w) with its dim `axis` replaced by the ints `middle`, after the ints `lead`."""
-    if axis == 0:
-        return b.op("Concat", [b.ints([*lead, *middle]), _tail_shape(b, w)], axis=0)
-    shape = b.shape_of(w)
-    parts = [b.slice(shape, [0], [axis], [0]), b.ints(list(middle)),
-             b.slice(shape, [axis + 1], [np.iinfo(np.int64).max], [0])]
-    return b.op("Concat", ([b.ints(list(lead))] if lead else []) + parts, axis=0)
-
-
 def _stacking_axis(ctx: Context, t: str) -> int:
     """The batch axis of `t` (the input, or the --wrt tensor), along which the batched methods
     stack their copies: it must be dynamic and known."""
@@ -193,7 +178,7 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
     copy after copy along its batch axis, the copy's tensor names, targets repeated per copy)."""
     b = ctx.b
     xa = axis if ctx.x == ctx.w else _stacking_axis(ctx, ctx.x)
-    flat = b.op("Reshape", [stacked, _shape_with(b, ctx.w, axis, [-1])])
+    flat = b.op("Reshape", [stacked, b.shape_with(ctx.w, axis, [-1])])
     feeds = {}
     for name in ctx.inputs:  # other inputs with the same batch axis go along, copied; the rest as they are
         if name == ctx.w:
@@ -220,7 +205,7 @@ def _seed_like(b: Builder, seed: str, scores: str) -> str:
 
 def _per_copy(b: Builder, g: str, copies: int, w: str, axis: int) -> str:
     """g (shaped like the batch `_batched` feeds) with the copies on their own axis `axis`."""
-    return b.op("Reshape", [g, _shape_with(b, w, axis, [copies, -1])])
+    return b.op("Reshape", [g, b.shape_with(w, axis, [copies, -1])])
 
 
 def check_baseline(base: np.ndarray, dims: list, wrt: str | None = None) -> None:
@@ -269,7 +254,7 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         # one draw per sample and element of a row, the same for every row: a row's result does
         # not depend on the batch it comes in nor on its place there. Drawn [s, row with a 1 at
         # the batch axis], then the samples moved next to the batch axis
-        z = _graph_noise(b, _shape_with(b, ctx.w, wa, [1], lead=[s]), opts.seed)
+        z = _graph_noise(b, b.shape_with(ctx.w, wa, [1], lead=[s]), opts.seed)
         if wa:
             z = b.op("Transpose", [z], perm=list(range(1, wa + 1)) + [0] + list(range(wa + 1, rank + 1)))
         noise = b.op("Mul", [z, b.op("Mul", [span, b.scalar(opts.noise)])])

@@ -155,12 +155,9 @@ def _spread_to_the_end(b, g, x, ax: int, rank: int, start: int, step: int) -> st
     spread = [0] * (2 * (rank + 1))
     spread[rank + 1 + ax + 1] = step - 1
     spread = b.pad(b.unsqueeze(g, [ax + 1]), spread)
-    sizes = b.shape_of(g)
-    pieces = ([b.slice(sizes, [0], [ax], [0])] if ax > 0 else []) + [b.ints([-1])]
-    pieces += [b.slice(sizes, [ax + 1], [rank], [0])] if ax < rank - 1 else []
     front = [0] * (2 * rank)
     front[ax] = start
-    joined = b.pad(b.op("Reshape", [spread, b.op("Concat", pieces, axis=0)]), front)
+    joined = b.pad(b.op("Reshape", [spread, b.shape_with(g, ax, [-1])]), front)
     return b.op("Slice", [joined, b.ints([0]), b.slice(b.shape_of(x), [ax], [ax + 1], [0]), b.ints([ax])])
 
 
