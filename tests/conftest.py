@@ -1,10 +1,26 @@
-"""Suite-wide switches: tests marked `slow` run only with ONNXATTR_EXTENDED=1 (see README, Tests)."""
+"""Suite-wide switches: tests marked `slow` run only with ONNXATTR_EXTENDED=1 (see README, Tests);
+a crash in native code reports the Python stack of the thread that crashed."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 
 import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """pytest's faulthandler dumps every thread's stack on a segfault; CI's log of one such crash
+    kept only the first few threads (ONNX Runtime's and PyTorch's workers, no Python frames) and
+    cut the crashing one. Dump that thread alone, to the same (uncaptured) stderr copy."""
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+    except ImportError:
+        return
+    fd = config.stash.get(fault_handler_stderr_fd_key, None)
+    if fd is not None:
+        faulthandler.enable(file=fd, all_threads=False)
 
 
 def pytest_collection_modifyitems(config, items):
