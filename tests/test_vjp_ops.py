@@ -1106,13 +1106,15 @@ def test_half_precision_mean_over_more_than_65504_elements(op, dims):
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=2.0 ** -24)
 
 
-@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization", "Reciprocal"])
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization", "Reciprocal", "Pow-1", "Pow-0.5"])
 def test_half_precision_backward_does_not_overflow_where_the_forward_does_not(op):
     """Run op by op in float16 (the reference evaluator; a provider with float16 kernels does
     the same), the backward squared x - mean (|x| = 300 in a LayerNorm row), cubed
-    RMSNorm's r (x ~ 0.01: r**3 = 1e6) or squared Reciprocal's y (333): inf or 0 everywhere while
-    the forward and the true gradient are finite. Now the statistics are float32, as the ops'
-    own stash_type 1, and g y y is (g y) y."""
+    RMSNorm's r (x ~ 0.01: r**3 = 1e6), squared Reciprocal's y (333), or raised x to p - 1
+    (x**-2 = 1.1e5 for Pow(x, -1) at x = 0.003, x**-1.5 = 1e6 for Pow(x, -0.5) at x = 1e-4):
+    inf or 0 everywhere while the forward and the true gradient are finite. Now the statistics
+    are float32, as the ops' own stash_type 1, g y y is (g y) y, and Pow's p x**(p - 1) g is
+    float32."""
     from onnx.reference import ReferenceEvaluator
 
     torch = pytest.importorskip("torch")
@@ -1124,24 +1126,30 @@ def test_half_precision_backward_does_not_overflow_where_the_forward_does_not(op
     elif op == "RMSNormalization":
         x = rng.normal(0, 0.01, (2, 16))
         nodes, inits = [N(op, ["x", "s"], ["y"], axis=-1)], [numpy_helper.from_array(np.ones(16, np.float16), "s")]
-    else:
+    elif op == "Reciprocal":
         x = rng.uniform(0.0025, 0.0035, (2, 16))
         nodes, inits = [N(op, ["x"], ["y"])], []
+    else:
+        p = float(op[3:])
+        x = rng.uniform(0.0025, 0.0035, (2, 16)) if p == -1 else rng.uniform(0.8e-4, 1.2e-4, (2, 16))
+        nodes, inits = [N("Pow", ["x", "p"], ["y"])], [numpy_helper.from_array(np.array(p, np.float16), "p")]
     x = x.astype(np.float16)
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 16])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
     model.ir_version = 10
     vm, cots, grads = vjp_model(model)
-    c = (rng.normal(0, 1, (2, 16)) * (1e-3 if op == "Reciprocal" else 1)).astype(np.float16)
+    c = (rng.normal(0, 1, (2, 16)) * (1e-3 if op in ("Reciprocal", "Pow-1", "Pow-0.5") else 1)).astype(np.float16)
     got = ReferenceEvaluator(vm).run([grads["x"]], {"x": x, cots["y"]: c})[0].astype(np.float64)
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
     if op == "LayerNormalization":
         yt = torch.nn.functional.layer_norm(xt, (16,), eps=1e-5)
     elif op == "RMSNormalization":
         yt = xt / torch.sqrt((xt * xt).mean(-1, keepdim=True) + 1e-5)
-    else:
+    elif op == "Reciprocal":
         yt = 1 / xt
+    else:
+        yt = xt ** float(op[3:])
     (want,) = torch.autograd.grad(yt, xt, torch.tensor(c.astype(np.float64)))
     want = want.numpy()
     assert np.isfinite(got).all()

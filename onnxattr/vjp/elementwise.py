@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs
@@ -116,13 +117,18 @@ def pow_(b, node, gys):
     gx = gp = None
     pf = p if b.types.get(p) == b.dtype else b.op("Cast", [p], to=b.dtype)
     if b.needs(x):
-        less = b.op("Sub", [pf, b.scalar(1.0)])
+        # in float32 for a float16 model: x^(p - 1) overflows float16 where x^p and the gradient
+        # are finite (p = -1 from |x| = 2**-8, p = -0.5 from |x| = 2**-11)
+        (xw, pw, gw), const, narrow = b.widened(x, pf, g)
+        less = b.op("Sub", [pw, const(1.0)])
         exponent = b.value(p)
         if exponent is None or np.any(exponent == 0):
             # x^0 = 1 has slope 0, also at x = 0: 0 * x^0 there, not 0 * 0^-1 = 0 * inf = NaN
-            less = b.op("Add", [less, b.mask(b.equal(pf, b.scalar(0.0)))])
-        d = b.op("Mul", [pf, b.op("Pow", [x, less])])
-        gx = b.unbroadcast(b.op("Mul", [g, d]), x, z, node)
+            at_zero = b.equal(pw, const(0.0))
+            wide = TensorProto.FLOAT if b.np_dtype == np.float16 else b.dtype
+            less = b.op("Add", [less, b.op("Cast", [at_zero], to=wide)])
+        d = b.op("Mul", [pw, b.op("Pow", [xw, less])])
+        gx = b.unbroadcast(narrow(b.op("Mul", [gw, d])), x, z, node)
     if b.needs(p):
         # z log x, and 0 where x = 0 and p >= 0 (PyTorch's convention; log 0 would give 0 * -inf)
         d = b.op("Mul", [z, b.op("Log", [x])])

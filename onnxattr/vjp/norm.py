@@ -4,7 +4,6 @@ GroupNormalization, RMSNormalization."""
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs, describe
@@ -50,21 +49,12 @@ def lrn(b, node, gys):
     return [b.op("Sub", [direct, cross])]
 
 
-def _widened(b, *tensors):
-    """(`tensors`, a maker of constants, a cast back) to compute in: in a float16 model the
-    tensors cast to float32, as the normalisations compute their statistics (stash_type 1):
-    (x - mean)**2 or x**2 overflow float16 from |x| = 256 while the forward's output is finite."""
-    if b.np_dtype != np.float16:
-        return list(tensors), b.scalar, lambda t: t
-    return ([b.op("Cast", [t], to=TensorProto.FLOAT) for t in tensors], lambda v: b.const(v, dtype=np.float32),
-            lambda t: b.op("Cast", [t], to=b.dtype))
-
-
 def _standardize_vjp(b, x: str, gh: str, axes: list[int], eps: float) -> tuple[str, str]:
     """For xhat = (x - mean) / sqrt(var + eps) over `axes`: the VJP of xhat at gradient `gh`,
     inv * (gh - mean(gh) - xhat * mean(gh * xhat)), and xhat itself (mean and variance
-    recomputed from x, never read from a stashed output; in float32 for a float16 model)."""
-    (x, gh), const, narrow = _widened(b, x, gh)
+    recomputed from x, never read from a stashed output; in float32 for a float16 model:
+    (x - mean)**2 overflows float16 from |x| = 256)."""
+    (x, gh), const, narrow = b.widened(x, gh)
     mean = b.reduce("ReduceMean", x, axes)
     d = b.op("Sub", [x, mean])
     var = b.reduce("ReduceMean", b.op("Mul", [d, d]), axes)
@@ -138,12 +128,12 @@ def rms_norm(b, node, gys):
     x, scale = node.input[:2]
     rank = b.rank(x, node)
     axes = list(range(a.get("axis", -1) % rank, rank))
-    (xw,), const, narrow = _widened(b, x)  # (x**2 and r**3 in float32 in a float16 model)
+    (xw,), const, narrow = b.widened(x)  # (x**2 and r**3 in float32 in a float16 model)
     r = b.op("Div", [const(1.0), b.op("Sqrt", [b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [xw, xw]), axes),
                                                              const(a.get("epsilon", 1e-5))])])])
     gx = None
     if b.needs(x):
-        (gs,), _, _ = _widened(b, b.op("Mul", [g, scale]))
+        (gs,), _, _ = b.widened(b.op("Mul", [g, scale]))
         coef = b.op("Mul", [b.reduce("ReduceMean", b.op("Mul", [gs, xw]), axes), b.op("Mul", [r, b.op("Mul", [r, r])])])
         gx = narrow(b.op("Sub", [b.op("Mul", [gs, r]), b.op("Mul", [xw, coef])]))
     gscale = b.unbroadcast(b.op("Mul", [g, narrow(b.op("Mul", [xw, r]))]), scale, y, node) if b.needs(scale) else None
