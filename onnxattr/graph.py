@@ -6,6 +6,7 @@ emit the form of each op that the model's opset defines (axes as attribute or in
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -357,6 +358,24 @@ class Builder:
 
     def scalar(self, value: float) -> str:
         return self.const(np.asarray(value, dtype=self.np_dtype), hint="scalar")
+
+    @contextlib.contextmanager
+    def float32(self, *tensors):
+        """In a float16 model: `tensors` cast to float32 and, inside the block, float32 as the
+        float type (scalar, mask and where make float32), with a cast back for the results; in
+        other models the tensors unchanged. For derivatives whose float16 intermediates overflow
+        or cancel where the forward and the gradient are finite."""
+        if self.np_dtype != np.float16:
+            yield list(tensors), (lambda t: t)
+            return
+        saved = self.dtype
+        wide = [self.op("Cast", [t], to=TensorProto.FLOAT) for t in tensors]
+        self.unbounded.update(w for t, w in zip(tensors, wide) if t in self.unbounded)
+        self.set_dtype(TensorProto.FLOAT)
+        try:
+            yield wide, (lambda t: self.op("Cast", [t], to=saved))
+        finally:
+            self.set_dtype(saved)
 
     def widened(self, *tensors):
         """(`tensors`, a maker of constants, a cast back) to compute in: in a float16 model the

@@ -1106,6 +1106,60 @@ def test_half_precision_mean_over_more_than_65504_elements(op, dims):
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=2.0 ** -24)
 
 
+# op: (attributes, x drawn for 2 x 16 (2 x 70000 for LogSoftmax), cotangent scale, the function in
+# PyTorch): float16 inputs where an intermediate of the backward overflowed (x^2, y^2, (1 + |x|)^2,
+# a sum of g over 70000 classes) or cancelled (Phi(x) = 0.5 + 0.5 erf, Elu's y + alpha) while the
+# forward and the true gradient are finite; the cotangent scale keeps the gradient in range.
+_SIGN = [1.0, -1.0]
+HALF_CASES = {
+    "Gelu-tanh": ({"approximate": "tanh"}, lambda r, n: r.uniform(256, 300, n) * r.choice(_SIGN, n), 1.0,
+                  lambda t: __import__("torch").nn.functional.gelu(t, approximate="tanh")),
+    "Gelu": ({}, lambda r, n: r.uniform(-4.5, -3.0, n), 1e3, lambda t: __import__("torch").nn.functional.gelu(t)),
+    "Elu": ({}, lambda r, n: r.uniform(-9.0, -5.0, n), 100.0, lambda t: __import__("torch").nn.functional.elu(t)),
+    "Selu": ({}, lambda r, n: r.uniform(-9.0, -5.0, n), 100.0, lambda t: __import__("torch").selu(t)),
+    "Atan": ({}, lambda r, n: r.uniform(256, 300, n) * r.choice(_SIGN, n), 100.0, lambda t: t.atan()),
+    "Asinh": ({}, lambda r, n: r.uniform(256, 300, n) * r.choice(_SIGN, n), 1.0, lambda t: t.asinh()),
+    "Acosh": ({}, lambda r, n: r.uniform(256, 300, n), 1.0, lambda t: t.acosh()),
+    "Softsign": ({}, lambda r, n: r.uniform(256, 300, n) * r.choice(_SIGN, n), 100.0,
+                 lambda t: __import__("torch").nn.functional.softsign(t)),
+    "Tan": ({}, lambda r, n: r.uniform(1.55, 1.5703, n), 1e-3, lambda t: t.tan()),
+    "LogSoftmax": ({"axis": -1}, lambda r, n: r.standard_normal(n), 1.0, lambda t: t.log_softmax(-1)),
+}
+
+
+@pytest.mark.parametrize("op", HALF_CASES)
+def test_half_precision_derivative_in_float32(op):
+    """Run op by op in float16 (the reference evaluator), these backwards gave inf, NaN, 0 or
+    errors up to 100% (Gelu-tanh NaN at |x| >= 256; Atan, Asinh, Acosh, Softsign 0 there; Tan inf
+    near pi / 2; LogSoftmax -inf over 70000 classes; Elu and Selu 0 below x = -8.5, Gelu below
+    x = -5). Their derivatives are float32 now, as PyTorch's float16 backward computes them."""
+    from onnx.reference import ReferenceEvaluator
+
+    torch = pytest.importorskip("torch")
+    attributes, draw, scale, fn = HALF_CASES[op]
+    shape = [2, 70000] if op == "LogSoftmax" else [2, 16]
+    rng = np.random.default_rng(0)
+    x = draw(rng, shape).astype(np.float16)
+    c = rng.standard_normal(shape) * scale
+    if op == "LogSoftmax":  # positive: their sum over the row, about 9e4, is past float16's 65504
+        c = np.abs(c) + 0.5
+    c = c.astype(np.float16)
+    opset = 20 if op.startswith("Gelu") else 13
+    node = N(op.split("-")[0], ["x"], ["y"], **attributes)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    vm, cots, grads = vjp_model(model)
+    got = ReferenceEvaluator(vm).run([grads["x"]], {"x": x, cots["y"]: c})[0].astype(np.float64)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    (want,) = torch.autograd.grad(fn(xt), xt, torch.tensor(c.astype(np.float64)))
+    want = want.numpy()
+    assert np.isfinite(want).all() and np.abs(want).max() < 65504
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 rounding of the result
+
+
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization", "Reciprocal", "Pow-1", "Pow-0.5"])
 def test_half_precision_backward_does_not_overflow_where_the_forward_does_not(op):
     """Run op by op in float16 (the reference evaluator; a provider with float16 kernels does

@@ -165,9 +165,10 @@ def softmax(b, node, gys):
 
 @register("LogSoftmax")
 def log_softmax(b, node, gys):
-    (g,), y = gys, node.output[0]
-    s = b.reduce("ReduceSum", g, softmax_axes(b, node), keepdims=1)
-    return [b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), s])])]
+    # in float32 for a float16 model: the sum of g over 65504 or more classes overflows
+    with b.float32(gys[0], node.output[0]) as ((g, y), narrow):
+        s = b.reduce("ReduceSum", g, softmax_axes(b, node), keepdims=1)
+        return [narrow(b.op("Sub", [g, b.op("Mul", [b.op("Exp", [y]), s])]))]
 
 
 @register("Softplus")
@@ -177,8 +178,9 @@ def softplus(b, node, gys):
 
 @register("Softsign")
 def softsign(b, node, gys):
-    d = b.op("Add", [b.scalar(1.0), b.op("Abs", [node.input[0]])])
-    return [b.op("Div", [gys[0], b.op("Mul", [d, d])])]
+    with b.float32(gys[0], node.input[0]) as ((g, x), narrow):  # (1 + |x|)^2 overflows float16 from 255
+        d = b.op("Add", [b.scalar(1.0), b.op("Abs", [x])])
+        return [narrow(b.op("Div", [g, b.op("Mul", [d, d])]))]
 
 
 def _hard_sigmoid_mask(b, x, alpha, beta):
@@ -210,6 +212,9 @@ def hard_swish(b, node, gys):
 def elu(b, node, gys):
     x, y = node.input[0], node.output[0]
     alpha = attrs(node).get("alpha", 1.0)
+    if node.op_type == "Elu" and b.np_dtype == np.float16:
+        # y + alpha cancels in float16 from x = -5: alpha exp(x), in float32
+        return [_exp_side(b, gys[0], x, 1.0, alpha)]
     pos = b.op("Greater", [x, b.scalar(0.0)])
     if node.op_type == "Elu":
         neg = b.op("Add", [y, b.scalar(alpha)])  # alpha * exp(x) = y + alpha for x <= 0
@@ -223,9 +228,19 @@ def selu(b, node, gys):
     a = attrs(node)
     alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
     x, y = node.input[0], node.output[0]
+    if b.np_dtype == np.float16:  # as Elu's
+        return [_exp_side(b, gys[0], x, gamma, alpha * gamma)]
     pos = b.op("Greater", [x, b.scalar(0.0)])
     neg = b.op("Add", [y, b.scalar(alpha * gamma)])  # alpha * gamma * exp(x) = y + alpha * gamma for x <= 0
     return [b.op("Mul", [gys[0], b.where(pos, b.scalar(gamma), neg)])]
+
+
+def _exp_side(b, g, x, slope, scale):
+    """g times `slope` where x > 0, else times `scale` exp(x), in float32 for a float16 model."""
+    with b.float32(g, x) as ((g, x), narrow):
+        pos = b.op("Greater", [x, b.scalar(0.0)])
+        neg = b.op("Mul", [b.op("Exp", [x]), b.scalar(scale)])
+        return narrow(b.op("Mul", [g, b.where(pos, b.scalar(slope), neg)]))
 
 
 @register("ThresholdedRelu")
@@ -244,9 +259,15 @@ def shrink(b, node, gys):
 
 @register("Gelu")
 def gelu(b, node, gys):
-    x = node.input[0]
+    # in float32 for a float16 model: x^2 overflows from |x| = 256 (inf * 0 = NaN in the tanh
+    # form), and Phi(x) = 0.5 + 0.5 erf(a) cancels from x = -3
+    with b.float32(gys[0], node.input[0]) as ((g, x), narrow):
+        return [narrow(_gelu(b, g, x, attrs(node).get("approximate", "none")))]
+
+
+def _gelu(b, g, x, approximate):
     s = b.scalar
-    if attrs(node).get("approximate", "none") == "tanh":
+    if approximate == "tanh":
         c = math.sqrt(2.0 / math.pi)
         x2 = b.op("Mul", [x, x])
         u = b.op("Mul", [s(c), b.op("Add", [x, b.op("Mul", [s(0.044715), b.op("Mul", [x2, x])])])])
@@ -254,7 +275,7 @@ def gelu(b, node, gys):
         du = b.op("Mul", [s(c), b.op("Add", [s(1.0), b.op("Mul", [s(3 * 0.044715), x2])])])
         left = b.op("Mul", [s(0.5), b.op("Add", [s(1.0), t])])
         right = b.op("Mul", [b.op("Mul", [s(0.5), x]), b.op("Mul", [b.op("Sub", [s(1.0), b.op("Mul", [t, t])]), du])])
-        return _times(b, gys[0], b.op("Add", [left, right]))
+        return b.op("Mul", [g, b.op("Add", [left, right])])
     # gelu'(x) = Phi(x) + x phi(x) in nine element-wise passes: Phi = 0.5 erf(a) + 0.5 as one
     # HardSigmoid (never clipped: erf is in [-1, 1]) with a = x / sqrt 2, and x phi(x) =
     # x / exp(a^2) / sqrt(2 pi) (exp overflowing to inf for |x| > 13 gives the limit 0).
@@ -265,7 +286,7 @@ def gelu(b, node, gys):
     else:
         cdf = b.op("Add", [b.op("Mul", [erf, s(0.5)]), s(0.5)])
     slope = b.op("Mul", [b.op("Div", [x, b.op("Exp", [b.op("Mul", [a, a])])]), s(1 / math.sqrt(2 * math.pi))])
-    return _times(b, gys[0], b.op("Add", [cdf, slope]))
+    return b.op("Mul", [g, b.op("Add", [cdf, slope])])
 
 
 @register("Mish")

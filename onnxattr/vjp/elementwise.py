@@ -179,23 +179,30 @@ def trig(b, node, gys):
     # Their derivatives, from x (or y = f(x) for tan): cos, -sin, 1 + y^2, 1 / sqrt(1 - x^2),
     # -1 / sqrt(1 - x^2), 1 / (1 + x^2), cosh, sinh, 1 / sqrt(1 + x^2), 1 / sqrt(x^2 - 1),
     # 1 / (1 - x^2); inf at the ends of asin's, acos's, acosh's and atanh's domains, as in PyTorch.
-    (g,), x, y, op = gys, node.input[0], node.output[0], node.op_type
+    # In float32 for a float16 model: x^2 and y^2 overflow from 256 (atan, asinh, acosh, tan).
+    op = node.op_type
+    with b.float32(gys[0], node.output[0] if op == "Tan" else node.input[0]) as ((g, v), narrow):
+        return [narrow(_trig(b, op, g, v))]
+
+
+def _trig(b, op, g, x):
+    """The gradient of trig op `op` at g, from its input x (its output, for Tan)."""
     one = b.scalar(1.0)
     if op in ("Sin", "Cosh"):
-        return [b.op("Mul", [g, b.op("Cos" if op == "Sin" else "Sinh", [x])])]
+        return b.op("Mul", [g, b.op("Cos" if op == "Sin" else "Sinh", [x])])
     if op == "Sinh":
-        return [b.op("Mul", [g, b.op("Cosh", [x])])]
+        return b.op("Mul", [g, b.op("Cosh", [x])])
     if op == "Cos":
-        return [b.op("Neg", [b.op("Mul", [g, b.op("Sin", [x])])])]
+        return b.op("Neg", [b.op("Mul", [g, b.op("Sin", [x])])])
     if op == "Tan":
-        return [b.op("Mul", [g, b.op("Add", [one, b.op("Mul", [y, y])])])]
+        return b.op("Mul", [g, b.op("Add", [one, b.op("Mul", [x, x])])])
     if op == "Atan":
-        return [b.op("Div", [g, b.op("Add", [one, b.op("Mul", [x, x])])])]
+        return b.op("Div", [g, b.op("Add", [one, b.op("Mul", [x, x])])])
     if op == "Atanh":
-        return [b.op("Div", [g, b.op("Sub", [one, b.op("Mul", [x, x])])])]
+        return b.op("Div", [g, b.op("Sub", [one, b.op("Mul", [x, x])])])
     root = {"Asin": (1.0, -1.0), "Acos": (1.0, -1.0), "Asinh": (1.0, 1.0), "Acosh": (-1.0, 1.0)}[op]
     gx = b.op("Div", [g, _sqrt_of(b, root[0], x, root[1])])
-    return [b.op("Neg", [gx]) if op == "Acos" else gx]
+    return b.op("Neg", [gx]) if op == "Acos" else gx
 
 
 @register("Where")
