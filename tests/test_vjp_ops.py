@@ -1160,6 +1160,50 @@ def test_half_precision_derivative_in_float32(op):
     assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 rounding of the result
 
 
+@pytest.mark.parametrize("op", ["LRN", "ReduceProd", "ReduceProd-zero"])
+def test_half_precision_window_and_product_in_float32(op):
+    """LRN at |x| = 300 (x^2 and the window sums overflow float16: the gradient was 0 there and at
+    the neighbours) and ReduceProd of [1e-3, 300, 300, 1] or [0, 300, 300, 1] with cotangent 1e-2
+    (the product of the others, 9e4, overflowed: inf), both with finite forwards, now computed in
+    float32. The reference evaluator's float16 LRN is itself wrong (inf for [1, 2, 3, 4]), so its
+    forward here is the spec's, in float64 rounded to float16."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    torch = pytest.importorskip("torch")
+
+    class LRN(OpRun):
+        op_domain = ""
+
+        def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+            xd, lo = x.astype(np.float64), (size - 1) // 2
+            sq = np.stack([(xd[:, max(0, c - lo):c + size - lo] ** 2).sum(1) for c in range(x.shape[1])], 1)
+            return ((xd / (bias + alpha / size * sq) ** beta).astype(x.dtype),)
+
+    if op == "LRN":
+        x = np.array([300.0, 300.0, 300.0, 1.0, -300.0, 2.0]).reshape(1, 6, 1, 1)
+        node, cot = N("LRN", ["x"], ["y"], size=3, alpha=1e-4, beta=0.75, bias=1.0), 1.0
+        fn = lambda t: torch.nn.functional.local_response_norm(t, 3, 1e-4, 0.75, 1.0)  # noqa: E731
+    else:
+        x = np.array([[0.0 if op.endswith("zero") else 1e-3, 300.0, 300.0, 1.0]])
+        node, cot, fn = N("ReduceProd", ["x"], ["y"], axes=[1]), 1e-2, lambda t: t.prod(1, keepdim=True)
+    x = x.astype(np.float16)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    yt = fn(xt)
+    c = np.full(yt.shape, cot, np.float16)
+    got = ReferenceEvaluator(vm, new_ops=[LRN]).run([grads["x"]], {"x": x, cots["y"]: c})[0].astype(np.float64)
+    (want,) = torch.autograd.grad(yt, xt, torch.tensor(c.astype(np.float64)))
+    want = want.numpy()
+    assert np.isfinite(yt.detach().numpy()).all() and np.abs(want).max() < 65504
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 rounding of the result
+
+
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization", "Reciprocal", "Pow-1", "Pow-0.5"])
 def test_half_precision_backward_does_not_overflow_where_the_forward_does_not(op):
     """Run op by op in float16 (the reference evaluator; a provider with float16 kernels does

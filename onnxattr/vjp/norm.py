@@ -38,15 +38,16 @@ def _channel_window_sum(b, t: str, rank: int, size: int, before: int, after: int
 def lrn(b, node, gys):
     a = attrs(node)
     size, alpha, beta, bias = a["size"], a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
-    x, y, g = node.input[0], node.output[0], gys[0]
-    rank = b.rank(x, node)
+    rank = b.rank(node.input[0], node)
     lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
-    s = _channel_window_sum(b, b.op("Mul", [x, x]), rank, size, lo, hi)
-    d = b.op("Add", [b.scalar(bias), b.op("Mul", [s, b.scalar(alpha / size)])])
-    direct = b.op("Mul", [g, b.op("Pow", [d, b.scalar(-beta)])])
-    back = _channel_window_sum(b, b.op("Div", [b.op("Mul", [g, y]), d]), rank, size, hi, lo)
-    cross = b.op("Mul", [b.op("Mul", [x, back]), b.scalar(2.0 * alpha * beta / size)])
-    return [b.op("Sub", [direct, cross])]
+    # in float32 for a float16 model: x^2 and its window sums overflow from |x| = 256
+    with b.float32(node.input[0], node.output[0], gys[0]) as ((x, y, g), narrow):
+        s = _channel_window_sum(b, b.op("Mul", [x, x]), rank, size, lo, hi)
+        d = b.op("Add", [b.scalar(bias), b.op("Mul", [s, b.scalar(alpha / size)])])
+        direct = b.op("Mul", [g, b.op("Pow", [d, b.scalar(-beta)])])
+        back = _channel_window_sum(b, b.op("Div", [b.op("Mul", [g, y]), d]), rank, size, hi, lo)
+        cross = b.op("Mul", [b.op("Mul", [x, back]), b.scalar(2.0 * alpha * beta / size)])
+        return [narrow(b.op("Sub", [direct, cross]))]
 
 
 def _standardize_vjp(b, x: str, gh: str, axes: list[int], eps: float) -> tuple[str, str]:

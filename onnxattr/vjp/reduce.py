@@ -22,7 +22,10 @@ def reduce_other(b, node, gys):
     if op == "ReduceProd":
         if not axes:  # noop_with_empty_axes: the identity
             return [g] + rest
-        d = _product_of_the_others(b, x, axes)
+        # in float32 for a float16 model: the product of the others overflows where its
+        # product with g is finite
+        with b.float32(g, x) as ((g, x), narrow):
+            return [narrow(b.op("Mul", [g, _product_of_the_others(b, x, axes)]))] + rest
     elif op in ("ReduceMax", "ReduceMin"):
         # Split evenly among the elements equal to the extremum (PyTorch's amax / amin).
         hit = b.mask(b.equal(x, y))
