@@ -377,15 +377,6 @@ class Builder:
         finally:
             self.set_dtype(saved)
 
-    def widened(self, *tensors):
-        """(`tensors`, a maker of constants, a cast back) to compute in: in a float16 model the
-        tensors cast to float32, as the normalisations compute their statistics (stash_type 1),
-        where an intermediate overflows float16 while the forward's output is finite."""
-        if self.np_dtype != np.float16:
-            return list(tensors), self.scalar, lambda t: t
-        return ([self.op("Cast", [t], to=TensorProto.FLOAT) for t in tensors],
-                lambda v: self.const(v, dtype=np.float32), lambda t: self.op("Cast", [t], to=self.dtype))
-
     # ---------------------------------------------------------------- opset-aware forms
     def unsqueeze(self, x: str, axes) -> str:
         if self.opset >= 13:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs
@@ -119,16 +118,14 @@ def pow_(b, node, gys):
     if b.needs(x):
         # in float32 for a float16 model: x^(p - 1) overflows float16 where x^p and the gradient
         # are finite (p = -1 from |x| = 2**-8, p = -0.5 from |x| = 2**-11)
-        (xw, pw, gw), const, narrow = b.widened(x, pf, g)
-        less = b.op("Sub", [pw, const(1.0)])
-        exponent = b.value(p)
-        if exponent is None or np.any(exponent == 0):
-            # x^0 = 1 has slope 0, also at x = 0: 0 * x^0 there, not 0 * 0^-1 = 0 * inf = NaN
-            at_zero = b.equal(pw, const(0.0))
-            wide = TensorProto.FLOAT if b.np_dtype == np.float16 else b.dtype
-            less = b.op("Add", [less, b.op("Cast", [at_zero], to=wide)])
-        d = b.op("Mul", [pw, b.op("Pow", [xw, less])])
-        gx = b.unbroadcast(narrow(b.op("Mul", [gw, d])), x, z, node)
+        with b.float32(x, pf, g) as ((xw, pw, gw), narrow):
+            less = b.op("Sub", [pw, b.scalar(1.0)])
+            exponent = b.value(p)
+            if exponent is None or np.any(exponent == 0):
+                # x^0 = 1 has slope 0, also at x = 0: 0 * x^0 there, not 0 * 0^-1 = 0 * inf = NaN
+                less = b.op("Add", [less, b.mask(b.equal(pw, b.scalar(0.0)))])
+            gx = narrow(b.op("Mul", [gw, b.op("Mul", [pw, b.op("Pow", [xw, less])])]))
+        gx = b.unbroadcast(gx, x, z, node)
     if b.needs(p):
         # z log x, and 0 where x = 0 and p >= 0 (PyTorch's convention; log 0 would give 0 * -inf)
         d = b.op("Mul", [z, b.op("Log", [x])])

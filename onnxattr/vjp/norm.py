@@ -55,15 +55,15 @@ def _standardize_vjp(b, x: str, gh: str, axes: list[int], eps: float) -> tuple[s
     inv * (gh - mean(gh) - xhat * mean(gh * xhat)), and xhat itself (mean and variance
     recomputed from x, never read from a stashed output; in float32 for a float16 model:
     (x - mean)**2 overflows float16 from |x| = 256)."""
-    (x, gh), const, narrow = b.widened(x, gh)
-    mean = b.reduce("ReduceMean", x, axes)
-    d = b.op("Sub", [x, mean])
-    var = b.reduce("ReduceMean", b.op("Mul", [d, d]), axes)
-    inv = b.op("Div", [const(1.0), b.op("Sqrt", [b.op("Add", [var, const(eps)])])])
-    xhat = b.op("Mul", [d, inv])
-    centred = b.op("Sub", [gh, b.reduce("ReduceMean", gh, axes)])
-    proj = b.op("Mul", [xhat, b.reduce("ReduceMean", b.op("Mul", [gh, xhat]), axes)])
-    return narrow(b.op("Mul", [inv, b.op("Sub", [centred, proj])])), narrow(xhat)
+    with b.float32(x, gh) as ((x, gh), narrow):
+        mean = b.reduce("ReduceMean", x, axes)
+        d = b.op("Sub", [x, mean])
+        var = b.reduce("ReduceMean", b.op("Mul", [d, d]), axes)
+        inv = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [var, b.scalar(eps)])])])
+        xhat = b.op("Mul", [d, inv])
+        centred = b.op("Sub", [gh, b.reduce("ReduceMean", gh, axes)])
+        proj = b.op("Mul", [xhat, b.reduce("ReduceMean", b.op("Mul", [gh, xhat]), axes)])
+        return narrow(b.op("Mul", [inv, b.op("Sub", [centred, proj])])), narrow(xhat)
 
 
 def _only_first_output(b, node, gys):
@@ -129,13 +129,15 @@ def rms_norm(b, node, gys):
     x, scale = node.input[:2]
     rank = b.rank(x, node)
     axes = list(range(a.get("axis", -1) % rank, rank))
-    (xw,), const, narrow = b.widened(x)  # (x**2 and r**3 in float32 in a float16 model)
-    r = b.op("Div", [const(1.0), b.op("Sqrt", [b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [xw, xw]), axes),
-                                                             const(a.get("epsilon", 1e-5))])])])
-    gx = None
-    if b.needs(x):
-        (gs,), _, _ = b.widened(b.op("Mul", [g, scale]))
-        coef = b.op("Mul", [b.reduce("ReduceMean", b.op("Mul", [gs, xw]), axes), b.op("Mul", [r, b.op("Mul", [r, r])])])
-        gx = narrow(b.op("Sub", [b.op("Mul", [gs, r]), b.op("Mul", [xw, coef])]))
-    gscale = b.unbroadcast(b.op("Mul", [g, narrow(b.op("Mul", [xw, r]))]), scale, y, node) if b.needs(scale) else None
-    return [gx, gscale]
+    gs = [b.op("Mul", [g, scale])] if b.needs(x) else []
+    gx = xr = None
+    with b.float32(x, *gs) as ((xw, *gs), narrow):  # (x**2 and r**3 in float32 in a float16 model)
+        mean_square = b.reduce("ReduceMean", b.op("Mul", [xw, xw]), axes)
+        r = b.op("Div", [b.scalar(1.0), b.op("Sqrt", [b.op("Add", [mean_square, b.scalar(a.get("epsilon", 1e-5))])])])
+        if gs:
+            coef = b.op("Mul", [b.reduce("ReduceMean", b.op("Mul", [gs[0], xw]), axes),
+                                b.op("Mul", [r, b.op("Mul", [r, r])])])
+            gx = narrow(b.op("Sub", [b.op("Mul", [gs[0], r]), b.op("Mul", [xw, coef])]))
+        if b.needs(scale):
+            xr = narrow(b.op("Mul", [xw, r]))
+    return [gx, b.unbroadcast(b.op("Mul", [g, xr]), scale, y, node) if xr else None]
