@@ -1204,6 +1204,31 @@ def test_half_precision_window_and_product_in_float32(op):
     assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 rounding of the result
 
 
+def test_half_precision_divisor_gradient_in_float32():
+    """x / y in float16 with only y differentiated: -(g / y) z overflowed at g / y for a subnormal
+    y (y = 1e-5, x = 1e-6: -inf where the gradient is -1e4). It is float32 now."""
+    from onnx.reference import ReferenceEvaluator
+
+    torch = pytest.importorskip("torch")
+    x = np.full((1, 4), 1e-6, np.float16)
+    y = np.array([[1e-5, 2e-5, 0.5, -3e-5]], np.float16)
+    graph = helper.make_graph([N("Div", ["a", "y"], ["z"])], "g",
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT16, [1, 4])],
+                              [numpy_helper.from_array(x, "a")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    c = np.ones((1, 4), np.float16)
+    got = ReferenceEvaluator(vm).run([grads["y"]], {"y": y, cots["z"]: c})[0].astype(np.float64)
+    yt = torch.tensor(y.astype(np.float64), requires_grad=True)
+    (want,) = torch.autograd.grad(torch.tensor(x.astype(np.float64)) / yt, yt, torch.tensor(c.astype(np.float64)))
+    want = want.numpy()
+    assert np.isfinite(want).all() and np.abs(want).max() < 65504
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=3e-3)
+
+
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization", "Reciprocal", "Pow-1", "Pow-0.5"])
 def test_half_precision_backward_does_not_overflow_where_the_forward_does_not(op):
     """Run op by op in float16 (the reference evaluator; a provider with float16 kernels does
