@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from onnx import TensorProto
 
 from .backward import differentiable_path
 from .errors import NotAClassifierError, UnsupportedModelError
@@ -156,6 +157,9 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
     rank = len(xs)
     nhwc = input_is_nhwc(b, ctx.x)
     spatial = list(range(1, rank - 1)) if nhwc else list(range(2, rank))
+    double = b.dtype == TensorProto.DOUBLE
+    if double:  # ONNX Runtime has no float64 Resize (nor Upsample): the map is resized in float32
+        cam = b.op("Cast", [cam], to=TensorProto.FLOAT)
     if b.opset >= 11:
         sizes = b.op("Concat", [b.slice(b.shape_of(cam), [0], [2], [0]),
                                 b.op("Gather", [b.shape_of(ctx.x), b.ints(spatial)])], axis=0)
@@ -173,6 +177,8 @@ def _upsample(ctx: Context, cam: str, layer: str) -> str:
             up = b.op("Upsample", [cam, b.const(scales, dtype=np.float32)], mode="linear")
         else:
             raise UnsupportedModelError(f"gradcam needs opset >= 9 to resize the map (model has {b.opset})")
+    if double:
+        up = b.op("Cast", [up], to=TensorProto.DOUBLE)
     return b.op("Transpose", [up], perm=to_last(rank)) if nhwc else up
 
 

@@ -1082,3 +1082,40 @@ def test_float16_integrated_gradients_do_not_lose_precision_with_the_steps(steps
     alphas, weights = ig_points(steps, "gausslegendre")
     want = xs * sum(w * ((1 - np.tanh(al * xs @ a) ** 2) * b[:, target].T) @ a.T for al, w in zip(alphas, weights))
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-3
+
+
+def test_gradcam_of_a_float64_model_runs_in_onnx_runtime():
+    """ONNX Runtime has no float64 Resize: a float64 model that runs there (BatchNorm, Relu,
+    MaxPools, Linear) got a gradcam model that did not (NOT_IMPLEMENTED Resize). The map is now
+    resized in float32 between Casts: cam as exact as float64, the resized map to float32
+    rounding."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.fc = torch.nn.BatchNorm2d(3), torch.nn.Linear(3 * 8 * 8, 10)
+
+        def maps(self, x):
+            return torch.nn.functional.max_pool2d(torch.nn.functional.max_pool2d(torch.relu(self.bn(x)), 2), 2)
+
+        def forward(self, x):
+            return self.fc(self.maps(x).flatten(1))
+
+    torch.manual_seed(0)
+    m = Net().eval().double()
+    x, t = np.random.default_rng(0).normal(size=(2, 3, 32, 32)), np.array([3, 7])
+    f = io.BytesIO()
+    torch.onnx.export(m, (torch.from_numpy(x),), f, dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    am = onnxattr.attribution_model(onnx.load_from_string(f.getvalue()), method="gradcam")
+    assert {p.key: p.value for p in am.metadata_props}["onnxattr.layer"] == "/MaxPool_1_output_0"  # [N, 3, 8, 8]
+    import onnxruntime as ort
+    sess = ort.InferenceSession(am.SerializeToString(), onnxattr.session_options(), providers=["CPUExecutionProvider"])
+    att, cam = sess.run(["attribution", "cam"], {"x": x, "target": t})
+    assert att.dtype == np.float64 and att.shape == (2, 1, 32, 32)
+    a = m.maps(torch.from_numpy(x)).detach().requires_grad_(True)
+    g, = torch.autograd.grad(m.fc(a.flatten(1))[torch.arange(2), torch.from_numpy(t)].sum(), a)
+    want = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    up = torch.nn.functional.interpolate(want, size=(32, 32), mode="bilinear", align_corners=False).detach().numpy()
+    want = want.detach().numpy()
+    assert np.abs(cam - want).max() <= 1e-12 * np.abs(want).max()
+    assert np.abs(att - up).max() <= 1e-6 * np.abs(up).max()

@@ -1204,6 +1204,27 @@ def test_half_precision_window_and_product_in_float32(op):
     assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 rounding of the result
 
 
+def test_float64_hardswish_slope_uses_one_sixth_in_both_terms():
+    """HardSwish's derivative hs(x) + x / 6 inside (-3, 3): in a float64 model hs came from a
+    HardSigmoid whose alpha attribute is float32(1/6) while x / 6 used 1/6 exactly, so the slope
+    matched neither (2e-8 off the float64 truth, 5e-8 on whole MobileNetV3s). Both exact now."""
+    from onnx.reference import ReferenceEvaluator
+
+    torch = pytest.importorskip("torch")
+    x = np.array([[-3.5, -2.5, -1.0, 0.0, 1.7, 2.9, 3.5]])
+    graph = helper.make_graph([N("HardSwish", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    c = np.ones((1, 7))
+    got = ReferenceEvaluator(vm).run([grads["x"]], {"x": x, cots["y"]: c})[0]
+    xt = torch.tensor(x, requires_grad=True)
+    (want,) = torch.autograd.grad(torch.nn.functional.hardswish(xt), xt, torch.tensor(c))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-15, atol=1e-16)
+
+
 def test_half_precision_divisor_gradient_in_float32():
     """x / y in float16 with only y differentiated: -(g / y) z overflowed at g / y for a subnormal
     y (y = 1e-5, x = 1e-6: -inf where the gradient is -1e4). It is float32 now."""

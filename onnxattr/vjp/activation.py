@@ -200,7 +200,11 @@ def hard_sigmoid(b, node, gys):
 @register("HardSwish")
 def hard_swish(b, node, gys):
     x = node.input[0]
-    hs = b.op("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
+    if b.dtype == onnx.TensorProto.DOUBLE:  # HardSigmoid's alpha attribute is a float32, 1/6 rounded
+        ramp = b.op("Add", [b.op("Mul", [x, b.scalar(1.0 / 6)]), b.scalar(0.5)])
+        hs = b.op("Clip", [ramp, b.scalar(0.0), b.scalar(1.0)])
+    else:
+        hs = b.op("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
     m = _hard_sigmoid_mask(b, x, 1.0 / 6, 0.5)
     gx = b.op("Mul", [gys[0], b.op("Add", [hs, b.op("Mul", [x, b.op("Mul", [m, b.scalar(1.0 / 6)])])])])
     if gys[0] in b.unbounded and b.opset >= 9:  # 0, not inf * 0, where the slope is 0 (x < -3)
