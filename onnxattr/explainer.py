@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 import warnings
@@ -111,7 +112,12 @@ class Explainer:
         except Exception as e:
             if not _is_runtime_error(e):
                 raise
-            raise ExecutionError(_one_line(f"ONNX Runtime cannot load the attribution model: {e}")) from None
+            text = _one_line(f"ONNX Runtime cannot load the attribution model: {e}")
+            node = re.search(r"node with name '([^']*)'", str(e))
+            if node and any(n.name == node.group(1) for n in self.source.graph.node):
+                # (a missing kernel of the model's own, say float64 Conv on the CPU provider)
+                text = f"{text} ('{node.group(1)}' is a node of the model itself, not one onnxattr added)"
+            raise ExecutionError(text) from None
 
     def _session(self, mode: str):
         with self._lock:

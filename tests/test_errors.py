@@ -1351,3 +1351,19 @@ def test_refusals_in_the_batched_copies_name_the_models_nodes(method):
         onnxattr.attribution_model(model, method=method)
     assert str(info.value).startswith("Slice node 'strided': a step of 2 along axis 2"), str(info.value)
     assert "onnxattr/" not in str(info.value) and "_copy" not in str(info.value)
+
+
+def test_a_kernel_the_model_itself_lacks_is_named_as_the_models(tmp_path):
+    """A float64 CNN: ONNX Runtime's CPU provider has no float64 Conv, so the model itself cannot
+    run there; the error names the Conv and says it is the model's own node, not onnxattr's."""
+    torch = pytest.importorskip("torch")
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 6 * 6, 5)).double().eval()
+    path = tmp_path / "f64.onnx"
+    torch.onnx.export(m, (torch.zeros(1, 3, 8, 8, dtype=torch.float64),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    conv = next(n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv")
+    with pytest.raises(onnxattr.ExecutionError) as e:
+        onnxattr.Explainer(str(path), provider="cpu")
+    assert f"'{conv}' is a node of the model itself, not one onnxattr added" in str(e.value)
+    assert "\n" not in str(e.value)
