@@ -1204,25 +1204,32 @@ def test_half_precision_window_and_product_in_float32(op):
     assert np.abs(got - want).max() / np.abs(want).max() < 3e-3  # float16 rounding of the result
 
 
-def test_float64_hardswish_slope_uses_one_sixth_in_both_terms():
-    """HardSwish's derivative hs(x) + x / 6 inside (-3, 3): in a float64 model hs came from a
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_hardswish_slope_is_exact_in_float64_and_float16(dtype):
+    """HardSwish's derivative hs(x) + x / 6 inside (-3, 3). In a float64 model hs came from a
     HardSigmoid whose alpha attribute is float32(1/6) while x / 6 used 1/6 exactly, so the slope
-    matched neither (2e-8 off the float64 truth, 5e-8 on whole MobileNetV3s). Both exact now."""
+    matched neither (2e-8 off the float64 truth, 5e-8 on whole MobileNetV3s); in float16 the mask
+    x / 6 + 1/2 > 0 held at x = -3 in ONNX Runtime (1/6 rounds down in float16, and its float16
+    arithmetic rounds once), a slope of -0.5 where PyTorch's is 0. Now hs is (x + 3) / 6 clipped
+    and the mask compares x with -3 and 3. (ONNX Runtime runs the float16 model; the float64 one,
+    whose forward HardSwish it has no kernel for, runs in the reference evaluator.)"""
     from onnx.reference import ReferenceEvaluator
 
     torch = pytest.importorskip("torch")
-    x = np.array([[-3.5, -2.5, -1.0, 0.0, 1.7, 2.9, 3.5]])
-    graph = helper.make_graph([N("HardSwish", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 7])],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 7])])
+    x = np.array([[-3.5, -3.0, -2.5, -1.0, 0.0, 1.7, 2.9, 3.5]], dtype)
+    elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT16
+    graph = helper.make_graph([N("HardSwish", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", elem, [1, 8])],
+                              [helper.make_tensor_value_info("y", elem, [1, 8])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
     vm, cots, grads = vjp_model(model)
-    c = np.ones((1, 7))
-    got = ReferenceEvaluator(vm).run([grads["x"]], {"x": x, cots["y"]: c})[0]
-    xt = torch.tensor(x, requires_grad=True)
-    (want,) = torch.autograd.grad(torch.nn.functional.hardswish(xt), xt, torch.tensor(c))
-    np.testing.assert_allclose(got, want.numpy(), rtol=1e-15, atol=1e-16)
+    c = np.ones((1, 8), dtype)
+    run = (ReferenceEvaluator(vm).run if dtype == np.float64
+           else ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"]).run)
+    got = run([grads["x"]], {"x": x, cots["y"]: c})[0].astype(np.float64)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    (want,) = torch.autograd.grad(torch.nn.functional.hardswish(xt), xt, torch.ones(1, 8, dtype=torch.float64))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-15 if dtype == np.float64 else 1e-3, atol=1e-16)
 
 
 def test_half_precision_divisor_gradient_in_float32():

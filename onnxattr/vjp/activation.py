@@ -200,12 +200,13 @@ def hard_sigmoid(b, node, gys):
 @register("HardSwish")
 def hard_swish(b, node, gys):
     x = node.input[0]
-    if b.dtype == onnx.TensorProto.DOUBLE:  # HardSigmoid's alpha attribute is a float32, 1/6 rounded
-        ramp = b.op("Add", [b.op("Mul", [x, b.scalar(1.0 / 6)]), b.scalar(0.5)])
-        hs = b.op("Clip", [ramp, b.scalar(0.0), b.scalar(1.0)])
-    else:
+    if b.np_dtype == np.float32:  # ONNX Runtime's HardSigmoid is float32 only (as Gelu's)
         hs = b.op("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
-    m = _hard_sigmoid_mask(b, x, 1.0 / 6, 0.5)
+    else:  # (x + 3) / 6: its alpha attribute is float32(1/6), and 1/6 rounds in float16
+        hs = b.op("Clip", [b.op("Div", [b.op("Add", [x, b.scalar(3.0)]), b.scalar(6.0)]), b.scalar(0.0), b.scalar(1.0)])
+    # inside (-3, 3), the spec's kinks, compared in any float type (x / 6 + 1/2 in float16 put
+    # x = -3 inside: 1/6 rounds down there)
+    m = b.mask(b.op("And", [b.op("Greater", [x, b.scalar(-3.0)]), b.op("Less", [x, b.scalar(3.0)])]))
     gx = b.op("Mul", [gys[0], b.op("Add", [hs, b.op("Mul", [x, b.op("Mul", [m, b.scalar(1.0 / 6)])])])])
     if gys[0] in b.unbounded and b.opset >= 9:  # 0, not inf * 0, where the slope is 0 (x < -3)
         gx = b.op("Where", [b.op("Greater", [x, b.scalar(-3.0)]), gx, b.scalar(0.0)])
