@@ -46,13 +46,13 @@ def mul(b, node, gys):
 @register("Div")
 def div(b, node, gys):
     (g,), (x, y), z = gys, node.input, node.output[0]
-    half = b.np_dtype == np.float16
-    gx = b.op("Div", [g, y]) if b.needs(x) or not half else None
+    gx = b.op("Div", [g, y]) if b.needs(x) else None
     gy = None
     if b.needs(y):  # -g x / y^2 = -(g / y) z; in float32 for a float16 model, where g / y
         # overflows for a subnormal y while the gradient is finite
         with b.float32(g, y, z) as ((gw, yw, zw), narrow):
-            gy = narrow(b.op("Neg", [b.op("Mul", [b.op("Div", [gw, yw]) if half else gx, zw])]))
+            ratio = gx if gx is not None and gw == g else b.op("Div", [gw, yw])  # (g / y, unless cast)
+            gy = narrow(b.op("Neg", [b.op("Mul", [ratio, zw])]))
     return [b.unbroadcast(gx, x, z, node) if b.needs(x) else None,
             b.unbroadcast(gy, y, z, node) if gy else None]
 
