@@ -3,7 +3,9 @@
 Exporters spell some functions as chains of elementwise ops, e.g. TorchScript's GELU as
 `Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5`. Differentiating each op reads every
 intermediate tensor, which costs memory and stops ONNX Runtime from fusing the chain back into
-its one-pass Gelu kernel. `fuse` replaces such a chain on the differentiable path by one virtual
+its one-pass Gelu kernel. skl2onnx's logistic, `Mul(s, -1) -> Exp -> Add 1 -> Reciprocal`,
+differentiated op by op gives 0 * inf = NaN where exp(-s) overflows (s < -88.7 in float32) though
+the forward is finite (0); as one Sigmoid its derivative y (1 - y) is 0 there. `fuse` replaces such a chain on the differentiable path by one virtual
 node (never emitted: only its rule runs) whose rule reads the chain's input alone. A chain is
 taken only when its intermediates feed nothing outside it and are not graph outputs.
 """
@@ -91,6 +93,42 @@ def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onn
     return [scaled, erf, add, half, mul1], x, mul1.output[0]
 
 
+def _negated(g: _Graph, node: onnx.NodeProto, consumer: onnx.NodeProto) -> str | None:
+    """x where `node` computes -x (Neg, or Mul by -1), read by `consumer` alone."""
+    if not g.only_feeds(node.output[0], consumer):
+        return None
+    if node.op_type == "Neg":
+        return node.input[0]
+    if node.op_type == "Mul":
+        for x in node.input:
+            if g.const_operand(node, x, -1.0):
+                return x
+    return None
+
+
+def _logistic(g: _Graph, exp: onnx.NodeProto, consumers: dict) -> tuple[list[onnx.NodeProto], str, str] | None:
+    """Match 1 / (1 + exp(-x)) around `exp`: -x as Neg or Mul by -1, 1 / d as Reciprocal or
+    Div(1, d). Returns (member nodes, x, y)."""
+    neg = g.producer.get(exp.input[0])
+    x = _negated(g, neg, exp) if neg is not None else None
+    if x is None or g.b.value(x) is not None:
+        return None
+    e = exp.output[0]
+    add = consumers.get(e)
+    if add is None or add.op_type != "Add" or not g.only_feeds(e, add) or not g.const_operand(add, e, 1.0):
+        return None
+    d = add.output[0]
+    last = consumers.get(d)
+    if last is None or not g.only_feeds(d, last):
+        return None
+    if last.op_type == "Div":
+        if list(last.input).index(d) != 1 or not _close(g.b.value(last.input[0]), 1.0):
+            return None
+    elif last.op_type != "Reciprocal":
+        return None
+    return [neg, exp, add, last], x, last.output[0]
+
+
 def _keeps_shape(g: _Graph, members: list[onnx.NodeProto], x: str) -> bool:
     """The chain's constants cannot broadcast y beyond x's shape: none has more dims than x (a
     [1, 1, 1] constant on a [2, 3] input gives y [1, 2, 3], which a Gelu(x) node would not)."""
@@ -101,9 +139,12 @@ def _keeps_shape(g: _Graph, members: list[onnx.NodeProto], x: str) -> bool:
     return all(v is not None and v.ndim <= rank for v in values)
 
 
+_FINDERS = {"Erf": (_erf_gelu, "Gelu", "erf GELU"), "Exp": (_logistic, "Sigmoid", "logistic")}
+
+
 def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """`path` with each recognised chain replaced by its virtual node (at the chain's end)."""
-    if not any(n.op_type == "Erf" for n in path):
+    if not any(n.op_type in _FINDERS for n in path):
         return path
     g = _Graph(b, b.all_nodes())
     on_path = {id(n) for n in path}
@@ -113,14 +154,15 @@ def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
             consumers.setdefault(i, n)
     replace, drop = {}, set()
     for n in path:
-        if n.op_type != "Erf" or id(n) in drop:
+        if n.op_type not in _FINDERS or id(n) in drop:
             continue
-        found = _erf_gelu(g, n, consumers)
+        finder, op, tag = _FINDERS[n.op_type]
+        found = finder(g, n, consumers)
         if found is None or not all(id(m) in on_path and id(m) not in drop for m in found[0]):
             continue
         members, x, y = found
         if not _keeps_shape(g, members, x):
             continue
         drop.update(id(m) for m in members)
-        replace[id(members[-1])] = helper.make_node("Gelu", [x], [y], name=f"{members[-1].name or y} (erf GELU)")
+        replace[id(members[-1])] = helper.make_node(op, [x], [y], name=f"{members[-1].name or y} ({tag})")
     return [replace.get(id(n), n) for n in path if id(n) not in drop or id(n) in replace]

@@ -159,6 +159,35 @@ def test_sklearn_logistic_regression(kind):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
 
 
+def test_sklearn_sgd_log_loss_where_exp_overflows():
+    """SGDClassifier(loss="log_loss"): one-vs-rest sigmoids, skl2onnx's Mul(s, -1) -> Exp -> Add 1
+    -> Reciprocal, normalised by their sum. For rows with a decision value below -88.7, exp(-s)
+    is inf in float32 while the forward stays finite; the backward was NaN for the whole row,
+    every target (fails before: patterns.fuse now differentiates the chain as one Sigmoid)."""
+    pytest.importorskip("sklearn")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.linear_model import SGDClassifier
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((300, 4)) * [1, 30, 3, 10]).astype(np.float32)  # unscaled features
+    clf = SGDClassifier(loss="log_loss", random_state=0).fit(X, np.arange(300) % 3)
+    proto = skl2onnx.to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+    w, b = (v.astype(np.float32).astype(np.float64) for v in (clf.coef_, clf.intercept_))  # as the model holds them
+    s = X.astype(np.float64) @ w.T + b
+    rows = np.flatnonzero((s < -89).any(axis=1) & (np.abs(s).min(axis=1) < 8))[:6]  # an overflow; a target off saturation
+    assert len(rows) >= 3
+    x, target = X[rows], np.argmin(np.abs(s[rows]), axis=1)
+    got = onnxattr.Explainer(proto, provider="cpu")(x, target)
+    s32 = (x @ w.T.astype(np.float32) + b.astype(np.float32)).astype(np.float64)  # the model's float32 scores
+    sig = 1 / (1 + np.exp(-s32))  # then float64: d (sig_t / sum sig) / dx
+    dsig = (sig * (1 - sig))[:, :, None] * w[None]
+    tot = sig.sum(axis=1, keepdims=True)
+    t = np.arange(len(rows)), target
+    want = dsig[t] / tot - (sig[t][:, None] / tot ** 2) * dsig.sum(axis=1)
+    assert np.isfinite(got).all() and np.abs(want).max() > 1e-6
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())  # measured 3.8e-7
+
+
 @pytest.mark.parametrize("classes", [2, 3])
 def test_sklearn_linear_svc(classes):
     """LinearSVC's decision values: for two classes skl2onnx writes the one-row binary

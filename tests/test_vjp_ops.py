@@ -944,6 +944,49 @@ def test_erf_gelu_chain_is_fused(form, opened):
     assert ("Erf" in [n.op_type for n in added]) == (not opened)  # only the fused rule recomputes erf
 
 
+def logistic(form: str):
+    """1 / (1 + exp(-x)) spelled as skl2onnx ("sklearn": Mul(x, -1) -> Exp -> Add 1 -> Reciprocal)
+    or with Neg and Div(1, d) ("div"); patterns.fuse differentiates it as one Sigmoid."""
+    if form == "sklearn":
+        return [N("Mul", ["x", "minus1"], ["a"]), N("Exp", ["a"], ["e"]), N("Add", ["e", "one"], ["d"]),
+                N("Reciprocal", ["d"], ["y"])], {"minus1": -ONE, "one": ONE}
+    return [N("Neg", ["x"], ["a"]), N("Exp", ["a"], ["e"]), N("Add", ["one", "e"], ["d"]), N("Div", ["one", "d"], ["y"])], {"one": ONE}
+
+
+add(
+    case("Graph/logistic_sklearn", 17, logistic("sklearn")[0], {"x": In((2, 3, 4), scale=3)}, **logistic("sklearn")[1]),
+    case("Graph/logistic_div", 13, logistic("div")[0], {"x": In((2, 3, 4), scale=3)}, **logistic("div")[1]),
+    case("Graph/logistic_sklearn_open", 17, logistic("sklearn")[0], {"x": In((2, 3, 4), scale=3)}, outputs=("y", "e"),
+         **logistic("sklearn")[1]),
+)
+
+
+@pytest.mark.parametrize("form", ["sklearn", "div"])
+@pytest.mark.parametrize("opened", [False, True])
+def test_logistic_chain_is_one_sigmoid(form, opened):
+    """Where exp(-x) overflows (x < -88.7 in float32) the forward is finite, 0, and so is its
+    derivative y (1 - y); op by op the backward gave 0 * inf = NaN (skl2onnx's SGDClassifier
+    with log_loss, fails before). An intermediate used elsewhere keeps the op-by-op form."""
+    nodes, consts = logistic(form)
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in consts.items()]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in (["y", "e"] if opened else ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    vm, cots, grads = vjp_model(model)
+    added = vm.graph.node[len(nodes):]
+    assert ("e" in {i for n in added for i in n.input}) == opened
+    if opened:
+        return
+    x = np.array([[-100.0, -88.0, -20.0], [0.0, 3.0, 100.0]], np.float32)
+    sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([grads["x"]], {"x": x, cots["y"]: np.ones_like(x)})[0]
+    x64 = x.astype(np.float64)
+    want = np.exp(-x64) / (1 + np.exp(-x64)) ** 2
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+
+
 @pytest.mark.parametrize("coord", ["align_corners", "pytorch_half_pixel", "tf_crop_and_resize", "half_pixel_symmetric"])
 def test_resize_scales_with_fractional_length_are_refused(coord):
     """Where scale * length is fractional, ONNX Runtime's forward departs from the ONNX definition
