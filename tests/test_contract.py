@@ -151,12 +151,13 @@ def test_tuning_for_cuda_computes_the_same(method, x):
 def test_missing_rule_is_refused_before_work():
     from onnx import helper
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("LpNormalization", ["h"], ["y"], name="odd")],
-        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [helper.make_node("Det", ["x"], ["d"], name="odd"), helper.make_node("Unsqueeze", ["d", "one"], ["h"]),
+         helper.make_node("MatMul", ["h", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 3])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
-        [onnx.numpy_helper.from_array(np.ones((3, 2), np.float32), "w")])
+        [onnx.numpy_helper.from_array(np.ones((1, 2), np.float32), "w"), onnx.numpy_helper.from_array(np.array([1]), "one")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    with pytest.raises(onnxattr.UnsupportedModelError, match="LpNormalization node 'odd'"):
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Det node 'odd'"):
         onnxattr.attribution_model(m)
 
 

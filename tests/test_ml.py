@@ -188,6 +188,32 @@ def test_sklearn_sgd_log_loss_where_exp_overflows():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())  # measured 3.8e-7
 
 
+def test_sklearn_one_vs_rest_logistic_regression():
+    """OneVsRestClassifier's probabilities: one binary LogisticRegression per class, normalised by
+    their sum, which skl2onnx writes as LpNormalization(p=1) (refused before: no rule)."""
+    pytest.importorskip("sklearn")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 4)).astype(np.float32)
+    clf = OneVsRestClassifier(LogisticRegression()).fit(X, np.arange(90) % 3)
+    proto = skl2onnx.to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+    assert "LpNormalization" in {n.op_type for n in proto.graph.node}
+    x, target = X[:6], np.array([0, 1, 2, 2, 1, 0])
+    got = onnxattr.Explainer(proto, provider="cpu")(x, target)
+    w = np.concatenate([e.coef_ for e in clf.estimators_]).astype(np.float32).astype(np.float64)
+    b = np.concatenate([e.intercept_ for e in clf.estimators_]).astype(np.float32).astype(np.float64)
+    sig = 1 / (1 + np.exp(-(x.astype(np.float64) @ w.T + b)))  # float64: d (sig_t / sum sig) / dx
+    dsig = (sig * (1 - sig))[:, :, None] * w[None]
+    tot = sig.sum(axis=1, keepdims=True)
+    t = np.arange(len(x)), target
+    want = dsig[t] / tot - (sig[t][:, None] / tot ** 2) * dsig.sum(axis=1)
+    np.testing.assert_allclose(clf.predict_proba(x)[t], (sig / tot)[t], rtol=1e-6)  # the reference is sklearn's function
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("classes", [2, 3])
 def test_sklearn_linear_svc(classes):
     """LinearSVC's decision values: for two classes skl2onnx writes the one-row binary

@@ -609,11 +609,11 @@ def test_integrated_gradients_baseline_at_the_wrt_tensor(x):
 
 def test_gradcam_does_not_need_rules_before_its_layer():
     """Grad-CAM differentiates from the scores back to its layer only: an op without a rule before
-    the layer (LpNormalization here) was refused by the check meant for the input gradients."""
+    the layer (LpPool here) was refused by the check meant for the input gradients."""
     rng = np.random.default_rng(0)
     f = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.5  # noqa: E731
     nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("LpNormalization", ["c1"], ["n1"], axis=1, p=2, name="odd"),
+             helper.make_node("LpPool", ["c1"], ["n1"], kernel_shape=[1, 1], p=2, name="odd"),
              helper.make_node("Conv", ["n1", "W2"], ["c2"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
              helper.make_node("Relu", ["c2"], ["r2"]),
              helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
@@ -637,7 +637,7 @@ def test_gradcam_does_not_need_rules_before_its_layer():
     alpha = wf[:, [0, 2]].T / 64  # [N, K]
     want = np.maximum((alpha[:, :, None, None] * r2).sum(1, keepdims=True), 0)
     np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-6)
-    with pytest.raises(onnxattr.UnsupportedModelError, match="LpNormalization node 'odd'"):
+    with pytest.raises(onnxattr.UnsupportedModelError, match="LpPool node 'odd'"):
         onnxattr.attribution_model(m, method="guided-gradcam")  # its guided part goes to the input
 
 

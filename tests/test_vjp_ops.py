@@ -883,6 +883,11 @@ add(
     # opset 24's padding lengths of the keys and values per batch row (the padded keys get no gradient)
     case("Attention/nonpad_kv_seqlen_causal_op24", 24, N("Attention", ["q", "k", "v", "", "", "", "lens"], ["y"], is_causal=1),
          {"q": (2, 2, 3, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 4)}, lens=np.array([5, 3], np.int64)),
+    # LpNormalization (skl2onnx's OneVsRestClassifier normalises its probabilities with p = 1)
+    case("LpNormalization/p2_default_axis", 13, N("LpNormalization", ["x"], ["y"]), {"x": (2, 3, 4)}),
+    case("LpNormalization/p1_axis1", 13, N("LpNormalization", ["x"], ["y"], axis=1, p=1), {"x": (2, 3, 4)}),
+    case("LpNormalization/p2_axis0_op22", 22, N("LpNormalization", ["x"], ["y"], axis=0, p=2), {"x": (3, 2)}),
+    case("LpNormalization/p1_negative_axis", 17, N("LpNormalization", ["x"], ["y"], axis=-2, p=1), {"x": (2, 3, 4)}),
     # RMSNormalization (nn.RMSNorm at opset 23): the last axis, and from axis 1 with the scale's gradient
     case("RMSNormalization/last_axis_op23", 23, N("RMSNormalization", ["x", "s"], ["y"], epsilon=1e-3), {"x": (2, 3, 5)},
          s=w(5, scale=1.0)),

@@ -313,6 +313,13 @@ class Mean(_Fix):  # upstream: accumulates in place, so the first input must hav
         return ((sum(np.broadcast_arrays(*xs)) / len(xs)).astype(xs[0].dtype),)
 
 
+class LpNormalization(_Fix):  # upstream: sum(x ** p), so p = 1 sums signed values (ONNX Runtime: sum |x|)
+    def _run(self, x, **_):
+        axis, p = self.attr("axis", -1), self.attr("p", 2)
+        norm = (np.abs(x) ** p).sum(axis=axis, keepdims=True) ** (1.0 / p)
+        return (np.where(norm == 0, 0, x / np.where(norm == 0, 1, norm)).astype(x.dtype),)
+
+
 class BatchNormalization(_Fix):  # upstream: training mode by default (opset 6-9), tuple output (6-7)
     def _run(self, x, scale, bias, mean, var, **_):
         assert self.attr("spatial", 1) == 1 and not self.attr("training_mode", 0)
@@ -562,7 +569,7 @@ class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activa
 
 
 REFERENCE_FIXES = [Loop, Scan, RNN, ConvTranspose, Erf, Gelu, MeanVarianceNormalization, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
-                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad, GridSample, AffineGrid]
+                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad, GridSample, AffineGrid, LpNormalization]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:

@@ -22,6 +22,7 @@ from onnx import helper
 from ..protos import attrs
 from ..shapes import classifier_rows
 from . import lookup, refuse, register
+from .norm import lp_normalize_vjp
 
 
 def _rows(b, node, x: str) -> None:
@@ -64,16 +65,9 @@ def normalizer(b, node, gys):
     norm = attrs(node).get("norm", "MAX")
     x, y, g = node.input[0], node.output[0], gys[0]
     _rows(b, node, x)
-    if norm == "L1":  # y = x / n, n = sum |x|: gx = (g - sign(x) sum(g y)) / n
-        n = b.reduce("ReduceSum", b.op("Abs", [x]), [1], keepdims=1)
-        along = b.op("Sign", [x])
-    elif norm == "L2":  # n = sqrt(sum x^2): gx = (g - y sum(g y)) / n
-        n = b.op("Sqrt", [b.reduce("ReduceSum", b.op("Mul", [x, x]), [1], keepdims=1)])
-        along = y
-    else:
+    if norm not in ("L1", "L2"):
         refuse(node, f"norm {norm} is not supported (L1 and L2 are)")
-    inner = b.reduce("ReduceSum", b.op("Mul", [g, y]), [1], keepdims=1)
-    return [b.op("Div", [b.op("Sub", [g, b.op("Mul", [along, inner])]), n])]
+    return [lp_normalize_vjp(b, g, x, y, 1, 1 if norm == "L1" else 2)]
 
 
 @register("ai.onnx.ml:Scaler")

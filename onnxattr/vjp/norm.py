@@ -1,5 +1,5 @@
 """Normalisations at inference: BatchNormalization, LRN, LayerNormalization, InstanceNormalization,
-GroupNormalization, RMSNormalization."""
+GroupNormalization, RMSNormalization, LpNormalization."""
 
 from __future__ import annotations
 
@@ -141,3 +141,29 @@ def rms_norm(b, node, gys):
         if b.needs(scale):
             xr = narrow(b.op("Mul", [xw, r]))
     return [gx, b.unbroadcast(b.op("Mul", [g, xr]), scale, y, node) if xr else None]
+
+
+def lp_normalize_vjp(b, g: str, x: str, y: str, axis: int, p: int) -> str:
+    """Gradient of y = x / n along `axis`: n = sum |x| (p = 1) or sqrt(sum x^2) (p = 2), so
+    gx = (g - s sum(g y)) / n with s = sign(x) or y. At n = 0 (ONNX Runtime's y is 0 there) it
+    is infinite or NaN: x / |x| has no derivative at 0, and the Explainer reports it."""
+    with b.float32(g, x, y) as ((g, x, y), narrow):  # (sums of squares in float32 in a float16 model)
+        if p == 1:
+            n = b.reduce("ReduceSum", b.op("Abs", [x]), [axis], keepdims=1)
+            along = b.op("Sign", [x])
+        else:
+            n = b.op("Sqrt", [b.reduce("ReduceSum", b.op("Mul", [x, x]), [axis], keepdims=1)])
+            along = y
+        inner = b.reduce("ReduceSum", b.op("Mul", [g, y]), [axis], keepdims=1)
+        return narrow(b.op("Div", [b.op("Sub", [g, b.op("Mul", [along, inner])]), n]))
+
+
+@register("LpNormalization")
+def lp_normalization(b, node, gys):
+    a = attrs(node)
+    p, axis = a.get("p", 2), a.get("axis", -1)
+    if p not in (1, 2):
+        raise UnsupportedModelError(f"{describe(node)}: p {p} is not an LpNormalization the spec defines (1 or 2)")
+    if axis < 0 and (b.opset < 11 or b.shapes.get(node.input[0]) is not None):
+        axis += b.rank(node.input[0], node)
+    return [lp_normalize_vjp(b, gys[0], node.input[0], node.output[0], axis, p)]
