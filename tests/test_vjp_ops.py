@@ -665,6 +665,11 @@ add(
          i0=np.array([[4, 1, 4], [0, 0, 2]], np.int64), z=i64(0)),
     case("ScatterElements/add_op16", 16, N("ScatterElements", ["d", "i", "u"], ["y"], axis=1, reduction="add"),
          {"d": (2, 3), "u": (2, 3)}, i=np.array([[0, 0, 2], [1, 2, 1]], np.int64)),
+    # Scatter, ScatterElements' name at opsets 9-10 (TorchScript's torch.scatter at opset 9): data's gradient
+    case("Scatter/data_op9", 9, N("Scatter", ["d", "i", "u"], ["y"], axis=1), {"d": (2, 4)},
+         i=np.array([[3, 0], [1, 3]], np.int64), u=w(2, 2)),
+    case("Scatter/data_repeats_op10", 10, N("Scatter", ["d", "i", "u"], ["y"], axis=0), {"d": (3, 2)},
+         i=np.array([[1, 0], [1, 2], [0, 2]], np.int64), u=w(3, 2)),
     case("GatherND/unique_op13", 13, N("GatherND", ["x", "i"], ["y"]), {"x": (3, 4, 2)},
          i=np.array([[0, 1], [2, 3], [-1, 0]], np.int64)),
     case("GatherND/repeats_op16", 16, N("GatherND", ["x", "i"], ["y"]), {"x": (3, 2)},
@@ -964,6 +969,19 @@ add(
     case("Graph/logistic_sklearn_open", 17, logistic("sklearn")[0], {"x": In((2, 3, 4), scale=3)}, outputs=("y", "e"),
          **logistic("sklearn")[1]),
 )
+
+
+def test_scatter_updates_before_opset_11_are_refused():
+    """The updates' gradient of Scatter (opset 9-10) reads them back with GatherElements (opset 11):
+    refused with the fix, not left out."""
+    node = N("Scatter", ["d", "i", "u"], ["y"], axis=1, name="sc")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in "du"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [numpy_helper.from_array(np.array([[3, 0, 1, 2], [1, 3, 0, 2]], np.int64), "i")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 8
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Scatter node 'sc': .*GatherElements, which needs opset >= 11"):
+        vjp_model(model, wrt=["u"])
 
 
 @pytest.mark.parametrize("form", ["sklearn", "div"])

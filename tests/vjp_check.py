@@ -313,6 +313,14 @@ class Mean(_Fix):  # upstream: accumulates in place, so the first input must hav
         return ((sum(np.broadcast_arrays(*xs)) / len(xs)).astype(xs[0].dtype),)
 
 
+class Scatter(_Fix):  # upstream: not implemented (ScatterElements without reduction, opset 9-10)
+    def _run(self, data, idx, updates, **_):
+        y = data.copy()
+        axis = self.attr("axis", 0) % data.ndim
+        np.put_along_axis(y, idx.astype(np.int64) % data.shape[axis], updates, axis=axis)
+        return (y,)
+
+
 class LpNormalization(_Fix):  # upstream: sum(x ** p), so p = 1 sums signed values (ONNX Runtime: sum |x|)
     def _run(self, x, **_):
         axis, p = self.attr("axis", -1), self.attr("p", 2)
@@ -569,7 +577,7 @@ class RNN(_UpstreamRNN):  # upstream: Tanh and Affine only, and the first activa
 
 
 REFERENCE_FIXES = [Loop, Scan, RNN, ConvTranspose, Erf, Gelu, MeanVarianceNormalization, GroupNormalization, Upsample, Resize, Softmax, LogSoftmax, AveragePool,
-                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad, GridSample, AffineGrid, LpNormalization]
+                   MaxPool, GlobalMaxPool, Mean, BatchNormalization, LRN, Pad, GridSample, AffineGrid, LpNormalization, Scatter]
 
 
 def reference(model: onnx.ModelProto) -> ReferenceEvaluator:

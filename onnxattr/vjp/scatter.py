@@ -1,4 +1,4 @@
-"""ScatterND and ScatterElements: writes into a copy of `data`.
+"""ScatterND and ScatterElements (and Scatter, its name before opset 11): writes into a copy of `data`.
 
 Without a reduction, data's overwritten positions get no gradient and each update gets the
 gradient at the position it was written to, read back with the matching Gather. Where two
@@ -52,13 +52,16 @@ def _winners(b, node, data: str, idx: str, axis: int | None) -> str:
     return b.op("Equal", [back, ids])
 
 
-@register("ScatterND", "ScatterElements")
+@register("ScatterND", "ScatterElements", "Scatter")
 def scatter(b, node, gys):
     data, idx, updates = node.input
     g = gys[0]
     reduction = attrs(node).get("reduction", "none")
     rank = b.rank(data, node)
-    axis = attrs(node).get("axis", 0) % rank if node.op_type == "ScatterElements" else None
+    axis = attrs(node).get("axis", 0) % rank if node.op_type != "ScatterND" else None
+    if node.op_type == "Scatter" and b.needs(updates):  # (Scatter is opset 9-10 only)
+        raise UnsupportedModelError(f"{describe(node)}: the gradient of its updates reads them back with GatherElements, "
+                                    f"which needs opset >= 11 (the model has {b.opset}): export at opset 11 or later")
     if reduction not in ("none", "add"):
         raise UnsupportedModelError(f"{describe(node)}: reduction '{reduction}' is not supported")
     if b.types.get(idx, TensorProto.INT64) != TensorProto.INT64:
