@@ -10,7 +10,7 @@ import onnx
 import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper
 
-from .backward import build_backward, differentiable_path, inside, prune, refuse_missing_rules
+from .backward import build_backward, differentiable_path, inside, prune, refuse_missing_rules, refuse_shape_conflicts
 from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
 from .functions import expand_functions
@@ -212,6 +212,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     classes = b.static_shape(y, None, dims=[1])[1]
     wa = batch_axis(b, w, y)
     if b.shapes.get(w) == [] or (b.differ(w, 0, y, 0) and wa is None):
+        refuse_shape_conflicts(b, differentiable_path(b, [w], [y])[0])  # (the cause when one lost the batch's dim)
         raise NotAClassifierError(
             f"'{w}' {b.dims_text(w)} has no batch axis: its first axis is not that of the scores '{y}' "
             f"{b.dims_text(y)}, nor is another one singled out (row n of the attribution explains row n of the "

@@ -67,9 +67,7 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
     """Fail before any work when a node on the path has no rule (listing all such nodes), has a
     shape conflict, or leaves the model's float type."""
     refuse_missing_rules(path, policy)
-    for node in path:
-        if node.output and node.output[0] in b.shape_conflicts:
-            raise UnsupportedModelError(f"{describe(node)}: {b.shape_conflicts[node.output[0]]}")
+    refuse_shape_conflicts(b, path)
     for node in path:
         mixed = next((o for o in node.output if o in b.needed and b.types.get(o) in FLOAT_TYPES and b.types[o] != b.dtype), None)
         if mixed is not None:
@@ -77,6 +75,14 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
             raise UnsupportedModelError(
                 f"{describe(node)}: its output '{mixed}' is {have} on the differentiable path of a {want} input "
                 "(mixed precision is not supported); convert the whole model to one float type")
+
+
+def refuse_shape_conflicts(b: Builder, path: list[onnx.NodeProto]) -> None:
+    """UnsupportedModelError for the first node on `path` whose output shape ONNX's inference
+    and ONNX Runtime disagree on (a pool's ceil_mode, ...)."""
+    for node in path:
+        if node.output and node.output[0] in b.shape_conflicts:
+            raise UnsupportedModelError(f"{describe(node)}: {b.shape_conflicts[node.output[0]]}")
 
 
 def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:

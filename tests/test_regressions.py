@@ -62,6 +62,33 @@ def test_ceil_mode_pool_where_they_agree_is_exact(op):
     assert check_model_attributions(m)["fd"] > 0
 
 
+def test_ceil_mode_pool_conflict_is_named_before_the_batch_axis_it_hides():
+    """PyTorch's dynamo exporter at opset 18, dynamic batch: after a ceil_mode AvgPool1d whose
+    length ONNX and ONNX Runtime disagree on, the batch's dim does not reach the scores, and the
+    error blamed the input ("'x' [?, 3, 18] has no batch axis", a NotAClassifierError: an audit's
+    finding). The pool is now named, as with a fixed batch."""
+    torch = pytest.importorskip("torch")
+    import contextlib
+    import io
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.l = torch.nn.Conv1d(3, 4, 3), torch.nn.Linear(24, 5)
+            self.p = torch.nn.AvgPool1d(4, 3, padding=2, count_include_pad=False, ceil_mode=True)
+
+        def forward(self, x):
+            return self.l(self.p(torch.relu(self.c(x))).flatten(1))
+
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        m = torch.onnx.export(M().eval(), (torch.randn(2, 3, 18),), dynamo=True, opset_version=18, input_names=["x"],
+                              output_names=["y"], dynamic_shapes={"x": {0: torch.export.Dim("N")}}).model_proto
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"AveragePool node '.*': ceil_mode output size \[7\] by "
+                                                             r"ONNX shape inference, \[6\] in ONNX Runtime"):
+        onnxattr.attribution_model(m)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Control flow: an If/Loop/Scan body that reads the input (or anything computed from it) by
 # name from the outer scope has no such input in `node.input`, so the differentiable path left
