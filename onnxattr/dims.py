@@ -4,7 +4,8 @@ ONNX shape inference names every unknown length it cannot relate by a fresh symb
 block's Conv output and its skip input, both [N, C, unk_a, unk_b] with a dynamic image size, look
 unrelated, and the backward would have to check at run time whether one broadcasts. Here every
 dim of a tensor the graph computes from its inputs through element-wise ops, Convs, pools,
-constant Pads, axis permutations and Reshapes to the Shape of a tensor becomes an expression
+constant Pads, axis permutations, Reshapes to the Shape of a tensor and Resizes to sizes taken
+from it becomes an expression
 over the inputs' dims: an int, or (base, offset) meaning base + offset, where base is an input
 dim ("in", input, axis) or a division ("div", expression, stride) of one (floor division; conv
 and pool lengths are
@@ -282,6 +283,21 @@ def _shape_value(node, vals: dict, sym: dict, shapes: dict):
     return None
 
 
+def _resize_sizes(node, dims: list, sizes) -> list | None:
+    """A Resize's output dims from its `sizes` input where those are lengths followed from the
+    graph (PyTorch's F.interpolate(x, size=...): Concat(Shape(x)[:2], [h, w])), stretched."""
+    a = attrs(node)
+    if sizes is None or sizes[1] != 1 or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return None
+    axes = a.get("axes", list(range(len(dims))))
+    if len(axes) != len(sizes[0]) or not all(-len(dims) <= ax < len(dims) for ax in axes):
+        return None
+    out = list(dims)
+    for ax, d in zip(axes, sizes[0]):
+        out[ax % len(dims)] = d
+    return out
+
+
 def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
     """{tensor: [expression per axis]} for the graph's inputs and what follows from them."""
     g = model.graph
@@ -358,6 +374,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             out = _pad(node, ins[0], consts)
         elif op == "Slice" and ins and ins[0] is not None:
             out = _slice(node, ins[0], vals, shapes)
+        elif op == "Resize" and len(node.input) > 3 and node.input[3] and ins[0] is not None:
+            out = _resize_sizes(node, ins[0], vals.get(node.input[3]))
         elif op == "Transpose" and ins and ins[0] is not None:
             perm = attrs(node).get("perm", list(range(len(ins[0])))[::-1])
             if sorted(perm) == list(range(len(ins[0]))):

@@ -90,6 +90,55 @@ def test_ceil_mode_pool_conflict_is_named_before_the_batch_axis_it_hides():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Resize with sizes computed in the graph (F.interpolate(x, size=...): Concat(Shape(x)[:k], [h, w])):
+# dims.py did not follow those sizes, so with two dynamic dims (shape trials prove nothing then) the
+# copied axes were not known to stay the same, and the error named axis 0 (the batch) where the cause
+# was a dynamic length resized to a fixed one (an audit's finding).
+def _interpolated(size, dynamic):
+    torch = pytest.importorskip("torch")
+    import contextlib
+    import io
+
+    import onnx
+    import torch.nn.functional as F
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.l = torch.nn.Conv3d(2, 3, 3, padding=1), torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            h = F.interpolate(self.c(x), size=size(x), mode="trilinear", align_corners=False)
+            return self.l(torch.relu(h).mean((2, 3, 4)))
+
+    torch.manual_seed(0)
+    m, f = M().eval(), io.BytesIO()
+    with contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(m, (torch.randn(2, 2, 4, 6, 6),), f, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": dynamic, "y": {0: "N"}})
+    return m, onnx.load_from_string(f.getvalue())
+
+
+def test_resize_to_sizes_copied_from_the_input_with_two_dynamic_dims():
+    torch = pytest.importorskip("torch")
+    m, proto = _interpolated(lambda x: (x.shape[2], 3, 5), {0: "N", 2: "D"})  # depth kept, height and width fixed
+    x = np.random.default_rng(0).standard_normal((3, 2, 5, 6, 6)).astype(np.float32)
+    t = np.array([0, 3, 1])
+    got = onnxattr.Explainer(proto, provider="cpu")(x, t)  # refused before
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    m.double()(xt)[torch.arange(3), torch.tensor(t)].sum().backward()
+    want = xt.grad.numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())  # measured 1.5e-7
+
+
+def test_resize_of_a_dynamic_length_to_a_fixed_one_names_that_axis():
+    _, proto = _interpolated(lambda x: (4, 3, 5), {0: "N", 2: "D", 3: "H", 4: "W"})
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Resize node '/Resize': axis 2 goes from a length known "
+                                                             "only at run time to 4.*fixed input size"):
+        onnxattr.attribution_model(proto)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Control flow: an If/Loop/Scan body that reads the input (or anything computed from it) by
 # name from the outer scope has no such input in `node.input`, so the differentiable path left
 # it out: with y = x @ W + If(c, x @ A, x @ B), the attribution silently dropped the branch (1

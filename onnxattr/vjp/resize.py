@@ -257,6 +257,10 @@ def resize(b, node, gys):
             if sx[ax] is not None and sy[ax] is not None:
                 if sx[ax] != sy[ax]:
                     moved.append(ax)
+            elif sx[ax] is None and sy[ax] is not None:
+                raise UnsupportedModelError(f"{describe(node)}: axis {ax} goes from a length known only at run time to "
+                                            f"{sy[ax]}, and its interpolation weights depend on that length; export "
+                                            "the model with a fixed input size")
             elif not b.same_dim(x, ax, y, ax):
                 raise UnsupportedModelError(f"{describe(node)}: its sizes are computed in the graph and the length of "
                                             f"axis {ax} is not known to stay the same or be static; give constant sizes")
