@@ -25,6 +25,7 @@ from .recipes import ALL_METHODS, CAM_METHODS, Context, Options, build
 
 ATTRIBUTION = "attribution"
 TARGET = "target"
+ADDED_OUTPUTS = (ATTRIBUTION, TARGET, "completeness_gap", "cam")  # (and TARGET as an input)
 BATCH_AXIS, WRT_BATCH_AXIS = "onnxattr.batch_axis", "onnxattr.wrt_batch_axis"  # metadata, where not 0
 
 
@@ -155,6 +156,9 @@ def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu", expanded
 
 
 def _check_opset(b: Builder) -> None:
+    if b.opset > onnx.defs.onnx_opset_version():  # (ONNX Runtime would refuse it too; shape inference cannot follow)
+        raise UnsupportedModelError(f"opset {b.opset} is newer than this onnx {onnx.__version__} knows "
+                                    f"({onnx.defs.onnx_opset_version()}): update onnx, or export at an older opset")
     if b.opset < 7:  # measured: even an Identity classifier's attribution model failed to load
         raise UnsupportedModelError(
             f"opset {b.opset}: the attribution graph needs ops of opset 7 or later (ONNX Runtime runs "
@@ -204,7 +208,7 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     _check_opset(b)
     y = _scores(b, output)
     w = wrt or x.name
-    for name in (ATTRIBUTION, TARGET, "completeness_gap", "cam"):
+    for name in ADDED_OUTPUTS:
         if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
     if method != "gradcam":  # (gradcam differentiates from its layer on: checked once that is chosen)

@@ -18,6 +18,7 @@ from .api import _one_line
 from .errors import AttributionWarning, InputError, OnnxAttrError, OutputError, UnsupportedModelError
 from .explainer import Explainer
 from .graph import TUNE_FOR
+from .protos import FLOAT_TYPES
 from .io import check_output_path, external_data_files, save_array, save_model
 from .images import expand_paths
 from .recipes import ALL_METHODS, IG_METHODS
@@ -163,6 +164,8 @@ def export(model, out, method, output, target_mode, relu_like, tune_for, input_n
                                   input=input_name, wrt=wrt, tune_for=tune_for, **_options(**opts))
     path = save_model(proto, out, source=model, inputs=[_baseline_file(opts)])
     floats = api.float_inputs(proto)
+    if output is None:
+        _announce_scores(proto)
     if len(floats) > 1 and input_name is None:
         click.echo(f"attributing to input '{floats[0]}', the first of the floating-point inputs {', '.join(floats)} "
                    "(choose with --input-name)")
@@ -171,6 +174,16 @@ def export(model, out, method, output, target_mode, relu_like, tune_for, input_n
         click.echo(f"weights in external data: {data}")
     click.echo(f"wrote {path} ({method}; inputs: {', '.join(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})}; "
                f"outputs: {', '.join(o.name for o in proto.graph.output)})")
+
+
+def _announce_scores(proto) -> None:
+    """Say which output is explained when the model has several that could be the scores."""
+    scores = [o.name for o in proto.graph.output if o.name not in api.ADDED_OUTPUTS and o.type.tensor_type.elem_type
+              in FLOAT_TYPES and len(o.type.tensor_type.shape.dim) == 2]
+    if len(scores) > 1:
+        chosen = next(p.value for p in proto.metadata_props if p.key == "onnxattr.scores")
+        click.echo(f"explaining output '{chosen}', the first of the rank-2 floating-point outputs {', '.join(scores)} "
+                   "(choose with --output)")
 
 
 def _parse_target(text: str):
@@ -281,6 +294,11 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         return
     if input_path is None:
         raise click.UsageError("give images, or --input X.npy")
+    ctx = click.get_current_context()
+    given = [f"--{p.replace('_', '-')}" for p in ("size", "mean", "std", "batch_size", "labels", "grid")
+             if ctx.get_parameter_source(p) not in (None, click.core.ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images, not to --input X.npy")
     data = external_data_files(model) if model is not None else []
     data.append(_baseline_file(opts))
     out = check_output_path(out or "attribution.npy", model, input_path, *data)
@@ -297,13 +315,15 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     except Exception as e:
         raise InputError(_one_line(f"cannot read '{input_path}' as a .npy array ({e})")) from None
     ex = Explainer(model, method=method, **kw)
+    if output is None:
+        _announce_scores(ex.model)
     click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AttributionWarning)
         result = ex.run(x, _parse_target(target))
     _warn_nonfinite(caught)
     if "completeness_gap" in result:
-        click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(result['completeness_gap'], 5).tolist()}")
+        click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(np.asarray(result['completeness_gap'], np.float64), 5).tolist()}")
     path = save_array(result[api.ATTRIBUTION], out, model, input_path, *data)
     shown = result.get(api.TARGET, np.broadcast_to(np.asarray(_parse_target(target)), (x.shape[ex.batch_axis],)))
     click.echo(f"wrote {method} attribution {list(result[api.ATTRIBUTION].shape)} for classes "

@@ -112,9 +112,12 @@ def _per_channel(values, channels: int, name: str) -> np.ndarray:
     if v.size == 1:
         v = np.repeat(v, channels)
     if v.size != channels:
-        raise InputError(f"{name} has {v.size} values but the model input has {channels} channel(s)")
-    if name == "std" and np.any(v == 0):
-        raise InputError("std must not contain 0")
+        raise InputError(f"{name} has {v.size} values but the model input has {channels} channel(s); give --mean and "
+                         f"--std with {channels} value(s) (or one for all channels)")
+    if not np.all(np.isfinite(v)):
+        raise InputError(f"{name} must be finite numbers, not {values}")
+    if name == "std" and np.any(v <= 0):
+        raise InputError(f"std must be positive, not {values}")
     return v
 
 

@@ -60,6 +60,9 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     if not outdir.is_dir():
         raise OutputError(f"output '{outdir}' exists and is not a folder" if outdir.exists()
                           else f"output folder '{outdir}' does not exist")
+    if not os.access(outdir, os.W_OK | os.X_OK):  # (before any work; a full disk still shows only when writing)
+        raise OutputError(f"cannot write into the output folder '{outdir}' (permission denied or a read-only file "
+                          "system); nothing was written")
     targets = np.asarray(target) if not isinstance(target, str) else None
     if targets is not None and targets.ndim == 1 and len(targets) != len(paths):
         raise TargetError(f"target has {len(targets)} entries for {len(paths)} images (one class for all, or one per image)")
@@ -86,7 +89,7 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
         if grid:
             titles = [f"{name} ({score:.2f})" for name, score in predictions]
             picture = viz.grid(shown, [(m, maps[m]) for m in methods], titles)
-            files.append((viz.save_png(picture, _staged(outdir / "grid.png")), outdir / "grid.png"))
+            files.append((_as(outdir / "grid.png", viz.save_png, picture), outdir / "grid.png"))
         for staged, final in files:
             os.replace(staged, final)
     except BaseException:  # the command writes all of its files or none, and leaves older ones alone
@@ -100,6 +103,15 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
 
 def _staged(final: Path) -> Path:
     return final.with_name(f".{final.stem}.onnxattr-part{final.suffix}")
+
+
+def _as(final: Path, write, data) -> Path:
+    """write(data, the staged name of `final`); a failure names `final`, the file the user asked for."""
+    staged = _staged(final)
+    try:
+        return write(data, staged)
+    except OutputError as e:
+        raise OutputError(str(e).replace(str(staged), str(final))) from None
 
 
 def _check_names(paths: list[Path], methods: list[str], outdir: Path, grid: bool, model) -> None:
@@ -132,9 +144,9 @@ def _explain_chunk(chunk, explainers, methods, outdir, target, size, mean, std, 
         for row, path in enumerate(chunk):
             att = np.take(out[ATTRIBUTION], row, axis=ex.attribution_batch_axis)
             final = outdir / f"{path.stem}.{m}.npy"
-            files.append((save_array(att, _staged(final)), final))
+            files.append((_as(final, save_array, att), final))
             kind = display_kind(m)
             maps[m].append(viz.overlay(images[row], viz.to_map(att, kind, layout), kind))
             final = outdir / f"{path.stem}.{m}.png"
-            files.append((viz.save_png(maps[m][-1], _staged(final)), final))
+            files.append((_as(final, viz.save_png, maps[m][-1]), final))
     return probs.shape[1]

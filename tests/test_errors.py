@@ -1367,3 +1367,79 @@ def test_a_kernel_the_model_itself_lacks_is_named_as_the_models(tmp_path):
         onnxattr.Explainer(str(path), provider="cpu")
     assert f"'{conv}' is a node of the model itself, not one onnxattr added" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------- a CLI audit's findings (session 15)
+def test_image_options_with_input_are_refused_and_labels_kept(tmp_path):
+    """With --input X.npy, --labels, --size, --mean, --std, --batch-size and --grid were silently
+    ignored, and `-o labels.txt --labels labels.txt` wrote the .npy over the labels file."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    r = cli("explain", MODEL, "--input", tmp_path / "x.npy", "-o", tmp_path / "labels.txt", "--labels",
+            tmp_path / "labels.txt", "--provider", "cpu")
+    assert r.exit_code == 2 and "--labels applies to images, not to --input X.npy" in r.output, r.output
+    assert (tmp_path / "labels.txt").read_text() == "a\nb\nc\n"
+    r = cli("explain", MODEL, "--input", tmp_path / "x.npy", "--size", "8", "--grid", "-o", tmp_path / "a.npy")
+    assert r.exit_code == 2 and "--size, --grid apply to images" in r.output, r.output
+    assert not (tmp_path / "a.npy").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--std", "nan,1,1"), "std must be finite numbers"), (("--std", "-1,1,1"), "std must be positive"),
+    (("--mean", "inf"), "mean must be finite numbers"),
+    (("--mean", "0.5,0.5"), "mean has 2 values but the model input has 3 channel(s); give --mean and --std with 3"),
+])
+def test_mean_and_std_must_be_finite_and_std_positive(tmp_path, args, words):
+    """--std nan gave an all-NaN input (exit 0, a warning), --std -1 a mirrored one."""
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", *args, "-o", tmp_path / "o", "--provider", "cpu")
+    assert_one_line_error(r, "InputError", words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_image_write_names_the_file_asked_for(tmp_path):
+    """The error named the hidden staging file ('.circle.saliency.onnxattr-part.npy')."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".circle.saliency.onnxattr-part.npy").mkdir()  # the staging name taken: the write fails
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", out, "--provider", "cpu")
+    assert_one_line_error(r, "OutputError", str(out / "circle.saliency.npy"))
+    assert "onnxattr-part" not in r.stderr and sorted(p.name for p in out.iterdir()) == [".circle.saliency.onnxattr-part.npy"]
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused():
+    """Opset 30 (onnx 1.23 knows 28) exported without a word, and ONNX Runtime then failed."""
+    m = tiny()
+    m.opset_import[0].version = onnx.defs.onnx_opset_version() + 2
+    with pytest.raises(onnxattr.UnsupportedModelError, match=rf"opset {m.opset_import[0].version} is newer than this onnx"):
+        onnxattr.attribution_model(m)
+
+
+def test_cli_says_which_of_several_score_outputs_it_explains(tmp_path):
+    """[probs, logits]: export and explain took probs without a word."""
+    m = tiny(mid=[helper.make_node("Identity", ["r"], ["logits"]), helper.make_node("Softmax", ["r"], ["y"], axis=1)])
+    m.graph.output.append(helper.make_tensor_value_info("logits", F, ["N", 3]))
+    onnx.save(m, tmp_path / "m.onnx")
+    r = cli("export", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx")
+    assert r.exit_code == 0 and "explaining output 'y', the first of the rank-2 floating-point outputs y, logits" in r.output
+    np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+    r = cli("explain", tmp_path / "m.onnx", "--input", tmp_path / "x.npy", "-o", tmp_path / "a.npy", "--provider", "cpu")
+    assert r.exit_code == 0 and "explaining output 'y'" in r.output
+    r = cli("export", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--output", "logits")
+    assert r.exit_code == 0 and "explaining output" not in r.output
+
+
+def test_float16_completeness_gap_is_printed_finite(tmp_path):
+    """np.round of a float16 gap overflowed: the CLI printed [nan, ...] and two numpy warnings
+    while the model's own completeness_gap output was finite."""
+    m = tiny()
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    w = numpy_helper.to_array(m.graph.initializer[0]).astype(np.float16)
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    onnx.save(m, tmp_path / "h.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, 4)).astype(np.float16))
+    r = cli("explain", tmp_path / "h.onnx", "--input", tmp_path / "x.npy", "--method", "integrated-gradients",
+            "--target", "0", "-o", tmp_path / "a.npy", "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("completeness gap"))
+    assert "nan" not in line and r.stderr == "", (line, r.stderr)
