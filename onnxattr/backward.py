@@ -96,6 +96,9 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
             missing.append(f"{describe(node)} ({kind} '{node.domain}')")
         elif node.op_type in CONTROL_FLOW:
             missing.append(f"{describe(node)} (control flow)")
+        elif not onnx.defs.has(node.op_type):  # (tf2onnx leaves an op it cannot convert, e.g. Erfc, as it was)
+            missing.append(f"{describe(node)} (not an ONNX operator: the model is not valid ONNX, a converter left it "
+                           "unconverted)")
         else:
             missing.append(describe(node))
     if missing:

@@ -1443,3 +1443,12 @@ def test_float16_completeness_gap_is_printed_finite(tmp_path):
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("completeness gap"))
     assert "nan" not in line and r.stderr == "", (line, r.stderr)
+
+
+def test_an_op_that_is_not_onnx_is_named_so():
+    """tf2onnx leaves a TensorFlow op it cannot convert (Erfc, from Keras' exact gelu) in the
+    default domain: the error said only 'no gradient rule', as for a valid op."""
+    m = tiny(mid=[helper.make_node("Erfc", ["r"], ["y"], name="erfc")])
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"Erfc node 'erfc' \(not an ONNX operator: the model is not "
+                                                             r"valid ONNX, a converter left it unconverted\)"):
+        onnxattr.attribution_model(m)
