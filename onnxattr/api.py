@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
@@ -183,6 +184,10 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     `tune_for` ("cpu" or "cuda") picks, among exact formulations of the same backward, the one
     that runs faster on that ONNX Runtime provider; either runs anywhere with equal results.
     """
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Options)})
+    if unknown:
+        raise OptionError(f"unknown option {', '.join(map(repr, unknown))} (options: "
+                          f"{', '.join(f.name for f in dataclasses.fields(Options) if f.name != 'relu_like')})")
     opts = Options(relu_like=relu_like, **options)
     if method not in ALL_METHODS:
         raise OptionError(f"unknown method '{method}' (choose from {', '.join(ALL_METHODS)})")

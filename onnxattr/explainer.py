@@ -162,7 +162,11 @@ class Explainer:
             raise TargetError(f"target must be integer class indices or 'argmax', got {target!r}") from None
         if not np.issubdtype(t.dtype, np.integer):
             raise TargetError(f"target must be integer class indices or 'argmax', got {target!r}")
+        if t.dtype == np.uint64 and t.size and t.max() > np.iinfo(np.int64).max:  # (astype would wrap it negative)
+            raise TargetError(f"target {t.max()} is out of range" + (f" for {self.num_classes} classes" if self.num_classes else ""))
         t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 else t.astype(np.int64)
+        if t.ndim > 1:
+            raise TargetError(f"target must be one class or a 1-D array of one class per row, got shape {list(t.shape)}")
         if t.shape != (n,):
             raise TargetError(f"target has {t.size} entries for a batch of {n}")
         if self.num_classes is not None:

@@ -475,7 +475,9 @@ def explainer():
 
 @pytest.mark.parametrize("target, words", [
     (4, "out of range for 4 classes"), (-1, "out of range"), ([0, 1, 2, 4], "out of range"),
-    ([0, 1], "2 entries for a batch of 4"), ([[0, 1, 2, 3]], "entries for a batch of 4"),
+    ([0, 1], "2 entries for a batch of 4"), ([[0, 1, 2, 3]], r"a 1-D array of one class per row, got shape \[1, 4\]"),
+    (np.zeros((4, 1), int), r"got shape \[4, 1\]"),  # (said "target has 4 entries for a batch of 4")
+    (np.full(4, 2 ** 63, np.uint64), "target 9223372036854775808 is out of range"),  # (was shown as -2**63)
     (1.5, "integer class indices"), ("best", "'argmax'"), ([0, "a", 1, 2], "integer class indices"),
 ])
 def test_bad_targets(explainer, x, target, words):
@@ -1452,3 +1454,9 @@ def test_an_op_that_is_not_onnx_is_named_so():
     with pytest.raises(onnxattr.UnsupportedModelError, match=r"Erfc node 'erfc' \(not an ONNX operator: the model is not "
                                                              r"valid ONNX, a converter left it unconverted\)"):
         onnxattr.attribution_model(m)
+
+
+def test_an_unknown_option_keyword_is_an_option_error():
+    """attribution_model(..., nosie=0.1) raised a bare TypeError from a dataclass."""
+    with pytest.raises(onnxattr.OptionError, match="unknown option 'nosie' \\(options: samples, noise,"):
+        onnxattr.attribution_model(MODEL, method="smoothgrad", nosie=0.1)
