@@ -53,6 +53,14 @@ class _Graph:
         return o is not None and _close(self.b.value(o), target)
 
 
+def _plus_one(g: _Graph, t: str, consumers: dict) -> onnx.NodeProto | None:
+    """The node computing t + 1, if that is t's only use."""
+    add = consumers.get(t)
+    if add is None or add.op_type != "Add" or not g.only_feeds(t, add) or not g.const_operand(add, t, 1.0):
+        return None
+    return add
+
+
 def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onnx.NodeProto], str, str] | None:
     """Match x*0.5*(1 + erf(x / sqrt 2)) around `erf`, in the associations exporters emit:
     ((x * (1 + e)) * 0.5) and ((x * 0.5) * (1 + e)), either operand order, / sqrt 2 or * 1/sqrt 2.
@@ -70,9 +78,8 @@ def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onn
             return None
     if g.b.value(x) is not None:
         return None
-    e = erf.output[0]
-    add = consumers.get(e)
-    if add is None or add.op_type != "Add" or not g.only_feeds(e, add) or not g.const_operand(add, e, 1.0):
+    add = _plus_one(g, erf.output[0], consumers)
+    if add is None:
         return None
     p = add.output[0]
     mul1 = consumers.get(p)
@@ -113,9 +120,8 @@ def _logistic(g: _Graph, exp: onnx.NodeProto, consumers: dict) -> tuple[list[onn
     x = _negated(g, neg, exp) if neg is not None else None
     if x is None or g.b.value(x) is not None:
         return None
-    e = exp.output[0]
-    add = consumers.get(e)
-    if add is None or add.op_type != "Add" or not g.only_feeds(e, add) or not g.const_operand(add, e, 1.0):
+    add = _plus_one(g, exp.output[0], consumers)
+    if add is None:
         return None
     d = add.output[0]
     last = consumers.get(d)

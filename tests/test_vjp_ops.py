@@ -937,17 +937,22 @@ add(
 )
 
 
+def _chain_model(nodes, consts: dict, opened: bool):
+    """x [2, 3] -> nodes -> y (and the intermediate e as an output too when `opened`)."""
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in consts.items()]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in (["y", "e"] if opened else ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 @pytest.mark.parametrize("form", ["torch", "keras"])
 @pytest.mark.parametrize("opened", [False, True])
 def test_erf_gelu_chain_is_fused(form, opened):
     """The fused backward reads only the chain's input; an intermediate used elsewhere stops it."""
     nodes, consts = erf_gelu(form)
-    inits = [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in dict(consts, one=ONE, half=HALF).items()]
-    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in (["y", "e"] if opened else ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    vm, _, _ = vjp_model(model)
+    vm, _, _ = vjp_model(_chain_model(nodes, dict(consts, one=ONE, half=HALF), opened))
     added = vm.graph.node[len(nodes):]
     read = {i for n in added for i in n.input}
     assert ("a" in read or "p" in read) == opened, sorted(read)
@@ -971,19 +976,6 @@ add(
 )
 
 
-def test_scatter_updates_before_opset_11_are_refused():
-    """The updates' gradient of Scatter (opset 9-10) reads them back with GatherElements (opset 11):
-    refused with the fix, not left out."""
-    node = N("Scatter", ["d", "i", "u"], ["y"], axis=1, name="sc")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in "du"],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-                              [numpy_helper.from_array(np.array([[3, 0, 1, 2], [1, 3, 0, 2]], np.int64), "i")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
-    model.ir_version = 8
-    with pytest.raises(onnxattr.UnsupportedModelError, match="Scatter node 'sc': .*GatherElements, which needs opset >= 11"):
-        vjp_model(model, wrt=["u"])
-
-
 @pytest.mark.parametrize("form", ["sklearn", "div"])
 @pytest.mark.parametrize("opened", [False, True])
 def test_logistic_chain_is_one_sigmoid(form, opened):
@@ -991,12 +983,7 @@ def test_logistic_chain_is_one_sigmoid(form, opened):
     derivative y (1 - y); op by op the backward gave 0 * inf = NaN (skl2onnx's SGDClassifier
     with log_loss, fails before). An intermediate used elsewhere keeps the op-by-op form."""
     nodes, consts = logistic(form)
-    inits = [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in consts.items()]
-    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in (["y", "e"] if opened else ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    vm, cots, grads = vjp_model(model)
+    vm, cots, grads = vjp_model(_chain_model(nodes, consts, opened))
     added = vm.graph.node[len(nodes):]
     assert ("e" in {i for n in added for i in n.input}) == opened
     if opened:
@@ -1008,6 +995,19 @@ def test_logistic_chain_is_one_sigmoid(form, opened):
     want = np.exp(-x64) / (1 + np.exp(-x64)) ** 2
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+
+
+def test_scatter_updates_before_opset_11_are_refused():
+    """The updates' gradient of Scatter (opset 9-10) reads them back with GatherElements (opset 11):
+    refused with the fix, not left out."""
+    node = N("Scatter", ["d", "i", "u"], ["y"], axis=1, name="sc")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in "du"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [numpy_helper.from_array(np.array([[3, 0, 1, 2], [1, 3, 0, 2]], np.int64), "i")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 8
+    with pytest.raises(onnxattr.UnsupportedModelError, match="Scatter node 'sc': .*GatherElements, which needs opset >= 11"):
+        vjp_model(model, wrt=["u"])
 
 
 @pytest.mark.parametrize("coord", ["align_corners", "pytorch_half_pixel", "tf_crop_and_resize", "half_pixel_symmetric"])
