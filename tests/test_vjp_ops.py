@@ -157,6 +157,13 @@ add(
     ein("three_operands", "ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
     ein("transpose_uppercase", "iJ->Ji", [(3, 4)]),
     ein("weight_const", "bnd,dh->bnh", [(2, 3, 4)], W=w(4, 5)),
+    # a repeated letter in one term reads a diagonal (refused before: torch.diagonal via einsum, a trace)
+    ein("diagonal", "bcii->bci", [(2, 3, 4, 4)]),
+    ein("trace", "ii->", [(3, 3)]),
+    ein("diagonal_times_vector", "ii,i->i", [(3, 3), (3,)]),
+    ein("triple_diagonal_then_sum", "iij,iii->j", [(3, 3, 2), (3, 3, 3)]),
+    ein("diagonal_ellipsis", "...ii->...i", [(2, 4, 4)], opset=13),
+    ein("diagonal_after_ellipsis_const", "...jj,j->...j", [(2, 3, 3)], v=w(3)),
 )
 
 

@@ -278,23 +278,45 @@ def einsum(b, node, gys):
         if not b.needs(x):
             grads.append(None)
             continue
-        letters = term.replace("...", "")
-        if len(set(letters)) != len(letters):
-            raise UnsupportedModelError(f"{describe(node)}: Einsum with a repeated index in one term (a diagonal) "
-                                        "is not supported")
         if "..." in term and not _same_ellipsis(b, node, x, term, out):
             raise UnsupportedModelError(f"{describe(node)}: Einsum whose '...' dims broadcast or are summed "
                                         "is not supported")
         others = [t for j, t in enumerate(terms) if j != i]
+        ins = [g] + [t for j, t in enumerate(node.input) if j != i]
+        term, eyes = _split_diagonal(b, node, x, term, set("".join(terms) + out))
+        others += [t for t, _ in eyes]
+        ins += [e for _, e in eyes]
         seen = set(out + "".join(others))
         kept = "".join(c for c in term.replace("...", "\0") if c == "\0" or c in seen).replace("\0", "...")
-        ins = [g] + [t for j, t in enumerate(node.input) if j != i]
         gx = b.op("Einsum", ins, equation=",".join([out] + others) + "->" + kept)
         lost = [k for k, c in enumerate(_positions(term, b.rank(x, node))) if c not in seen]
         if lost:
             gx = b.expand_like(b.unsqueeze(gx, lost), x)
         grads.append(gx)
     return grads
+
+
+def _split_diagonal(b, node, x: str, term: str, used: set) -> tuple[str, list[tuple[str, str]]]:
+    """A term with a repeated letter reads a diagonal of x ('bcii->bci'): x's later occurrences
+    of the letter get fresh letters, tied back to the first by identity matrices ('ij' terms, of
+    the axis' static length), so the gradient is an Einsum to a term of distinct letters."""
+    free = (c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used)
+    rank, head, dots, tail = b.rank(x, node), *term.partition("...")
+    seen, eyes, parts = set(), [], []
+    for part, first in ((head, 0), (tail, rank - len(tail))):
+        letters = []
+        for k, c in enumerate(part):
+            if c in seen:
+                f = next(free, None)
+                if f is None:
+                    raise UnsupportedModelError(f"{describe(node)}: Einsum with too many letters to undo its diagonal")
+                n = b.static_shape(x, node, dims=[first + k])[first + k]
+                eyes.append((c + f, b.const(np.eye(n, dtype=b.np_dtype), hint="einsum_eye")))
+                c = f
+            seen.add(c)
+            letters.append(c)
+        parts.append("".join(letters))
+    return parts[0] + dots + parts[1], eyes
 
 
 def _explicit_ellipsis(b, node, terms: list[str], out: str) -> tuple[list[str], str]:
