@@ -190,6 +190,12 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
                                         f"on axes {along}: cannot tell along which to copy it")
         if along:
             feeds[name] = b.op("Tile", [name, b.ints([copies if i == along[0] else 1 for i in range(rank)])])
+        elif xa < rank and b.shapes[name][xa] is None:  # maybe the batch under another name (TorchScript's
+            # dynamic_axes as lists name each input's dims apart): copied where its length is the batch's at run time
+            same = b.op("Equal", [b.slice(b.shape_of(name), [xa], [xa + 1], [0]), b.slice(b.shape_of(ctx.x), [xa], [xa + 1], [0])])
+            times = b.op("Where", [same, b.ints([copies]), b.ints([1])])
+            parts = [b.ints([1] * xa)] * (xa > 0) + [times] + [b.ints([1] * (rank - xa - 1))] * (rank - xa - 1 > 0)
+            feeds[name] = b.op("Tile", [name, b.op("Concat", parts, axis=0) if len(parts) > 1 else times])
     rename = b.clone_forward(feeds, {ctx.w: flat})
     if ctx.y not in rename:
         raise UnsupportedModelError(f"the scores '{ctx.y}' do not depend on '{ctx.w}'")

@@ -501,10 +501,11 @@ def test_gradcam_default_layer_is_not_a_squeeze_excitation_input():
     assert explain("gradcam", x, [0, 2], model=model)["cam"].shape == (2, 1, 6, 6)
 
 
-@pytest.mark.parametrize("s_shape", [[3], [], [1, 3]])
+@pytest.mark.parametrize("s_shape", [[3], [], [1, 3], ["K", 3]])
 def test_batched_methods_with_a_second_input_without_batch_axis(s_shape):
     """y = ((x * x) @ W) * s, s a second float input without x's batch axis: it is passed as it is
-    to the stacked copies, not tiled along its first axis (which failed in ONNX Runtime)."""
+    to the stacked copies, not tiled along its first axis (which failed in ONNX Runtime); also
+    where its first axis is dynamic (K, 1 in this run: copied only where it is the batch's length)."""
     rng = np.random.default_rng(0)
     w = rng.normal(size=(6, 3)).astype(np.float32)
     nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("MatMul", ["sq", "w"], ["z"]),
@@ -514,7 +515,7 @@ def test_batched_methods_with_a_second_input_without_batch_axis(s_shape):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "w")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     xs = rng.normal(size=(4, 6)).astype(np.float32)
-    s = np.asarray(rng.normal(size=s_shape), np.float32)
+    s = np.asarray(rng.normal(size=[1 if d == "K" else d for d in s_shape]), np.float32)
     t = np.array([0, 2, 1, 2])
     s3 = np.broadcast_to(s, (1, 3))[0]
     for method in ("integrated-gradients", "smoothgrad"):
@@ -528,6 +529,35 @@ def test_batched_methods_with_a_second_input_without_batch_axis(s_shape):
             noisy = xs[None] + 0.15 * span[None, :, None] * z[:, None, :]
             want = (2 * noisy * w[:, t].T * s3[t][:, None]).mean(0)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_batch", ["N", "mask_dynamic_axes_1"])
+def test_batched_methods_copy_a_mask_whose_batch_is_named_apart(mask_batch):
+    """ids [N, T] and a padding mask whose batch dim has another name (TorchScript's dynamic_axes
+    given as lists name each input's dims apart): the mask was not copied with the ids, and
+    integrated gradients and SmoothGrad at the embeddings failed in ONNX Runtime (an audit's
+    finding). y = sum_t mask * E[ids] @ W is linear in the embeddings e: gradient mask W[:, c],
+    integrated gradients from 0 e * mask W[:, c], SmoothGrad the gradient itself."""
+    rng = np.random.default_rng(0)
+    emb, w = rng.normal(size=(10, 4)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["e"]), helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "last"], ["m3"]), helper.make_node("Mul", ["e", "m3"], ["me"]),
+             helper.make_node("ReduceSum", ["me", "one"], ["pooled"], keepdims=0), helper.make_node("MatMul", ["pooled", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"]),
+                                       helper.make_tensor_value_info("mask", TensorProto.INT64, [mask_batch, "T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(np.array([2]), "last"), numpy_helper.from_array(np.array([1]), "one")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    ids, mask = rng.integers(0, 10, size=(3, 5)), np.ones((3, 5), np.int64)
+    mask[1, 3:] = 0
+    t = np.array([0, 2, 1])
+    grad = mask[:, :, None] * w[:, t].T[:, None, :]
+    for method, want in (("integrated-gradients", emb[ids] * grad), ("smoothgrad", grad)):
+        proto = onnxattr.attribution_model(model, method=method, wrt="e", samples=4, steps=6)
+        sess = onnxattr.runtime.make_session(proto.SerializeToString(), "cpu")[0]
+        got = sess.run(["attribution"], {"ids": ids, "mask": mask, "target": t})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_explainer_refuses_a_model_with_other_inputs():
