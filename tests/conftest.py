@@ -1,5 +1,6 @@
 """Suite-wide switches: tests marked `slow` run only with ONNXATTR_EXTENDED=1 (see README, Tests);
-a crash in native code reports the Python stack of the thread that crashed."""
+a crash in native code reports the Python stack of the thread that crashed; triton loads before
+TensorFlow can."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import faulthandler
 import os
 
 import pytest
+
+try:  # Importing triton (torch._dynamo, torchvision.ops and timm pull it in) after TensorFlow has
+    # loaded segfaults (triton 3.8, tensorflow 2.21): a test importing torchvision after a Keras
+    # test crashed the whole run (exit 139; reproduced with `import tensorflow; import triton`).
+    # Loaded first, both work.
+    import triton  # noqa: F401
+except ImportError:  # (a CPU-only torch has no triton: nothing to order)
+    pass
 
 
 @pytest.hookimpl(trylast=True)
