@@ -172,6 +172,22 @@ class Builder:
             if t.HasField("shape") and self.shapes.get(vi.name) is None:
                 self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
                 self.shape_protos.setdefault(vi.name, t.shape)
+        # A graph output's dim that inference lost (a Reshape to [-1, 32]) but the model declares
+        # with the name of an input's dim ('batch') keeps that name: how the scores' batch axis is
+        # found in a time-major input [T, N, F] (README: "the one named like the scores' first").
+        named = {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+        for vi in g.output:
+            have, declared = self.shape_protos.get(vi.name), vi.type.tensor_type.shape
+            if have is None or vi.name in self.consts or len(have.dim) != len(declared.dim):
+                continue
+            lost = [i for i, (d, e) in enumerate(zip(have.dim, declared.dim)) if not d.HasField("dim_value")
+                    and (not d.dim_param or d.dim_param.startswith("unk__")) and e.dim_param in named]
+            if lost:
+                shape = onnx.TensorShapeProto()
+                shape.CopyFrom(have)
+                for i in lost:
+                    shape.dim[i].dim_param = declared.dim[i].dim_param
+                self.shape_protos[vi.name] = shape
 
     def _record(self, g: onnx.GraphProto) -> None:
         for vi in itertools.chain(g.input, g.value_info, g.output):

@@ -684,6 +684,40 @@ def test_time_major_lstm_fixed_size_export():
             onnxattr.attribution_model(proto, method=method)
 
 
+class _LastStateNet(torch.nn.Module):
+    """x [T, N, F] -> bidirectional GRU -> its last states h [2, N, H] -> transpose(0, 1) and
+    reshape(-1, 2 H) -> Linear: ONNX's inference loses the scores' batch dim in that Reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(F_IN, HIDDEN, bidirectional=True)
+        self.fc = torch.nn.Linear(2 * HIDDEN, CLASSES)
+
+    def forward(self, x):
+        _, h = self.rnn(x)
+        return self.fc(h.transpose(0, 1).reshape(-1, 2 * HIDDEN))
+
+
+def test_time_major_batch_axis_from_the_declared_scores():
+    """The scores' batch dim, lost by inference after a Reshape to [-1, 2 H], is the one the model
+    declares ('N', as its input's axis 1): axis 0 (T) was taken for the batch, and the Explainer
+    said 'target has 3 entries for a batch of 11' (an audit's finding)."""
+    torch.manual_seed(21)
+    model = randomize(_LastStateNet(), 21)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(5, 2, F_IN),), buf, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "T", 1: "N"}, "y": {0: "N"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    x = np.random.default_rng(21).standard_normal((11, 3, F_IN)).astype(np.float32)
+    target = np.array([1, 2, 0])
+    got = onnxattr.Explainer(proto, provider="cpu")(x, target)
+    err = rel_err(got, torch_gradient(model, x, target)[1])
+    assert err < TOL_TIME_MAJOR, f"relative error {err:.2e}"
+    assert _declared(attribution_session(proto), "target") == ["N"]
+
+
 def _unnamed(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with the dynamic dims of its input and output left unnamed ([?, ?, 4] -> [?, 3])."""
     out = onnx.ModelProto()
