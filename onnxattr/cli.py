@@ -241,9 +241,11 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images: batch size.")
 @click.option("--labels", type=click.Path(), help="Images: class names, one per line.")
 @click.option("--grid", is_flag=True, help="Images: also write grid.png comparing several methods per image.")
+@click.option("--feed", multiple=True, metavar="NAME=FILE.npy",
+              help="With --input: another input of the model (a padding mask), repeatable.")
 @user_errors
 def explain(model, images, input_path, target, method, provider, output, relu_like, out, wrt, size, mean, std,
-            batch_size, labels, grid, **opts):
+            batch_size, labels, grid, feed, **opts):
     """Explain MODEL on images (files or folders) or on a .npy batch (--input).
 
     With no arguments: the bundled example model and images (fixtures/), heatmaps and a grid
@@ -258,6 +260,16 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         mean, std, labels = "0.5,0.5,0.5", "0.25,0.25,0.25", labels or FIXTURES / "labels.txt"
     if images and input_path:
         raise click.UsageError("give images or --input X.npy, not both")
+    if feed and not input_path:
+        raise click.UsageError("--feed goes with --input X.npy")
+    feeds = {}
+    for item in feed:
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise click.BadParameter(f"'{item}' is not NAME=FILE.npy", param_hint="--feed")
+        if name in feeds:
+            raise click.BadParameter(f"input '{name}' is fed twice", param_hint="--feed")
+        feeds[name] = path
     if images:
         hw = None if size is None else _size(size)
         outdir = Path(out or "onnxattr_out")
@@ -301,26 +313,16 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
         raise click.UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images, not to --input X.npy")
     data = external_data_files(model) if model is not None else []
     data.append(_baseline_file(opts))
-    out = check_output_path(out or "attribution.npy", model, input_path, *data)
-    if not Path(input_path).is_file():
-        raise InputError(f"cannot read '{input_path}': " + ("not a regular file" if Path(input_path).exists()
-                                                              else "no such file"))
-    with open(input_path, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY":
-        what = "an .npz archive" if magic[:4] == b"PK\x03\x04" else "not a .npy file"
-        raise InputError(f"cannot read '{input_path}' as a .npy array: it is {what}; save one array with numpy.save")
-    try:
-        x = np.load(input_path, allow_pickle=False)
-    except Exception as e:
-        raise InputError(_one_line(f"cannot read '{input_path}' as a .npy array ({e})")) from None
+    out = check_output_path(out or "attribution.npy", model, input_path, *data, *feeds.values())
+    x = _load_npy(input_path)
+    others = {name: _load_npy(path) for name, path in feeds.items()}
     ex = Explainer(model, method=method, **kw)
     if output is None:
         _announce_scores(ex.model)
     click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AttributionWarning)
-        result = ex.run(x, _parse_target(target))
+        result = ex.run(x, _parse_target(target), inputs=others)
     _warn_nonfinite(caught)
     if "completeness_gap" in result:
         click.echo(f"completeness gap sum(attribution) - (y(x) - y(baseline)): {np.round(np.asarray(result['completeness_gap'], np.float64), 5).tolist()}")
@@ -328,6 +330,21 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     shown = result.get(api.TARGET, np.broadcast_to(np.asarray(_parse_target(target)), (x.shape[ex.batch_axis],)))
     click.echo(f"wrote {method} attribution {list(result[api.ATTRIBUTION].shape)} for classes "
                f"{np.asarray(shown).tolist()} to {path}")
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """One array from a .npy file (never a pickle), or a one-line InputError."""
+    if not Path(path).is_file():
+        raise InputError(f"cannot read '{path}': " + ("not a regular file" if Path(path).exists() else "no such file"))
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        what = "an .npz archive" if magic[:4] == b"PK\x03\x04" else "not a .npy file"
+        raise InputError(f"cannot read '{path}' as a .npy array: it is {what}; save one array with numpy.save")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise InputError(_one_line(f"cannot read '{path}' as a .npy array ({e})")) from None
 
 
 @main.command()

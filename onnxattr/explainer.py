@@ -13,13 +13,16 @@ import onnx
 
 from .api import ATTRIBUTION, BATCH_AXIS, TARGET, WRT_BATCH_AXIS, _float_input, _one_line, attribution_model, load_model
 from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, OptionError,
-                     TargetError, UnsupportedModelError)
+                     TargetError)
 from .recipes import check_baseline
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
 
 NUMPY_INPUT = {"tensor(double)": np.float64, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 NUMPY_IDS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}  # token ids, attributed at --wrt
+OTHER_TYPES = {**NUMPY_INPUT, **NUMPY_IDS, "tensor(bool)": np.bool_, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+               "tensor(int16)": np.int16, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
+               "tensor(uint64)": np.uint64}
 NONFINITE = ("warn", "raise", "ignore")
 
 
@@ -68,11 +71,8 @@ class Explainer:
         self._sessions["input"] = sess
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.input_name = _float_input(self.source, input, allow_int=wrt is not None).name
-        others = [i.name for i in sess.get_inputs() if i.name not in (self.input_name, TARGET)]
-        if others:
-            raise UnsupportedModelError(
-                f"the model has inputs besides '{self.input_name}' ({', '.join(others)}) that the Explainer cannot feed; "
-                "export it (onnxattr export) and run it with them")
+        # the model's other inputs (a padding mask): given to each call as `inputs`
+        self.other_inputs = {i.name: i.type for i in sess.get_inputs() if i.name not in (self.input_name, TARGET)}
         self.scores_name = meta["onnxattr.scores"]
         self.batch_axis = int(meta.get(BATCH_AXIS, 0))
         self.attribution_batch_axis = int(meta.get(WRT_BATCH_AXIS, 0)) if wrt is not None else self.batch_axis
@@ -173,22 +173,49 @@ class Explainer:
             _check_range(t, self.num_classes)
         return np.ascontiguousarray(t)
 
-    def run(self, x, target, row_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    def _check_others(self, inputs) -> dict[str, np.ndarray]:
+        """The model's other inputs by name, as the types it declares."""
+        inputs = dict(inputs or {})
+        unknown = sorted(set(inputs) - set(self.other_inputs))
+        missing = [n for n in self.other_inputs if n not in inputs]
+        if unknown:
+            known = f"its other inputs are {', '.join(self.other_inputs)}" if self.other_inputs else "it has no other inputs"
+            raise InputError(f"'{unknown[0]}' is not an input of the model to feed ({known})")
+        if missing:
+            raise InputError(f"the model has inputs besides '{self.input_name}' ({', '.join(missing)}): give them as "
+                             f"inputs={{'{missing[0]}': array, ...}} (CLI: --feed {missing[0]}=FILE.npy)")
+        feeds = {}
+        for name, value in inputs.items():
+            want = OTHER_TYPES.get(self.other_inputs[name])
+            if want is None:
+                raise InputError(f"the model's input '{name}' is {self.other_inputs[name]}, which numpy cannot feed")
+            try:
+                v = np.asarray(value)
+            except (ValueError, TypeError) as e:
+                raise InputError(_one_line(f"input '{name}' is not an array ({e})")) from None
+            if v.dtype.kind not in "biuf" or (v.dtype.kind == "f" and np.dtype(want).kind in "biu"):
+                raise InputError(f"input '{name}' must be a {self.other_inputs[name]} array, got dtype {v.dtype}")
+            feeds[name] = np.ascontiguousarray(v.astype(want, copy=False))
+        return feeds
+
+    def run(self, x, target, row_names: list[str] | None = None, inputs: dict | None = None) -> dict[str, np.ndarray]:
         """All outputs (the model's own, `attribution`, and `target` for "argmax") by name.
-        `row_names` (the images' file names, say) name the rows in warnings."""
+        `row_names` (the images' file names, say) name the rows in warnings; `inputs` are the
+        model's other inputs by name (a padding mask), as the model declares them."""
         x = self._check_input(x)
+        others = self._check_others(inputs)
         if self.method == "integrated-gradients" and self._build.get("baseline") is not None:
             check_baseline(np.asarray(self._build["baseline"]), self._path_dims(x), self._build.get("wrt"))  # this batch
         if isinstance(target, str):
             if target != "argmax":
                 raise TargetError(f"target must be class indices or 'argmax', got {target!r}")
             sess = self._session("argmax")
-            feeds = {self.input_name: x}
+            feeds = {self.input_name: x, **others}
             t = None
         else:
             sess = self._sessions["input"]
             t = self._check_target(target, x.shape[self.batch_axis])
-            feeds = {self.input_name: x, TARGET: t}
+            feeds = {self.input_name: x, TARGET: t, **others}
         names = [o.name for o in sess.get_outputs()]
         try:
             result = dict(zip(names, sess.run(names, feeds)))
@@ -220,9 +247,10 @@ class Explainer:
         arrays = {"input": x, "scores": result.get(self.scores_name), ATTRIBUTION: result.get(ATTRIBUTION)}
         return {k: int(np.size(v) - np.count_nonzero(np.isfinite(v))) for k, v in arrays.items() if v is not None}
 
-    def __call__(self, x, target) -> np.ndarray:
-        """The attribution for input batch `x` and `target` (index, per-row indices, or "argmax")."""
-        return self.run(x, target)[ATTRIBUTION]
+    def __call__(self, x, target, inputs: dict | None = None) -> np.ndarray:
+        """The attribution for input batch `x` and `target` (index, per-row indices, or "argmax");
+        `inputs`: the model's other inputs by name, if it has any."""
+        return self.run(x, target, inputs=inputs)[ATTRIBUTION]
 
 
 def _check_range(t: np.ndarray, classes: int) -> None:

@@ -70,6 +70,9 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
                                                    if k != "layer" or m in CAM_METHODS})
                   for m in methods}
     first = next(iter(explainers.values()))
+    if first.other_inputs:
+        raise InputError(f"the model has inputs besides '{first.input_name}' ({', '.join(first.other_inputs)}), which "
+                         "images cannot give: explain a .npy batch with --input and --feed NAME=FILE.npy")
     shape = first._input_meta.shape
     if first.batch_axis:  # the images are stacked along axis 0
         raise InputError(f"the model's input {shape} has its batch on axis {first.batch_axis}: images need it first")

@@ -531,13 +531,9 @@ def test_batched_methods_with_a_second_input_without_batch_axis(s_shape):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mask_batch", ["N", "mask_dynamic_axes_1"])
-def test_batched_methods_copy_a_mask_whose_batch_is_named_apart(mask_batch):
-    """ids [N, T] and a padding mask whose batch dim has another name (TorchScript's dynamic_axes
-    given as lists name each input's dims apart): the mask was not copied with the ids, and
-    integrated gradients and SmoothGrad at the embeddings failed in ONNX Runtime (an audit's
-    finding). y = sum_t mask * E[ids] @ W is linear in the embeddings e: gradient mask W[:, c],
-    integrated gradients from 0 e * mask W[:, c], SmoothGrad the gradient itself."""
+def _masked_model(mask_batch: str = "N"):
+    """ids [N, T], mask [mask_batch, T] -> y = sum_t mask * E[ids] @ W, linear in the embeddings
+    e = E[ids]: the gradient is mask W[:, c], integrated gradients from 0 e * mask W[:, c]."""
     rng = np.random.default_rng(0)
     emb, w = rng.normal(size=(10, 4)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
     nodes = [helper.make_node("Gather", ["E", "ids"], ["e"]), helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
@@ -551,6 +547,16 @@ def test_batched_methods_copy_a_mask_whose_batch_is_named_apart(mask_batch):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     ids, mask = rng.integers(0, 10, size=(3, 5)), np.ones((3, 5), np.int64)
     mask[1, 3:] = 0
+    return model, emb, w, ids, mask
+
+
+@pytest.mark.parametrize("mask_batch", ["N", "mask_dynamic_axes_1"])
+def test_batched_methods_copy_a_mask_whose_batch_is_named_apart(mask_batch):
+    """ids [N, T] and a padding mask whose batch dim has another name (TorchScript's dynamic_axes
+    given as lists name each input's dims apart): the mask was not copied with the ids, and
+    integrated gradients and SmoothGrad at the embeddings failed in ONNX Runtime (an audit's
+    finding). SmoothGrad of this linear model is its gradient."""
+    model, emb, w, ids, mask = _masked_model(mask_batch)
     t = np.array([0, 2, 1])
     grad = mask[:, :, None] * w[:, t].T[:, None, :]
     for method, want in (("integrated-gradients", emb[ids] * grad), ("smoothgrad", grad)):
@@ -560,13 +566,24 @@ def test_batched_methods_copy_a_mask_whose_batch_is_named_apart(mask_batch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_explainer_refuses_a_model_with_other_inputs():
-    model = smooth_model()
-    model.graph.input.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]))
-    model.graph.node.append(helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT))
-    model.graph.output.append(helper.make_tensor_value_info("ids_f", TensorProto.FLOAT, ["N"]))
-    with pytest.raises(onnxattr.UnsupportedModelError, match=r"inputs besides 'x' \(ids\)"):
-        onnxattr.Explainer(model, provider="cpu")
+def test_explainer_feeds_the_models_other_inputs():
+    """A padding mask beside the token ids: the Explainer refused such a model ("inputs besides
+    'ids' (mask) that the Explainer cannot feed"); each call now takes them as `inputs`, checked
+    by name and cast to the declared type."""
+    model, emb, w, ids, mask = _masked_model()
+    t = np.array([0, 2, 1])
+    grad = mask[:, :, None] * w[:, t].T[:, None, :]
+    for method, want in (("saliency", grad), ("integrated-gradients", emb[ids] * grad)):
+        ex = onnxattr.Explainer(model, method=method, wrt="e", provider="cpu", steps=6)
+        assert list(ex.other_inputs) == ["mask"]
+        np.testing.assert_allclose(ex(ids, t, inputs={"mask": mask.astype(np.int32)}), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ex.run(ids, "argmax", inputs={"mask": mask})["attribution"].shape, want.shape)
+    with pytest.raises(onnxattr.InputError, match=r"inputs besides 'ids' \(mask\): give them as inputs=\{'mask'"):
+        ex(ids, t)
+    with pytest.raises(onnxattr.InputError, match="'masks' is not an input of the model to feed \\(its other inputs are mask\\)"):
+        ex(ids, t, inputs={"mask": mask, "masks": mask})
+    with pytest.raises(onnxattr.InputError, match="input 'mask' must be a tensor\\(int64\\) array, got dtype float64"):
+        ex(ids, t, inputs={"mask": mask * 0.5})
 
 
 def test_gradcam_default_layer_keeps_the_batch_axis_on_a_vision_transformer():
@@ -1149,3 +1166,34 @@ def test_gradcam_of_a_float64_model_runs_in_onnx_runtime():
     want = want.detach().numpy()
     assert np.abs(cam - want).max() <= 1e-12 * np.abs(want).max()
     assert np.abs(att - up).max() <= 1e-6 * np.abs(up).max()
+
+
+def test_cli_feeds_other_inputs_with_input(tmp_path):
+    """`explain --input ids.npy --feed mask=mask.npy --wrt e`: the mask reaches the model; without
+    it the error says how to give it; -o may not replace a fed file; images cannot feed it."""
+    from click.testing import CliRunner
+
+    from onnxattr.cli import main
+
+    model, emb, w, ids, mask = _masked_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+
+    def cli(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    base = ("explain", tmp_path / "m.onnx", "--input", tmp_path / "ids.npy", "--wrt", "e", "--target", "0,2,1",
+            "--provider", "cpu")
+    r = cli(*base, "--feed", f"mask={tmp_path / 'mask.npy'}", "-o", tmp_path / "a.npy")
+    assert r.exit_code == 0, r.output
+    t = np.array([0, 2, 1])
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), mask[:, :, None] * w[:, t].T[:, None, :], rtol=1e-5, atol=1e-6)
+    r = cli(*base, "-o", tmp_path / "b.npy")
+    assert r.exit_code == 1 and "--feed mask=FILE.npy" in r.stderr and not (tmp_path / "b.npy").exists()
+    r = cli(*base, "--feed", f"mask={tmp_path / 'mask.npy'}", "-o", tmp_path / "mask.npy")
+    assert r.exit_code == 1 and "OutputError" in r.stderr and np.array_equal(np.load(tmp_path / "mask.npy"), mask)
+    r = cli(*base, "--feed", "mask", "-o", tmp_path / "c.npy")
+    assert r.exit_code == 2 and "is not NAME=FILE.npy" in r.output
+    r = cli("explain", tmp_path / "m.onnx", FIX / "images" / "circle.png", "--feed", f"mask={tmp_path / 'mask.npy'}")
+    assert r.exit_code == 2 and "--feed goes with --input" in r.output
