@@ -215,7 +215,7 @@ class Interp:
         if op == "MaxPool":
             out, windows, _, _, size = _pool_windows(node, x)
             y = np.full(x.shape[:2] + tuple(out), -np.inf, x.dtype)
-            arg = np.zeros(x.shape[:2] + tuple(out) + (2,), np.int64)
+            arg = np.full(x.shape[:2] + tuple(out) + (2,), -1, np.int64)  # (-1: a window of padding only)
             second = np.full(x.shape[:2] + tuple(out), -np.inf, x.dtype)
             for o, pos in windows:
                 for p in pos:  # scan order: the first maximum wins
@@ -389,7 +389,8 @@ class Interp:
                 for c in range(x.shape[1]):
                     for o in np.ndindex(*out):
                         i, j = arg[(n, c, *o)]
-                        gx[n, c, i, j] += g[(n, c, *o)]
+                        if i >= 0:  # (a window of padding only: its output does not depend on x)
+                            gx[n, c, i, j] += g[(n, c, *o)]
             return [gx]
         if op == "AveragePool":
             _, windows, _, _, size = _pool_windows(node, x)

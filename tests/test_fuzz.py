@@ -85,6 +85,8 @@ def check_model_attributions(model: onnx.ModelProto, seed: int = 0, float32: boo
             break
     margin, decisions = interp.margin, interp.decisions
     y = env["y"]
+    if not np.isfinite(y).all():  # (16 chained ops can overflow float64: nothing to compare)
+        return {"fd": 0, "f32": False, "margin": margin}
     target = rng.integers(0, y.shape[1], y.shape[0])
     onehot = np.eye(y.shape[1])[target]
     want = {m: interp.gradient(env, {"y": onehot}, "x", m) for m in onnxattr.METHODS}

@@ -139,6 +139,25 @@ def test_resize_of_a_dynamic_length_to_a_fixed_one_names_that_axis():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Fuzzer (seed 2026, 16 ops): a MaxPool window holding only padding (kernel 2, dilation 2, pads 1 over
+# a length-1 axis, as PyTorch's MaxPool2d(2, dilation=2, padding=1) allows): its output is the lowest
+# float whatever x is, so it passes no gradient, but ONNX Runtime's Indices there are garbage (-4, -1)
+# and the opset-16 scatter-add put the gradient on x's last elements (0.54 off finite differences).
+# The numpy interpreter had the same fault (it routed such a window to x[0, 0]). Fix (vjp/pool.py):
+# the gradient of windows without an input element is zeroed before it is routed.
+@pytest.mark.parametrize("opset", [11, 16])
+def test_max_pool_window_of_padding_only_passes_no_gradient(opset):
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], dilations=[2, 2], pads=[1, 0, 1, 0]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])]
+    m = model(nodes, ["N", 2, 1, 3], 3, [weights("W", 2, 3, dtype=np.float32)], opset=opset, dtype=TensorProto.FLOAT)
+    sess = ort.InferenceSession(onnxattr.attribution_model(m).SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 2, 1, 3)).astype(np.float32)
+    y, att = sess.run(["y", "attribution"], {"x": x, "target": np.array([1, 2])})
+    assert np.all(np.abs(y) > 1e30)  # the lowest float, times W: x does not reach the scores
+    np.testing.assert_array_equal(att, np.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Control flow: an If/Loop/Scan body that reads the input (or anything computed from it) by
 # name from the outer scope has no such input in `node.input`, so the differentiable path left
 # it out: with y = x @ W + If(c, x @ A, x @ B), the attribution silently dropped the branch (1

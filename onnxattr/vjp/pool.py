@@ -123,6 +123,7 @@ def max_pool(b, node, gys):
         return [_scatter_switches(b, node, g)]
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n = len(kernel)
+    g = _without_empty_windows(b, g, kernel, strides, dil, pads, size, out)
     if b.opset < 8:
         return [_max_pool_by_value(b, node, g, kernel, strides, dil, pads, channels, size, out)]
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else b.op_like(node, [node.input[0]], 2)[1]
@@ -153,6 +154,22 @@ def max_pool(b, node, gys):
     routed = b.op("Reshape", [routed, b.ints([0, channels * k] + list(out))])
     bank = np.eye(k, dtype=b.np_dtype).reshape([k, 1] + kernel)
     return [_spread(b, routed, bank, channels, kernel, strides, dil, pads, size, out)]
+
+
+def _without_empty_windows(b, g, kernel, strides, dil, pads, size, out):
+    """g with 0 where a window holds no input element, only padding (a dilated window over a short
+    axis: PyTorch's MaxPool2d(2, dilation=2, padding=1) on a length-1 axis): that output is the
+    lowest float whatever x is, and ONNX Runtime's Indices there are garbage (-4, -1), which the
+    scatter would read as the last elements."""
+    n = len(kernel)
+    live = [np.array([any(0 <= o * strides[i] - pads[i] + j * dil[i] < size[i] for j in range(kernel[i]))
+                      for o in range(out[i])]) for i in range(n)]
+    if all(v.all() for v in live):
+        return g
+    mask = np.ones(out, dtype=b.np_dtype)
+    for i, v in enumerate(live):
+        mask *= v.reshape([-1 if k == i else 1 for k in range(n)])
+    return b.op("Mul", [g, b.const(mask.reshape([1, 1] + list(out)))])
 
 
 def _scatter_switches(b, node, g, idx=None):
