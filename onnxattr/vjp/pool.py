@@ -120,6 +120,10 @@ def max_pool(b, node, gys):
             raise UnsupportedModelError(f"{describe(node)}: its input's size is known only at run time, where the "
                                         "gradient needs ScatterElements with reduction (opset 16; the model has "
                                         f"{b.opset}): export at opset 16 or later, or with a fixed size")
+        if any(d > 1 for d in a.get("dilations", [])):  # a dilated window may hold padding only (see
+            # _without_empty_windows): ONNX Runtime's output there is the lowest float; no gradient passes
+            lowest = b.scalar(float(np.finfo(b.np_dtype).min))
+            g = b.op("Where", [b.op("Equal", [node.output[0], lowest]), b.scalar(0.0), g])
         return [_scatter_switches(b, node, g)]
     kernel, strides, dil, pads, channels, size, out = _geometry(b, node)
     n = len(kernel)
