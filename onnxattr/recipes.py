@@ -287,9 +287,13 @@ def build(method: str, ctx: Context, opts: Options) -> dict[str, str]:
         # The quadrature weights apply after the backward, in float32 for a float16 model: a seed
         # scaled by them (about 1 / steps) left each copy's float16 gradient subnormal, and the
         # error grew with the steps (ViT-Tiny: 9.7e-4 at 32 steps, 3.2e-3 at 128).
+        # The baseline's copy (the last) is left out, not weighted by 0: its gradient may be inf or
+        # NaN (sqrt(|x|) at a baseline of 0; a float16 ConvNeXt at 0), and 0 x NaN made the whole
+        # attribution NaN where no quadrature point is at the baseline.
         with b.float32(g, diff) as ((g, d), narrow):
-            lifted_w = b.const(weights.astype(b.np_dtype).reshape([1] * wa + [k] + [1] * (rank - wa)))
-            summed = b.reduce("ReduceSum", b.op("Mul", [_per_copy(b, g, k, ctx.w, wa), lifted_w]), [wa], keepdims=0)
+            lifted_w = b.const(weights[:-1].astype(b.np_dtype).reshape([1] * wa + [k - 1] + [1] * (rank - wa)))
+            points_g = b.slice(_per_copy(b, g, k, ctx.w, wa), [0], [k - 1], [wa])
+            summed = b.reduce("ReduceSum", b.op("Mul", [points_g, lifted_w]), [wa], keepdims=0)
             att = narrow(b.op("Mul", [summed, d]))
         picked = ctx.onehot()
         y_x = b.reduce("ReduceSum", b.op("Mul", [ctx.y, picked]), [1], keepdims=0)

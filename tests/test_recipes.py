@@ -162,6 +162,28 @@ def test_integrated_gradients_equals_captum(method):
     np.testing.assert_allclose(got["completeness_gap"], delta.numpy(), atol=1e-4)
 
 
+def test_integrated_gradients_finite_where_the_baseline_gradient_is_not():
+    """y = sqrt(|x|) @ W: its gradient at the baseline 0 is inf / NaN, and the baseline's copy
+    (run for y(baseline)) was weighted by 0 in the sum: 0 x NaN made every attribution NaN (an
+    audit's finding; also a float16 ConvNeXt). Gauss-Legendre's nodes avoid alpha = 0: finite."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 2)).astype(np.float32)
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Sqrt", ["a"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x, t = rng.normal(size=(2, 3)).astype(np.float32), np.array([1, 0])
+    sess = onnxattr.runtime.make_session(onnxattr.attribution_model(model, method="integrated-gradients", steps=8)
+                                         .SerializeToString(), "cpu")[0]
+    att, gap = sess.run(["attribution", "completeness_gap"], {"x": x, "target": t})
+    alphas, weights = ig_points(8, "gausslegendre")
+    x64 = x.astype(np.float64)
+    grads = [np.sign(x64) / (2 * np.sqrt(a * np.abs(x64))) * w[:, t].T for a in alphas]  # d y_t / dx at alpha x
+    want = x64 * sum(wt * gr for wt, gr in zip(weights, grads))
+    assert np.isfinite(att).all() and np.isfinite(gap).all()
+    np.testing.assert_allclose(att, want, rtol=1e-6, atol=1e-7)
+
+
 def test_ig_points_match_captum():
     from captum.attr._utils.approximation_methods import approximation_parameters
     for method in ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"):
