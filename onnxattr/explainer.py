@@ -35,6 +35,7 @@ class Explainer:
 
     >>> ex = Explainer("model.onnx", method="guided", provider="cpu")
     >>> attribution = ex(x, target=3)          # or target=[...] per row, or "argmax"
+    >>> attribution = ex(ids, [0, 2], inputs={"attention_mask": mask})  # the model's other inputs
 
     `provider` is "auto" (CUDA when ONNX Runtime can use it, else CPU), "cpu" or "cuda";
     `self.provider` says which one runs. The graph is tuned for that provider (see
@@ -175,6 +176,8 @@ class Explainer:
 
     def _check_others(self, inputs) -> dict[str, np.ndarray]:
         """The model's other inputs by name, as the types it declares."""
+        if inputs is not None and not isinstance(inputs, dict):
+            raise InputError(f"inputs must be a dict of the model's other inputs by name, got {type(inputs).__name__}")
         inputs = dict(inputs or {})
         unknown = sorted(set(inputs) - set(self.other_inputs))
         missing = [n for n in self.other_inputs if n not in inputs]

@@ -1219,3 +1219,10 @@ def test_cli_feeds_other_inputs_with_input(tmp_path):
     assert r.exit_code == 2 and "is not NAME=FILE.npy" in r.output
     r = cli("explain", tmp_path / "m.onnx", FIX / "images" / "circle.png", "--feed", f"mask={tmp_path / 'mask.npy'}")
     assert r.exit_code == 2 and "--feed goes with --input" in r.output
+
+
+def test_explainer_inputs_must_be_a_dict():
+    model, _, _, ids, mask = _masked_model()
+    ex = onnxattr.Explainer(model, wrt="e", provider="cpu")
+    with pytest.raises(onnxattr.InputError, match="inputs must be a dict of the model's other inputs by name, got list"):
+        ex(ids, 0, inputs=[mask])
