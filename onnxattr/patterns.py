@@ -5,9 +5,11 @@ Exporters spell some functions as chains of elementwise ops, e.g. TorchScript's 
 intermediate tensor, which costs memory and stops ONNX Runtime from fusing the chain back into
 its one-pass Gelu kernel. skl2onnx's logistic, `Mul(s, -1) -> Exp -> Add 1 -> Reciprocal`,
 differentiated op by op gives 0 * inf = NaN where exp(-s) overflows (s < -88.7 in float32) though
-the forward is finite (0); as one Sigmoid its derivative y (1 - y) is 0 there. `fuse` replaces such a chain on the differentiable path by one virtual
-node (never emitted: only its rule runs) whose rule reads the chain's input alone. A chain is
-taken only when its intermediates feed nothing outside it and are not graph outputs.
+the forward is finite (0); as one function (onnxattr's own virtual 'Logistic': y / (1 + exp(s)),
+not a Sigmoid, whose rule's y (1 - y) cancels near y = 1) its derivative is 0 there. `fuse`
+replaces such a chain on the differentiable path by one virtual node (never emitted: only its
+rule runs) whose rule reads the chain's input (and output) alone. A chain is taken only when its
+intermediates feed nothing outside it and are not graph outputs.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def _keeps_shape(g: _Graph, members: list[onnx.NodeProto], x: str) -> bool:
     return all(v is not None and v.ndim <= rank for v in values)
 
 
-_FINDERS = {"Erf": (_erf_gelu, "Gelu", "erf GELU"), "Exp": (_logistic, "Sigmoid", "logistic")}
+_FINDERS = {"Erf": (_erf_gelu, "", "Gelu", "erf GELU"), "Exp": (_logistic, "onnxattr", "Logistic", "logistic")}
 
 
 def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -162,7 +164,7 @@ def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     for n in path:
         if n.op_type not in _FINDERS or id(n) in drop:
             continue
-        finder, op, tag = _FINDERS[n.op_type]
+        finder, domain, op, tag = _FINDERS[n.op_type]
         found = finder(g, n, consumers)
         if found is None or not all(id(m) in on_path and id(m) not in drop for m in found[0]):
             continue
@@ -170,5 +172,5 @@ def fuse(b, path: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
         if not _keeps_shape(g, members, x):
             continue
         drop.update(id(m) for m in members)
-        replace[id(members[-1])] = helper.make_node(op, [x], [y], name=f"{members[-1].name or y} ({tag})")
+        replace[id(members[-1])] = helper.make_node(op, [x], [y], name=f"{members[-1].name or y} ({tag})", domain=domain)
     return [replace.get(id(n), n) for n in path if id(n) not in drop or id(n) in replace]

@@ -163,7 +163,7 @@ def test_sklearn_sgd_log_loss_where_exp_overflows():
     """SGDClassifier(loss="log_loss"): one-vs-rest sigmoids, skl2onnx's Mul(s, -1) -> Exp -> Add 1
     -> Reciprocal, normalised by their sum. For rows with a decision value below -88.7, exp(-s)
     is inf in float32 while the forward stays finite; the backward was NaN for the whole row,
-    every target (fails before: patterns.fuse now differentiates the chain as one Sigmoid)."""
+    every target (fails before: patterns.fuse now differentiates the chain as one logistic)."""
     pytest.importorskip("sklearn")
     skl2onnx = pytest.importorskip("skl2onnx")
     from sklearn.linear_model import SGDClassifier

@@ -143,6 +143,17 @@ def sigmoid(b, node, gys):
     return _times(b, gys[0], b.op("Mul", [y, b.op("Sub", [b.scalar(1.0), y])]))
 
 
+@register("onnxattr:Logistic")
+def logistic(b, node, gys):
+    """patterns.fuse's 1 / (1 + exp(-x)) written out (never emitted): y / (1 + exp(x)), where the
+    Sigmoid rule's y (1 - y) cancels for y near 1 (0.17 off at x = 15 in float32, 0 from 17) and
+    ONNX Runtime's Sigmoid(-x) is accurate only absolutely there (17% off at x = 15); exp is
+    accurate relatively, an overflow gives the limit 0, and so does y = 0 where exp(-x) overflows."""
+    with b.float32(gys[0], node.input[0], node.output[0]) as ((g, x, y), narrow):  # (float16's exp overflows from 11)
+        rest = b.op("Reciprocal", [b.op("Add", [b.scalar(1.0), b.op("Exp", [x])])])  # 1 - y, without cancelling
+        return [narrow(b.op("Mul", [g, b.op("Mul", [y, rest])]))]
+
+
 @register("Tanh")
 def tanh(b, node, gys):
     y = node.output[0]
