@@ -18,9 +18,14 @@ from .dims import symbolic_dims
 from .errors import OptionError, UnsupportedModelError
 from .protos import FLOAT_TYPES, constant_tensor, default_opset, describe, reads, rename_reads
 from .shapes import (FED_SUFFIX, feed_ints, fix_pool_shapes, fold_ints, free_dims, keep_whole_slice_dims, ml_shapes,
-                     skeleton, trial_shapes)
+                     skeleton, trial_shapes, trial_with_distinct_dims)
 
 TUNE_FOR = ("cpu", "cuda")  # the ONNX Runtime provider whose kernels an exported graph's formulation suits
+
+
+def _trial_dim(trial: dict, name: str, i: int):
+    dims = trial.get(name)
+    return dims[i] if dims is not None and i < len(dims) else None
 
 
 class Builder:
@@ -174,14 +179,22 @@ class Builder:
                 self.shape_protos.setdefault(vi.name, t.shape)
         # A graph output's dim that inference lost (a Reshape to [-1, 32]) but the model declares
         # with the name of an input's dim ('batch') keeps that name: how the scores' batch axis is
-        # found in a time-major input [T, N, F] (README: "the one named like the scores' first").
-        named = {d.dim_param for vi in g.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+        # found in a time-major input [T, N, F] (README: "the one named like the scores' first"),
+        # where shape trials agree, with each free dim of its own size: a declaration can be wrong
+        # (a per-token Reshape to [-1, C] declared ['N', C] has N T rows).
+        named = {d.dim_param: (vi.name, j) for vi in g.input for j, d in enumerate(vi.type.tensor_type.shape.dim)
+                 if d.dim_param}
+        trials = None
         for vi in g.output:
             have, declared = self.shape_protos.get(vi.name), vi.type.tensor_type.shape
             if have is None or vi.name in self.consts or len(have.dim) != len(declared.dim):
                 continue
             lost = [i for i, (d, e) in enumerate(zip(have.dim, declared.dim)) if not d.HasField("dim_value")
                     and (not d.dim_param or d.dim_param.startswith("unk__")) and e.dim_param in named]
+            if lost and trials is None:
+                trials = [*(self._trials or ()), trial_with_distinct_dims(skeleton(self.model))]
+            lost = [i for i in lost if all(_trial_dim(t, vi.name, i) is not None and _trial_dim(t, vi.name, i)
+                                           == _trial_dim(t, *named[declared.dim[i].dim_param]) for t in trials)]
             if lost:
                 shape = onnx.TensorShapeProto()
                 shape.CopyFrom(have)

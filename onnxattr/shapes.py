@@ -154,6 +154,11 @@ def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.
     return shapes, values, (s1, s2)
 
 
+def trial_with_distinct_dims(model: onnx.ModelProto) -> dict:
+    """The dims of a trial with each free dim of its own size (6, 11, 16, ...)."""
+    return _trial(model, TRIALS[0], step=5)[0]
+
+
 def free_dims(model: onnx.ModelProto) -> int:
     """How many independent free dims the graph inputs have: distinct dim_params, plus each
     unnamed unknown dim."""

@@ -1460,3 +1460,15 @@ def test_an_unknown_option_keyword_is_an_option_error():
     """attribution_model(..., nosie=0.1) raised a bare TypeError from a dataclass."""
     with pytest.raises(onnxattr.OptionError, match="unknown option 'nosie' \\(options: samples, noise,"):
         onnxattr.attribution_model(MODEL, method="smoothgrad", nosie=0.1)
+
+
+def test_a_wrong_declared_batch_name_on_the_scores_is_not_trusted():
+    """x [N, T, 4] -> MatMul -> Reshape [-1, 3]: N T rows of scores, declared ['N', 3]. A declared
+    name fills a dim inference lost only where shape trials with distinct sizes agree (a review
+    found this model accepted, then failing in ONNX Runtime); refused as before."""
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Reshape", ["h", "s"], ["y"])]
+    m = model(nodes, [helper.make_tensor_value_info("x", F, ["N", "T", 4])], [helper.make_tensor_value_info("y", F, ["N", 3])],
+              [w, numpy_helper.from_array(np.array([-1, 3]), "s")])
+    with pytest.raises(onnxattr.NotAClassifierError, match="'x' .* has no batch axis"):
+        onnxattr.attribution_model(m)
