@@ -298,8 +298,11 @@ def _resize_sizes(node, dims: list, sizes) -> list | None:
     return out
 
 
-def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
-    """{tensor: [expression per axis]} for the graph's inputs and what follows from them."""
+def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None) -> dict[str, list]:
+    """{tensor: [expression per axis]} for the graph's inputs and what follows from them. `met`
+    collects the pairs of different unknown expressions that an element-wise op broadcasts
+    against each other on one axis: where the model runs, each is the other or 1 there (a padding
+    mask [N', T] meeting the token embeddings [N, T, D] in a Mul: N' is N or 1)."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     init_dims = {i.name: list(i.dims) for i in g.initializer}
@@ -320,9 +323,7 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
         if t in sym:
             return sym[t]
         s = shapes.get(t, init_dims.get(t))
-        if s is not None and None not in s:
-            return list(s)
-        return None
+        return None if s is None else list(s)  # (an unknown length stays None: never guessed)
 
     for node in g.node:
         if node.domain not in ("", "ai.onnx") or not node.output or not node.output[0]:
@@ -338,6 +339,14 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict) -> dict[str, list]:
             rank = max(len(d) for d in ins)
             padded = [[...] * (rank - len(d)) + list(d) for d in ins]
             out = [_broadcast([d[i] for d in padded]) for i in range(rank)]
+            if met is not None:
+                for i in range(rank):
+                    unknown = list(dict.fromkeys(d[i] for d in padded if d[i] is not None and d[i] is not ...
+                                                 and not isinstance(d[i], int)))
+                    met.extend(zip(unknown, unknown[1:]))
+        elif op == "Gather" and len(ins) == 2 and ins[0] is not None and ins[1] is not None:  # (token embeddings)
+            axis = attrs(node).get("axis", 0) % max(len(ins[0]), 1)
+            out = list(ins[0][:axis]) + list(ins[1]) + list(ins[0][axis + 1:])
         elif op in _WINDOWED and ins and ins[0] is not None and len(ins[0]) >= 3:
             w_shape = shapes.get(node.input[1]) if op == "Conv" and len(node.input) > 1 else None
             out = _window(node, ins[0], w_shape)

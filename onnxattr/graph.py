@@ -76,7 +76,8 @@ class Builder:
         self._static = set(self.consts)  # values known without the shape trials' sampling
         self._infer_trials()
         self._record_declared()
-        self._sym = symbolic_dims(model, self.shapes)
+        self._met: list[tuple] = []  # unknown lengths broadcast against each other (dims.symbolic_dims)
+        self._sym = symbolic_dims(model, self.shapes, self._met)
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
@@ -725,6 +726,22 @@ class Builder:
     def set_dtype(self, dtype: int) -> None:
         """The float type of the backward (before any node is added)."""
         self.dtype, self.np_dtype = dtype, helper.tensor_dtype_to_np_dtype(dtype)
+
+    def meet(self, x: str, i: int, y: str, j: int) -> bool:
+        """Whether unknown dim i of x and dim j of y are broadcast against each other somewhere on
+        the way (through other unknown lengths too): where the model runs, each is the other or 1."""
+        a, c = (self._sym.get(t) for t in (x, y))
+        if a is None or c is None or not (0 <= i < len(a)) or not (0 <= j < len(c)) or a[i] is None or c[j] is None:
+            return False
+        linked, todo = {a[i]}, [a[i]]
+        while todo:
+            e = todo.pop()
+            for p, q in self._met:
+                for u, v in ((p, q), (q, p)):
+                    if u == e and v not in linked:
+                        linked.add(v)
+                        todo.append(v)
+        return c[j] in linked
 
     def differ(self, x: str, i: int, y: str, j: int) -> bool:
         """Whether dim i of x and dim j of y are known to differ: both static, or in a trial."""

@@ -190,8 +190,9 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
                                         f"on axes {along}: cannot tell along which to copy it")
         if along:
             feeds[name] = b.op("Tile", [name, b.ints([copies if i == along[0] else 1 for i in range(rank)])])
-        elif xa < rank and b.shapes[name][xa] is None:  # maybe the batch under another name (TorchScript's
-            # dynamic_axes as lists name each input's dims apart): copied where its length is the batch's at run time
+        elif xa < rank and b.shapes[name][xa] is None and b.meet(name, xa, ctx.x, xa):  # the batch under another
+            # name (TorchScript's dynamic_axes as lists name each input's dims apart), or 1: it meets the batch
+            # in a broadcast (a padding mask); copied where its length is the batch's at run time
             same = b.op("Equal", [b.slice(b.shape_of(name), [xa], [xa + 1], [0]), b.slice(b.shape_of(ctx.x), [xa], [xa + 1], [0])])
             times = b.op("Where", [same, b.ints([copies]), b.ints([1])])
             parts = [b.ints([1] * xa)] * (xa > 0) + [times] + [b.ints([1] * (rank - xa - 1))] * (rank - xa - 1 > 0)

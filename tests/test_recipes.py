@@ -1226,3 +1226,21 @@ def test_explainer_inputs_must_be_a_dict():
     ex = onnxattr.Explainer(model, wrt="e", provider="cpu")
     with pytest.raises(onnxattr.InputError, match="inputs must be a dict of the model's other inputs by name, got list"):
         ex(ids, 0, inputs=[mask])
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_batched_methods_do_not_copy_an_input_that_only_matches_the_batch_length(k):
+    """y = (x @ W) * sum(s), s [K] a second input: K never meets the batch in a broadcast, so s
+    goes to the copies as it is, also when K equals N at run time (tiling it there made the
+    integrated gradients 33x too large: an adversarial review). Linear in x: x W[:, t] sum(s)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0),
+             helper.make_node("Mul", ["z", "t"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                       helper.make_tensor_value_info("s", TensorProto.FLOAT, ["K"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x, s, t = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=k).astype(np.float32), np.array([0, 2, 1])
+    got = onnxattr.Explainer(model, method="integrated-gradients", steps=5, provider="cpu")(x, t, inputs={"s": s})
+    np.testing.assert_allclose(got, x * w[:, t].T * s.sum(), rtol=1e-5, atol=1e-6)
