@@ -131,6 +131,21 @@ def test_resize_to_sizes_copied_from_the_input_with_two_dynamic_dims():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())  # measured 1.5e-7
 
 
+def test_resize_to_another_tensors_shape_names_every_unproven_axis():
+    """Sizes from another input's Shape: the error named axis 0 (the batch) alone, where the axes
+    at issue are the resized ones too (an adversarial review)."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Shape", ["u"], ["s"]), helper.make_node("Resize", ["x", "", "", "s"], ["r"], mode="linear", name="r"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("MatMul", ["fl", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, ["N", 2, "H", "W"]),
+                                       helper.make_tensor_value_info("u", f, ["M", 2, "H2", "W2"])],
+                          [helper.make_tensor_value_info("y", f, ["N", 3])], [weights("W", 2, 3, dtype=np.float32)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    with pytest.raises(onnxattr.UnsupportedModelError, match=r"Resize node 'r': .* the length of axes \[0, 2, 3\] is not known"):
+        onnxattr.attribution_model(m)
+
+
 def test_resize_of_a_dynamic_length_to_a_fixed_one_names_that_axis():
     _, proto = _interpolated(lambda x: (4, 3, 5), {0: "N", 2: "D", 3: "H", 4: "W"})
     with pytest.raises(onnxattr.UnsupportedModelError, match="Resize node '/Resize': axis 2 goes from a length known "

@@ -1832,7 +1832,7 @@ def test_resize_sizes_computed_from_the_input_shape():
 def test_resize_sizes_from_another_tensor_are_refused():
     """The batch length taken from another input's shape: not known to equal x's, refused."""
     with pytest.raises(onnxattr.UnsupportedModelError, match="Resize node 'resize': its sizes are computed in the graph "
-                                                           "and the length of axis 0"):
+                                                           r"and the length of axes \[0\]"):
         vjp_model(_resize_by_shape("other"), wrt=["x"])
 
 

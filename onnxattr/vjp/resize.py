@@ -252,7 +252,7 @@ def resize(b, node, gys):
         if policy != "stretch":
             raise UnsupportedModelError(f"{describe(node)}: keep_aspect_ratio_policy '{policy}' needs constant sizes "
                                         "to differentiate it")
-        moved = []
+        moved, unproven = [], []
         for ax in axes:
             if sx[ax] is not None and sy[ax] is not None:
                 if sx[ax] != sy[ax]:
@@ -262,8 +262,10 @@ def resize(b, node, gys):
                                             f"{sy[ax]}, and its interpolation weights depend on that length; export "
                                             "the model with a fixed input size")
             elif not b.same_dim(x, ax, y, ax):
-                raise UnsupportedModelError(f"{describe(node)}: its sizes are computed in the graph and the length of "
-                                            f"axis {ax} is not known to stay the same or be static; give constant sizes")
+                unproven.append(ax)
+        if unproven:  # (all of them: the batch's axis alone misled, where the sizes came from another tensor)
+            raise UnsupportedModelError(f"{describe(node)}: its sizes are computed in the graph and the length of axes "
+                                        f"{unproven} is not known to stay the same or be static; give constant sizes")
     elif scales is not None:
         moved = [ax for ax, s in zip(axes, scales.tolist()) if s != 1.0 or full_roi[ax] != (0.0, 1.0)]
     elif policy != "stretch":  # one scale for every listed axis, batch and channels included
