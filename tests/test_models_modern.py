@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -255,12 +256,48 @@ def export_torch(model, x: np.ndarray, exporter: str, opset: int) -> onnx.ModelP
             return prog.model_proto
         functions = False
         if exporter == "ts-fn":
-            functions = {type(m) for m in model.modules() if type(m).__name__.endswith(("Block", "Layer"))}
+            return _export_as_functions(model, xt, opset)
         buf = io.BytesIO()
         torch.onnx.export(model, (xt,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           export_modules_as_functions=functions)
     return onnx.load_from_string(buf.getvalue())
+
+
+_AS_FUNCTIONS = """
+import sys, warnings
+import torch
+model, xt = torch.load(sys.argv[1], weights_only=False)
+functions = {type(m) for m in model.modules() if type(m).__name__.endswith(("Block", "Layer"))}
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.onnx.export(model, (xt,), sys.argv[2], dynamo=False, opset_version=int(sys.argv[3]), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      export_modules_as_functions=functions)
+"""
+
+
+def _export_as_functions(model, xt, opset: int) -> onnx.ModelProto:
+    """The TorchScript export with modules as ONNX local functions, in a child process: PyTorch's
+    function extraction pass (torch._C._jit_pass_onnx_function_extraction) crashed the whole
+    test run with a segfault twice in full-suite runs on a clean clone (after ~937 tests; never
+    when the case runs alone). A crash is retried once, then the case is skipped, naming PyTorch's
+    pass."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "model.pt", Path(tmp) / "model.onnx"
+        torch.save((model, xt), src)
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", _AS_FUNCTIONS, str(src), str(out), str(opset)], capture_output=True,
+                               text=True, timeout=600)
+            if r.returncode == 0:
+                return onnx.load(str(out))
+            if r.returncode >= 0:  # an error, not a crash: report it
+                raise RuntimeError(f"export with local functions failed: {r.stderr[-2000:]}")
+        pytest.skip(f"PyTorch's TorchScript function extraction crashed twice (signal {-r.returncode}); not onnxattr")
 
 
 def _case(model, exporter, opset, tol, relu_like=False, expect=(), marks=()):
