@@ -178,11 +178,15 @@ class Builder:
             if t.HasField("shape") and self.shapes.get(vi.name) is None:
                 self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
                 self.shape_protos.setdefault(vi.name, t.shape)
-        # A graph output's dim that inference lost (a Reshape to [-1, 32]) but the model declares
-        # with the name of an input's dim ('batch') keeps that name: how the scores' batch axis is
-        # found in a time-major input [T, N, F] (README: "the one named like the scores' first"),
-        # where shape trials agree, with each free dim of its own size: a declaration can be wrong
-        # (a per-token Reshape to [-1, C] declared ['N', C] has N T rows).
+        self._keep_declared_names()
+
+    def _keep_declared_names(self) -> None:
+        """A graph output's dim that inference lost (a Reshape to [-1, 32]) but the model declares
+        with the name of an input's dim ('batch') keeps that name: how the scores' batch axis is
+        found in a time-major input [T, N, F] (README: "the one named like the scores' first"),
+        where shape trials agree, with each free dim of its own size: a declaration can be wrong
+        (a per-token Reshape to [-1, C] declared ['N', C] has N T rows)."""
+        g = self.model.graph
         named = {d.dim_param: (vi.name, j) for vi in g.input for j, d in enumerate(vi.type.tensor_type.shape.dim)
                  if d.dim_param}
         trials = None

@@ -194,9 +194,8 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
             # name (TorchScript's dynamic_axes as lists name each input's dims apart), or 1: it meets the batch
             # in a broadcast (a padding mask); copied where its length is the batch's at run time
             same = b.op("Equal", [b.slice(b.shape_of(name), [xa], [xa + 1], [0]), b.slice(b.shape_of(ctx.x), [xa], [xa + 1], [0])])
-            times = b.op("Where", [same, b.ints([copies]), b.ints([1])])
-            parts = [b.ints([1] * xa)] * (xa > 0) + [times] + [b.ints([1] * (rank - xa - 1))] * (rank - xa - 1 > 0)
-            feeds[name] = b.op("Tile", [name, b.op("Concat", parts, axis=0) if len(parts) > 1 else times])
+            tiled = b.ints([copies if i == xa else 1 for i in range(rank)])
+            feeds[name] = b.op("Tile", [name, b.op("Where", [same, tiled, b.ints([1] * rank)])])
     rename = b.clone_forward(feeds, {ctx.w: flat})
     if ctx.y not in rename:
         raise UnsupportedModelError(f"the scores '{ctx.y}' do not depend on '{ctx.w}'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import numpy as np
 
 from ..errors import UnsupportedModelError
@@ -300,7 +302,7 @@ def _split_diagonal(b, node, x: str, term: str, used: set) -> tuple[str, list[tu
     """A term with a repeated letter reads a diagonal of x ('bcii->bci'): x's later occurrences
     of the letter get fresh letters, tied back to the first by identity matrices ('ij' terms, of
     the axis' static length), so the gradient is an Einsum to a term of distinct letters."""
-    free = (c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used)
+    free = (c for c in string.ascii_letters if c not in used)
     rank, head, dots, tail = b.rank(x, node), *term.partition("...")
     seen, eyes, parts = set(), [], []
     for part, first in ((head, 0), (tail, rank - len(tail))):
@@ -331,7 +333,7 @@ def _explicit_ellipsis(b, node, terms: list[str], out: str) -> tuple[list[str], 
             raise UnsupportedModelError(f"{describe(node)}: Einsum whose '...' dims broadcast or are summed "
                                         "is not supported")
     used = set("".join(terms) + out)
-    free = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used][:width]
+    free = [c for c in string.ascii_letters if c not in used][:width]
     if len(free) < width:
         raise UnsupportedModelError(f"{describe(node)}: Einsum with too many dims to spell out its '...'")
 

@@ -166,8 +166,8 @@ def _without_empty_windows(b, g, kernel, strides, dil, pads, size, out):
     lowest float whatever x is, and ONNX Runtime's Indices there are garbage (-4, -1), which the
     scatter would read as the last elements."""
     n = len(kernel)
-    live = [np.array([any(0 <= o * strides[i] - pads[i] + j * dil[i] < size[i] for j in range(kernel[i]))
-                      for o in range(out[i])]) for i in range(n)]
+    live = [np.array(_window_counts(out[i], kernel[i], strides[i], dil[i], pads[i], pads[n + i], size[i], False)) > 0
+            for i in range(n)]
     if all(v.all() for v in live):
         return g
     mask = np.ones(out, dtype=b.np_dtype)
