@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 
 from onnxattr.cli import main
@@ -191,6 +193,17 @@ def test_explain_option_errors_leave_nothing(tmp_path):
     r = run("explain", MODEL, img, "--provider", "cpu", "-o", "/proc/onnxattr-maps")
     assert r.exit_code == 1 and "OutputError: could not create the output folder '/proc/onnxattr-maps'" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_unwritable_output_folder_fails_before_any_work():
+    """An existing folder it cannot write into (here procfs's /proc/sys, read-only even for root,
+    which bypasses permission bits) is named before the model is loaded or run."""
+    if os.access("/proc/sys", os.W_OK):
+        pytest.skip("/proc/sys is writable on this machine")
+    r = run("explain", MODEL, FIX / "images" / "circle.png", "--provider", "cpu", "-o", "/proc/sys")
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == ("Error: OutputError: cannot write into the output folder '/proc/sys' (permission denied "
+                                "or a read-only file system); nothing was written")
 
 
 def test_gradcam_refuses_wrt(tmp_path):
