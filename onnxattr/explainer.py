@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from .api import ATTRIBUTION, BATCH_AXIS, TARGET, WRT_BATCH_AXIS, _float_input, _one_line, attribution_model, load_model
 from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, OptionError,
@@ -106,8 +107,9 @@ class Explainer:
             source = str(save_model(model, path, external_data=True))
         else:
             source = model.SerializeToString()
+        float16 = any(i.type.tensor_type.elem_type == TensorProto.FLOAT16 for i in model.graph.input)
         try:
-            return make_session(source, provider)
+            return make_session(source, provider, float16=float16)
         except OnnxAttrError:
             raise
         except Exception as e:

@@ -42,19 +42,31 @@ def usable_provider(provider: str = "auto") -> str:
         return "cpu"
 
 
-def make_session(model_bytes: bytes, provider: str = "auto") -> tuple[ort.InferenceSession, str]:
+# ONNX Runtime's ConvBNFusion (level 1) folds a BatchNormalization into the Conv before it in the
+# model's float type: in a float16 model the folded weights W * scale / sqrt(var + eps) are rounded
+# to float16, or overflow to inf. Measured: a random MobileNetV2 (BatchNormalization nodes kept)
+# scored 2.8e-2 off its own function (2.1e-4 unfused) and its saliency 0.44 off float64 autograd
+# (ReLU6 masks flipped far from their bounds; 6.6e-3 unfused); W = 1000 over var = 1e-6 gave NaN
+# scores where the model's are finite.
+FLOAT16_DISABLED_OPTIMIZERS = ("ConvBNFusion",)
+
+
+def make_session(model_bytes: bytes, provider: str = "auto", float16: bool = False) -> tuple[ort.InferenceSession, str]:
     """A session on `provider`; returns it with the short name of the provider it really uses.
 
     "auto" takes CUDA when ONNX Runtime can run it here, else the CPU; "cuda" where CUDA cannot
-    run is an error, never a silent fallback.
+    run is an error, never a silent fallback. `float16`: the model is float16, so ONNX Runtime
+    must not fold its normalisations into float16 weights (FLOAT16_DISABLED_OPTIMIZERS).
     """
+    disabled = list(FLOAT16_DISABLED_OPTIMIZERS) if float16 else None
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
     available = ort.get_available_providers()
     if provider in ("auto", "cuda") and SHORT["cuda"] in available:
         ort.set_default_logger_severity(4)  # a missing CUDA library is reported below, in one line
         try:
-            sess = ort.InferenceSession(model_bytes, session_options(), providers=[SHORT["cuda"], SHORT["cpu"]])
+            sess = ort.InferenceSession(model_bytes, session_options(), providers=[SHORT["cuda"], SHORT["cpu"]],
+                                        disabled_optimizers=disabled)
         finally:
             ort.set_default_logger_severity(2)
         if sess.get_providers()[0] == SHORT["cuda"]:
@@ -64,4 +76,5 @@ def make_session(model_bytes: bytes, provider: str = "auto") -> tuple[ort.Infere
         raise ProviderError(
             f"the CUDA provider is not usable here ({why}); available: {', '.join(available)}; use --provider cpu"
         )
-    return ort.InferenceSession(model_bytes, session_options(), providers=[SHORT["cpu"]]), "cpu"
+    return ort.InferenceSession(model_bytes, session_options(), providers=[SHORT["cpu"]],
+                                disabled_optimizers=disabled), "cpu"

@@ -200,3 +200,31 @@ def test_control_flow_capturing_the_input_is_differentiated():
         np.testing.assert_array_equal(explain(x, [1]), np.full((1, 4), per_element, np.float32))
     rows = {r["op_type"]: r for r in onnxattr.coverage(m)}
     assert rows["If"]["on_path"] == 1 and rows["If"]["missing_nodes"] == [] and rows["MatMul"]["on_path"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Float16 Conv + BatchNormalization: ONNX Runtime's ConvBNFusion folded the normalisation into the
+# Conv's float16 weights, W * scale / sqrt(var + eps) = 1000 / sqrt(1.1e-5) = 3.0e5 > 65504: inf
+# weights and a NaN scores and attribution where the model's function is finite (331 and 414).
+# Fix (runtime.py `make_session`): sessions of a float16 model run without ConvBNFusion.
+def test_float16_batchnorm_is_not_folded_into_float16_weights():
+    f16 = TensorProto.FLOAT16
+    inits = [numpy_helper.from_array(np.full(shape, v, np.float16), n) for n, shape, v in
+             (("W", (1, 1, 1, 1), 1000), ("g", (1,), 1), ("b", (1,), 0), ("m", (1,), 1000), ("v", (1,), 1e-6),
+              ("fc", (3, 1), 0.5))]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["bn"], epsilon=1e-5),
+             helper.make_node("Relu", ["bn"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f16, ["N", 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", f16, ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = (1 + 0.01 * np.random.default_rng(0).standard_normal((2, 1, 4, 4))).astype(np.float16)
+    out = onnxattr.Explainer(m, provider="cpu").run(x, [0, 1])
+    # float64 of the float16 parameters: bn = (1000 x - 1000) / sqrt(1e-6 + 1e-5), both in float16
+    inv = 1 / np.sqrt(np.float64(np.float16(1e-6)) + np.float64(np.float32(1e-5)))
+    bn = (1000 * x.astype(np.float64) - 1000) * inv
+    y = np.maximum(bn, 0).mean(axis=(1, 2, 3)) * 0.5
+    att = (bn > 0) * 1000 * inv * 0.5 / 16
+    np.testing.assert_allclose(out["y"][:, 0], y, rtol=2e-3)
+    assert np.linalg.norm(out["attribution"] - att) / np.linalg.norm(att) < 2e-3  # measured 9.1e-4
