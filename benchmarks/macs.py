@@ -31,15 +31,14 @@ def macs(m):
     for n in m.graph.node:
         part = "bwd" if n.name.startswith("onnxattr/") else "fwd"
         if n.op_type in ("MatMul", "Gemm"):
-            a, b, y = sh.get(n.input[0]), sh.get(n.input[1]), sh.get(n.output[0])
+            a, y = sh.get(n.input[0]), sh.get(n.output[0])
             if not a or not y or None in a or None in y: unknown += 1; continue
             k = a[-1] if not (n.op_type == "Gemm" and any(x.name == "transA" and x.i for x in n.attribute)) else a[0]
             tot[part] += int(np.prod(y)) * k
         elif n.op_type in ("Conv", "ConvTranspose"):
             x, w, y = sh.get(n.input[0]), sh.get(n.input[1]), sh.get(n.output[0])
             if not x or not w or not y or None in x + w + y: unknown += 1; continue
-            g = next((a.i for a in n.attribute if a.name == "group"), 1)
-            if n.op_type == "Conv":
+            if n.op_type == "Conv":  # w [C_out, C_in / group, *k]
                 tot[part] += int(np.prod(y)) * int(np.prod(w[1:]))
             else:  # each input element times a [C_out/g, *k] slice
                 tot[part] += int(np.prod(x)) * int(np.prod(w[1:]))
@@ -47,6 +46,10 @@ def macs(m):
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(print(__doc__))
+    if not sys.argv[1:]:
+        sys.exit(__doc__)
     for path in sys.argv[1:]:
         t, u = macs(onnxattr.attribution_model(path, method="saliency"))
         print(f"{path}: forward {t['fwd'] / 1e9:.3f} GMAC, backward {t['bwd'] / 1e9:.3f} GMAC, "

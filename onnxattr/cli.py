@@ -128,6 +128,8 @@ relu_like_option = click.option("--relu-like", is_flag=True,
                                  help="Apply the deconvnet/guided rule to LeakyRelu, PRelu and ReLU6-style Clip too.")
 output_option = click.option("--output", "output", default=None, metavar="NAME",
                              help="Class-score tensor [N, C] to explain (default: the first rank-2 float output).")
+input_name_option = click.option("--input-name", default=None, metavar="NAME",
+                                 help="The floating-point input to attribute to (default: the model's first).")
 
 
 @click.group()
@@ -154,8 +156,7 @@ def _terminated(signum, frame):
 @relu_like_option
 @click.option("--tune-for", type=click.Choice(TUNE_FOR), default="cpu", show_default=True,
               help="The ONNX Runtime provider the graph's formulation is tuned for (both run anywhere, same results).")
-@click.option("--input-name", default=None, metavar="NAME",
-              help="The floating-point input to attribute to (default: the model's first).")
+@input_name_option
 @method_options
 @user_errors
 def export(model, out, method, output, target_mode, relu_like, tune_for, input_name, wrt, **opts):
@@ -163,17 +164,25 @@ def export(model, out, method, output, target_mode, relu_like, tune_for, input_n
     proto = api.attribution_model(model, method=method, output=output, target=target_mode, relu_like=relu_like,
                                   input=input_name, wrt=wrt, tune_for=tune_for, **_options(**opts))
     path = save_model(proto, out, source=model, inputs=[_baseline_file(opts)])
-    floats = api.float_inputs(proto)
     if output is None:
         _announce_scores(proto)
-    if len(floats) > 1 and input_name is None:
-        click.echo(f"attributing to input '{floats[0]}', the first of the floating-point inputs {', '.join(floats)} "
-                   "(choose with --input-name)")
+    _announce_input(proto, input_name)
+    layer = next((p.value for p in proto.metadata_props if p.key == "onnxattr.layer"), None)
+    if layer is not None:
+        click.echo(f"Grad-CAM layer: {layer}")
     data = path.with_name(path.name + ".data")
     if external_data_files(path):
         click.echo(f"weights in external data: {data}")
     click.echo(f"wrote {path} ({method}; inputs: {', '.join(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})}; "
                f"outputs: {', '.join(o.name for o in proto.graph.output)})")
+
+
+def _announce_input(proto, input_name: str | None) -> None:
+    """Say which input is explained when the model has several floating-point ones."""
+    floats = api.float_inputs(proto)
+    if len(floats) > 1 and input_name is None:
+        click.echo(f"attributing to input '{floats[0]}', the first of the floating-point inputs {', '.join(floats)} "
+                   "(choose with --input-name)")
 
 
 def _announce_scores(proto) -> None:
@@ -243,18 +252,22 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--grid", is_flag=True, help="Images: also write grid.png comparing several methods per image.")
 @click.option("--feed", multiple=True, metavar="NAME=FILE.npy",
               help="With --input: another input of the model (a padding mask), repeatable.")
+@input_name_option
 @user_errors
 def explain(model, images, input_path, target, method, provider, output, relu_like, out, wrt, size, mean, std,
-            batch_size, labels, grid, feed, **opts):
+            batch_size, labels, grid, feed, input_name, **opts):
     """Explain MODEL on images (files or folders) or on a .npy batch (--input).
 
     With no arguments: the bundled example model and images (fixtures/), heatmaps and a grid
     written to onnxattr_out/.
     """
-    kw = dict(provider=provider, output=output, relu_like=relu_like, wrt=wrt, **_options(**opts))
+    kw = dict(provider=provider, output=output, input=input_name, relu_like=relu_like, wrt=wrt, **_options(**opts))
     if model is None and input_path is not None:
         raise click.UsageError("--input X.npy needs a MODEL (the bundled example runs on its own images)")
     if model is None:
+        if not DEFAULT_MODEL.is_file():  # an installed wheel: fixtures/ stays in the source tree
+            raise click.UsageError(f"no MODEL given, and the bundled example is not here ({FIXTURES}/ ships with a "
+                                   "checkout of the source, installed with `pip install -e .`)")
         click.echo(f"no model given: using the bundled example {DEFAULT_MODEL} and {FIXTURES / 'images'}")
         model, images, grid = DEFAULT_MODEL, (str(FIXTURES / "images"),), True
         mean, std, labels = "0.5,0.5,0.5", "0.25,0.25,0.25", labels or FIXTURES / "labels.txt"
@@ -319,6 +332,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     ex = Explainer(model, method=method, **kw)
     if output is None:
         _announce_scores(ex.model)
+    _announce_input(ex.model, input_name)
     click.echo(f"provider: {ex.provider}" + (f"; Grad-CAM layer: {ex.layer}" if ex.layer else ""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AttributionWarning)

@@ -66,8 +66,9 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     targets = np.asarray(target) if not isinstance(target, str) else None
     if targets is not None and targets.ndim == 1 and len(targets) != len(paths):
         raise TargetError(f"target has {len(targets)} entries for {len(paths)} images (one class for all, or one per image)")
-    explainers = {m: Explainer(model, method=m, **{k: v for k, v in explainer_kw.items()  # (--layer: Grad-CAM's)
-                                                   if k != "layer" or m in CAM_METHODS})
+    cams = any(m in CAM_METHODS for m in methods)  # (--layer: the Grad-CAMs'; with none of them, refused as at export)
+    explainers = {m: Explainer(model, method=m, **{k: v for k, v in explainer_kw.items()
+                                                   if k != "layer" or m in CAM_METHODS or not cams})
                   for m in methods}
     first = next(iter(explainers.values()))
     if first.other_inputs:

@@ -195,6 +195,19 @@ def test_explain_option_errors_leave_nothing(tmp_path):
     assert len(r.output.strip().splitlines()) == 1
 
 
+def test_no_arguments_without_the_bundled_example_is_a_usage_error(tmp_path, monkeypatch):
+    """An installed wheel has no fixtures/: the no-argument run said "cannot read labels file
+    .../fixtures/labels.txt"; now a usage error saying where the example lives."""
+    import onnxattr.cli
+
+    monkeypatch.setattr(onnxattr.cli, "DEFAULT_MODEL", tmp_path / "fixtures" / "shapes_cnn.onnx")
+    monkeypatch.setattr(onnxattr.cli, "FIXTURES", tmp_path / "fixtures")
+    monkeypatch.chdir(tmp_path)
+    r = run("explain")
+    assert r.exit_code == 2 and "the bundled example is not here" in r.output and "pip install -e ." in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_output_folder_fails_before_any_work():
     """An existing folder it cannot write into (here procfs's /proc/sys, read-only even for root,
     which bypasses permission bits) is named before the model is loaded or run."""

@@ -1268,7 +1268,7 @@ def test_a_malformed_graph_is_refused(tmp_path, nodes, words):
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_export_says_which_of_several_float_inputs_it_explains(tmp_path):
+def test_export_and_explain_say_which_of_several_float_inputs_they_explain(tmp_path):
     """Two float inputs: export attributed to the first without a word, and the CLI could not
     choose the other (the API's input=)."""
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
@@ -1284,6 +1284,18 @@ def test_export_says_which_of_several_float_inputs_it_explains(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
     att = sess.run(["attribution"], {"a": a, "b": b, "target": np.array([1])})[0]
     np.testing.assert_array_equal(att, a * w.float_data[1::3] if w.float_data else a * np.arange(12).reshape(4, 3)[:, 1])
+    # explain: the same announcement, and --input-name to choose (it had no such option: only the
+    # first float input could be explained, the other fed with --feed)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    r = cli("explain", tmp_path / "two.onnx", "--input", tmp_path / "a.npy", "--feed", f"b={tmp_path / 'b.npy'}",
+            "--target", "1", "--provider", "cpu", "-o", tmp_path / "att_a.npy")
+    assert r.exit_code == 0 and "attributing to input 'a', the first of the floating-point inputs a, b" in r.output
+    r = cli("explain", tmp_path / "two.onnx", "--input-name", "b", "--input", tmp_path / "b.npy", "--feed",
+            f"a={tmp_path / 'a.npy'}", "--target", "1", "--provider", "cpu", "-o", tmp_path / "att_b.npy")
+    assert r.exit_code == 0 and "attributing" not in r.output, r.output
+    np.testing.assert_array_equal(np.load(tmp_path / "att_a.npy"), b * np.arange(12).reshape(4, 3)[:, 1])
+    np.testing.assert_array_equal(np.load(tmp_path / "att_b.npy"), a * np.arange(12).reshape(4, 3)[:, 1])
 
 
 def test_failed_model_rename_keeps_the_old_external_data(tmp_path, monkeypatch):
@@ -1332,6 +1344,14 @@ def test_layer_with_a_method_that_does_not_take_it_is_refused(tmp_path):
             "--provider", "cpu", "--method", "saliency")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / "grid.png").exists() and f"Grad-CAM layer: {layer}" in r.output
+    # images without --grid: refused as at export (it was ignored), before anything is written
+    r = cli("explain", MODEL, FIX / "images" / "circle.png", "-o", tmp_path / "out2", "--layer", layer,
+            "--provider", "cpu", "--method", "saliency")
+    assert_one_line_error(r, "OptionError", "--layer applies to gradcam and guided-gradcam, not saliency")
+    assert not (tmp_path / "out2").exists()
+    # export prints the layer it took, as explain does (README: "printed and stored in the model's metadata")
+    r = cli("export", MODEL, "-o", tmp_path / "g.onnx", "--method", "gradcam")
+    assert r.exit_code == 0 and f"Grad-CAM layer: {layer}" in r.output, r.output
 
 
 @pytest.mark.parametrize("method", ["saliency", "smoothgrad", "integrated-gradients"])
