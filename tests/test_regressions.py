@@ -228,3 +228,23 @@ def test_float16_batchnorm_is_not_folded_into_float16_weights():
     att = (bn > 0) * 1000 * inv * 0.5 / 16
     np.testing.assert_allclose(out["y"][:, 0], y, rtol=2e-3)
     assert np.linalg.norm(out["attribution"] - att) / np.linalg.norm(att) < 2e-3  # measured 9.1e-4
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audit, older ONNX Runtime: Sin's gradient was g cos(x), and ONNX Runtime 1.15 to 1.28 have a
+# double Sin kernel but no double Cos one, so a float64 model with Sin on the path loaded there and
+# its attribution model did not ("Could not find an implementation for Cos(7)"). Fix
+# (vjp/elementwise.py): in float64, cos x is 1 - 2 sin^2(x / 2) (an identity at every x; sin(x + pi/2)
+# would lose it where x + pi/2 rounds to x).
+def test_float64_sin_gradient_needs_no_double_cos():
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"]), helper.make_node("Sin", ["h"], ["s"]),
+             helper.make_node("Gemm", ["s", "V"], ["y"])]
+    m = model(nodes, ["N", 4], 3, [weights("W", 4, 5, seed=1), weights("V", 5, 3, seed=2)])
+    att = onnxattr.attribution_model(m, method="saliency")
+    assert "Cos" not in {n.op_type for n in att.graph.node}
+    x = np.random.default_rng(3).standard_normal((2, 4)) * 3
+    sess = ort.InferenceSession(att.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(["attribution"], {"x": x, "target": np.array([0, 2])})[0]
+    W, V = (numpy_helper.to_array(t) for t in m.graph.initializer)
+    want = np.stack([(np.cos(x[n] @ W) * V[:, c]) @ W.T for n, c in enumerate([0, 2])])
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)

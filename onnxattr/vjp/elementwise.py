@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
 from ..protos import attrs
@@ -190,6 +191,11 @@ def trig(b, node, gys):
 def _trig(b, op, g, x):
     """The gradient of trig op `op` at g, from its input x (its output, for Tan)."""
     one = b.scalar(1.0)
+    if op == "Sin" and b.dtype == TensorProto.DOUBLE:
+        # cos x as 1 - 2 sin^2(x / 2): ONNX Runtime before 1.29 runs Sin in double but has no
+        # double Cos kernel, so a float64 model's attribution would not load where the model does
+        s = b.op("Sin", [b.op("Mul", [x, b.scalar(0.5)])])
+        return b.op("Mul", [g, b.op("Sub", [one, b.op("Mul", [b.scalar(2.0), b.op("Mul", [s, s])])])])
     if op in ("Sin", "Cosh"):
         return b.op("Mul", [g, b.op("Cos" if op == "Sin" else "Sinh", [x])])
     if op == "Sinh":
