@@ -15,7 +15,7 @@ from onnx import TensorProto
 from .api import ATTRIBUTION, BATCH_AXIS, TARGET, WRT_BATCH_AXIS, _float_input, _one_line, attribution_model, load_model
 from .errors import (EmptyMapWarning, ExecutionError, InputError, NonFiniteWarning, OnnxAttrError, OptionError,
                      TargetError)
-from .recipes import check_baseline
+from .recipes import Options, check_baseline
 from .io import SINGLE_FILE_LIMIT, save_model, tensor_bytes
 from .runtime import make_session, usable_provider
 
@@ -50,6 +50,9 @@ class Explainer:
     One Explainer may serve calls from several threads at once (ONNX Runtime's `run` is
     thread-safe; the lazily built "argmax" session is created under a lock).
 
+    `copies_per_row` is how many forward copies one input row costs (SmoothGrad's samples,
+    integrated gradients' points and baseline, plus the row itself; 1 otherwise).
+
     `batch_axis` is the input's batch axis, the one `target` and the rows follow (1 for a
     time-major [T, N, F] input), `attribution_batch_axis` the attribution's (that of the --wrt
     tensor), as the exported model's metadata says (`onnxattr.batch_axis`, `onnxattr.wrt_batch_axis`).
@@ -70,6 +73,8 @@ class Explainer:
         self.tune_for = tune_for or usable_provider(provider)
         self.model = self._model("input")
         sess, self.provider = self._make_session(self.model, provider)
+        opts = Options(**{k: v for k, v in options.items() if k in Options.__dataclass_fields__})
+        self.copies_per_row = {"smoothgrad": opts.samples + 1, "integrated-gradients": opts.steps + 2}.get(method, 1)
         self._sessions["input"] = sess
         meta = {p.key: p.value for p in self.model.metadata_props}
         self.input_name = _float_input(self.source, input, allow_int=wrt is not None).name

@@ -116,6 +116,42 @@ def test_explain_grid(tmp_path):
     assert grid.shape[0] > 4 * 64 and grid.shape[1] > 8 * 64 and grid.std() > 1
 
 
+def test_explain_runs_copying_methods_in_parts(tmp_path, monkeypatch):
+    """SmoothGrad and integrated gradients copy each row (samples + 1, steps + 2 copies): images
+    run in parts of at most report.COPIES_PER_RUN copies (8 ResNet-50 images at 32 steps took
+    14 GB in one run), one method at a time. The parts join into what one run gives."""
+    import onnxattr.report
+
+    args = [MODEL, FIX / "images", "--grid", "--provider", "cpu", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+            "--samples", "4", "--steps", "8", "--target", "0,1,2,3"]
+    runs = []
+    real_run = onnxattr.report.Explainer.run
+
+    def counted(self, x, *a, **kw):
+        runs.append((self.method, len(x)))
+        return real_run(self, x, *a, **kw)
+
+    monkeypatch.setattr(onnxattr.report.Explainer, "run", counted)
+    results = {}
+    for budget in (64, 20, 1):
+        monkeypatch.setattr(onnxattr.report, "COPIES_PER_RUN", budget)
+        runs.clear()
+        r = run("explain", *args, "-o", tmp_path / str(budget))
+        assert r.exit_code == 0, r.output
+        results[budget] = (r.output.splitlines()[1:-1], {p.name: np.load(p) for p in (tmp_path / str(budget)).glob("*.npy")})
+        rows = {m: [n for mm, n in runs if mm == m] for m in ("saliency", "smoothgrad", "integrated-gradients")}
+        if budget == 20:  # 5 copies a row: 4 rows a run; 10 copies: 2 rows a run
+            assert rows == {"saliency": [4], "smoothgrad": [4], "integrated-gradients": [2, 2]}
+        if budget == 1:
+            assert rows == {"saliency": [1] * 4, "smoothgrad": [1] * 4, "integrated-gradients": [1] * 4}
+    lines, arrays = results[64]
+    assert len(arrays) == 4 * 7
+    for budget in (20, 1):
+        assert results[budget][0] == lines
+        for name, a in arrays.items():
+            np.testing.assert_allclose(results[budget][1][name], a, rtol=0, atol=1e-6 * np.abs(a).max(), err_msg=name)
+
+
 def test_undecodable_image(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
