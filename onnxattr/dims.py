@@ -5,7 +5,7 @@ block's Conv output and its skip input, both [N, C, unk_a, unk_b] with a dynamic
 unrelated, and the backward would have to check at run time whether one broadcasts. Here every
 dim of a tensor the graph computes from its inputs through element-wise ops, Convs, pools,
 constant Pads, axis permutations, Reshapes to the Shape of a tensor and Resizes to sizes taken
-from it becomes an expression
+from it (also token embeddings' Gathers, Expands, recurrent layers, arange(n)) becomes an expression
 over the inputs' dims: an int, or (base, offset) meaning base + offset, where base is an input
 dim ("in", input, axis) or a division ("div", expression, stride) of one (floor division; conv
 and pool lengths are
@@ -19,7 +19,7 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from .protos import attrs, constant_tensor
+from .protos import attrs, constant_tensor, reads
 
 # outputs[0] has the shape of inputs[0]
 _SAME = {
@@ -298,11 +298,15 @@ def _resize_sizes(node, dims: list, sizes) -> list | None:
     return out
 
 
-def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None) -> dict[str, list]:
+def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None,
+                  lost: set | None = None) -> dict[str, list]:
     """{tensor: [expression per axis]} for the graph's inputs and what follows from them. `met`
     collects the pairs of different unknown expressions that an element-wise op broadcasts
     against each other on one axis: where the model runs, each is the other or 1 there (a padding
-    mask [N', T] meeting the token embeddings [N, T, D] in a Mul: N' is N or 1)."""
+    mask [N', T] meeting the token embeddings [N, T, D] in a Mul: N' is N or 1). `lost` collects
+    the input dims ("in", input, axis) that reach a node whose outputs these expressions do not
+    follow (an op without a case here, a length left unknown, a broadcast against an unknown
+    length): where such a dim goes from there, and what it meets, is not known."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     init_dims = {i.name: list(i.dims) for i in g.initializer}
@@ -325,12 +329,31 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None)
         s = shapes.get(t, init_dims.get(t))
         return None if s is None else list(s)  # (an unknown length stays None: never guessed)
 
+    def meeting(padded: list) -> None:  # (one axis of several inputs broadcast against each other)
+        unknown = list(dict.fromkeys(d for d in padded if d is not None and d is not ... and not isinstance(d, int)))
+        if met is not None:
+            met.extend(zip(unknown, unknown[1:]))
+        if lost is not None and None in padded:  # (met a length nothing here follows)
+            lost.update(b for d in unknown for b in input_dims(d))
+
+    def bases(entries) -> set:
+        return {b for d in entries or () for b in input_dims(d)}
+
     for node in g.node:
-        if node.domain not in ("", "ai.onnx") or not node.output or not node.output[0]:
+        # the input dims that what the node reads (a branch's captures too) holds in its dims, and in
+        # its values (lengths read by Shape; Size's product of them is not followed)
+        read = [] if lost is None else [i for i in reads(node) if i]
+        in_dims = {b for i in read for b in bases(dims(i))}
+        in_vals = {b for i in read for b in bases(vals.get(i, ((),))[0])}
+        if node.op_type == "Size":
+            in_vals |= in_dims
+        if node.domain not in ("", "ai.onnx") or not any(node.output):
+            if lost is not None:
+                lost.update(in_dims | in_vals)
             continue
-        op, out = node.op_type, None
+        op, out, more = node.op_type, None, {}
         value = _shape_value(node, vals, sym, shapes)
-        if value is not None:
+        if value is not None and node.output[0]:
             vals[node.output[0]] = value
         ins = [dims(i) if i else None for i in node.input]
         if op in _SAME and ins and ins[0] is not None:
@@ -339,11 +362,30 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None)
             rank = max(len(d) for d in ins)
             padded = [[...] * (rank - len(d)) + list(d) for d in ins]
             out = [_broadcast([d[i] for d in padded]) for i in range(rank)]
-            if met is not None:
-                for i in range(rank):
-                    unknown = list(dict.fromkeys(d[i] for d in padded if d[i] is not None and d[i] is not ...
-                                                 and not isinstance(d[i], int)))
-                    met.extend(zip(unknown, unknown[1:]))
+            for i in range(rank):
+                meeting([d[i] for d in padded])
+        elif op == "Expand" and len(ins) == 2 and ins[0] is not None and vals.get(node.input[1], ([], 0))[1] == 1:
+            target = vals[node.input[1]][0]
+            rank = max(len(ins[0]), len(target))
+            padded = [[...] * (rank - len(d)) + list(d) for d in (ins[0], target)]
+            out = [_broadcast([d[i] for d in padded]) for i in range(rank)]
+            for i in range(rank):
+                meeting([d[i] for d in padded])
+        elif op == "ConstantOfShape" and ins and vals.get(node.input[0], ([], 0))[1] == 1:
+            out = list(vals[node.input[0]][0])
+        elif op == "Range" and len(node.input) == 3 and all(vals.get(i, ([], 1))[1] == 0 for i in node.input):
+            start, limit, delta = (vals[i][0][0] for i in node.input)  # (arange(n) of a length n read by Shape)
+            if start == 0 and delta == 1 and limit is not None:
+                out = [limit]
+        elif op in ("LSTM", "GRU", "RNN") and ins and ins[0] is not None and len(ins[0]) == 3:
+            a = attrs(node)
+            hidden, layout = a.get("hidden_size"), a.get("layout", 0)
+            directions = 2 if a.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+            steps, batch = (ins[0][0], ins[0][1]) if layout == 0 else (ins[0][1], ins[0][0])
+            if hidden is not None:
+                out = [steps, directions, batch, hidden] if layout == 0 else [batch, steps, directions, hidden]
+                state = [directions, batch, hidden] if layout == 0 else [batch, directions, hidden]
+                more = {o: list(state) for o in node.output[1:] if o}
         elif op == "Gather" and len(ins) == 2 and ins[0] is not None and ins[1] is not None:  # (token embeddings)
             axis = attrs(node).get("axis", 0) % max(len(ins[0]), 1)
             out = list(ins[0][:axis]) + list(ins[1]) + list(ins[0][axis + 1:])
@@ -374,6 +416,8 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None)
             rank = max(len(d) for d in ins)
             lead = [[...] * (rank - len(d)) + list(d[:-2]) for d in ins]
             out = [_broadcast([d[i] for d in lead]) for i in range(rank - 2)] + [ins[0][-2], ins[1][-1]]
+            for i in range(rank - 2):
+                meeting([d[i] for d in lead])
         elif op == "Gemm" and len(ins) >= 2 and all(d is not None and len(d) == 2 for d in ins[:2]):
             a = attrs(node)
             out = [ins[0][1 if a.get("transA", 0) else 0], ins[1][0 if a.get("transB", 0) else 1]]
@@ -389,15 +433,31 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None)
             perm = attrs(node).get("perm", list(range(len(ins[0])))[::-1])
             if sorted(perm) == list(range(len(ins[0]))):
                 out = [ins[0][p] for p in perm]
-        if out is not None:
+        if out is not None and node.output[0]:
+            more[node.output[0]] = out
+        for name, out in more.items():
             # a static length known otherwise wins (and keeps the expressions honest)
-            known = shapes.get(node.output[0])
+            known = shapes.get(name)
             if known is not None and len(known) == len(out):
                 out = [k if k is not None else e for k, e in zip(known, out)]
             elif known is not None:  # (a rank that disagrees with shape inference: claim nothing)
                 continue
-            sym[node.output[0]] = out
+            sym[name] = out
+        if in_dims or in_vals:  # an input dim the outputs may hold where no expression follows it
+            outputs = [o for o in node.output if o]
+            followed = all(dims(o) is not None and None not in dims(o) for o in outputs) and \
+                (not in_vals or all(o in vals and None not in vals[o][0] for o in outputs))
+            if not followed:
+                lost.update((in_dims | in_vals) - {b for o in outputs for b in bases(dims(o)) | bases(vals.get(o, ((),))[0])})
     return sym
+
+
+def input_dims(e) -> set:
+    """The input dims ("in", input, axis) an expression is made of."""
+    if e is None or e is ... or isinstance(e, int):
+        return set()
+    base = e[0]
+    return {base} if base[0] == "in" else input_dims(base[1])
 
 
 def same(sym: dict, x: str, i: int, y: str, j: int) -> bool:

@@ -77,7 +77,8 @@ class Builder:
         self._infer_trials()
         self._record_declared()
         self._met: list[tuple] = []  # unknown lengths broadcast against each other (dims.symbolic_dims)
-        self._sym = symbolic_dims(model, self.shapes, self._met)
+        self._lost: set = set()  # input dims that reach where no expression follows them (dims.symbolic_dims)
+        self._sym = symbolic_dims(model, self.shapes, self._met, self._lost)
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
@@ -734,9 +735,26 @@ class Builder:
     def meet(self, x: str, i: int, y: str, j: int) -> bool:
         """Whether unknown dim i of x and dim j of y are broadcast against each other somewhere on
         the way (through other unknown lengths too): where the model runs, each is the other or 1."""
-        a, c = (self._sym.get(t) for t in (x, y))
-        if a is None or c is None or not (0 <= i < len(a)) or not (0 <= j < len(c)) or a[i] is None or c[j] is None:
+        c = self._sym.get(y)
+        if c is None or not (0 <= j < len(c)) or c[j] is None:
             return False
+        return c[j] in self._linked(x, i)
+
+    def untraced(self, x: str, i: int, y: str, j: int) -> bool:
+        """Whether unknown dim i of the input x may be dim j of the input y where nothing here follows
+        it: it, or a length broadcast against it, reaches a node whose outputs dims.py does not
+        follow (what it meets there is not known), and it is not broadcast against another of y's
+        dims (a positional table [P, D] added to x [N, T, D]: P is T, or 1)."""
+        linked, c = self._linked(x, i), self._sym.get(y) or []
+        if any(e in linked for k, e in enumerate(c) if k != j and e is not None and not isinstance(e, int)):
+            return False
+        return any(base in self._lost for e in linked for base in dims.input_dims(e))
+
+    def _linked(self, x: str, i: int) -> set:
+        """Dim i of x's expression and those broadcast against it, directly or through others."""
+        a = self._sym.get(x)
+        if a is None or not (0 <= i < len(a)) or a[i] is None:
+            return set()
         linked, todo = {a[i]}, [a[i]]
         while todo:
             e = todo.pop()
@@ -745,7 +763,7 @@ class Builder:
                     if u == e and v not in linked:
                         linked.add(v)
                         todo.append(v)
-        return c[j] in linked
+        return linked
 
     def differ(self, x: str, i: int, y: str, j: int) -> bool:
         """Whether dim i of x and dim j of y are known to differ: both static, or in a trial."""

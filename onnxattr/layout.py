@@ -16,8 +16,8 @@ def batch_axis(b: Builder, t: str, y: str) -> int | None:
     same size (equal static sizes, the same symbolic dim or expression of the inputs' dims; a
     time-major [T, N, F] input has it on axis 1), else axis 0 unless proven to differ, else the
     one axis not proven to differ; None when that singles out no axis. Where the guess of axis 0
-    is wrong (a time-major input with unnamed dims) the batched methods' seed Reshape fails at run
-    time rather than mixing copies."""
+    is wrong (a time-major input with unnamed dims that dims.py does not follow to the scores) the
+    batched methods' seed Reshape fails at run time rather than mixing copies."""
     dims, n = b.shapes.get(t) or [], (b.shapes.get(y) or [None])[0]
 
     def same(i):

@@ -196,6 +196,15 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
             same = b.op("Equal", [b.slice(b.shape_of(name), [xa], [xa + 1], [0]), b.slice(b.shape_of(ctx.x), [xa], [xa + 1], [0])])
             tiled = b.ints([copies if i == xa else 1 for i in range(rank)])
             feeds[name] = b.op("Tile", [name, b.op("Where", [same, tiled, b.ints([1] * rank)])])
+        elif xa < rank and b.shapes[name][xa] is None and b.untraced(name, xa, ctx.x, xa):  # (and is not the batch where it
+            # is not copied: a length nothing here follows; copied where it is not the batch, it is wrong)
+            named = [p.dim[xa].dim_param if p is not None and p.dim[xa].dim_param else "?"
+                     for p in (b.shape_protos.get(name), b.shape_protos.get(ctx.x))]
+            raise UnsupportedModelError(
+                f"cannot tell whether axis {xa} of the input '{name}' ('{named[0]}') is the batch axis of '{ctx.x}' "
+                f"('{named[1]}'): the graph takes it where its length is not followed, and this method runs its "
+                f"copies of '{ctx.x}' as one batch, with '{name}' copied along only if it has one row per example; "
+                "if it has, give the two dims one symbolic name at export")
     rename = b.clone_forward(feeds, {ctx.w: flat})
     if ctx.y not in rename:
         raise UnsupportedModelError(f"the scores '{ctx.y}' do not depend on '{ctx.w}'")

@@ -730,11 +730,13 @@ def _unnamed(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def test_unnamed_dynamic_dims_take_axis_0_and_a_wrong_guess_fails_at_run_time():
-    """Dynamic dims left unnamed (x [?, ?, 4] -> y [?, 3]) relate the input to the scores nowhere:
-    the batched methods take axis 0 as the batch, as before the time-major support, so an unnamed
-    batch-first model keeps working (SmoothGrad against float64 autograd). On a time-major model
-    that guess is wrong: the run fails in ONNX Runtime, at one row as at three, never returning
-    copies mixed up; the saliency, which stacks nothing, still matches autograd."""
+    """Dynamic dims left unnamed (x [?, ?, 4] -> y [?, 3]): the batched methods take the axis that
+    dims.py follows to the scores' axis 0, through the LSTM (x[:, n] of a time-major model, axis 1:
+    before the LSTM's output dims were followed, axis 0 was guessed there and the run failed),
+    else axis 0, as before the time-major support, so an unnamed batch-first model keeps working
+    (SmoothGrad against float64 autograd). Where nothing relates them (an Einsum, whose dims
+    dims.py does not follow) that guess is wrong on a time-major model: the run fails in ONNX
+    Runtime, at one row as at three, never returning copies mixed up."""
     model, proto = time_major_case()
     first = _BatchFirst(model)
     x0 = np.random.default_rng(12).standard_normal((2, 5, F_IN)).astype(np.float32)
@@ -756,13 +758,27 @@ def test_unnamed_dynamic_dims_take_axis_0_and_a_wrong_guess_fails_at_run_time():
     assert err < TOL_TIME_MAJOR, f"batch-first, unnamed: relative error {err:.2e}"
 
     bare = _unnamed(proto)
+    assert onnxattr.Explainer(bare, method="smoothgrad", provider="cpu").batch_axis == 1
+    x = x.transpose(1, 0, 2)  # [T, N, F]: row x[:, n] gets z[s] [T, F]
+    span = span.transpose(1, 0, 2)
+    ref = np.mean([torch_gradient(model, x + noise * span * z[s, 0][:, None], target)[1] for s in range(samples)], axis=0)
+    got = attribution_session(bare, "smoothgrad", samples=samples, noise=noise, seed=seed).run(
+        ["attribution"], {"x": x, "target": target})[0]
+    err = rel_err(got, ref)
+    assert err < TOL_TIME_MAJOR, f"time-major, unnamed: relative error {err:.2e}"
+
+    w = np.random.default_rng(3).standard_normal((F_IN, CLASSES)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Einsum", ["x", "w"], ["y"], equation="tnf,fc->nc")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, None, F_IN])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, CLASSES])],
+                              [numpy_helper.from_array(w, "w")])
+    einsum = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     for method in ("smoothgrad", "integrated-gradients"):
-        sess = attribution_session(bare, method)
+        sess = attribution_session(einsum, method)
         for n in (1, 3):
             xt = np.random.default_rng(n).standard_normal((6, n, F_IN)).astype(np.float32)
             with pytest.raises(Exception, match="Non-zero status code returned while running"):
                 sess.run(["attribution"], {"x": xt, "target": np.zeros(n, np.int64)})
-    x = np.random.default_rng(16).standard_normal((6, 3, F_IN)).astype(np.float32)
     got = attribution_session(bare).run(["attribution"], {"x": x, "target": target})[0]
     err = rel_err(got, torch_gradient(model, x, target)[1])
     assert err < TOL_TIME_MAJOR, f"relative error {err:.2e}"
