@@ -697,7 +697,6 @@ def test_gradcam_does_not_need_rules_before_its_layer():
     assert ex.layer == "r2"
     cam = ex.run(x, [0, 2])["cam"]
     # Grad-CAM by hand: the head is linear after the pooling, so d y_c / d r2 = Wf[:, c] / 64
-    sess = onnxattr.runtime.make_session(m.SerializeToString(), "cpu")[0]
     m2 = onnx.ModelProto()
     m2.CopyFrom(m)
     m2.graph.output.append(helper.make_tensor_value_info("r2", TensorProto.FLOAT, None))
