@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from .backward import build_backward, differentiable_path, inside, prune, refuse_missing_rules, refuse_shape_conflicts
 from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
 from .graph import Builder
+from .contrib import expand_contrib
 from .functions import expand_functions
 from .inline import inline_constant_ifs
 from .protos import FLOAT_TYPES, describe, structure_error
@@ -144,10 +145,13 @@ def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
 
 
 def _builder(model: onnx.ModelProto, dtype: int, tune_for: str = "cpu", expanded: dict | None = None) -> Builder:
-    """The Builder of `model`, after expanding (in place) the ops without a rule that ONNX defines
-    as functions (functions.py; what came from where is added to `expanded`) and inlining the Ifs
-    whose condition is known from static dims (inline.py)."""
-    (expanded if expanded is not None else {}).update(expand_functions(model))
+    """The Builder of `model`, after expanding (in place) ONNX Runtime's fused ops into standard
+    ops (contrib.py) and the ops without a rule that ONNX defines as functions (functions.py; what
+    came from where is added to `expanded`) and inlining the Ifs whose condition is known from
+    static dims (inline.py)."""
+    expanded = expanded if expanded is not None else {}
+    expanded.update(expand_contrib(model))
+    expanded.update(expand_functions(model))
     b = Builder(model, dtype, tune_for=tune_for)
     for _ in range(8):  # an If in a taken branch, or fed by another If, is known one round later
         if not inline_constant_ifs(model.graph, b.static_value):
@@ -352,6 +356,7 @@ def vjp_model(model, wrt: list[str] | None = None, of: list[str] | None = None, 
     wrt = wrt or [i.name for i in float_inputs]
     out = onnx.ModelProto()
     out.CopyFrom(src)
+    expand_contrib(out)
     expand_functions(out)
     b = Builder(out, float_inputs[0].type.tensor_type.elem_type, tune_for=tune_for)
     of = of or [o.name for o in src.graph.output if b.is_float(o.name)]
