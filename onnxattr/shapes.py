@@ -477,10 +477,13 @@ def ml_shapes(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: di
     LinearClassifier's scores [N, one per coefficient row] (two for one row and two labels), an
     ArrayFeatureExtractor's the input's but for the last axis (one per constant index). Declared
     in `skel`'s value_info for the next inference pass; returns how many (each once: names kept
-    in `done`)."""
+    in `done`). ONNX 1.23 also gives GroupNormalization (a function op with no inference function,
+    onnx/onnx#7157) no output at all: its output is the input's type and shape."""
     fixed = 0
     for n in skel.graph.node:
-        if n.domain != "ai.onnx.ml" or n.op_type not in ("Normalizer", "Scaler", "LinearClassifier", "ArrayFeatureExtractor"):
+        group_norm = n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx")
+        if not group_norm and (n.domain != "ai.onnx.ml" or n.op_type not in ("Normalizer", "Scaler", "LinearClassifier",
+                                                                              "ArrayFeatureExtractor")):
             continue
         out = n.output[1] if n.op_type == "LinearClassifier" and len(n.output) > 1 else n.output[0]
         xs, ys = shape_protos.get(n.input[0]), shape_protos.get(out)
@@ -497,7 +500,7 @@ def ml_shapes(skel: onnx.ModelProto, shape_protos: dict, types: dict, consts: di
                 continue
             dims[1].Clear()
             dims[1].dim_value = 2 if binary else rows
-        elem = TensorProto.FLOAT
+        elem = types.get(n.input[0], TensorProto.FLOAT) if group_norm else TensorProto.FLOAT
         if n.op_type == "ArrayFeatureExtractor":
             idx = consts.get(n.input[1])
             if idx is None or len(xs.dim) < 2 or len(idx.dims) > 1:

@@ -248,3 +248,36 @@ def test_float64_sin_gradient_needs_no_double_cos():
     W, V = (numpy_helper.to_array(t) for t in m.graph.initializer)
     want = np.stack([(np.cos(x[n] @ W) * V[:, c]) @ W.T for n, c in enumerate([0, 2])])
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rare-op fuzzer: ONNX shape inference (onnx 1.23) gives GroupNormalization (opset 21, a function
+# op without an inference function, onnx/onnx#7157) no output type at all, so a Flatten or MatMul
+# after it had no rank and the model was refused ("the rank of tensor 'f' ... is unknown").
+# Fix (shapes.ml_shapes): its output is declared with the input's type and shape.
+@pytest.mark.parametrize("opset", [21, 23])
+def test_group_normalization_inside_the_graph_is_differentiated(opset):
+    from vjp_check import reference
+    rng = np.random.default_rng(0)
+    c, groups = 4, 2
+    s, b = 1 + 0.3 * rng.standard_normal(c), 0.3 * rng.standard_normal(c)
+    w = rng.standard_normal((c * 9, 3))
+    nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["g"], num_groups=groups, epsilon=1e-3),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])]
+    m = model(nodes, ["N", c, 3, 3], 3, [numpy_helper.from_array(v, k) for k, v in {"s": s, "b": b, "w": w}.items()],
+              opset=opset)
+
+    def scores(x):  # numpy GroupNorm, scale and bias per channel
+        xg = x.reshape(len(x), groups, -1)
+        z = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-3)).reshape(x.shape)
+        return (z * s.reshape(1, -1, 1, 1) + b.reshape(1, -1, 1, 1)).reshape(len(x), -1) @ w
+
+    x, target = rng.standard_normal((2, c, 3, 3)), np.array([0, 2])
+    fd = np.zeros(x.shape)
+    for i in np.ndindex(*x.shape):
+        e = np.zeros(x.shape)
+        e[i] = 1e-6
+        fd[i] = (scores(x + e)[[0, 1], target].sum() - scores(x - e)[[0, 1], target].sum()) / 2e-6
+    att = onnxattr.attribution_model(m, method="saliency")
+    got = reference(att).run(["attribution"], {"x": x, "target": target})[0]
+    assert np.abs(got - fd).max() < 1e-6 * np.abs(fd).max()
