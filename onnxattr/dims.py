@@ -382,6 +382,10 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None,
             hidden, layout = a.get("hidden_size"), a.get("layout", 0)
             directions = 2 if a.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
             steps, batch = (ins[0][0], ins[0][1]) if layout == 0 else (ins[0][1], ins[0][0])
+            # sequence_lens [N] and the initial states [D, N, H] ([N, D, H] in layout 1) have X's batch
+            for k, axis in ((4, 0), (5, 1 - layout), (6, 1 - layout)):
+                if len(ins) > k and ins[k] is not None and len(ins[k]) > axis:
+                    meeting([batch, ins[k][axis]])
             if hidden is not None:
                 out = [steps, directions, batch, hidden] if layout == 0 else [batch, steps, directions, hidden]
                 state = [directions, batch, hidden] if layout == 0 else [batch, directions, hidden]

@@ -8,6 +8,8 @@ scores' axis 0: axis 1 of a time-major [T, N, F] input), and one backward pass s
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,6 +174,20 @@ def _stacking_axis(ctx: Context, t: str) -> int:
     return axis
 
 
+# dim names that exporters make up (TorchScript's dynamic_axes as lists, ONNX shape inference's,
+# torch.export's): they say nothing of whether two dims are one
+_MADE_UP = re.compile(r"(.*_dynamic_axes_\d+|unk__\d+|s\d+)")
+
+
+def _dim_name(b, name: str, axis: int) -> str:
+    p = b.shape_protos.get(name)
+    return p.dim[axis].dim_param if p is not None and axis < len(p.dim) else ""
+
+
+def _automatic(dim_name: str) -> bool:
+    return not dim_name or _MADE_UP.fullmatch(dim_name) is not None
+
+
 def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, dict[str, str], str]:
     """Run the forward on `stacked` (w with a copies axis inserted before its batch axis `axis`:
     [copies, N, ...] for a batch-first w) in place of w: returns (the batch fed in place of w,
@@ -188,23 +204,27 @@ def _batched(ctx: Context, stacked: str, copies: int, axis: int) -> tuple[str, d
         if len(along) > 1:
             raise UnsupportedModelError(f"the input '{name}' {b.dims_text(name)} has the batch axis of '{ctx.x}' "
                                         f"on axes {along}: cannot tell along which to copy it")
+        met = [i for i in range(rank) if b.shapes[name][i] is None and b.meet(name, i, ctx.x, xa)]
         if along:
             feeds[name] = b.op("Tile", [name, b.ints([copies if i == along[0] else 1 for i in range(rank)])])
-        elif xa < rank and b.shapes[name][xa] is None and b.meet(name, xa, ctx.x, xa):  # the batch under another
-            # name (TorchScript's dynamic_axes as lists name each input's dims apart), or 1: it meets the batch
-            # in a broadcast (a padding mask); copied where its length is the batch's at run time
-            same = b.op("Equal", [b.slice(b.shape_of(name), [xa], [xa + 1], [0]), b.slice(b.shape_of(ctx.x), [xa], [xa + 1], [0])])
-            tiled = b.ints([copies if i == xa else 1 for i in range(rank)])
+        elif len(met) == 1:  # the batch under another name (TorchScript's dynamic_axes as lists name each input's
+            # dims apart), or 1: it meets the batch in a broadcast (a padding mask) or as a recurrent layer's
+            # initial state [D, N, H]; copied where its length is the batch's at run time
+            ma = met[0]
+            same = b.op("Equal", [b.slice(b.shape_of(name), [ma], [ma + 1], [0]), b.slice(b.shape_of(ctx.x), [xa], [xa + 1], [0])])
+            tiled = b.ints([copies if i == ma else 1 for i in range(rank)])
             feeds[name] = b.op("Tile", [name, b.op("Where", [same, tiled, b.ints([1] * rank)])])
-        elif xa < rank and b.shapes[name][xa] is None and b.untraced(name, xa, ctx.x, xa):  # (and is not the batch where it
-            # is not copied: a length nothing here follows; copied where it is not the batch, it is wrong)
-            named = [p.dim[xa].dim_param if p is not None and p.dim[xa].dim_param else "?"
-                     for p in (b.shape_protos.get(name), b.shape_protos.get(ctx.x))]
+        elif xa < rank and b.shapes[name][xa] is None and b.untraced(name, xa, ctx.x, xa) and \
+                _automatic(_dim_name(b, name, xa)):
+            # (and is not the batch where it is not copied: a length nothing here follows, under a name no one
+            # chose; copied where it is not the batch, it is wrong. A name of the user's own, apart from the
+            # batch's, says it is not the batch: a memory bank [P, D] read through TopK stays as it is)
+            named = [_dim_name(b, t, xa) or "?" for t in (name, ctx.x)]
             raise UnsupportedModelError(
                 f"cannot tell whether axis {xa} of the input '{name}' ('{named[0]}') is the batch axis of '{ctx.x}' "
                 f"('{named[1]}'): the graph takes it where its length is not followed, and this method runs its "
                 f"copies of '{ctx.x}' as one batch, with '{name}' copied along only if it has one row per example; "
-                "if it has, give the two dims one symbolic name at export")
+                "if it has, give the two dims one symbolic name at export (if not, a name of its own)")
     rename = b.clone_forward(feeds, {ctx.w: flat})
     if ctx.y not in rename:
         raise UnsupportedModelError(f"the scores '{ctx.y}' do not depend on '{ctx.w}'")
