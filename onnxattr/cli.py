@@ -245,6 +245,9 @@ def _floats(text: str, name: str) -> list[float]:
               help="With --input: the .npy to write (default attribution.npy). With images: the output folder "
                    "(default onnxattr_out).")
 @click.option("--size", default=None, metavar="H[,W]", help="Images: crop size (default: the model's input size).")
+@click.option("--resize", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Images: shorter side before the centre crop (default: just enough to cover it; torchvision's "
+                   "ImageNet evaluation: --resize 256 with a 224 crop).")
 @click.option("--mean", default="0.485,0.456,0.406", show_default=True, help="Images: per-channel mean.")
 @click.option("--std", default="0.229,0.224,0.225", show_default=True, help="Images: per-channel std.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images: batch size.")
@@ -254,7 +257,7 @@ def _floats(text: str, name: str) -> list[float]:
               help="With --input: another input of the model (a padding mask), repeatable.")
 @input_name_option
 @user_errors
-def explain(model, images, input_path, target, method, provider, output, relu_like, out, wrt, size, mean, std,
+def explain(model, images, input_path, target, method, provider, output, relu_like, out, wrt, size, resize, mean, std,
             batch_size, labels, grid, feed, input_name, **opts):
     """Explain MODEL on images (files or folders) or on a .npy batch (--input).
 
@@ -299,7 +302,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", AttributionWarning)
                 result = explain_images(model, paths, methods, outdir, target=_parse_target(target),
-                                        size=hw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                                        size=hw, resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                                         batch_size=batch_size, labels=names,
                                         grid=grid, progress=lambda chunks: click.progressbar(
                                             chunks, label="explaining", show_pos=True), **kw)
@@ -320,7 +323,7 @@ def explain(model, images, input_path, target, method, provider, output, relu_li
     if input_path is None:
         raise click.UsageError("give images, or --input X.npy")
     ctx = click.get_current_context()
-    given = [f"--{p.replace('_', '-')}" for p in ("size", "mean", "std", "batch_size", "labels", "grid")
+    given = [f"--{p.replace('_', '-')}" for p in ("size", "resize", "mean", "std", "batch_size", "labels", "grid")
              if ctx.get_parameter_source(p) not in (None, click.core.ParameterSource.DEFAULT)]
     if given:
         raise click.UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images, not to --input X.npy")

@@ -53,7 +53,7 @@ def _probabilities(scores: np.ndarray) -> np.ndarray:
 
 
 def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, target="argmax",
-                   size=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), batch_size: int = 8,
+                   size=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), batch_size: int = 8, resize=None,
                    labels: list[str] | None = None, grid: bool = False, progress=None, **explainer_kw) -> dict:
     """Explain every image with every method; write OUTDIR/<image>.<method>.npy and .png (and
     OUTDIR/grid.png with `grid`). Returns {"files": [...], "predictions": [(label, score), ...],
@@ -100,8 +100,8 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
                     ex = None  # (the previous method's sessions go first)
                     ex = explainer(m)
                 layers[m] = ex.layer
-                classes = _explain_chunk(chunk, ex, m == methods[0], outdir, chunk_target, size, mean, std, layout,
-                                         channels, labels, files, shown, maps, predictions)
+                classes = _explain_chunk(chunk, ex, m == methods[0], outdir, chunk_target, size, resize, mean, std,
+                                         layout, channels, labels, files, shown, maps, predictions)
         ex = None
         if grid:
             titles = [f"{name} ({score:.2f})" for name, score in predictions]
@@ -164,11 +164,11 @@ def _run_in_parts(ex: Explainer, x: np.ndarray, target, names: list[str]) -> dic
     return {k: np.concatenate([p[k] for p in parts], axis=a) for k, a in axes.items() if k in parts[0]}
 
 
-def _explain_chunk(chunk, ex, first, outdir, target, size, mean, std, layout, channels, labels, files, shown, maps,
-                   predictions) -> int:
+def _explain_chunk(chunk, ex, first, outdir, target, size, resize, mean, std, layout, channels, labels, files, shown,
+                   maps, predictions) -> int:
     """One method (ex) on one chunk of images; the first method also gives the predictions and
     the images shown. Returns the number of classes."""
-    x, images = load_images(chunk, size, mean, std, layout, channels=channels or 3)
+    x, images = load_images(chunk, size, mean, std, layout, resize=resize, channels=channels or 3)
     m = ex.method
     out = _run_in_parts(ex, x, target, [p.name for p in chunk])
     probs = _probabilities(out[_first_output(ex)])

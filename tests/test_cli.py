@@ -152,6 +152,27 @@ def test_explain_runs_copying_methods_in_parts(tmp_path, monkeypatch):
             np.testing.assert_allclose(results[budget][1][name], a, rtol=0, atol=1e-6 * np.abs(a).max(), err_msg=name)
 
 
+def test_explain_resize_before_the_crop(tmp_path):
+    """--resize N: the shorter side resized to N (bilinear), then the centre crop, as torchvision's
+    Resize(N) + CenterCrop evaluation; checked against the same steps in PIL by hand."""
+    from PIL import Image
+
+    import onnxattr
+
+    img = FIX / "images" / "circle.png"
+    r = run("explain", MODEL, img, "--resize", "96", "--method", "saliency", "--provider", "cpu", "--target", "1",
+            "--mean", "0.5", "--std", "0.25", "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    with Image.open(img) as im:
+        big = im.convert("RGB").resize((96, 96), Image.Resampling.BILINEAR)
+    crop = np.asarray(big, np.float32)[16:80, 16:80] / np.float32(255.0)
+    x = ((crop - 0.5) / 0.25).transpose(2, 0, 1)[None].astype(np.float32)
+    want = onnxattr.Explainer(MODEL, provider="cpu")(x, 1)[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "circle.saliency.npy"), want)
+    r = run("explain", MODEL, "--input", FIX / "default_input.npy", "--resize", "96", "-o", tmp_path / "a.npy")
+    assert r.exit_code == 2 and "--resize applies to images" in r.output
+
+
 def test_undecodable_image(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
