@@ -468,14 +468,16 @@ class Interp:
 class _Gen:
     """Grows a graph one node at a time; `env` holds probe values (for shapes only)."""
 
+    interp_class = Interp  # what runs each new node on the probe values
+
     def __init__(self, draw, opset, seed):
         self.draw, self.opset = draw, opset
         self.rng = np.random.default_rng(seed)
         self.nodes, self.inits, self.pool = [], [], []
         self.env, self.count = {}, 0
         self.dynamic = False  # a symbolic batch axis: constants must not depend on its size
-        self.interp = Interp(helper.make_model(helper.make_graph([], "g", [], []),
-                                               opset_imports=[helper.make_opsetid("", opset)]))
+        self.interp = self.interp_class(helper.make_model(helper.make_graph([], "g", [], []),
+                                                          opset_imports=[helper.make_opsetid("", opset)]))
 
     def name(self, hint):
         self.count += 1
@@ -883,10 +885,11 @@ GENERATORS = [g_unary, g_unary, g_binary, g_binary, g_conv, g_conv, g_conv, g_po
 
 
 @st.composite
-def graphs(draw, max_ops: int = 10):
-    """A float64 classifier model (x -> y [N, K]) over FUZZ_OPS, its input shape and class count."""
-    opset = draw(st.sampled_from(OPSETS))
-    g = _Gen(draw, opset, draw(st.integers(0, 2**32 - 1)))
+def graphs(draw, max_ops: int = 10, generators=GENERATORS, opsets=OPSETS, gen=_Gen):
+    """A float64 classifier model (x -> y [N, K]) over FUZZ_OPS (or the ops `generators` draw, in a
+    `gen` whose interpreter runs them: tests/fuzz_rare_ops.py), its input shape and class count."""
+    opset = draw(st.sampled_from(opsets))
+    g = gen(draw, opset, draw(st.integers(0, 2**32 - 1)))
     n = draw(st.integers(1, 2))
     g.dynamic = draw(st.booleans())
     kind = draw(st.sampled_from(["image", "image", "vector", "sequence"]))
@@ -900,8 +903,8 @@ def graphs(draw, max_ops: int = 10):
     g.pool.append("x")
     for _ in range(draw(st.integers(1, max_ops))):
         for _attempt in range(5):
-            gen = draw(st.sampled_from(GENERATORS))
-            if gen(g) is not None:
+            grow = draw(st.sampled_from(generators))
+            if grow(g) is not None:
                 break
     # The classifier head: flatten the newest tensor (or any), then a linear layer to K classes.
     t = g.pick()
