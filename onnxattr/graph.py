@@ -79,6 +79,7 @@ class Builder:
         self._met: list[tuple] = []  # unknown lengths broadcast against each other (dims.symbolic_dims)
         self._lost: set = set()  # input dims that reach where no expression follows them (dims.symbolic_dims)
         self._sym = symbolic_dims(model, self.shapes, self._met, self._lost)
+        self._keep_declared_names()
 
     # ---------------------------------------------------------------- shapes and values
     def _infer(self) -> None:
@@ -179,15 +180,19 @@ class Builder:
             if t.HasField("shape") and self.shapes.get(vi.name) is None:
                 self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
                 self.shape_protos.setdefault(vi.name, t.shape)
-        self._keep_declared_names()
 
     def _keep_declared_names(self) -> None:
         """A graph output's dim that inference lost (a Reshape to [-1, 32]) but the model declares
         with the name of an input's dim ('batch') keeps that name: how the scores' batch axis is
         found in a time-major input [T, N, F] (README: "the one named like the scores' first"),
         where shape trials agree, with each free dim of its own size: a declaration can be wrong
-        (a per-token Reshape to [-1, C] declared ['N', C] has N T rows)."""
+        (a per-token Reshape to [-1, C] declared ['N', C] has N T rows). Input dims that the graph
+        broadcasts against each other (dims.py's `met`: a padding mask [N', T'] named apart, against
+        a time-major GRU's outputs) get one size there: with sizes of their own the broadcast fails
+        and the trial has no say, so the declaration was never kept."""
         g = self.model.graph
+        same = [(p[0][1:], q[0][1:]) for p, q in self._met
+                if p[1] == q[1] and p[0][0] == q[0][0] == "in"]  # (base + k and base' + k: base = base')
         named = {d.dim_param: (vi.name, j) for vi in g.input for j, d in enumerate(vi.type.tensor_type.shape.dim)
                  if d.dim_param}
         trials = None
@@ -198,7 +203,7 @@ class Builder:
             lost = [i for i, (d, e) in enumerate(zip(have.dim, declared.dim)) if not d.HasField("dim_value")
                     and (not d.dim_param or d.dim_param.startswith("unk__")) and e.dim_param in named]
             if lost and trials is None:
-                trials = [*(self._trials or ()), trial_with_distinct_dims(skeleton(self.model))]
+                trials = [*(self._trials or ()), trial_with_distinct_dims(skeleton(self.model), same)]
             lost = [i for i in lost if all(_trial_dim(t, vi.name, i) is not None and _trial_dim(t, vi.name, i)
                                            == _trial_dim(t, *named[declared.dim[i].dim_param]) for t in trials)]
             if lost:

@@ -67,9 +67,10 @@ def _too_big(node: onnx.NodeProto, ins: list[np.ndarray], shapes: dict) -> bool:
     return False
 
 
-def _trial(model: onnx.ModelProto, size: int, step: int = 0) -> tuple[dict, dict]:
+def _trial(model: onnx.ModelProto, size: int, step: int = 0, keys: dict | None = None) -> tuple[dict, dict]:
     """Shapes and small values with every free dim of the inputs set to `size`, or with `step`,
-    the k-th distinct free dim (by dim_param; each unnamed one its own) to size + k * step."""
+    the k-th distinct free dim (by dim_param; each unnamed one its own; by `keys`, {(input,
+    axis): key}, where given) to size + k * step."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -77,9 +78,9 @@ def _trial(model: onnx.ModelProto, size: int, step: int = 0) -> tuple[dict, dict
     index: dict = {}
     for vi in g.input:
         if vi.name not in inits:
-            for d in vi.type.tensor_type.shape.dim:
+            for j, d in enumerate(vi.type.tensor_type.shape.dim):
                 if not d.HasField("dim_value"):
-                    key = d.dim_param or object()
+                    key = (keys or {}).get((vi.name, j)) or d.dim_param or object()
                     k = index.setdefault(key, len(index))
                     d.Clear()
                     d.dim_value = size + k * step
@@ -154,9 +155,26 @@ def trial_shapes(model: onnx.ModelProto) -> tuple[dict[str, list], dict[str, np.
     return shapes, values, (s1, s2)
 
 
-def trial_with_distinct_dims(model: onnx.ModelProto) -> dict:
-    """The dims of a trial with each free dim of its own size (6, 11, 16, ...)."""
-    return _trial(model, TRIALS[0], step=5)[0]
+def trial_with_distinct_dims(model: onnx.ModelProto, same=()) -> dict:
+    """The dims of a trial with each free dim of its own size (6, 11, 16, ...), but the pairs of
+    input dims in `same` ((input, axis), (input, axis)) of one size: lengths the graph broadcasts
+    against each other (a padding mask's [N', T'] against a time-major GRU's outputs [T, N, H]),
+    which sizes of their own would make the trial fail."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    parent: dict = {}
+
+    def find(k):
+        while parent.get(k, k) != k:
+            k = parent[k]
+        return k
+
+    free = {(vi.name, j): d.dim_param or (vi.name, j) for vi in g.input if vi.name not in inits
+            for j, d in enumerate(vi.type.tensor_type.shape.dim) if not d.HasField("dim_value")}
+    for a, b in same:
+        if a in free and b in free:
+            parent[find(free[a])] = find(free[b])
+    return _trial(model, TRIALS[0], step=5, keys={at: ("free", find(k)) for at, k in free.items()})[0]
 
 
 def free_dims(model: onnx.ModelProto) -> int:

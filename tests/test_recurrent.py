@@ -718,6 +718,95 @@ def test_time_major_batch_axis_from_the_declared_scores():
     assert _declared(attribution_session(proto), "target") == ["N"]
 
 
+class _MaskedTimeMajor(torch.nn.Module):
+    """x [T, N, F] (or [N, T, F] with `batch_first`) -> LSTM or GRU, and a padding mask given the
+    other way round ([N, T], or [T, N]) -> the masked mean over time -> Linear: the mask, its dims
+    named apart, is broadcast against the recurrent outputs, so ONNX's inference loses the scores'
+    batch dim."""
+
+    def __init__(self, cell, batch_first=False):
+        super().__init__()
+        self.rnn = getattr(torch.nn, cell)(F_IN, HIDDEN, batch_first=batch_first)
+        self.fc, self.time = torch.nn.Linear(HIDDEN, CLASSES), int(batch_first)
+
+    def forward(self, x, mask):
+        out, m = self.rnn(x)[0], mask.to(x.dtype).T.unsqueeze(-1)
+        return self.fc((out * m).sum(self.time) / m.sum(self.time))
+
+
+def _masked_time_major(cell, batch_first=False, scores=None):
+    torch.manual_seed(22)
+    model = randomize(_MaskedTimeMajor(cell, batch_first), 22)
+    x, m = (torch.zeros(2, 5, F_IN), torch.ones(5, 2)) if batch_first else (torch.zeros(5, 2, F_IN), torch.ones(2, 5))
+    axes = {0: "N", 1: "T"} if batch_first else {0: "T", 1: "N"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x, m.long()), buf, dynamo=False, opset_version=17, input_names=["x", "mask"],
+                          output_names=["y"], dynamic_axes={"x": axes, "mask": [0, 1], "y": {0: scores or "N"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    assert proto.graph.input[1].type.tensor_type.shape.dim[0].dim_param == "mask_dynamic_axes_1"
+    return model, proto
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_time_major_batch_axis_declared_past_a_mask_named_apart(cell):
+    """x [T, N, F] ('T', 'N'), the scores declared ['N', C], and a padding mask [N', T'] whose dims
+    TorchScript names apart (dynamic_axes as a list), broadcast against the GRU's outputs: the
+    declared 'N' was not kept, the shape trial with distinct sizes failing at that broadcast (the
+    mask's sizes its own), so axis 0 (T) was taken for the batch and even the saliency said 'target
+    has 3 entries for a batch of 7' (a review's finding). Against float64 autograd: the saliency,
+    SmoothGrad (the documented noise per row x[:, n]) and Captum's integrated gradients."""
+    from captum.attr import IntegratedGradients
+
+    model, proto = _masked_time_major(cell)
+    rng = np.random.default_rng(22)
+    x, target = rng.standard_normal((7, 3, F_IN)).astype(np.float32), np.array([1, 2, 0])
+    mask = np.ones((3, 7), np.int64)
+    mask[1, 5:], mask[2, 2:] = 0, 0
+    model.double()
+    mt = torch.from_numpy(mask)
+
+    def grad(at):
+        at = torch.from_numpy(at).requires_grad_(True)
+        model(at, mt).gather(1, torch.from_numpy(target)[:, None]).sum().backward()
+        return at.grad.numpy()
+    samples, noise, seed = 3, 0.15, 0
+    z = gaussian_noise((samples, 1, 7, F_IN), seed)[:, 0].astype(np.float64)  # [S, T, F]: per row x[:, n]
+    span = (x.max((0, 2)) - x.min((0, 2))).astype(np.float64)[None, :, None]
+    xb = torch.from_numpy(x.transpose(1, 0, 2).astype(np.float64))  # [N, T, F] for Captum
+    ig = IntegratedGradients(lambda at, m: model(at.transpose(0, 1), m)).attribute(
+        xb, target=torch.from_numpy(target), n_steps=5, method="gausslegendre", additional_forward_args=(mt,))
+    want = {"saliency": grad(x.astype(np.float64)),
+            "smoothgrad": np.mean([grad(x + noise * span * z[s][:, None, :]) for s in range(samples)], 0),
+            "integrated-gradients": ig.detach().numpy().transpose(1, 0, 2)}
+    model.float()
+    for method, ref in want.items():
+        got = onnxattr.Explainer(proto, method=method, provider="cpu", samples=samples, noise=noise, seed=seed,
+                                 steps=5)(x, target, inputs={"mask": mask})
+        err = rel_err(got, ref)
+        assert err < TOL_TIME_MAJOR, f"{method}: relative error {err:.2e}"
+    assert _declared(attribution_session(proto, "smoothgrad"), "target") == ["N"]
+
+
+def test_a_wrong_declared_batch_name_past_a_mask_named_apart_is_not_trusted():
+    """The same masked GRU batch-first (x [N, T, F], mask [T', N']) with the scores wrongly declared
+    ['T', C]: the trial that checks a declaration gives the mask's dims the sizes of the dims they
+    meet, T' = T and N' = N, not one size to all, so 'T' is still contradicted there; the batch
+    axis stays axis 0 (a lax check had taken axis 1), the saliency against float64 autograd."""
+    model, proto = _masked_time_major("GRU", batch_first=True, scores="T")
+    rng = np.random.default_rng(23)
+    x, target, mask = rng.standard_normal((3, 7, F_IN)).astype(np.float32), np.array([1, 2, 0]), np.ones((7, 3), np.int64)
+    mask[5:, 1] = 0
+    model.double()
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    model(xt, torch.from_numpy(mask)).gather(1, torch.from_numpy(target)[:, None]).sum().backward()
+    model.float()
+    got = onnxattr.Explainer(proto, provider="cpu")(x, target, inputs={"mask": mask})
+    err = rel_err(got, xt.grad.numpy())
+    assert err < TOL_TIME_MAJOR, f"relative error {err:.2e}"
+
+
 def _unnamed(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with the dynamic dims of its input and output left unnamed ([?, ?, 4] -> [?, 3])."""
     out = onnx.ModelProto()
