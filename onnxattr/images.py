@@ -155,6 +155,10 @@ def _crop(im: Image.Image, size: tuple[int, int], resize: int | None) -> Image.I
     if resize is not None:
         scale = max(scale, resize / min(iw, ih))
     nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    if resize is not None and Image.MAX_IMAGE_PIXELS and nw * nh > 2 * Image.MAX_IMAGE_PIXELS:
+        # (Pillow's own decompression-bomb limit: --resize 100000 took 23 GB before the crop)
+        raise InputError(f"--resize {resize} makes a {iw}x{ih} image {nw}x{nh} pixels before the crop, over "
+                         f"Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}; give a smaller --resize")
     if (nw, nh) != (iw, ih):
         im = im.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - w) // 2, (nh - h) // 2

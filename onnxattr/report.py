@@ -146,10 +146,6 @@ def _check_names(paths: list[Path], methods: list[str], outdir: Path, grid: bool
         check_output_path(outdir / name, *sources)
 
 
-def _first_output(ex: Explainer) -> str:
-    return ex.model.graph.output[0].name
-
-
 def _run_in_parts(ex: Explainer, x: np.ndarray, target, names: list[str]) -> dict:
     """ex.run over the rows of x in parts of at most COPIES_PER_RUN forward copies (SmoothGrad
     and integrated gradients copy each row: 8 images x 34 copies of ResNet-50 took 14 GB in one
@@ -160,7 +156,7 @@ def _run_in_parts(ex: Explainer, x: np.ndarray, target, names: list[str]) -> dic
         return ex.run(x, target, row_names=names)
     parts = [ex.run(x[i:i + step], target if np.ndim(target) == 0 else target[i:i + step], row_names=names[i:i + step])
              for i in range(0, len(x), step)]
-    axes = {ATTRIBUTION: ex.attribution_batch_axis, TARGET: 0, _first_output(ex): 0}
+    axes = {ATTRIBUTION: ex.attribution_batch_axis, TARGET: 0, ex.scores_name: 0}
     return {k: np.concatenate([p[k] for p in parts], axis=a) for k, a in axes.items() if k in parts[0]}
 
 
@@ -171,7 +167,7 @@ def _explain_chunk(chunk, ex, first, outdir, target, size, resize, mean, std, la
     x, images = load_images(chunk, size, mean, std, layout, resize=resize, channels=channels or 3)
     m = ex.method
     out = _run_in_parts(ex, x, target, [p.name for p in chunk])
-    probs = _probabilities(out[_first_output(ex)])
+    probs = _probabilities(out[ex.scores_name])  # (the explained scores, not the first output)
     if first:
         shown.extend(images)
         t = out.get(TARGET, np.broadcast_to(np.asarray(target), (len(chunk),)))

@@ -152,6 +152,39 @@ def test_explain_runs_copying_methods_in_parts(tmp_path, monkeypatch):
             np.testing.assert_allclose(results[budget][1][name], a, rtol=0, atol=1e-6 * np.abs(a).max(), err_msg=name)
 
 
+def test_explain_images_prints_the_explained_scores_not_the_first_output(tmp_path):
+    """A model whose first output is not the scores explained (--output): the printed probability
+    is the explained scores' (it was the first output's: another column's value, or an IndexError
+    for a class past its width)."""
+    m = onnx.load(MODEL)
+    logits = m.graph.output[0].name
+    m.graph.node.append(onnx.helper.make_node("Slice", [logits, "s0", "s2", "s1"], ["aux"]))
+    m.graph.initializer.extend(onnx.numpy_helper.from_array(np.array([v], np.int64), n)
+                               for n, v in (("s0", 0), ("s2", 2), ("s1", 1)))
+    m.graph.output.insert(0, onnx.helper.make_tensor_value_info("aux", onnx.TensorProto.FLOAT, ["N", 2]))
+    onnx.save(m, tmp_path / "two.onnx")
+    image = FIX / "images" / "cross.png"  # class 3, past the first output's two columns
+    r = run("explain", tmp_path / "two.onnx", image, "--output", logits, "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    from onnxattr.images import load_images
+    x, _ = load_images([image], (64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "NCHW")
+    y = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"]).run(None, {m.graph.input[0].name: x})[0]
+    p = np.exp(y - y.max()) / np.exp(y - y.max()).sum()
+    assert f"class {p.argmax()} ({p.max():.3f})" in r.output, r.output
+
+
+def test_explain_refuses_a_resize_past_pillows_limit(tmp_path, monkeypatch):
+    """--resize is a size before the crop: one that makes an image larger than Pillow's
+    decompression-bomb limit is refused before resizing (--resize 100000 held 23 GB, then the
+    process was killed). The limit is lowered here so that the test runs small without the check."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    r = run("explain", MODEL, FIX / "images", "--resize", "1000", "-o", tmp_path)
+    assert r.exit_code != 0 and "--resize 1000 makes a" in r.output and "give a smaller --resize" in r.output, r.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_explain_resize_before_the_crop(tmp_path):
     """--resize N: the shorter side resized to N (bilinear), then the centre crop, as torchvision's
     Resize(N) + CenterCrop evaluation; checked against the same steps in PIL by hand."""
