@@ -72,9 +72,11 @@ def check_path(b: Builder, path: list[onnx.NodeProto], policy) -> None:
         mixed = next((o for o in node.output if o in b.needed and b.types.get(o) in FLOAT_TYPES and b.types[o] != b.dtype), None)
         if mixed is not None:
             have, want = (_FLOAT_NAMES.get(t, TensorProto.DataType.Name(t).lower()) for t in (b.types[mixed], b.dtype))
+            fix = ("explain the model as exported, before ONNX Runtime's optimisation inserted its casts"
+                   if node.name.startswith("InsertedPrecisionFreeCast_") else "convert the whole model to one float type")
             raise UnsupportedModelError(
                 f"{describe(node)}: its output '{mixed}' is {have} on the differentiable path of a {want} input "
-                "(mixed precision is not supported); convert the whole model to one float type")
+                f"(mixed precision is not supported); {fix}")
 
 
 def refuse_shape_conflicts(b: Builder, path: list[onnx.NodeProto]) -> None:
@@ -104,10 +106,13 @@ def refuse_missing_rules(path: list[onnx.NodeProto], policy) -> None:
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         quantized = any(n.op_type in QUANTIZATION for n in ruleless)
+        nchwc = any(n.domain == "com.microsoft.nchwc" for n in ruleless)
         raise UnsupportedModelError(
             f"no gradient rule for {len(missing)} node(s) on the differentiable path: "
             + "; ".join(missing[:3]) + more
             + ("; a quantized model: explain the float model it was quantized from" if quantized else "")
+            + ("; ONNX Runtime's layout ops of ORT_ENABLE_ALL, made for one machine: explain the model as exported, "
+               "or saved at ORT_ENABLE_EXTENDED" if nchwc else "")
         )
 
 

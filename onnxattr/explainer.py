@@ -232,7 +232,12 @@ class Explainer:
         except Exception as e:
             if not _is_runtime_error(e):
                 raise
-            raise ExecutionError(_one_line(f"ONNX Runtime failed: {e}")) from None
+            hint = ""
+            if self.copies_per_row > 1 and self.other_inputs:  # (README: which other inputs go along with the copies)
+                hint = (f" [{self.method} runs its copies of '{self.input_name}' as one batch, and copies "
+                        f"{', '.join(self.other_inputs)} along only where its batch dim is named like the input's or "
+                        "the graph broadcasts it against the batch: a dim named apart by the user is taken as shared]")
+            raise ExecutionError(_one_line(f"ONNX Runtime failed: {e}") + hint) from None
         if t is not None and self.scores_name in result:
             # the class count the scores have at run time: where it was not declared, or declared
             # wrong (skl2onnx declares a binary RidgeClassifier's one score column as two)

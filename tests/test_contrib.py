@@ -392,3 +392,38 @@ def test_constants_behind_fused_nodes_take_the_model_float_type():
     (got,) = reference(m).run(None, {"x": x})
     want = _gelu(_t(x) * torch.sigmoid(f32(1.702) * _t(x))).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def _saved(model: onnx.ModelProto, path, level) -> onnx.ModelProto:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = level
+    so.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
+
+
+def _conv_net(dtype) -> onnx.ModelProto:
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "V"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", dtype, ["N", 4])],
+                          [numpy_helper.from_array(_w(16, 3, 3, 3).astype(np_type), "W"),
+                           numpy_helper.from_array(_w(16, 4).astype(np_type), "V")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_models_saved_for_one_machine_are_refused_with_what_to_do(tmp_path):
+    """ORT_ENABLE_ALL's layout ops (com.microsoft.nchwc) and the casts that the CPU provider's
+    optimiser puts around a float16 model's float32-only kernels: refused, saying to explain the
+    model as exported (the float16 case said to convert the model to one float type, which it is)."""
+    m = _saved(_conv_net(TensorProto.FLOAT), tmp_path / "all.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert any(n.domain == "com.microsoft.nchwc" for n in m.graph.node)
+    with pytest.raises(UnsupportedModelError, match="layout ops of ORT_ENABLE_ALL.*saved at ORT_ENABLE_EXTENDED"):
+        onnxattr.attribution_model(m)
+    m = _saved(_conv_net(TensorProto.FLOAT16), tmp_path / "f16.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    assert any(n.name.startswith("InsertedPrecisionFreeCast_") for n in m.graph.node)
+    with pytest.raises(UnsupportedModelError, match="mixed precision.*before ONNX Runtime's optimisation inserted"):
+        onnxattr.attribution_model(m)

@@ -1334,6 +1334,27 @@ def test_batched_methods_refuse_a_mask_named_apart_that_they_cannot_follow():
             onnxattr.attribution_model(model, method=method, wrt="e")
 
 
+def test_a_per_example_input_the_user_named_apart_fails_at_run_time_saying_why():
+    """The same Einsum model with the mask's batch dim named apart by the user ('Nm'): taken as
+    shared (as a memory bank [P, D] is), so not copied; ONNX Runtime's broadcast error then says
+    what the batched method copies and why."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["e"]), helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Einsum", ["mf", "e"], ["pooled"], equation="nt,ntd->nd"),
+             helper.make_node("MatMul", ["pooled", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"]),
+                                       helper.make_tensor_value_info("mask", TensorProto.INT64, ["Nm", "T"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(rng.normal(size=(10, 4)).astype(np.float32), "E"),
+                           numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    ids, mask, t = rng.integers(0, 10, size=(3, 5)), np.ones((3, 5), np.int64), np.array([0, 2, 1])
+    ex = onnxattr.Explainer(model, method="smoothgrad", samples=2, wrt="e", provider="cpu")
+    with pytest.raises(onnxattr.ExecutionError, match=r"ONNX Runtime failed: .*\[smoothgrad runs its copies of 'ids' "
+                       r"as one batch, and copies mask along only where .*named apart by the user is taken as shared\]"):
+        ex(ids, t, inputs={"mask": mask})
+
+
 class _MemoryBank(torch.nn.Module):
     """x [N, 4] reads the two nearest rows of a memory bank mem [P, 4] shared by all examples
     (TopK: a node whose lengths dims.py does not follow)."""
