@@ -336,6 +336,13 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None,
         if lost is not None and None in padded:  # (met a length nothing here follows)
             lost.update(b for d in unknown for b in input_dims(d))
 
+    def broadcast(operands: list) -> list:  # (numpy's rule, right-aligned; each axis's lengths meet)
+        rank = max(len(d) for d in operands)
+        padded = [[...] * (rank - len(d)) + list(d) for d in operands]
+        for i in range(rank):
+            meeting([d[i] for d in padded])
+        return [_broadcast([d[i] for d in padded]) for i in range(rank)]
+
     def bases(entries) -> set:
         return {b for d in entries or () for b in input_dims(d)}
 
@@ -359,18 +366,9 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None,
         if op in _SAME and ins and ins[0] is not None:
             out = list(ins[0])
         elif op in _BROADCAST and ins and all(d is not None for d in ins):
-            rank = max(len(d) for d in ins)
-            padded = [[...] * (rank - len(d)) + list(d) for d in ins]
-            out = [_broadcast([d[i] for d in padded]) for i in range(rank)]
-            for i in range(rank):
-                meeting([d[i] for d in padded])
+            out = broadcast(ins)
         elif op == "Expand" and len(ins) == 2 and ins[0] is not None and vals.get(node.input[1], ([], 0))[1] == 1:
-            target = vals[node.input[1]][0]
-            rank = max(len(ins[0]), len(target))
-            padded = [[...] * (rank - len(d)) + list(d) for d in (ins[0], target)]
-            out = [_broadcast([d[i] for d in padded]) for i in range(rank)]
-            for i in range(rank):
-                meeting([d[i] for d in padded])
+            out = broadcast([ins[0], vals[node.input[1]][0]])
         elif op == "ConstantOfShape" and ins and vals.get(node.input[0], ([], 0))[1] == 1:
             out = list(vals[node.input[0]][0])
         elif op == "Range" and len(node.input) == 3 and all(vals.get(i, ([], 1))[1] == 0 for i in node.input):
@@ -417,11 +415,7 @@ def symbolic_dims(model: onnx.ModelProto, shapes: dict, met: list | None = None,
             axis += len(ins[0]) if axis < 0 else 0
             out = [_one(ins[0][:axis]), _one(ins[0][axis:])] if 0 <= axis <= len(ins[0]) else None
         elif op == "MatMul" and len(ins) == 2 and all(d is not None and len(d) >= 2 for d in ins):
-            rank = max(len(d) for d in ins)
-            lead = [[...] * (rank - len(d)) + list(d[:-2]) for d in ins]
-            out = [_broadcast([d[i] for d in lead]) for i in range(rank - 2)] + [ins[0][-2], ins[1][-1]]
-            for i in range(rank - 2):
-                meeting([d[i] for d in lead])
+            out = broadcast([d[:-2] for d in ins]) + [ins[0][-2], ins[1][-1]]
         elif op == "Gemm" and len(ins) >= 2 and all(d is not None and len(d) == 2 for d in ins[:2]):
             a = attrs(node)
             out = [ins[0][1 if a.get("transA", 0) else 0], ins[1][0 if a.get("transB", 0) else 1]]

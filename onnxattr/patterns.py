@@ -55,12 +55,16 @@ class _Graph:
         return o is not None and _close(self.b.value(o), target)
 
 
+def _sole_use(g: _Graph, t: str, consumers: dict, *op_types: str) -> onnx.NodeProto | None:
+    """The node of one of `op_types` that reads `t`, if it is t's only use."""
+    node = consumers.get(t)
+    return node if node is not None and node.op_type in op_types and g.only_feeds(t, node) else None
+
+
 def _plus_one(g: _Graph, t: str, consumers: dict) -> onnx.NodeProto | None:
     """The node computing t + 1, if that is t's only use."""
-    add = consumers.get(t)
-    if add is None or add.op_type != "Add" or not g.only_feeds(t, add) or not g.const_operand(add, t, 1.0):
-        return None
-    return add
+    add = _sole_use(g, t, consumers, "Add")
+    return add if add is not None and g.const_operand(add, t, 1.0) else None
 
 
 def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onnx.NodeProto], str, str] | None:
@@ -84,14 +88,14 @@ def _erf_gelu(g: _Graph, erf: onnx.NodeProto, consumers: dict) -> tuple[list[onn
     if add is None:
         return None
     p = add.output[0]
-    mul1 = consumers.get(p)
-    if mul1 is None or mul1.op_type != "Mul" or not g.only_feeds(p, mul1):
+    mul1 = _sole_use(g, p, consumers, "Mul")
+    if mul1 is None:
         return None
     first = g.other(mul1, p)
     if first == x:  # (x * (1 + e)) * 0.5
         q = mul1.output[0]
-        last = consumers.get(q)
-        if last is None or last.op_type != "Mul" or not g.only_feeds(q, last) or not g.const_operand(last, q, 0.5):
+        last = _sole_use(g, q, consumers, "Mul")
+        if last is None or not g.const_operand(last, q, 0.5):
             return None
         return [scaled, erf, add, mul1, last], x, last.output[0]
     half = g.producer.get(first) if first else None  # (x * 0.5) * (1 + e)
@@ -126,13 +130,9 @@ def _logistic(g: _Graph, exp: onnx.NodeProto, consumers: dict) -> tuple[list[onn
     if add is None:
         return None
     d = add.output[0]
-    last = consumers.get(d)
-    if last is None or not g.only_feeds(d, last):
-        return None
-    if last.op_type == "Div":
-        if list(last.input).index(d) != 1 or not _close(g.b.value(last.input[0]), 1.0):
-            return None
-    elif last.op_type != "Reciprocal":
+    last = _sole_use(g, d, consumers, "Div", "Reciprocal")
+    if last is None or last.op_type == "Div" and (list(last.input).index(d) != 1
+                                                   or not _close(g.b.value(last.input[0]), 1.0)):
         return None
     return [neg, exp, add, last], x, last.output[0]
 

@@ -89,19 +89,25 @@ def explain_images(model, paths: list[Path], methods: list[str], outdir: Path, t
     chunks = [(paths[i:i + batch_size], target if targets is None or targets.ndim == 0 else targets[i:i + batch_size].tolist())
               for i in range(0, len(paths), batch_size)]
     # one method at a time over all images, so that one Explainer's sessions live at a time (all
-    # seven of the grid's at once held 5.9 GB for ResNet-50 before any run)
-    steps = [(m, chunk) for m in methods for chunk in chunks]
-    provider, layers, ex = first.provider, {}, first
+    # seven of the grid's at once held 5.9 GB for ResNet-50 before any run); each chunk's images
+    # are read once, and kept until the last method has run on them
+    steps = [(m, k) for m in methods for k in range(len(chunks))]
+    provider, layers, ex, loaded = first.provider, {}, first, {}
     del first
     try:  # every file is staged under a hidden name and renamed into place once all are written
         with (progress(steps) if progress else contextlib.nullcontext(steps)) as steps:
-            for m, (chunk, chunk_target) in steps:
+            for m, k in steps:
                 if ex.method != m:
                     ex = None  # (the previous method's sessions go first)
                     ex = explainer(m)
                 layers[m] = ex.layer
-                classes = _explain_chunk(chunk, ex, m == methods[0], outdir, chunk_target, size, resize, mean, std,
-                                         layout, channels, labels, files, shown, maps, predictions)
+                chunk, chunk_target = chunks[k]
+                batch = loaded.pop(k, None) or load_images(chunk, size, mean, std, layout, resize=resize,
+                                                           channels=channels or 3)
+                if m != methods[-1]:
+                    loaded[k] = batch
+                classes = _explain_chunk(chunk, *batch, ex, m == methods[0], outdir, chunk_target, layout, labels,
+                                         files, shown, maps, predictions)
         ex = None
         if grid:
             titles = [f"{name} ({score:.2f})" for name, score in predictions]
@@ -160,11 +166,9 @@ def _run_in_parts(ex: Explainer, x: np.ndarray, target, names: list[str]) -> dic
     return {k: np.concatenate([p[k] for p in parts], axis=a) for k, a in axes.items() if k in parts[0]}
 
 
-def _explain_chunk(chunk, ex, first, outdir, target, size, resize, mean, std, layout, channels, labels, files, shown,
-                   maps, predictions) -> int:
-    """One method (ex) on one chunk of images; the first method also gives the predictions and
-    the images shown. Returns the number of classes."""
-    x, images = load_images(chunk, size, mean, std, layout, resize=resize, channels=channels or 3)
+def _explain_chunk(chunk, x, images, ex, first, outdir, target, layout, labels, files, shown, maps, predictions) -> int:
+    """One method (ex) on one chunk of images (x as the model reads them, images as shown); the
+    first method also gives the predictions and the images shown. Returns the number of classes."""
     m = ex.method
     out = _run_in_parts(ex, x, target, [p.name for p in chunk])
     probs = _probabilities(out[ex.scores_name])  # (the explained scores, not the first output)
