@@ -12,7 +12,7 @@ import onnx.inliner  # noqa: F401  (a submodule `import onnx` does not load)
 from onnx import TensorProto, helper
 
 from .backward import build_backward, differentiable_path, inside, prune, refuse_missing_rules, refuse_shape_conflicts
-from .errors import ModelLoadError, NotAClassifierError, OptionError, UnsupportedModelError
+from .errors import ModelLoadError, NotAClassifierError, OnnxAttrError, OptionError, UnsupportedModelError
 from .graph import Builder
 from .contrib import expand_contrib
 from .functions import expand_functions
@@ -123,12 +123,23 @@ def _scores(b: Builder, name: str | None) -> str:
         if b.is_float(o) and len(b.shapes.get(o, [])) == 2:
             return o
     # skl2onnx's default ZipMap turns the probabilities into a sequence of maps: point at its input.
-    zipped = [n.input[0] for n in b.model.graph.node if n.op_type == "ZipMap" and n.output[0] in outputs]
-    how = (f"the probabilities go through ZipMap (a sequence of maps): pass --output {zipped[0]} "
+    zipped = _zipped(b)
+    how = (f"the probabilities go through ZipMap (a sequence of maps): pass --output {zipped} "
            "(the probability tensor [N, C])" if zipped else "name one with --output")
     raise NotAClassifierError(
         f"no rank-2 floating-point output [N, C] among the outputs ({', '.join(outputs)}); {how}"
     )
+
+
+def _zipped(b: Builder) -> str | None:
+    """The input of the first ZipMap that writes a graph output (skl2onnx's probabilities), if any."""
+    outputs = {o.name for o in b.model.graph.output}
+    return next((n.input[0] for n in b.model.graph.node if n.op_type == "ZipMap" and n.output[0] in outputs), None)
+
+
+def _produced(b: Builder, name: str) -> bool:
+    """Whether a node of the model writes tensor `name`."""
+    return any(name in n.output for n in b.model.graph.node)
 
 
 def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
@@ -215,8 +226,16 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     if x.type.tensor_type.elem_type not in FLOAT_TYPES:  # token ids: the float type is that of --wrt
         b.set_dtype(b.types[wrt])
     _check_opset(b)
-    y = _scores(b, output)
     w = wrt or x.name
+    try:
+        y = _scores(b, output)
+    except OnnxAttrError:
+        named = output if output is not None else _zipped(b)
+        if named is not None and method != "gradcam" and _produced(b, named):
+            # a node without a rule on the way to it (skl2onnx's SVMClassifier, TreeEnsembleClassifier
+            # before a ZipMap) is the cause to tell, before the type or shape it leaves unknown
+            refuse_missing_rules(differentiable_path(b, [w], [named])[0], get_method("saliency"))
+        raise
     for name in ADDED_OUTPUTS:
         if b.taken(name):
             raise UnsupportedModelError(f"the model already has a tensor named '{name}'")
@@ -303,7 +322,12 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
     expanded: dict[str, tuple[str, str]] = {}  # node of a function's body -> (its op type, its node)
     b = _builder(src, x.type.tensor_type.elem_type, expanded=expanded)
     if output is not None:
-        ys = [_scores(b, output)]
+        try:
+            ys = [_scores(b, output)]
+        except OnnxAttrError:
+            if not _produced(b, output):
+                raise
+            ys = [output]  # (of unknown type or shape after an op without a rule: list what is missing)
     else:
         try:
             ys = [_scores(b, None)]

@@ -189,7 +189,7 @@ def _why_unreached(b: Builder, x: str, ys: list[str]) -> str:
         if any(i in floats for i in ins):
             if carried:
                 floats.update(carried)
-            else:
+            if len(carried or []) < len(outs):  # (a TopK's indices, beside its float values)
                 cuts.append(node)
     needed = set(ys)
     for node in reversed(b.all_nodes()):
@@ -197,10 +197,10 @@ def _why_unreached(b: Builder, x: str, ys: list[str]) -> str:
             needed.update(i for i in reads(node) if i)
     if not needed & depends:
         return "the output does not depend on it"
-    cut = next((n for n in cuts if any(o in needed for o in n.output)), None)
+    cut = next((n for n in cuts if any(o in needed and o not in floats for o in n.output)), None)
     if cut is None:
         return "the output does not depend on it through float operations"
-    out = next(o for o in cut.output if o in needed)
+    out = next(o for o in cut.output if o in needed and o not in floats)
     elem = b.types.get(out)
     what = (f"is {TensorProto.DataType.Name(elem).lower()}" if elem is not None and elem not in FLOAT_TYPES
             else "is piecewise constant or depends on the input's shape only")
