@@ -13,16 +13,29 @@ SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDERS = ("auto", "cpu", "cuda")
 
 
+# ONNX Runtime's Pad_Fusion (level 1; 1.31.1 at least) folds a constant Pad into the MaxPool after it
+# as if MaxPool padded with the Pad's value: MaxPool pads with -inf, so a window whose values are
+# all below the Pad's 0 gets their maximum instead of 0 (onnx/optimizer's pass and onnxsim have the
+# same fault). tf2onnx writes Keras' ZeroPadding2D + MaxPooling2D so; in ResNet50V2's stem no ReLU
+# comes before it: its scores came out 7.1e-3 off the model's function, and Grad-CAM, whose graph
+# leaves that Pad one reader, 1.0e-2 off float64 TensorFlow (5.8e-7 unfused). The attribution
+# graphs of the gradient methods read the Pad's output twice, which blocks the fold. Off in every
+# session onnxattr makes, and in session_options(); a Pad before a Conv, where the fold is right,
+# then runs as a node of its own.
+DISABLED_OPTIMIZERS = ("Pad_Fusion",)
+
+
 def session_options() -> ort.SessionOptions:
     """The options onnxattr runs attribution models with. ONNX Runtime's memory pattern (one
     static plan for all intermediate tensors) over-allocates for a forward + backward graph: with
     it off, the batch-8 peak fell from 1177 to 789 MiB (ResNet-50), 483 to 317 (MobileNetV2) and
-    464 to 257 (ViT-Tiny) on the CPU at the same speed (within 2%)."""
+    464 to 257 (ViT-Tiny) on the CPU at the same speed (within 2%). DISABLED_OPTIMIZERS are off."""
     opts = ort.SessionOptions()
     # failed provider loads and kernels are reported by us, as one line (at 3, ONNX Runtime also
     # logged a failing kernel's error on stderr before it)
     opts.log_severity_level = 4
     opts.enable_mem_pattern = False
+    opts.add_session_config_entry("optimization.disable_specified_optimizers", ",".join(DISABLED_OPTIMIZERS))
     return opts
 
 
@@ -57,8 +70,9 @@ def make_session(model_bytes: bytes, provider: str = "auto", float16: bool = Fal
     "auto" takes CUDA when ONNX Runtime can run it here, else the CPU; "cuda" where CUDA cannot
     run is an error, never a silent fallback. `float16`: the model is float16, so ONNX Runtime
     must not fold its normalisations into float16 weights (FLOAT16_DISABLED_OPTIMIZERS).
+    DISABLED_OPTIMIZERS are off in every session (session_options(); a list given here replaces it).
     """
-    disabled = list(FLOAT16_DISABLED_OPTIMIZERS) if float16 else None
+    disabled = list(DISABLED_OPTIMIZERS + FLOAT16_DISABLED_OPTIMIZERS) if float16 else None
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
     available = ort.get_available_providers()

@@ -281,3 +281,43 @@ def test_group_normalization_inside_the_graph_is_differentiated(opset):
     att = onnxattr.attribution_model(m, method="saliency")
     got = reference(att).run(["attribution"], {"x": x, "target": target})[0]
     assert np.abs(got - fd).max() < 1e-6 * np.abs(fd).max()
+
+
+def test_zero_pad_before_max_pool_is_not_fused_by_onnx_runtime():
+    """ONNX Runtime's Pad_Fusion folds Pad(0) into the next MaxPool (pads of -inf), as tf2onnx writes
+    Keras' ZeroPadding2D + MaxPooling2D (ResNet50V2's stem): with all-negative windows the scores
+    and Grad-CAM (the Pad then has one reader) followed the fused function. Explainer's sessions
+    and onnxattr.session_options() turn the rule off; the model's function is Pad then max."""
+    import warnings
+
+    import onnxattr
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads", "zero"], ["p"], mode="constant"),
+         helper.make_node("MaxPool", ["p"], ["m"], kernel_shape=[3, 3], strides=[2, 2]),
+         helper.make_node("Flatten", ["m"], ["f"]),
+         helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+         numpy_helper.from_array(np.array(0, np.float32), "zero"), numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x = -np.arange(1, 33, dtype=np.float32).reshape(2, 1, 4, 4)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    m = np.array([[xp[n, 0, i:i + 3, j:j + 3].max() for i in (0, 2) for j in (0, 2)] for n in range(2)])
+    t = np.array([0, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # maps 0 for some rows
+        out = onnxattr.Explainer(proto, method="gradcam", provider="cpu", layer="m").run(x, t)
+    np.testing.assert_allclose(out["y"], m @ w, rtol=1e-6, atol=1e-6)
+    cam = np.maximum((w[:, t].T.mean(1, keepdims=True) * m), 0).reshape(2, 1, 2, 2)
+    np.testing.assert_allclose(out["cam"], cam, rtol=1e-5, atol=1e-6)
+    # the model itself in a session of the user's with onnxattr.session_options(), as README says
+    import onnxruntime as ort
+    sess = ort.InferenceSession(proto.SerializeToString(), onnxattr.session_options(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], m @ w, rtol=1e-6, atol=1e-6)
+    # and where a float16 model's list of disabled optimizers replaces the options' one
+    sess = onnxattr.runtime.make_session(proto.SerializeToString(), "cpu", float16=True)[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], m @ w, rtol=1e-6, atol=1e-6)
