@@ -63,6 +63,24 @@ def test_rows_are_independent(x):
         np.testing.assert_allclose(one[0], full[n], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["saliency", "integrated-gradients", "gradcam"])
+def test_bare_model_gives_zeros_for_a_target_out_of_range(method, x):
+    """The exported model does not check target: out of range, negative ones included (no
+    counting from the end, as OneHot or Gather would), selects no class: that row's attribution,
+    cam and completeness_gap are 0, the other rows unchanged."""
+    sess = session(onnxattr.attribution_model(str(MODEL), method=method, steps=4))
+    names = [o.name for o in sess.get_outputs()]
+    ref = dict(zip(names, sess.run(None, {"image": x, "target": np.array([3, 2, 1, 0])})))
+    for bad in (4, 11, -1, -4, -5, 2**40):
+        out = dict(zip(names, sess.run(None, {"image": x, "target": np.array([3, bad, 1, 0])})))
+        for k in ("attribution", "cam", "completeness_gap"):
+            if k in out:
+                assert not np.any(out[k][1]), (bad, k)
+                np.testing.assert_array_equal(np.delete(out[k], 1, axis=0), np.delete(ref[k], 1, axis=0))
+    with pytest.raises(Exception, match="int64"):
+        sess.run(None, {"image": x, "target": np.array([3, 2, 1, 0], dtype=np.int32)})
+
+
 def test_argmax_target_equals_explicit(x):
     ex = onnxattr.Explainer(MODEL, provider="cpu")
     out = ex.run(x, "argmax")
