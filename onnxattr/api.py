@@ -111,6 +111,9 @@ def _scores(b: Builder, name: str | None) -> str:
     if name is not None:
         if name not in b.types:
             producer = next((n for n in b.model.graph.node if name in n.output), None)
+            if producer is not None and producer.op_type == "ZipMap":
+                raise NotAClassifierError(f"--output '{name}' is ZipMap's sequence of maps, not a tensor: pass --output "
+                                          f"{producer.input[0]} (the probability tensor [N, C])")
             if producer is not None:  # a tensor shape inference could not follow (ai.onnx.ml ops)
                 raise UnsupportedModelError(f"--output '{name}' has no known type or shape: it comes from "
                                             f"{describe(producer)} (domain '{producer.domain or 'ai.onnx'}'), which "
@@ -137,9 +140,16 @@ def _zipped(b: Builder) -> str | None:
     return next((n.input[0] for n in b.model.graph.node if n.op_type == "ZipMap" and n.output[0] in outputs), None)
 
 
-def _produced(b: Builder, name: str) -> bool:
-    """Whether a node of the model writes tensor `name`."""
-    return any(name in n.output for n in b.model.graph.node)
+def _left_unknown(b: Builder, name: str) -> str | None:
+    """For a tensor `name` that a node writes and whose type, or float rank, shape inference did
+    not find (as an op without a gradient rule before it leaves it: skl2onnx's SVMClassifier,
+    TreeEnsembleClassifier, a custom op), the tensor whose path to check for missing rules:
+    `name`, or the input of the ZipMap that writes it; else None (a known type or rank that is
+    not [N, C] float is the cause to tell)."""
+    producer = next((n for n in b.model.graph.node if name in n.output), None)
+    if producer is None or (name in b.types and (not b.is_float(name) or b.shapes.get(name) is not None)):
+        return None
+    return producer.input[0] if producer.op_type == "ZipMap" else name
 
 
 def _value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
@@ -230,8 +240,8 @@ def attribution_model(model, method: str = "saliency", output: str | None = None
     try:
         y = _scores(b, output)
     except OnnxAttrError:
-        named = output if output is not None else _zipped(b)
-        if named is not None and method != "gradcam" and _produced(b, named):
+        named = _left_unknown(b, output) if output is not None else _zipped(b)
+        if named is not None and method != "gradcam":
             # a node without a rule on the way to it (skl2onnx's SVMClassifier, TreeEnsembleClassifier
             # before a ZipMap) is the cause to tell, before the type or shape it leaves unknown
             refuse_missing_rules(differentiable_path(b, [w], [named])[0], get_method("saliency"))
@@ -325,7 +335,7 @@ def coverage(model, method: str = "saliency", relu_like: bool = False, output: s
         try:
             ys = [_scores(b, output)]
         except OnnxAttrError:
-            if not _produced(b, output):
+            if _left_unknown(b, output) is None:
                 raise
             ys = [output]  # (of unknown type or shape after an op without a rule: list what is missing)
     else:

@@ -197,7 +197,12 @@ def _why_unreached(b: Builder, x: str, ys: list[str]) -> str:
             needed.update(i for i in reads(node) if i)
     if not needed & depends:
         return "the output does not depend on it"
-    cut = next((n for n in cuts if any(o in needed and o not in floats for o in n.output)), None)
+    blocked = [n for n in cuts if any(o in needed and o not in floats for o in n.output)]
+    # a node whose float outputs the output also needs (Dropout's mask beside its values, TopK's
+    # indices beside its values) is not where the float dependence stops: one further on is
+    cut = next((n for n in blocked if not any(o in needed and o in floats for o in n.output)), None)
+    if cut is None:
+        cut = next(iter(blocked), None)
     if cut is None:
         return "the output does not depend on it through float operations"
     out = next(o for o in cut.output if o in needed and o not in floats)

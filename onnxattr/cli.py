@@ -385,6 +385,6 @@ def coverage(model, method, relu_like, output, as_json):
     if missing:
         names = "; ".join(f"{r['op_type']}: {', '.join(r['missing_nodes'][:5])}" for r in missing)
         hint = ""
-        if output is None and any(r["op_type"] == "ZipMap" for r in missing):
+        if any(r["op_type"] == "ZipMap" for r in missing):  # (on the path to all outputs, or to ZipMap's)
             hint = " (ZipMap turns the probabilities into maps: pass --output with the probability tensor)"
         raise UnsupportedModelError(f"no gradient rule for nodes on the differentiable path: {names}{hint}")

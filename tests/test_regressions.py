@@ -321,3 +321,77 @@ def test_zero_pad_before_max_pool_is_not_fused_by_onnx_runtime():
     # and where a float16 model's list of disabled optimizers replaces the options' one
     sess = onnxattr.runtime.make_session(proto.SerializeToString(), "cpu", float16=True)[0]
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], m @ w, rtol=1e-6, atol=1e-6)
+
+
+def _rank_four_beside_scores():
+    """Scores y [N, 3] and a second output aux [N, 1, 2, 2] after an op without a rule (LpPool)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"]),
+         helper.make_node("LpPool", ["x"], ["aux"], kernel_shape=[2, 2], strides=[2, 2], p=2)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["N", 1, 2, 2])], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_an_output_of_known_type_and_rank_is_refused_for_that_not_for_a_rule():
+    """--output naming a tensor whose type and rank are known and not [N, C] float: that is the
+    cause, not an op without a rule on its way (the missing-rule refusal of unknown-typed outputs
+    named LpPool, though the model's scores y explain fine), and coverage refuses it as export
+    does (it listed the path to it, and for an int64 label exited 0)."""
+    import onnxattr
+
+    m = _rank_four_beside_scores()
+    with pytest.raises(onnxattr.NotAClassifierError, match="'aux' is not a rank-2 floating-point tensor"):
+        onnxattr.attribution_model(m, output="aux")
+    with pytest.raises(onnxattr.NotAClassifierError, match="'aux' is not a rank-2 floating-point tensor"):
+        onnxattr.api.coverage(m, output="aux")
+    onnxattr.attribution_model(m)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "svc"])
+def test_sklearn_zipmap_output_named_as_output(kind):
+    """--output naming skl2onnx's ZipMap output (output_probability) points at the tensor before
+    it, or names the op without a rule before that (SVMClassifier), not ZipMap; the int64 label
+    is refused as not [N, C] float, by coverage too."""
+    import onnxattr
+
+    pytest.importorskip("sklearn")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    est = (LogisticRegression() if kind == "logistic" else SVC()).fit(X, np.arange(40) % 3)
+    proto = skl2onnx.to_onnx(est, X[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+    if kind == "logistic":
+        with pytest.raises(onnxattr.NotAClassifierError, match="ZipMap's sequence of maps.*pass --output probabilities"):
+            onnxattr.attribution_model(proto, output="output_probability")
+    else:
+        with pytest.raises(onnxattr.UnsupportedModelError, match=r"no gradient rule for 1 node\(s\).*: SVMClassifier"):
+            onnxattr.attribution_model(proto, output="output_probability")
+    for f in (onnxattr.attribution_model, onnxattr.api.coverage):
+        with pytest.raises(onnxattr.NotAClassifierError, match="'output_label' is not a rank-2 floating-point tensor"):
+            f(proto, output="output_label")
+
+
+def test_no_gradient_names_the_cut_of_the_float_path_not_a_mask_beside_it():
+    """Dropout's mask reaches the scores beside its values, whose float path a Floor cuts: the
+    refusal names the Floor (it said the output depends on x 'only through' the Dropout)."""
+    import onnxattr
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Dropout", ["x"], ["d", "mask"]), helper.make_node("Floor", ["d"], ["fl"]),
+         helper.make_node("Cast", ["mask"], ["mc"], to=TensorProto.FLOAT), helper.make_node("Add", ["fl", "mc"], ["s"]),
+         helper.make_node("MatMul", ["s", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    with pytest.raises(onnxattr.UnsupportedModelError, match="only through Floor node 'fl'"):
+        onnxattr.attribution_model(m)
