@@ -84,8 +84,9 @@ def load_images(paths: Sequence[str | os.PathLike], size: tuple[int, int], mean,
     """Read, resize, center-crop and normalise images into one float32 batch.
 
     The shorter side is resized (bilinear) to `resize` (default: just enough to cover `size`,
-    so the crop has no margin; a `resize` too small to cover `size` is raised to that),
-    then the center (H, W) = `size` is cropped, scaled to [0, 1] and normalised as
+    so the crop has no margin; a `resize` too small to cover `size` is raised to that), the
+    longer side to match, rounded towards zero, as torchvision's Resize; then the center
+    (H, W) = `size` is cropped (offsets rounded as torchvision's CenterCrop), scaled to [0, 1] and normalised as
     (x - mean) / std per channel. `channels` is 3 (RGB) or 1 (grayscale, "L").
     Returns (batch in `layout`, display images: uint8 H x W x 3 crops before normalisation).
     """
@@ -96,7 +97,7 @@ def load_images(paths: Sequence[str | os.PathLike], size: tuple[int, int], mean,
     mean_v, std_v = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
     rows, shown = [], []
     for path in paths:
-        crop = _crop(_read(Path(os.fspath(path))), size, resize)
+        crop = _crop(_read(Path(os.fspath(path))), size, resize, path)
         pixels = np.asarray(crop.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         pixels = pixels.reshape(size[0], size[1], channels)
         rows.append((pixels.astype(np.float32) / np.float32(255.0) - mean_v) / std_v)
@@ -145,21 +146,35 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def _crop(im: Image.Image, size: tuple[int, int], resize: int | None) -> Image.Image:
-    """Resize the shorter side (bilinear) then take the center `size` = (H, W)."""
+def _scaled(iw: int, ih: int, by_width: bool, n: int) -> tuple[int, int]:
+    """(width, height) with one side (the width if `by_width`) set to n and the other in proportion,
+    rounded towards zero: torchvision's Resize(n) sets the shorter side so, the longer to
+    int(n * long / short)."""
+    return (n, int(n * ih / iw)) if by_width else (int(n * iw / ih), n)
+
+
+def _crop(im: Image.Image, size: tuple[int, int], resize: int | None, path=None) -> Image.Image:
+    """Resize the shorter side (bilinear) then take the center `size` = (H, W), as torchvision's
+    Resize(resize) + CenterCrop(size) (Resize(H) + CenterCrop(H) by default, for a square crop)."""
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive (H, W), got {size!r}")
     iw, ih = im.size
-    scale = max(h / ih, w / iw)
+    nw, nh = _scaled(iw, ih, w / iw >= h / ih, w if w / iw >= h / ih else h)  # just enough to cover the crop
+    nw, nh = max(nw, w), max(nh, h)
     if resize is not None:
-        scale = max(scale, resize / min(iw, ih))
-    nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-    if resize is not None and Image.MAX_IMAGE_PIXELS and nw * nh > 2 * Image.MAX_IMAGE_PIXELS:
-        # (Pillow's own decompression-bomb limit: --resize 100000 took 23 GB before the crop)
-        raise InputError(f"--resize {resize} makes a {iw}x{ih} image {nw}x{nh} pixels before the crop, over "
-                         f"Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}; give a smaller --resize")
+        rw, rh = _scaled(iw, ih, iw <= ih, resize)
+        if rw >= w and rh >= h:  # (else raised to cover the crop)
+            nw, nh = rw, rh
+    if Image.MAX_IMAGE_PIXELS and nw * nh > 2 * Image.MAX_IMAGE_PIXELS:
+        # (Pillow's own decompression-bomb limit: --resize 100000 took 23 GB before the crop; a 1 x 20000
+        # line enlarged to cover a 224 crop 4.5 GB)
+        if resize is not None and (nw, nh) == _scaled(iw, ih, iw <= ih, resize):
+            raise InputError(f"--resize {resize} makes a {iw}x{ih} image {nw}x{nh} pixels before the crop, over "
+                             f"Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}; give a smaller --resize")
+        raise InputError(f"image '{path}' ({iw}x{ih}) would be resized to {nw}x{nh} pixels to cover the {w}x{h} crop, "
+                         f"over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}; crop it to a less extreme aspect first")
     if (nw, nh) != (iw, ih):
         im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - w) // 2, (nh - h) // 2
+    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
     return im.crop((left, top, left + w, top + h))

@@ -261,3 +261,42 @@ def test_load_images_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(np.full((8, 8), 257 * 100, np.uint16)).save(path)
     _, shown = load_images([path], (8, 8), 0.0, 1.0, "NCHW")
     assert np.all(shown[0] == 100)
+
+
+@pytest.mark.parametrize("wh, resize, crop", [
+    ((640, 427), 256, 224),  # torchvision: 383 x 256, crop at x 80 (onnxattr resized to 384)
+    ((500, 334), 256, 224),  # torchvision: 383 x 256, crop at x round(79.5) = 80 (onnxattr cropped at 79)
+    ((332, 500), 256, 224),  # portrait: 256 x 385, crop at y round(80.5) = 80 (onnxattr: 386, 81)
+    ((640, 427), None, 224),  # no --resize: as Resize(224) + CenterCrop(224) (onnxattr resized to 336)
+    ((120, 90), 256, 224),  # sizes where both agreed already
+])
+def test_load_images_resize_and_crop_are_torchvision_s(tmp_path, wh, resize, crop):
+    """--resize N with a centre crop is torchvision's ImageNet evaluation (README): Resize(N) sets the
+    shorter side to N and the longer to int(N * long / short) (rounded towards zero), CenterCrop
+    starts at int(round((n - crop) / 2)); the default (no --resize) is Resize(crop). onnxattr rounded
+    the longer side to nearest and floored the offset, so a 640 x 427 photo came out 1.9 off in the
+    normalised input."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    rng = np.random.default_rng(0)
+    path = write_png(tmp_path / "photo.png", rng.integers(0, 256, (wh[1], wh[0], 3)))
+    batch, shown = load_images([path], (crop, crop), MEAN, STD, "NCHW", resize=resize)
+    pipeline = transforms.Compose([transforms.Resize(resize or crop), transforms.CenterCrop(crop)])
+    with Image.open(path) as im:
+        want = np.asarray(pipeline(im.convert("RGB")))
+    np.testing.assert_array_equal(shown[0], want)
+    expected = (want.astype(np.float32) / np.float32(255.0) - np.float32(MEAN)) / np.float32(STD)
+    np.testing.assert_array_equal(batch[0], expected.transpose(2, 0, 1))
+
+
+def test_load_images_refuses_an_upscale_past_pillows_limit(tmp_path, monkeypatch):
+    """Without --resize, an image of extreme aspect is enlarged until its shorter side covers the
+    crop before the crop is taken: a 141-byte 1 x 20000 PNG became 4,480,000 x 224 pixels for a
+    224-px model (4.5 GB; 1 x 50000 ran out of memory). That is refused, as a --resize past Pillow's
+    limit is (the limit lowered here so that the test runs small)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    path = write_png(tmp_path / "line.png", np.full((1, 400, 3), 100))
+    with pytest.raises(InputError, match=r"'.*line\.png' \(400x1\) would be resized to 25600x64 pixels") as info:
+        load_images([path], (64, 64), MEAN, STD, "NCHW")
+    assert "\n" not in str(info.value)
+    batch, _ = load_images([write_png(tmp_path / "ok.png", np.full((2, 40, 3), 100))], (64, 64), MEAN, STD, "NCHW")
+    assert batch.shape == (1, 3, 64, 64)  # 1280 x 64 is under the limit (200,000)
