@@ -153,7 +153,7 @@ def _scaled(iw: int, ih: int, by_width: bool, n: int) -> tuple[int, int]:
     return (n, int(n * ih / iw)) if by_width else (int(n * iw / ih), n)
 
 
-def _crop(im: Image.Image, size: tuple[int, int], resize: int | None, path=None) -> Image.Image:
+def _crop(im: Image.Image, size: tuple[int, int], resize: int | None, path: str | os.PathLike) -> Image.Image:
     """Resize the shorter side (bilinear) then take the center `size` = (H, W), as torchvision's
     Resize(resize) + CenterCrop(size) (Resize(H) + CenterCrop(H) by default, for a square crop)."""
     h, w = int(size[0]), int(size[1])
