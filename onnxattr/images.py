@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -83,11 +84,10 @@ def load_images(paths: Sequence[str | os.PathLike], size: tuple[int, int], mean,
                 resize: int | None = None, channels: int = 3) -> tuple[np.ndarray, list[np.ndarray]]:
     """Read, resize, center-crop and normalise images into one float32 batch.
 
-    The shorter side is resized (bilinear) to `resize` (default: just enough to cover `size`,
-    so the crop has no margin; a `resize` too small to cover `size` is raised to that), the
-    longer side to match, rounded towards zero, as torchvision's Resize; then the center
-    (H, W) = `size` is cropped (offsets rounded as torchvision's CenterCrop), scaled to [0, 1] and normalised as
-    (x - mean) / std per channel. `channels` is 3 (RGB) or 1 (grayscale, "L").
+    torchvision's Resize(n) (bilinear: the shorter side to n, the longer in proportion rounded
+    down) + CenterCrop(size), size = (H, W), where n is `resize`, or by default (or where `resize`
+    would not cover the crop) the smallest n that covers it; then scaled to [0, 1] and normalised
+    as (x - mean) / std per channel. `channels` is 3 (RGB) or 1 (grayscale, "L").
     Returns (batch in `layout`, display images: uint8 H x W x 3 crops before normalisation).
     """
     if layout not in LAYOUTS:
@@ -146,35 +146,42 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def _scaled(iw: int, ih: int, by_width: bool, n: int) -> tuple[int, int]:
-    """(width, height) with one side (the width if `by_width`) set to n and the other in proportion,
-    rounded towards zero: torchvision's Resize(n) sets the shorter side so, the longer to
-    int(n * long / short)."""
-    return (n, int(n * ih / iw)) if by_width else (int(n * iw / ih), n)
+def _resized(iw: int, ih: int, n: int) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(n): the shorter side n, the longer
+    int(n * long / short) (rounded towards zero)."""
+    return (n, int(n * ih / iw)) if iw <= ih else (int(n * iw / ih), n)
+
+
+def _covering(iw: int, ih: int, w: int, h: int) -> int:
+    """The smallest n whose Resize(n) covers a (H, W) = (h, w) crop."""
+    short, long_, need_short, need_long = (iw, ih, w, h) if iw <= ih else (ih, iw, h, w)
+    n = max(need_short, math.ceil(need_long * short / long_))
+    while int(n * long_ / short) < need_long:  # (float rounding of the bound)
+        n += 1
+    return n
 
 
 def _crop(im: Image.Image, size: tuple[int, int], resize: int | None, path: str | os.PathLike) -> Image.Image:
-    """Resize the shorter side (bilinear) then take the center `size` = (H, W), as torchvision's
-    Resize(resize) + CenterCrop(size) (Resize(H) + CenterCrop(H) by default, for a square crop)."""
+    """torchvision's Resize(n) (bilinear) + CenterCrop(size), size = (H, W): n is `resize`, or
+    the smallest n that covers the crop where `resize` is None or would not."""
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive (H, W), got {size!r}")
     iw, ih = im.size
-    nw, nh = _scaled(iw, ih, w / iw >= h / ih, w if w / iw >= h / ih else h)  # just enough to cover the crop
-    nw, nh = max(nw, w), max(nh, h)
-    if resize is not None:
-        rw, rh = _scaled(iw, ih, iw <= ih, resize)
-        if rw >= w and rh >= h:  # (else raised to cover the crop)
-            nw, nh = rw, rh
-    if Image.MAX_IMAGE_PIXELS and nw * nh > 2 * Image.MAX_IMAGE_PIXELS:
+    least = _covering(iw, ih, w, h)
+    n = max(least, resize or 0)
+    nw, nh = _resized(iw, ih, n)
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    if limit and nw * nh > limit:
         # (Pillow's own decompression-bomb limit: --resize 100000 took 23 GB before the crop; a 1 x 20000
-        # line enlarged to cover a 224 crop 4.5 GB)
-        if resize is not None and (nw, nh) == _scaled(iw, ih, iw <= ih, resize):
-            raise InputError(f"--resize {resize} makes a {iw}x{ih} image {nw}x{nh} pixels before the crop, over "
-                             f"Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}; give a smaller --resize")
-        raise InputError(f"image '{path}' ({iw}x{ih}) would be resized to {nw}x{nh} pixels to cover the {w}x{h} crop, "
-                         f"over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS}; crop it to a less extreme aspect first")
+        # line enlarged to cover a 224 crop 4.5 GB). --resize is to blame only where a smaller one would do.
+        cw, ch = _resized(iw, ih, least)
+        if n != least and cw * ch <= limit:
+            raise InputError(f"--resize {resize} makes a {iw}x{ih} image ('{path}') {nw}x{nh} pixels before the crop, "
+                             f"over Pillow's limit of {limit}; give a smaller --resize")
+        raise InputError(f"image '{path}' ({iw}x{ih}) would be resized to {cw}x{ch} pixels to cover the {w}x{h} crop, "
+                         f"over Pillow's limit of {limit}; crop it to a less extreme aspect first")
     if (nw, nh) != (iw, ih):
         im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))
+    left, top = int(round((nw - w) / 2.0)), int(round((nh - h) / 2.0))  # (CenterCrop's offsets)
     return im.crop((left, top, left + w, top + h))

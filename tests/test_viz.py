@@ -300,3 +300,47 @@ def test_load_images_refuses_an_upscale_past_pillows_limit(tmp_path, monkeypatch
     assert "\n" not in str(info.value)
     batch, _ = load_images([write_png(tmp_path / "ok.png", np.full((2, 40, 3), 100))], (64, 64), MEAN, STD, "NCHW")
     assert batch.shape == (1, 3, 64, 64)  # 1280 x 64 is under the limit (200,000)
+
+
+@pytest.mark.parametrize("wh, resize, crop", [
+    ((641, 480), None, (224, 320)),  # non-square crop: covering it by scale gave 320 x 239, no Resize(n)'s size
+    ((480, 641), None, (320, 224)),
+    ((300, 500), None, (64, 48)),
+    ((333, 333), None, (48, 64)),
+    ((640, 427), 100, (224, 224)),  # a --resize that does not cover the crop is raised to the least that does
+    ((500, 332), 200, (224, 300)),
+])
+def test_load_images_are_torchvision_s_for_any_crop(tmp_path, wh, resize, crop):
+    """Resize(n) + CenterCrop((H, W)) for every crop: n is --resize where it covers the crop, else the
+    least n whose Resize(n) covers it (found here by trying torchvision's Resize itself)."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    rng = np.random.default_rng(1)
+    path = write_png(tmp_path / "photo.png", rng.integers(0, 256, (wh[1], wh[0], 3)))
+    batch, shown = load_images([path], crop, MEAN, STD, "NCHW", resize=resize)
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+
+        def covers(n):
+            rw, rh = transforms.Resize(n)(im).size
+            return rw >= crop[1] and rh >= crop[0]
+
+        n = resize if resize is not None and covers(resize) else next(k for k in range(1, 2000) if covers(k))
+        want = np.asarray(transforms.CenterCrop(crop)(transforms.Resize(n)(im)))
+    np.testing.assert_array_equal(shown[0], want)
+
+
+def test_a_resize_past_pillows_limit_is_blamed_only_where_a_smaller_one_would_do(tmp_path, monkeypatch):
+    """An image of extreme aspect with --resize 256 (torchvision's ImageNet evaluation) was refused
+    saying to give a smaller --resize, without naming the image; --resize 224 (the crop, the smallest
+    that covers it) said the same, and only one below the crop, raised to cover it, named the image's
+    aspect. The --resize refusal now comes only where the size that just covers the crop is under the
+    limit, and names the image too (the limit lowered so that the test runs small)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    line = write_png(tmp_path / "line.png", np.full((1, 400, 3), 100))
+    for resize in (None, 32, 64, 80):
+        with pytest.raises(InputError, match=r"'.*line\.png' \(400x1\) would be resized to .* less extreme aspect"):
+            load_images([line], (64, 64), MEAN, STD, "NCHW", resize=resize)
+    square = write_png(tmp_path / "square.png", np.full((64, 64, 3), 100))
+    with pytest.raises(InputError, match=r"--resize 1000 makes a 64x64 image \('.*square\.png'\) 1000x1000 pixels"
+                                         r".*give a smaller --resize"):
+        load_images([square], (64, 64), MEAN, STD, "NCHW", resize=1000)
