@@ -110,7 +110,7 @@ def _scores(b: Builder, name: str | None) -> str:
     outputs = [o.name for o in b.model.graph.output]
     if name is not None:
         if name not in b.types:
-            producer = next((n for n in b.model.graph.node if name in n.output), None)
+            producer = b.forward_maps()[0].get(name)
             if producer is not None and producer.op_type == "ZipMap":
                 raise NotAClassifierError(f"--output '{name}' is ZipMap's sequence of maps, not a tensor: pass --output "
                                           f"{producer.input[0]} (the probability tensor [N, C])")
@@ -146,7 +146,7 @@ def _left_unknown(b: Builder, name: str) -> str | None:
     TreeEnsembleClassifier, a custom op), the tensor whose path to check for missing rules:
     `name`, or the input of the ZipMap that writes it; else None (a known type or rank that is
     not [N, C] float is the cause to tell)."""
-    producer = next((n for n in b.model.graph.node if name in n.output), None)
+    producer = b.forward_maps()[0].get(name)
     if producer is None or (name in b.types and (not b.is_float(name) or b.shapes.get(name) is not None)):
         return None
     return producer.input[0] if producer.op_type == "ZipMap" else name

@@ -249,11 +249,16 @@ def _unused_statistics(e: _Emitter, outputs: list[int]) -> None:
             e.refuse(f"its output {i} ('{name}', a saved statistic) is read; only its normalised output is supported")
 
 
+def _axes_from(e: _Emitter, x: str, axis: int) -> list[int]:
+    """The axes [axis, rank) a normalisation reduces over ([-1] needs no rank)."""
+    return list(range(axis % e.rank(x), e.rank(x))) if axis != -1 else [-1]
+
+
 def _layer_norm(e: _Emitter, x: str, scale: str, bias: str, y: str, axis: int, eps: float) -> None:
     if e.opset >= 17:
         e.op("LayerNormalization", [x, scale] + ([bias] if bias else []), y, axis=axis, epsilon=eps)
         return
-    axes = list(range(axis % e.rank(x), e.rank(x))) if axis != -1 else [-1]
+    axes = _axes_from(e, x, axis)
     d = e.op("Sub", [x, e.reduce_mean(x, axes)])
     var = e.reduce_mean(e.op("Mul", [d, d]), axes)
     xhat = e.op("Div", [d, e.op("Sqrt", [e.op("Add", [var, e.const(eps)])])])
@@ -267,7 +272,7 @@ def _rms_norm(e: _Emitter, x: str, scale: str, y: str, axis: int, eps: float) ->
     if e.opset >= 23:
         e.op("RMSNormalization", [x, scale], y, axis=axis, epsilon=eps)
         return
-    axes = list(range(axis % e.rank(x), e.rank(x))) if axis != -1 else [-1]
+    axes = _axes_from(e, x, axis)
     ms = e.reduce_mean(e.op("Mul", [x, x]), axes)
     e.op("Mul", [e.op("Div", [x, e.op("Sqrt", [e.op("Add", [ms, e.const(eps)])])]), scale], y)
 

@@ -9,7 +9,6 @@ scores' axis 0: axis 1 of a time-major [T, N, F] input), and one backward pass s
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 import numpy as np
